@@ -1,0 +1,12 @@
+/* qplug load: not written yet (see the open issues). */
+#include <stdio.h>
+
+#include "commands.h"
+
+int qplug_cmd_load(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "qplug load: not available in this build yet\n");
+    return 2;
+}

@@ -1,0 +1,12 @@
+/* qplug run: not written yet (see the open issues). */
+#include <stdio.h>
+
+#include "commands.h"
+
+int qplug_cmd_run(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "qplug run: not available in this build yet\n");
+    return 2;
+}
