@@ -12,5 +12,6 @@
 #include "qplug/policy.h"
 #include "qplug/registry.h"
 #include "qplug/resolver.h"
+#include "qplug/host.h"
 
 #endif
