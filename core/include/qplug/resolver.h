@@ -24,6 +24,8 @@ typedef struct qplug_layer_storage {
     qplug_dtype weight_dtype;
     qplug_dtype scale_dtype;
     bool present;                  /* false: no tensor seen (plan on config alone) */
+    char tensor[160];              /* checkpoint name of the weight tensor read
+                                      ("" when none), for messages */
 } qplug_layer_storage;
 
 typedef struct qplug_decision {
@@ -40,6 +42,12 @@ qplug_status qplug_resolve(const qplug_registry *reg, const qplug_policy *pol,
                            const qplug_model_config *cfg, qplug_layer_desc *layer,
                            const char *hf_name, const qplug_layer_storage *stored,
                            qplug_decision *out, qplug_err *err);
+
+/* Names for messages and plan output: "linear", "grouped_linear",
+ * "attention", "fused_moe"; "none", "fp8_block", "mxfp4", "nvfp4",
+ * "fp8_tensor", "fp8_channel". */
+const char *qplug_layer_kind_name(qplug_layer_kind kind);
+const char *qplug_quant_scheme_name(qplug_quant_scheme q);
 
 #ifdef __cplusplus
 }

@@ -150,12 +150,6 @@ long qplug_inventory_next_unused(const qplug_inventory *inv, size_t from);
 
 void qplug_inventory_free(qplug_inventory *inv);
 
-/* Names for messages and plan output: "linear", "grouped_linear",
- * "attention", "fused_moe"; "none", "fp8_block", "mxfp4", "nvfp4",
- * "fp8_tensor", "fp8_channel". */
-const char *qplug_layer_kind_name(qplug_layer_kind kind);
-const char *qplug_quant_scheme_name(qplug_quant_scheme q);
-
 #ifdef __cplusplus
 }
 #endif
