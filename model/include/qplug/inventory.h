@@ -63,7 +63,7 @@ typedef struct qplug_inv_layer {
  * embeddings, head). */
 typedef struct qplug_inv_tensor {
     char name[96];                 /* official: "layers.0.attn_norm.weight" */
-    char hf_name[160];             /* transformers name */
+    char ckpt_name[160];           /* its name in the checkpoint's naming */
     bool required;                 /* the forward pass cannot run without it */
     bool present;                  /* found in the checkpoint */
     int block;                     /* as in qplug_inv_layer */
