@@ -130,11 +130,16 @@ static inline uint8_t qplug_e8m0_from_exp(int e)
 /* Nearest power of two in linear value, ties (mantissa exactly 1.5) going
  * up, as ml_dtypes' float8_e8m0fnu cast does; a result beyond 2^127, zero,
  * negatives, inf and NaN give the NaN byte 255 (the format has no zero or
- * sign), inputs below 2^-127 give 2^-127. */
+ * sign), inputs up to 2^-127 give 2^-127. fp32 subnormals strictly between
+ * 2^-127 and 2^-126 give 2^-126: ml_dtypes and torch both round them so
+ * (they round the fp32 bit pattern, where those values have the biased
+ * exponent 0), and the fixtures of tests/unit/test_codecs.c check it. */
 static inline uint8_t qplug_f32_to_e8m0(float f)
 {
     if (!(f > 0.0f) || isinf(f))
         return 255;
+    if (f < 0x1p-126f)
+        return f > 0x1p-127f ? 1 : 0;
     int e;
     double m = frexp((double)f, &e); /* f = m * 2^e, m in [0.5, 1) */
     int k = (m >= 0.75) ? e : e - 1; /* candidates 2^(e-1) and 2^e */
