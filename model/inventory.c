@@ -95,7 +95,7 @@ static qplug_status qplug__add_layer(qplug_inventory *inv, int block, const char
                                      const char *path, qplug_layer_kind kind, int64_t n,
                                      int64_t k, qplug_device_kind dev, qplug_err *err)
 {
-    qplug_inv_layer *l;
+    qplug_inv_layer *l = NULL;
     qplug_status st = qplug__push_layer(inv, err, &l);
     if (st != QPLUG_OK)
         return st;
@@ -346,25 +346,26 @@ static void qplug__detect_mtp(qplug_inventory *inv)
                                                              : (long)c->num_nextn_predict_layers;
     inv->n_mtp = 0;
     for (long i = 0; i < want; i++) {
-        char cand[3][64];
+        /* Candidates carry their trailing dot for the prefix scan. */
+        char cand[3][48];
         int nc = 0;
         if (inv->naming == QPLUG_NAMING_OFFICIAL) {
-            snprintf(cand[nc++], sizeof cand[0], "mtp.%ld", i);
+            snprintf(cand[nc++], sizeof cand[0], "mtp.%ld.", i);
         } else {
-            snprintf(cand[nc++], sizeof cand[0], "model.layers.%ld", (long)c->num_hidden_layers + i);
-            snprintf(cand[nc++], sizeof cand[0], "model.mtp.%ld", i);
-            snprintf(cand[nc++], sizeof cand[0], "mtp.%ld", i);
+            snprintf(cand[nc++], sizeof cand[0], "model.layers.%ld.",
+                     (long)c->num_hidden_layers + i);
+            snprintf(cand[nc++], sizeof cand[0], "model.mtp.%ld.", i);
+            snprintf(cand[nc++], sizeof cand[0], "mtp.%ld.", i);
         }
         int found = -1;
-        for (int j = 0; j < nc && found < 0; j++) {
-            char dotted[80];
-            snprintf(dotted, sizeof dotted, "%s.", cand[j]);
-            if (!inv->ckpt || qplug__has_prefix(inv->ckpt, dotted))
+        for (int j = 0; j < nc && found < 0; j++)
+            if (!inv->ckpt || qplug__has_prefix(inv->ckpt, cand[j]))
                 found = j;
-        }
         if (found < 0)
             break;
-        snprintf(p->mtp_prefix[i], sizeof p->mtp_prefix[i], "%s", cand[found]);
+        size_t len = strlen(cand[found]) - 1;
+        memcpy(p->mtp_prefix[i], cand[found], len);
+        p->mtp_prefix[i][len] = '\0';
         p->mtp_ptr[i] = p->mtp_prefix[i];
         inv->n_mtp = (int)i + 1;
     }
