@@ -216,12 +216,15 @@ static qplug_status load_block(qplug_model *m, qplug__fw_block *b, qplug_err *er
     else
         TRY(fetch_f32(m, N("ffn.gate.bias"), m->E, true, &b->gate_bias, err));
     TRY(make_layer(m, N("ffn.experts"), QPLUG_LAYER_FUSED_MOE, m->I, D, 1, &b->experts, err));
-    TRY(make_layer(m, N("ffn.shared_experts.w1"), QPLUG_LAYER_LINEAR, -1, D, 1, &b->sh_w1, err));
-    b->shared_inter = qplug_layer_desc_of(b->sh_w1)->n;
-    TRY(make_layer(m, N("ffn.shared_experts.w3"), QPLUG_LAYER_LINEAR, b->shared_inter, D, 1,
-                   &b->sh_w3, err));
-    TRY(make_layer(m, N("ffn.shared_experts.w2"), QPLUG_LAYER_LINEAR, D, b->shared_inter, 1,
-                   &b->sh_w2, err));
+    if (m->cfg.n_shared_experts > 0) {
+        b->shared_inter = m->I * m->cfg.n_shared_experts;
+        TRY(make_layer(m, N("ffn.shared_experts.w1"), QPLUG_LAYER_LINEAR, b->shared_inter, D, 1,
+                       &b->sh_w1, err));
+        TRY(make_layer(m, N("ffn.shared_experts.w3"), QPLUG_LAYER_LINEAR, b->shared_inter, D, 1,
+                       &b->sh_w3, err));
+        TRY(make_layer(m, N("ffn.shared_experts.w2"), QPLUG_LAYER_LINEAR, D, b->shared_inter, 1,
+                       &b->sh_w2, err));
+    }
 
     if (b->is_mtp) {
         TRY(make_layer(m, N("e_proj"), QPLUG_LAYER_LINEAR, D, D, 1, &b->e_proj, err));

@@ -440,6 +440,8 @@ static qplug_status moe(qplug_model *m, const qplug__fw_block *b, int64_t n,
         FW_TRY(qplug_layer_apply(b->experts, &a, err));
     }
     /* The shared expert, same clamped SwiGLU, added unweighted. */
+    if (!b->sh_w1)
+        goto done;
     FW_ALLOC(g, n * I);
     FW_ALLOC(u, n * I);
     FW_ALLOC(sh, n * D);
