@@ -497,11 +497,16 @@ static qplug_status qplug__bind(qplug_layer_inst *l, qplug__decl *d, qplug_tenso
                              "layer %s: tensor %s in %s has dtype %s, expected %s", l->name,
                              tname, where, qplug_dtype_name(t->dtype), want);
     }
+    /* Dtypes are named too: packed FP4 counts elements as F4 and bytes as
+     * U8/I8, so the bare numbers alone could look equal. */
+    char want_dt[96];
+    qplug__mask_str(want_dt, sizeof want_dt, d->dtype_mask);
     qplug__shape_str(want, sizeof want, d->ndim, d->shape);
     qplug__shape_str(got, sizeof got, t->ndim, t->shape);
     return qplug_err_set(err, QPLUG_ERR_SHAPE,
-                         "layer %s: tensor %s in %s has shape %s, expected %s (slot %s)", l->name,
-                         tname, where, got, want, d->slot);
+                         "layer %s: tensor %s in %s has shape %s %s, expected %s %s (slot %s)",
+                         l->name, tname, where, qplug_dtype_name(t->dtype), got, want_dt, want,
+                         d->slot);
 }
 
 qplug_status qplug_layer_create(qplug_runtime *rt, const qplug_plugin *plugin,
