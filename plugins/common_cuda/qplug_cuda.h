@@ -1,0 +1,143 @@
+/*
+ * qplug_cuda.h - CUDA kernels shared by the plugins (Hopper, sm_90a), with a
+ * C API so that the plugins' C files and the bench can call them.
+ *
+ * Every function runs asynchronously on the given stream (a cudaStream_t
+ * passed as void *, NULL for the legacy default stream), never synchronises
+ * the host, and so may be captured into a CUDA graph. Pointers are device
+ * pointers unless a comment says otherwise. Each function returns QPLUG_OK or
+ * a failure status and, when `err` is not NULL, a one-line message naming the
+ * function and the offending argument.
+ *
+ * Layouts (see docs/formats.md):
+ *   activations x     BF16 [m, k] row-major
+ *   quantized act. xq E4M3 [m, k] row-major, scale float [k/128][m]
+ *                     (m contiguous: cuBLASLt's VEC128_32F B-scale layout)
+ *   FP8 block weight  E4M3 [n, k], scale float [n/128][k/128]
+ *   MXFP4 weight      packed E2M1 [n, k/2], scale E8M0 [n, k/32]
+ *   NVFP4 weight      packed E2M1 [n, k/2], scale E4M3 [n, k/16], global F32
+ *   output y          BF16 [m, n] row-major
+ */
+#ifndef QPLUG_CUDA_H
+#define QPLUG_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qplug/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qplug_cuda__err {
+    char msg[256];
+} qplug_cuda__err;
+
+/* How the per-128 activation scale is chosen: amax = max(|x|, 1e-4);
+ * F32: s = amax / 448; UE8M0: s = 2^ceil(log2(amax / 448)). */
+typedef enum qplug_cuda__scale_fmt {
+    QPLUG_CUDA_SCALE_F32 = 0,
+    QPLUG_CUDA_SCALE_UE8M0 = 1
+} qplug_cuda__scale_fmt;
+
+/* The largest m the decode (GEMV) kernels accept. */
+#define QPLUG_CUDA_GEMV_MAX_M 16
+
+/* ---------------------------------------------------------------- (a) */
+
+/* BF16 x [m, k] -> E4M3 xq [m, k] and scale float [k/128][m]; k % 128 == 0.
+ * q = e4m3(x / s), round to nearest even, saturating at +-448. */
+qplug_status qplug_cuda__act_quant_fp8(const void *x, int64_t m, int64_t k,
+                                       qplug_cuda__scale_fmt fmt, void *xq, float *scale,
+                                       void *stream, qplug_cuda__err *err);
+
+/* ---------------------------------------------------------------- (b) */
+
+/* E8M0 bytes -> F32 (2^(b-127); 255 gives NaN), exact. For weight scales at
+ * prepare time. */
+qplug_status qplug_cuda__e8m0_to_f32(const uint8_t *src, int64_t count, float *dst, void *stream,
+                                     qplug_cuda__err *err);
+
+/* A planned y = xq . w^T through cublasLtMatmul with BLK128x128_32F weight
+ * scales and VEC128_32F activation scales, BF16 output. A plan fixes m, n, k
+ * and the algorithm. A run stores the scale pointers in the plan's matmul
+ * descriptor, so a plan serves one thread at a time. */
+typedef struct qplug_cuda__fp8_gemm qplug_cuda__fp8_gemm;
+
+/* `lt` is a cublasLtHandle_t. n % 128 == 0 and k % 128 == 0. Fails with
+ * QPLUG_ERR_UNSUPPORTED when cuBLASLt offers no algorithm for the shape. */
+qplug_status qplug_cuda__fp8_gemm_create(void *lt, int64_t m, int64_t n, int64_t k,
+                                         size_t workspace_bytes, qplug_cuda__fp8_gemm **out,
+                                         qplug_cuda__err *err);
+/* w E4M3 [n, k], w_scale float [n/128][k/128], xq E4M3 [m, k], x_scale
+ * float [k/128][m], y BF16 [m, n]; workspace of the size given at creation. */
+qplug_status qplug_cuda__fp8_gemm_run(qplug_cuda__fp8_gemm *g, const void *w,
+                                      const float *w_scale, const void *xq,
+                                      const float *x_scale, void *y, void *workspace,
+                                      void *stream, qplug_cuda__err *err);
+void qplug_cuda__fp8_gemm_destroy(qplug_cuda__fp8_gemm *g);
+
+/* The same product in BF16 (x [m, k], w [n, k], y [m, n]) through
+ * cublasLtMatmul: the library baseline the bench compares against. */
+typedef struct qplug_cuda__bf16_gemm qplug_cuda__bf16_gemm;
+qplug_status qplug_cuda__bf16_gemm_create(void *lt, int64_t m, int64_t n, int64_t k,
+                                          size_t workspace_bytes, qplug_cuda__bf16_gemm **out,
+                                          qplug_cuda__err *err);
+qplug_status qplug_cuda__bf16_gemm_run(const qplug_cuda__bf16_gemm *g, const void *w,
+                                       const void *x, void *y, void *workspace, void *stream,
+                                       qplug_cuda__err *err);
+void qplug_cuda__bf16_gemm_destroy(qplug_cuda__bf16_gemm *g);
+
+/* ---------------------------------------------------------------- (c) */
+
+/* Decode GEMV on FP8 block weights for 1 <= m <= 16: y = xq . w^T with the
+ * same inputs and numerics as qplug_cuda__fp8_gemm_run (fp32 accumulation
+ * per 128-block, then scaled). Tensor-core mma.sync on E4M3, 16-byte weight
+ * loads. n % 16 == 0, k % 128 == 0. */
+qplug_status qplug_cuda__gemv_fp8(const void *w, const float *w_scale, const void *xq,
+                                  const float *x_scale, int64_t m, int64_t n, int64_t k, void *y,
+                                  void *stream, qplug_cuda__err *err);
+
+/* ---------------------------------------------------------------- (d) */
+
+/* The FP4 decode kernels read weights in a repacked order (same bytes,
+ * permuted within each 64-byte run of a row) so that each thread's 16-byte
+ * load holds exactly its tensor-core fragments. Repack once at prepare time;
+ * src and dst must not overlap. n >= 1, k % 128 == 0. */
+qplug_status qplug_cuda__fp4_repack(const uint8_t *src, int64_t n, int64_t k, uint8_t *dst,
+                                    void *stream, qplug_cuda__err *err);
+
+/* Decode GEMV on FP4 weights (W4A8: activations quantized by
+ * qplug_cuda__act_quant_fp8, FP4 decoded exactly to E4M3 in registers).
+ * w_packed is the repacked E2M1 [n, k/2]. MXFP4: scale E8M0 [n, k/32].
+ * NVFP4: scale E4M3 [n, k/16] and the global F32 weight_scale_2 (host
+ * value). 1 <= m <= 16, n % 16 == 0, k % 128 == 0. */
+qplug_status qplug_cuda__gemv_mxfp4(const uint8_t *w_packed, const uint8_t *w_scale,
+                                    const void *xq, const float *x_scale, int64_t m, int64_t n,
+                                    int64_t k, void *y, void *stream, qplug_cuda__err *err);
+qplug_status qplug_cuda__gemv_nvfp4(const uint8_t *w_packed, const uint8_t *w_scale,
+                                    float global_scale, const void *xq, const float *x_scale,
+                                    int64_t m, int64_t n, int64_t k, void *y, void *stream,
+                                    qplug_cuda__err *err);
+
+/* ---------------------------------------------------------------- (e) */
+
+/* Prefill support: converts FP4 weights (original, not repacked, order) to
+ * an FP8 block copy E4M3 [n, k] + float [n/128][k/128], so that prefill runs
+ * on the FP8 tensor cores through qplug_cuda__fp8_gemm. Each 128x128 tile
+ * gets the power-of-two scale S = 2^ceil(log2(amax/448)); q = e4m3(v / S).
+ * MXFP4: exact while the E8M0 exponents of a tile span at most 14 octaves
+ * (smaller values round). NVFP4: values with more than 4 significant bits
+ * round to nearest even. n % 128 == 0, k % 128 == 0. */
+qplug_status qplug_cuda__mxfp4_to_fp8_block(const uint8_t *w, const uint8_t *scale, int64_t n,
+                                            int64_t k, uint8_t *q, float *q_scale, void *stream,
+                                            qplug_cuda__err *err);
+qplug_status qplug_cuda__nvfp4_to_fp8_block(const uint8_t *w, const uint8_t *scale,
+                                            float global_scale, int64_t n, int64_t k, uint8_t *q,
+                                            float *q_scale, void *stream, qplug_cuda__err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
