@@ -1,0 +1,244 @@
+/*
+ * plugins/common/qp_common.h - CPU building blocks shared by the plugins
+ * in this tree: weight views over checkpoint tensors in every format,
+ * activation quantizers, a cache-blocked GEMM that runs on the host's
+ * thread pool, the linear/grouped/fused-MoE/KV-cache drivers, and the
+ * conversions process_after_loading needs.
+ *
+ * These sources are compiled into each plugin with hidden visibility, so
+ * every plugin carries its own copy and none of these names leave the .so.
+ * Nothing here keeps state between calls: scratch memory comes from
+ * host->api->alloc for the duration of one call.
+ */
+#ifndef QPLUG_PLUGINS_QP_COMMON_H
+#define QPLUG_PLUGINS_QP_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qplug/plugin.h"
+
+/* ------------------------------------------------------------------------ */
+/* Weight views                                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef enum qplug__wfmt {
+    QPLUG__W_F32 = 0,
+    QPLUG__W_BF16 = 1,
+    QPLUG__W_F16 = 2,
+    QPLUG__W_FP8_BLOCK = 3, /* E4M3 + 128x128 scales, F32 or E8M0 bytes */
+    QPLUG__W_MXFP4 = 4,     /* packed E2M1 + E8M0 per 32 along k */
+    QPLUG__W_NVFP4 = 5      /* packed E2M1 + E4M3 per 16 along k, F32 global */
+} qplug__wfmt;
+
+/* The side of one FP8 block-scale tile. */
+#define QPLUG__FP8_BLOCK 128
+
+/*
+ * A read-only view of one [rows, cols] weight matrix as the checkpoint
+ * stores it. The view never owns memory: data and scale point into the
+ * host's tensors (valid until destroy) or into the plugin's state.
+ */
+typedef struct qplug__wmat {
+    qplug__wfmt fmt;
+    int64_t rows, cols;
+    const void *data;
+    /* FP8 block: [ceil(rows/128), ceil(cols/128)] F32, or raw E8M0 bytes
+     * when scale_e8m0; MXFP4: E8M0 [rows, cols/32]; NVFP4: E4M3
+     * [rows, cols/16]. */
+    const void *scale;
+    bool scale_e8m0;
+    /* NVFP4: weight_scale_2 (part of the weight) and input_scale (part of
+     * the activations only, never multiplied into the weight). */
+    float global;
+    float input_scale;
+} qplug__wmat;
+
+/* Exact fp32 values of rows [r0, r1) into dst[(r1-r0) * cols]. */
+void qplug__wmat_dequant_rows(const qplug__wmat *w, int64_t r0, int64_t r1, float *dst);
+
+/* FP8 block only: the unscaled E4M3 values of rows [r0, r1) into dst and
+ * each row's per-128 block scales into sc[(r1-r0) * ceil(cols/128)]. */
+void qplug__wmat_fp8_rows(const qplug__wmat *w, int64_t r0, int64_t r1, float *dst, float *sc);
+
+/* ------------------------------------------------------------------------ */
+/* Activation quantization                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum qplug__act_mode {
+    QPLUG__ACT_NONE = 0,      /* fp32 as given (reference, unquantized) */
+    QPLUG__ACT_FP8 = 1,       /* E4M3 per token per 128, scale amax/448 */
+    QPLUG__ACT_FP8_UE8M0 = 2, /* the same with power-of-two scales */
+    QPLUG__ACT_NVFP4 = 3,     /* E2M1 per 16, E4M3 scales against 1/gscale */
+    QPLUG__ACT_MXFP4 = 4      /* E2M1 per 32, E8M0 scales */
+} qplug__act_mode;
+
+/*
+ * Quantizes rows of x (m rows of k values, row stride ldx) the way `mode`
+ * prescribes. On return v[m*k] holds, per mode:
+ *   FP8 modes:   the unscaled E4M3 values; sc[m * ceil(k/128)] the scales.
+ *   FP4 modes:   the exactly dequantized values q * block_scale (without
+ *                the NVFP4 global, which the caller multiplies in).
+ *   NONE:        a copy of x.
+ * A NaN or Inf in x gives QPLUG_ERR_NUMERIC (quantized modes only).
+ * Parallel over rows.
+ */
+qplug_status qplug__act_quant(const qplug_host *host, qplug__act_mode mode, float gscale,
+                              const float *x, int64_t m, int64_t k, int64_t ldx, float *v,
+                              float *sc);
+
+/* FP8 activation scale of one 128-block with absolute maximum `amax`. */
+float qplug__fp8_act_scale(float amax, bool ue8m0);
+
+/* ------------------------------------------------------------------------ */
+/* GEMM                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * y[i, j] = alpha * sum_k a[i, k] * W[wrow0 + j, k] for i < m, j < n.
+ * With fp8_split (FP8 block weights only) the weights are consumed as
+ * unscaled E4M3 values and every 128-long partial dot product is scaled by
+ * a_sc[i][kb] * w_sc[j][kb]; a_sc may also be given alone (activations
+ * quantized, weights dequantized exactly). Weight rows are decoded once per
+ * tile of rows into per-thread scratch and reused for every row of a.
+ */
+typedef struct qplug__gemm_args {
+    int64_t m, n, k;
+    const float *a;
+    int64_t lda;
+    const float *a_sc; /* [m][ceil(k/128)] or NULL */
+    const qplug__wmat *w;
+    int64_t wrow0;
+    bool fp8_split;
+    float alpha;
+    float *y;
+    int64_t ldy;
+} qplug__gemm_args;
+
+qplug_status qplug__gemm(const qplug_host *host, const qplug__gemm_args *g);
+
+/* ------------------------------------------------------------------------ */
+/* Layer drivers                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Checks the CPU apply arguments common to every kind (dtypes, devices,
+ * shapes). `groups` is 1 except for grouped linear. */
+qplug_status qplug__check_forward(const qplug_host *host, const qplug_layer_desc *layer,
+                                  const qplug_apply_args *args);
+
+/*
+ * Linear and grouped linear: args->x [m, G*k] -> args->y [m, G*n] through
+ * the weight view w ([G*n, k]). The activation mode for the NVFP4 modes
+ * takes gscale = w->input_scale and multiplies it back into the product.
+ */
+qplug_status qplug__linear_forward(const qplug_host *host, const qplug_layer_desc *layer,
+                                   const qplug__wmat *w, qplug__act_mode mode, bool fp8_split,
+                                   const qplug_apply_args *args);
+
+/* Supplies the first GEMM's input rows of one expert already quantized
+ * (w4a4 pre-dispatch packing): the rows of the tokens tok[0..cnt) into
+ * v[cnt * D] in the layout qplug__act_quant gives for the mode. */
+typedef qplug_status (*qplug__moe_gather_fn)(void *ctx, const int32_t *tok, int64_t cnt,
+                                             float *v);
+
+typedef struct qplug__moe {
+    const qplug__wmat *w1, *w3, *w2; /* [E] each */
+    qplug__act_mode mode1;           /* x into w1/w3 */
+    qplug__act_mode mode2;           /* h into w2 */
+    bool fp8_split;
+    /* Optional pre-quantized input (mode1 must be an FP4 mode): the
+     * first GEMM's alpha is gather_gscale instead of the shard's
+     * input_scale. */
+    qplug__moe_gather_fn gather;
+    void *gather_ctx;
+    float gather_gscale;
+} qplug__moe;
+
+/* Fused MoE forward (plugin.h semantics), tokens grouped by expert. */
+qplug_status qplug__moe_forward(const qplug_host *host, const qplug_layer_desc *layer,
+                                const qplug__moe *moe, const qplug_apply_args *args);
+
+/* Checks topk_ids / topk_weights and the cache of a KV op. */
+qplug_status qplug__check_kv(const qplug_host *host, const qplug_layer_desc *layer,
+                             const qplug_apply_args *args, size_t entry_bytes);
+
+/* KV-cache entries of width k: F32 (4k bytes) or E4M3 with one F32 scale
+ * per 128 channels (k + 4*ceil(k/128) bytes). */
+size_t qplug__kv_bytes_f32(int64_t k);
+size_t qplug__kv_bytes_fp8(int64_t k);
+qplug_status qplug__kv_apply(const qplug_host *host, const qplug_layer_desc *layer, bool fp8,
+                             const qplug_apply_args *args);
+
+/* ------------------------------------------------------------------------ */
+/* Conversions and FP4 packing                                              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * NVFP4 -> FP8 block: dequantizes w exactly and quantizes every 128x128
+ * tile with its own real scale (tile amax / 448, F32), never one shared
+ * value. q receives E4M3 bytes [rows, cols], scale F32
+ * [ceil(rows/128), ceil(cols/128)]. Parallel over tile rows; returns
+ * QPLUG_ERR_NOMEM if scratch cannot be had.
+ */
+qplug_status qplug__nvfp4_to_fp8_block(const qplug_host *host, const qplug__wmat *w, uint8_t *q,
+                                       float *scale);
+
+/* NVFP4 (or any view) -> BF16 [rows, cols]: exact dequantization, then
+ * round to nearest even. QPLUG_ERR_NOMEM if row scratch cannot be had. */
+qplug_status qplug__wmat_to_bf16(const qplug_host *host, const qplug__wmat *w, uint16_t *dst);
+
+/* Packed FP4 activations: per token hidden/2 bytes of E2M1 followed by
+ * hidden/group scale bytes (E8M0 for group 32, E4M3 for group 16). */
+size_t qplug__fp4_packed_bytes_per_token(int64_t hidden, int group);
+
+/* Packs m rows of x [m, hidden] (row stride ldx) into dst, m *
+ * bytes_per_token bytes. group 32: E8M0 scales; group 16: E4M3 scales
+ * against 1/gscale. QPLUG_ERR_NUMERIC on NaN or Inf. Parallel over rows. */
+qplug_status qplug__fp4_pack(const qplug_host *host, int group, float gscale, const float *x,
+                             int64_t m, int64_t hidden, int64_t ldx, uint8_t *dst);
+
+/* Decodes one packed token into v[hidden] (q * block scale, exact). */
+void qplug__fp4_unpack_row(int group, const uint8_t *src, int64_t hidden, float *v);
+
+/* ------------------------------------------------------------------------ */
+/* Small helpers                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Builds a weight view from a bound tensor of the given format; checks the
+ * shape against [rows, cols] (packed FP4 as U8/I8 [rows, cols/2] or E2M1
+ * [rows, cols]) and reports a mismatch naming the slot. */
+qplug_status qplug__wmat_from_tensor(const qplug_host *host, const char *slot,
+                                     const qplug_tensor *t, qplug__wfmt fmt, int64_t rows,
+                                     int64_t cols, qplug__wmat *out);
+
+/* host->api->weight with a "missing tensor" error. */
+qplug_status qplug__need(const qplug_host *host, const char *slot, const qplug_tensor **out);
+
+/* Reads an F32 scalar tensor (shape [] or [1]) into *out, naming the slot
+ * on failure; rejects non-finite and non-positive values. */
+qplug_status qplug__scalar(const qplug_host *host, const char *slot, float *out);
+
+/* "experts.<e>.<w>.<slot>" into buf. */
+void qplug__expert_slot(char *buf, size_t size, int32_t e, const char *w, const char *slot);
+
+/* host->api->declare of a [rows, cols] tensor, or of a scalar (shape []). */
+qplug_status qplug__declare2(const qplug_host *host, const char *slot, uint32_t mask,
+                             int64_t rows, int64_t cols, uint32_t flags);
+qplug_status qplug__declare0(const qplug_host *host, const char *slot, uint32_t mask,
+                             uint32_t flags);
+
+/* Zeroed host memory from host->api->alloc, or NULL. */
+void *qplug__zalloc(const qplug_host *host, size_t bytes);
+
+/* Whether the layer's dimensions are usable at all for its kind (positive
+ * sizes, groups >= 1, 1 <= top_k <= E). Pure, for score(). */
+bool qplug__desc_sane(const qplug_layer_desc *layer);
+
+/* The CPU weight-row counts of a layer: linear n, grouped G*n. */
+int64_t qplug__out_rows(const qplug_layer_desc *layer);
+
+/* Mask of the packed FP4 dtypes a plugin accepts (U8, I8). */
+#define QPLUG__FP4_BYTES_MASK (QPLUG_DT_BIT(QPLUG_DT_U8) | QPLUG_DT_BIT(QPLUG_DT_I8))
+
+#endif
