@@ -45,13 +45,13 @@ void qplug__fw_hc_head(const float *X, int hc, int64_t D, const float *fn, const
                        const float *scale, float hc_eps, float norm_eps, float *y);
 
 typedef struct qplug__fw_yarn {
-    double factor;                 /* > 0 enables yarn */
+    double factor;                 /* > 1 enables yarn */
     double original_max_pos;
     double beta_fast, beta_slow;
 } qplug__fw_yarn;
 
 /* The rd/2 inverse frequencies of a rope over `rd` dims with base theta, with
- * transformers' yarn correction when yarn != NULL and yarn->factor > 0. */
+ * transformers' yarn correction when yarn != NULL and yarn->factor > 1. */
 void qplug__fw_rope_freqs(double theta, int rd, const qplug__fw_yarn *yarn, float *inv_freq);
 
 /* Interleaved rope on v[0..rd): pairs (2i, 2i+1) rotate by pos * inv_freq[i];
@@ -261,6 +261,18 @@ qplug_status qplug__fw_main(qplug_model *m, qplug_session *s, const int32_t *tok
  */
 qplug_status qplug__mtp_forward(qplug_model *m, qplug_session *s, const float *hidden,
                                 const int32_t *next, int64_t n, float *logits, qplug_err *err);
+
+/*
+ * qplug_model_generate with a hook for tests: when draft_fn is set, the
+ * speculative loop proposes draft_fn(user, i, mtp_draft) instead of the MTP
+ * block's draft for output token i (the MTP block still runs), so tests can
+ * force accepted and rejected drafts.
+ */
+typedef int32_t (*qplug__fw_draft_fn)(void *user, int64_t i, int32_t mtp_draft);
+qplug_status qplug__fw_generate(qplug_model *m, const int32_t *prompt, int64_t n_prompt,
+                                int64_t n_gen, bool speculative, int32_t *out,
+                                float *prompt_logits, qplug_generate_stats *stats,
+                                qplug__fw_draft_fn draft_fn, void *draft_user, qplug_err *err);
 
 /* argmax, lowest index on ties. */
 int32_t qplug__fw_argmax(const float *v, int64_t n);

@@ -149,7 +149,8 @@ void qplug__fw_rope_freqs(double theta, int rd, const qplug__fw_yarn *yarn, floa
         float pf = powf((float)theta, (float)(2 * i) / (float)rd);
         inv_freq[i] = 1.0f / pf;
     }
-    if (!yarn || yarn->factor <= 0.0)
+    /* A factor of 1 blends identical frequencies: plain rope. */
+    if (!yarn || yarn->factor <= 1.0)
         return;
     /* yarn (transformers _compute_yarn_parameters, truncate = true): blend
      * the interpolated and extrapolated frequencies with a linear ramp

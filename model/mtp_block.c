@@ -80,7 +80,8 @@ static double now_seconds(void)
  * and `hid` holds the main model's streams of the prompt positions. */
 static qplug_status speculate(qplug_model *m, qplug_session *s, const int32_t *prompt,
                               int64_t n_prompt, float *hid, int64_t n_gen, int32_t *out,
-                              qplug_generate_stats *stats, qplug_err *err)
+                              qplug_generate_stats *stats, qplug__fw_draft_fn draft_fn,
+                              void *draft_user, qplug_err *err)
 {
     int64_t V = m->V, HD = m->hc * m->D;
     qplug_status st = QPLUG_OK;
@@ -102,7 +103,10 @@ static qplug_status speculate(qplug_model *m, qplug_session *s, const int32_t *p
         goto done;
     int64_t count = 1;
     while (count < n_gen) {
-        int32_t pair[2] = {out[count - 1], qplug__fw_argmax(dl, V)};
+        int32_t draft = qplug__fw_argmax(dl, V);
+        if (draft_fn)
+            draft = draft_fn(draft_user, count, draft);
+        int32_t pair[2] = {out[count - 1], draft};
         st = qplug__fw_main(m, s, pair, 2, logits, QPLUG_LOGITS_ALL, h2, err);
         if (st)
             goto done;
@@ -144,6 +148,15 @@ qplug_status qplug_model_generate(qplug_model *m, const int32_t *prompt, int64_t
                                   float *prompt_logits, qplug_generate_stats *stats,
                                   qplug_err *err)
 {
+    return qplug__fw_generate(m, prompt, n_prompt, n_gen, speculative, out, prompt_logits, stats,
+                              NULL, NULL, err);
+}
+
+qplug_status qplug__fw_generate(qplug_model *m, const int32_t *prompt, int64_t n_prompt,
+                                int64_t n_gen, bool speculative, int32_t *out,
+                                float *prompt_logits, qplug_generate_stats *stats,
+                                qplug__fw_draft_fn draft_fn, void *draft_user, qplug_err *err)
+{
     qplug_generate_stats local;
     if (!stats)
         stats = &local;
@@ -181,7 +194,8 @@ qplug_status qplug_model_generate(qplug_model *m, const int32_t *prompt, int64_t
     if (n_gen > 0) {
         out[0] = qplug__fw_argmax(last, V);
         if (speculative) {
-            st = speculate(m, s, prompt, n_prompt, hid, n_gen, out, stats, err);
+            st = speculate(m, s, prompt, n_prompt, hid, n_gen, out, stats, draft_fn, draft_user,
+                           err);
         } else {
             for (int64_t i = 1; i < n_gen && !st; i++) {
                 st = qplug__fw_main(m, s, &out[i - 1], 1, last, QPLUG_LOGITS_LAST, NULL, err);

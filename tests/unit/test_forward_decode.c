@@ -16,12 +16,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../model/forward_internal.h"
 #include "qplug/model.h"
 #include "qplug/qplug.h"
 #include "qplug/synth.h"
 #include "testutil.h"
 
 #define T 140
+
+/* Drafts the true greedy token except for every third one, so both the
+ * accept and the reject path of the speculative loop run. */
+typedef struct oracle {
+    const int32_t *plain;
+    int64_t vocab;
+} oracle;
+
+static int32_t oracle_draft(void *user, int64_t i, int32_t mtp_draft)
+{
+    const oracle *o = user;
+    (void)mtp_draft;
+    return i % 3 ? o->plain[i] : (int32_t)((o->plain[i] + 1) % o->vocab);
+}
 
 static double rel_l2(const float *got, const float *want, int64_t n)
 {
@@ -111,6 +126,14 @@ static void check_format(qplug_synth_format fmt, qplug_precision prec, bool expe
         CHECKF(!memcmp(plain, spec, sizeof plain), "%s %s: speculative != greedy",
                qplug_synth_format_name(fmt), pn);
         printf("%s %s: speculative == greedy, %lld/%lld drafts accepted\n",
+               qplug_synth_format_name(fmt), pn, (long long)st.accepted, (long long)st.drafted);
+        oracle o = {plain, V};
+        CHECK(!qplug__fw_generate(m, tok, 12, 20, true, spec, NULL, &st, oracle_draft, &o, &err));
+        CHECKF(!memcmp(plain, spec, sizeof plain), "%s %s: forced drafts: speculative != greedy",
+               qplug_synth_format_name(fmt), pn);
+        CHECKF(st.accepted > 0 && st.accepted < st.drafted, "forced drafts: %lld/%lld accepted",
+               (long long)st.accepted, (long long)st.drafted);
+        printf("%s %s: forced drafts: speculative == greedy, %lld/%lld accepted\n",
                qplug_synth_format_name(fmt), pn, (long long)st.accepted, (long long)st.drafted);
     }
     /* Bad token ids are an error naming the position. */
