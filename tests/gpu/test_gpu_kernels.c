@@ -1,0 +1,461 @@
+/* GPU kernel checks for plugins/common_cuda against a float64 CPU reference
+ * built on ml_dtypes' decode tables (ref_tables.h). Every output buffer is
+ * filled with 0xFF (NaN in BF16, F32 and E4M3) before the kernel runs, so an
+ * element the kernel never wrote fails the check. Inputs are fresh random
+ * values drawn from a seeded generator. Exits 77 (CTest skip) when no CUDA
+ * device is present. */
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qplug_cuda.h"
+#include "ref_tables.h"
+#include "testutil.h"
+
+#define SKIP_CODE 77
+
+/* Bound on the relative L2 error of BF16 outputs against float64: BF16
+ * rounding alone is 2^-9 per element (about 2e-3 relative L2). */
+#define BOUND_BF16_OUT 5e-3
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rng_next(void)
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double rng_uniform(void) { return (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0); }
+
+static double rng_normal(void)
+{
+    double u = rng_uniform() + 1e-300, v = rng_uniform();
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+static uint16_t bf16_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)(u >> 16);
+}
+
+static double bf16_value(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* A random finite E4M3 byte (NaN is 0x7F / 0xFF). */
+static uint8_t rand_e4m3(void)
+{
+    for (;;) {
+        uint8_t b = (uint8_t)rng_next();
+        if ((b & 0x7f) != 0x7f)
+            return b;
+    }
+}
+
+static int cuda_ok(cudaError_t e, const char *what)
+{
+    if (e != cudaSuccess) {
+        fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+        return 0;
+    }
+    return 1;
+}
+
+static void *dev_alloc_poison(size_t bytes)
+{
+    void *p = NULL;
+    if (!cuda_ok(cudaMalloc(&p, bytes), "cudaMalloc"))
+        exit(1);
+    cudaMemset(p, 0xff, bytes);
+    return p;
+}
+
+static void *dev_upload(const void *h, size_t bytes)
+{
+    void *p = dev_alloc_poison(bytes);
+    cudaMemcpy(p, h, bytes, cudaMemcpyHostToDevice);
+    return p;
+}
+
+static void download(void *h, const void *d, size_t bytes)
+{
+    if (!cuda_ok(cudaDeviceSynchronize(), "kernel") ||
+        !cuda_ok(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy"))
+        exit(1);
+}
+
+/* Relative L2 error of BF16 y against ref; any non-finite y counts as a
+ * failure (returns +inf). */
+static double rel_l2_bf16(const uint16_t *y, const double *ref, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double v = bf16_value(y[i]);
+        if (!isfinite(v))
+            return INFINITY;
+        num += (v - ref[i]) * (v - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1.0));
+}
+
+/* Random BF16 activations whose 128-groups span a wide range of
+ * magnitudes, with one group of tiny values to hit the 1e-4 amax floor. */
+static uint16_t *make_x(int64_t m, int64_t k)
+{
+    uint16_t *x = malloc((size_t)(m * k) * 2);
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t kb = 0; kb < k / 128; kb++) {
+            double mag = (r == 0 && kb == 0) ? 1e-6 : pow(2.0, -6.0 + 14.0 * rng_uniform());
+            for (int i = 0; i < 128; i++)
+                x[r * k + kb * 128 + i] = bf16_bits((float)(rng_normal() * mag));
+        }
+    return x;
+}
+
+/* The E4M3 code nearest to v (ties to even code, saturating at 448). */
+static double ref_e4m3_round(double v)
+{
+    double best = 0.0, bd = INFINITY;
+    int bcode = 0;
+    for (int c = 0; c < 256; c++) {
+        double t = ref_e4m3[c];
+        if (isnan(t))
+            continue;
+        double d = fabs(t - v);
+        if (d < bd || (d == bd && (c & 1) == 0 && (bcode & 1) == 1)) {
+            bd = d;
+            best = t;
+            bcode = c;
+        }
+    }
+    return best;
+}
+
+/* Quantizes x on the GPU; returns device xq and xs, and host copies. */
+static void quant_x(const uint16_t *x, int64_t m, int64_t k, qplug_cuda__scale_fmt fmt,
+                    void **dxq, float **dxs, uint8_t **hxq, float **hxs)
+{
+    void *dx = dev_upload(x, (size_t)(m * k) * 2);
+    *dxq = dev_alloc_poison((size_t)(m * k));
+    *dxs = dev_alloc_poison((size_t)(m * (k / 128)) * 4);
+    qplug_cuda__err err = {{0}};
+    qplug_status s = qplug_cuda__act_quant_fp8(dx, m, k, fmt, *dxq, *dxs, NULL, &err);
+    CHECKF(s == QPLUG_OK, "act_quant_fp8: %s", err.msg);
+    *hxq = malloc((size_t)(m * k));
+    *hxs = malloc((size_t)(m * (k / 128)) * 4);
+    download(*hxq, *dxq, (size_t)(m * k));
+    download(*hxs, *dxs, (size_t)(m * (k / 128)) * 4);
+    cudaFree(dx);
+}
+
+static void test_act_quant(int64_t m, int64_t k, qplug_cuda__scale_fmt fmt)
+{
+    uint16_t *x = make_x(m, k);
+    void *dxq;
+    float *dxs;
+    uint8_t *q;
+    float *sc;
+    quant_x(x, m, k, fmt, &dxq, &dxs, &q, &sc);
+    int64_t bad_scale = 0, bad_q = 0;
+    double num = 0, den = 0;
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t kb = 0; kb < k / 128; kb++) {
+            float amax = 1e-4f;
+            for (int i = 0; i < 128; i++) {
+                float a = (float)fabs(bf16_value(x[r * k + kb * 128 + i]));
+                if (a > amax)
+                    amax = a;
+            }
+            float s = amax / 448.0f;
+            if (fmt == QPLUG_CUDA_SCALE_UE8M0) {
+                int e;
+                float f = frexpf(s, &e);
+                s = (f == 0.5f) ? s : ldexpf(1.0f, e);
+            }
+            float got = sc[kb * m + r];
+            if (got != s)
+                bad_scale++;
+            for (int i = 0; i < 128; i++) {
+                double xv = bf16_value(x[r * k + kb * 128 + i]);
+                double want = ref_e4m3_round((double)((float)xv / s));
+                double have = ref_e4m3[q[r * k + kb * 128 + i]];
+                if (!(have == want))
+                    bad_q++;
+                num += (have * got - xv) * (have * got - xv);
+                den += xv * xv;
+            }
+        }
+    CHECKF(bad_scale == 0, "act_quant m=%lld k=%lld fmt=%d: %lld scales differ", (long long)m,
+           (long long)k, (int)fmt, (long long)bad_scale);
+    CHECKF(bad_q == 0, "act_quant m=%lld k=%lld fmt=%d: %lld codes differ", (long long)m,
+           (long long)k, (int)fmt, (long long)bad_q);
+    /* E4M3 keeps 3 mantissa bits: at most 2^-4 relative per element. */
+    double e = sqrt(num / den);
+    CHECKF(e < 0.0625, "act_quant m=%lld k=%lld: dequant rel L2 %.3g >= 0.0625", (long long)m,
+           (long long)k, e);
+    free(x);
+    free(q);
+    free(sc);
+    cudaFree(dxq);
+    cudaFree(dxs);
+}
+
+/* FP8 block weights: random finite E4M3 bytes and F32 scales. */
+static void make_fp8_w(int64_t n, int64_t k, uint8_t **w, float **ws)
+{
+    *w = malloc((size_t)(n * k));
+    *ws = malloc((size_t)(((n + 127) / 128) * (k / 128)) * 4);
+    for (int64_t i = 0; i < n * k; i++)
+        (*w)[i] = rand_e4m3();
+    for (int64_t i = 0; i < ((n + 127) / 128) * (k / 128); i++)
+        (*ws)[i] = (float)(pow(2.0, -12.0 + 6.0 * rng_uniform()));
+}
+
+static double *ref_fp8(const uint8_t *xq, const float *xs, const uint8_t *w, const float *ws,
+                       int64_t m, int64_t n, int64_t k)
+{
+    double *ref = calloc((size_t)(m * n), sizeof *ref);
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t c = 0; c < n; c++) {
+            double acc = 0;
+            for (int64_t kb = 0; kb < k / 128; kb++) {
+                double part = 0;
+                for (int i = 0; i < 128; i++)
+                    part += ref_e4m3[xq[r * k + kb * 128 + i]] * ref_e4m3[w[c * k + kb * 128 + i]];
+                acc += part * xs[kb * m + r] * ws[(c / 128) * (k / 128) + kb];
+            }
+            ref[r * n + c] = acc;
+        }
+    return ref;
+}
+
+static void test_fp8(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, int use_gemv)
+{
+    uint16_t *x = make_x(m, k);
+    void *dxq;
+    float *dxs;
+    uint8_t *xq, *w;
+    float *xs, *ws;
+    quant_x(x, m, k, QPLUG_CUDA_SCALE_F32, &dxq, &dxs, &xq, &xs);
+    make_fp8_w(n, k, &w, &ws);
+    void *dw = dev_upload(w, (size_t)(n * k));
+    void *dws = dev_upload(ws, (size_t)(((n + 127) / 128) * (k / 128)) * 4);
+    void *dy = dev_alloc_poison((size_t)(m * n) * 2);
+    size_t wsz = 32u << 20;
+    void *work = dev_alloc_poison(wsz);
+    qplug_cuda__err err = {{0}};
+    qplug_status s;
+    if (use_gemv) {
+        s = qplug_cuda__gemv_fp8(dw, dws, dxq, dxs, m, n, k, dy, NULL, &err);
+    } else {
+        qplug_cuda__fp8_gemm *g = NULL;
+        s = qplug_cuda__fp8_gemm_create(lt, m, n, k, wsz, &g, &err);
+        if (s == QPLUG_OK)
+            s = qplug_cuda__fp8_gemm_run(g, dw, dws, dxq, dxs, dy, work, NULL, &err);
+        cudaDeviceSynchronize();
+        qplug_cuda__fp8_gemm_destroy(g);
+    }
+    CHECKF(s == QPLUG_OK, "%s m=%lld n=%lld k=%lld: %s", use_gemv ? "gemv_fp8" : "fp8_gemm",
+           (long long)m, (long long)n, (long long)k, err.msg);
+    uint16_t *y = malloc((size_t)(m * n) * 2);
+    download(y, dy, (size_t)(m * n) * 2);
+    double *ref = ref_fp8(xq, xs, w, ws, m, n, k);
+    double e = rel_l2_bf16(y, ref, (size_t)(m * n));
+    CHECKF(e < BOUND_BF16_OUT, "%s m=%lld n=%lld k=%lld: rel L2 %.3g >= %g",
+           use_gemv ? "gemv_fp8" : "fp8_gemm", (long long)m, (long long)n, (long long)k, e,
+           BOUND_BF16_OUT);
+    printf("%-10s m=%-4lld n=%-5lld k=%-5lld rel L2 %.3g\n", use_gemv ? "gemv_fp8" : "fp8_gemm",
+           (long long)m, (long long)n, (long long)k, e);
+    free(x), free(xq), free(xs), free(w), free(ws), free(y), free(ref);
+    cudaFree(dxq), cudaFree(dxs), cudaFree(dw), cudaFree(dws), cudaFree(dy), cudaFree(work);
+}
+
+/* Random FP4 weights with scales: MXFP4 E8M0 exponents within 12 octaves,
+ * NVFP4 positive finite E4M3 scales and a global scale. */
+static void make_fp4_w(int nv, int64_t n, int64_t k, uint8_t **w, uint8_t **sc, float *global)
+{
+    int64_t ns = n * (k / (nv ? 16 : 32));
+    *w = malloc((size_t)(n * k / 2));
+    *sc = malloc((size_t)ns);
+    for (int64_t i = 0; i < n * k / 2; i++)
+        (*w)[i] = (uint8_t)rng_next();
+    for (int64_t i = 0; i < ns; i++)
+        (*sc)[i] = nv ? (uint8_t)(0x18 + rng_next() % 0x50) : (uint8_t)(115 + rng_next() % 12);
+    *global = nv ? (float)(0.5 + rng_uniform()) * 1e-2f : 1.0f;
+}
+
+static double fp4_value(int nv, const uint8_t *w, const uint8_t *sc, float global, int64_t k,
+                        int64_t row, int64_t e)
+{
+    uint8_t b = w[row * (k / 2) + e / 2];
+    double v = ref_e2m1[(e & 1) ? (b >> 4) : (b & 15)];
+    if (nv)
+        return v * ref_e4m3[sc[row * (k / 16) + e / 16]] * (double)global;
+    return v * ldexp(1.0, (int)sc[row * (k / 32) + e / 32] - 127);
+}
+
+static void test_fp4_gemv(int nv, int64_t m, int64_t n, int64_t k)
+{
+    const char *name = nv ? "gemv_nvfp4" : "gemv_mxfp4";
+    uint16_t *x = make_x(m, k);
+    void *dxq;
+    float *dxs;
+    uint8_t *xq, *w, *sc;
+    float *xs, global;
+    quant_x(x, m, k, QPLUG_CUDA_SCALE_F32, &dxq, &dxs, &xq, &xs);
+    make_fp4_w(nv, n, k, &w, &sc, &global);
+    void *dw = dev_upload(w, (size_t)(n * k / 2));
+    void *dwp = dev_alloc_poison((size_t)(n * k / 2));
+    void *dsc = dev_upload(sc, (size_t)(n * (k / (nv ? 16 : 32))));
+    void *dy = dev_alloc_poison((size_t)(m * n) * 2);
+    qplug_cuda__err err = {{0}};
+    qplug_status s = qplug_cuda__fp4_repack(dw, n, k, dwp, NULL, &err);
+    if (s == QPLUG_OK)
+        s = nv ? qplug_cuda__gemv_nvfp4(dwp, dsc, global, dxq, dxs, m, n, k, dy, NULL, &err)
+               : qplug_cuda__gemv_mxfp4(dwp, dsc, dxq, dxs, m, n, k, dy, NULL, &err);
+    CHECKF(s == QPLUG_OK, "%s m=%lld n=%lld k=%lld: %s", name, (long long)m, (long long)n,
+           (long long)k, err.msg);
+    uint16_t *y = malloc((size_t)(m * n) * 2);
+    download(y, dy, (size_t)(m * n) * 2);
+    double *ref = calloc((size_t)(m * n), sizeof *ref);
+    for (int64_t c = 0; c < n; c++) {
+        double *wrow = malloc((size_t)k * sizeof *wrow);
+        for (int64_t e = 0; e < k; e++)
+            wrow[e] = fp4_value(nv, w, sc, global, k, c, e);
+        for (int64_t r = 0; r < m; r++) {
+            double acc = 0;
+            for (int64_t e = 0; e < k; e++)
+                acc += ref_e4m3[xq[r * k + e]] * xs[(e / 128) * m + r] * wrow[e];
+            ref[r * n + c] = acc;
+        }
+        free(wrow);
+    }
+    double e = rel_l2_bf16(y, ref, (size_t)(m * n));
+    CHECKF(e < BOUND_BF16_OUT, "%s m=%lld n=%lld k=%lld: rel L2 %.3g >= %g", name, (long long)m,
+           (long long)n, (long long)k, e, BOUND_BF16_OUT);
+    printf("%-10s m=%-4lld n=%-5lld k=%-5lld rel L2 %.3g\n", name, (long long)m, (long long)n,
+           (long long)k, e);
+    free(x), free(xq), free(xs), free(w), free(sc), free(y), free(ref);
+    cudaFree(dxq), cudaFree(dxs), cudaFree(dw), cudaFree(dwp), cudaFree(dsc), cudaFree(dy);
+}
+
+/* FP4 -> FP8 block conversion: MXFP4 with exponents inside 14 octaves per
+ * tile must be exact; NVFP4 is within E4M3 rounding (2^-4 per element). */
+static void test_fp4_to_fp8(int nv, int64_t n, int64_t k)
+{
+    const char *name = nv ? "nvfp4_to_fp8_block" : "mxfp4_to_fp8_block";
+    uint8_t *w, *sc;
+    float global;
+    make_fp4_w(nv, n, k, &w, &sc, &global);
+    void *dw = dev_upload(w, (size_t)(n * k / 2));
+    void *dsc = dev_upload(sc, (size_t)(n * (k / (nv ? 16 : 32))));
+    void *dq = dev_alloc_poison((size_t)(n * k));
+    void *dqs = dev_alloc_poison((size_t)((n / 128) * (k / 128)) * 4);
+    qplug_cuda__err err = {{0}};
+    qplug_status s = nv ? qplug_cuda__nvfp4_to_fp8_block(dw, dsc, global, n, k, dq, dqs, NULL, &err)
+                        : qplug_cuda__mxfp4_to_fp8_block(dw, dsc, n, k, dq, dqs, NULL, &err);
+    CHECKF(s == QPLUG_OK, "%s: %s", name, err.msg);
+    uint8_t *q = malloc((size_t)(n * k));
+    float *qs = malloc((size_t)((n / 128) * (k / 128)) * 4);
+    download(q, dq, (size_t)(n * k));
+    download(qs, dqs, (size_t)((n / 128) * (k / 128)) * 4);
+    int64_t inexact = 0, bad_scale = 0;
+    double num = 0, den = 0;
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t e = 0; e < k; e++) {
+            double S = qs[(r / 128) * (k / 128) + e / 128];
+            int ex;
+            if (!(S > 0) || frexp(S, &ex) != 0.5)
+                bad_scale++;
+            double want = fp4_value(nv, w, sc, global, k, r, e);
+            double have = ref_e4m3[q[r * k + e]] * S;
+            if (!(have == want))
+                inexact++;
+            num += (have - want) * (have - want);
+            den += want * want;
+        }
+    CHECKF(bad_scale == 0, "%s: %lld tile scales are not positive powers of two", name,
+           (long long)bad_scale);
+    double rel = sqrt(num / den);
+    if (nv)
+        CHECKF(rel < 0.0625, "%s: rel L2 %.3g >= 0.0625", name, rel);
+    else
+        CHECKF(inexact == 0, "%s: %lld of %lld values not exact", name, (long long)inexact,
+               (long long)(n * k));
+    printf("%-18s n=%lld k=%lld rel L2 %.3g (%lld inexact)\n", name, (long long)n, (long long)k,
+           rel, (long long)inexact);
+    free(w), free(sc), free(q), free(qs);
+    cudaFree(dw), cudaFree(dsc), cudaFree(dq), cudaFree(dqs);
+}
+
+static void test_bad_args(void)
+{
+    qplug_cuda__err err = {{0}};
+    char dummy[16];
+    CHECK(qplug_cuda__act_quant_fp8(dummy, 1, 100, QPLUG_CUDA_SCALE_F32, dummy, (float *)dummy,
+                                    NULL, &err) == QPLUG_ERR_SHAPE);
+    CHECK(strstr(err.msg, "act_quant_fp8") != NULL);
+    CHECK(qplug_cuda__gemv_fp8(dummy, (float *)dummy, dummy, (float *)dummy, 17, 32, 128, dummy,
+                               NULL, &err) == QPLUG_ERR_SHAPE);
+    CHECK(qplug_cuda__gemv_mxfp4(NULL, (uint8_t *)dummy, dummy, (float *)dummy, 1, 32, 128, dummy,
+                                 NULL, &err) == QPLUG_ERR_ARGUMENT);
+    CHECK(qplug_cuda__fp4_repack((uint8_t *)dummy, 4, 96, (uint8_t *)dummy, NULL, &err) ==
+          QPLUG_ERR_SHAPE);
+}
+
+int main(void)
+{
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count < 1) {
+        printf("no CUDA device: skipped\n");
+        return SKIP_CODE;
+    }
+    struct cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, 0);
+    printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    cublasLtHandle_t lt = NULL;
+    if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "cublasLtCreate failed\n");
+        return 1;
+    }
+
+    test_bad_args();
+    const int64_t aq_m[] = {1, 5, 16, 67};
+    for (size_t i = 0; i < sizeof aq_m / sizeof aq_m[0]; i++) {
+        test_act_quant(aq_m[i], 1024, QPLUG_CUDA_SCALE_F32);
+        test_act_quant(aq_m[i], 384, QPLUG_CUDA_SCALE_UE8M0);
+    }
+    test_fp8(lt, 16, 256, 512, 0);
+    test_fp8(lt, 64, 384, 1152, 0);
+    test_fp8(lt, 200, 512, 256, 0);
+    const int64_t gm[] = {1, 3, 8, 9, 16};
+    for (size_t i = 0; i < sizeof gm / sizeof gm[0]; i++) {
+        test_fp8(lt, gm[i], 272, 1152, 1);
+        test_fp4_gemv(0, gm[i], 272, 1152);
+        test_fp4_gemv(1, gm[i], 272, 1152);
+    }
+    /* Wide enough for the two-tiles-per-warp variant (n / 32 >= 2 * SMs). */
+    test_fp8(lt, 16, 9216, 256, 1);
+    test_fp8(lt, 5, 9216, 256, 1);
+    test_fp4_gemv(0, 16, 9216, 256);
+    test_fp4_gemv(1, 7, 9216, 256);
+    test_fp4_to_fp8(0, 256, 384);
+    test_fp4_to_fp8(1, 256, 384);
+
+    cublasLtDestroy(lt);
+    return test_done();
+}
