@@ -238,6 +238,25 @@ bool qplug__desc_sane(const qplug_layer_desc *layer);
 /* The CPU weight-row counts of a layer: linear n, grouped G*n. */
 int64_t qplug__out_rows(const qplug_layer_desc *layer);
 
+/* "experts.<e>.<w>." into buf: the slot prefix of one expert shard. */
+void qplug__expert_prefix(char *buf, size_t size, int32_t e, const char *w);
+
+/* MXFP4 module `prefix` ("" or an expert prefix): declares / binds
+ * <prefix>weight U8|I8 [rows, cols/2] and <prefix>scale F8_E8M0
+ * [rows, cols/32]. */
+qplug_status qplug__mxfp4_declare(const qplug_host *host, const char *prefix, int64_t rows,
+                                  int64_t cols);
+qplug_status qplug__mxfp4_view(const qplug_host *host, const char *prefix, int64_t rows,
+                               int64_t cols, qplug__wmat *out);
+
+/* NVFP4 module `prefix`: <prefix>weight U8|I8 [rows, cols/2],
+ * weight_scale F8_E4M3 [rows, cols/16], weight_scale_2 and input_scale F32
+ * scalars; the view carries the shard's own global and input scale. */
+qplug_status qplug__nvfp4_declare(const qplug_host *host, const char *prefix, int64_t rows,
+                                  int64_t cols);
+qplug_status qplug__nvfp4_view(const qplug_host *host, const char *prefix, int64_t rows,
+                               int64_t cols, qplug__wmat *out);
+
 /* Mask of the packed FP4 dtypes a plugin accepts (U8, I8). */
 #define QPLUG__FP4_BYTES_MASK (QPLUG_DT_BIT(QPLUG_DT_U8) | QPLUG_DT_BIT(QPLUG_DT_I8))
 

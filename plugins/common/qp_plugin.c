@@ -56,3 +56,96 @@ int64_t qplug__out_rows(const qplug_layer_desc *layer)
     return layer->kind == QPLUG_LAYER_GROUPED_LINEAR ? (int64_t)layer->groups * layer->n
                                                      : layer->n;
 }
+
+void qplug__expert_prefix(char *buf, size_t size, int32_t e, const char *w)
+{
+    snprintf(buf, size, "experts.%d.%s.", (int)e, w);
+}
+
+qplug_status qplug__mxfp4_declare(const qplug_host *host, const char *prefix, int64_t rows,
+                                  int64_t cols)
+{
+    char ws[128], ss[128];
+    snprintf(ws, sizeof ws, "%sweight", prefix);
+    snprintf(ss, sizeof ss, "%sscale", prefix);
+    qplug_status st = qplug__declare2(host, ws, QPLUG__FP4_BYTES_MASK, rows, cols / 2, 0);
+    if (!st)
+        st = qplug__declare2(host, ss, QPLUG_DT_BIT(QPLUG_DT_F8_E8M0), rows, cols / 32, 0);
+    return st;
+}
+
+qplug_status qplug__mxfp4_view(const qplug_host *host, const char *prefix, int64_t rows,
+                               int64_t cols, qplug__wmat *out)
+{
+    char wslot[128], sslot[128];
+    snprintf(wslot, sizeof wslot, "%sweight", prefix);
+    snprintf(sslot, sizeof sslot, "%sscale", prefix);
+    const qplug_tensor *w, *s;
+    qplug_status st = qplug__need(host, wslot, &w);
+    if (!st)
+        st = qplug__need(host, sslot, &s);
+    if (!st)
+        st = qplug__wmat_from_tensor(host, wslot, w, QPLUG__W_MXFP4, rows, cols, out);
+    if (st)
+        return st;
+    if (s->dtype != QPLUG_DT_F8_E8M0 || s->ndim != 2 || s->shape[0] != rows ||
+        s->shape[1] != cols / 32)
+        return host->api->error(host->ctx, QPLUG_ERR_SHAPE,
+                                "tensor '%s' (slot %s) must be F8_E8M0 [%lld, %lld]",
+                                s->name ? s->name : sslot, sslot, (long long)rows,
+                                (long long)(cols / 32));
+    out->scale = s->data;
+    return QPLUG_OK;
+}
+
+/* The four tensors of one NVFP4 module; `prefix` is "" or "experts.e.w.". */
+qplug_status qplug__nvfp4_declare(const qplug_host *host, const char *prefix, int64_t rows,
+                                  int64_t cols)
+{
+    char slot[128];
+    snprintf(slot, sizeof slot, "%sweight", prefix);
+    qplug_status st = qplug__declare2(host, slot, QPLUG__FP4_BYTES_MASK, rows, cols / 2, 0);
+    snprintf(slot, sizeof slot, "%sweight_scale", prefix);
+    if (!st)
+        st = qplug__declare2(host, slot, QPLUG_DT_BIT(QPLUG_DT_F8_E4M3), rows, cols / 16, 0);
+    snprintf(slot, sizeof slot, "%sweight_scale_2", prefix);
+    if (!st)
+        st = qplug__declare0(host, slot, QPLUG_DT_BIT(QPLUG_DT_F32), 0);
+    snprintf(slot, sizeof slot, "%sinput_scale", prefix);
+    if (!st)
+        st = qplug__declare0(host, slot, QPLUG_DT_BIT(QPLUG_DT_F32), 0);
+    return st;
+}
+
+qplug_status qplug__nvfp4_view(const qplug_host *host, const char *prefix, int64_t rows,
+                               int64_t cols, qplug__wmat *out)
+{
+    char ws[128], ss[128], s2[128], is[128];
+    snprintf(ws, sizeof ws, "%sweight", prefix);
+    snprintf(ss, sizeof ss, "%sweight_scale", prefix);
+    snprintf(s2, sizeof s2, "%sweight_scale_2", prefix);
+    snprintf(is, sizeof is, "%sinput_scale", prefix);
+    const qplug_tensor *w, *s;
+    float g, in;
+    qplug_status st = qplug__need(host, ws, &w);
+    if (!st)
+        st = qplug__need(host, ss, &s);
+    if (!st)
+        st = qplug__scalar(host, s2, &g);
+    if (!st)
+        st = qplug__scalar(host, is, &in);
+    if (!st)
+        st = qplug__wmat_from_tensor(host, ws, w, QPLUG__W_NVFP4, rows, cols, out);
+    if (st)
+        return st;
+    if (s->dtype != QPLUG_DT_F8_E4M3 || s->ndim != 2 || s->shape[0] != rows ||
+        s->shape[1] != cols / 16)
+        return host->api->error(host->ctx, QPLUG_ERR_SHAPE,
+                                "tensor '%s' (slot %s) must be F8_E4M3 [%lld, %lld]",
+                                s->name ? s->name : ss, ss, (long long)rows,
+                                (long long)(cols / 16));
+    out->scale = s->data;
+    out->global = g;
+    out->input_scale = in;
+    return QPLUG_OK;
+}

@@ -37,15 +37,6 @@ static int mx_score(const qplug_layer_desc *l)
     return 0;
 }
 
-static qplug_status declare_mx(const qplug_host *host, const char *wslot, const char *sslot,
-                               int64_t rows, int64_t cols)
-{
-    qplug_status st = qplug__declare2(host, wslot, QPLUG__FP4_BYTES_MASK, rows, cols / 2, 0);
-    if (!st)
-        st = qplug__declare2(host, sslot, QPLUG_DT_BIT(QPLUG_DT_F8_E8M0), rows, cols / 32, 0);
-    return st;
-}
-
 static qplug_status mx_create_weights(const qplug_host *host, const qplug_layer_desc *l)
 {
     if (!mx_score(l))
@@ -53,38 +44,16 @@ static qplug_status mx_create_weights(const qplug_host *host, const qplug_layer_
                                 "mxfp4 cannot handle layer %s (kind %d, scheme %d)",
                                 l->name ? l->name : "?", (int)l->kind, (int)l->quant);
     if (l->kind == QPLUG_LAYER_LINEAR)
-        return declare_mx(host, "weight", "scale", l->n, l->k);
-    char ws[96], ss[96];
+        return qplug__mxfp4_declare(host, "", l->n, l->k);
+    char prefix[64];
     for (int32_t e = 0; e < l->num_experts; e++)
         for (int w = 0; w < 3; w++) {
-            qplug__expert_slot(ws, sizeof ws, e, W_NAMES[w], "weight");
-            qplug__expert_slot(ss, sizeof ss, e, W_NAMES[w], "scale");
+            qplug__expert_prefix(prefix, sizeof prefix, e, W_NAMES[w]);
             qplug_status st =
-                declare_mx(host, ws, ss, w < 2 ? l->n : l->k, w < 2 ? l->k : l->n);
+                qplug__mxfp4_declare(host, prefix, w < 2 ? l->n : l->k, w < 2 ? l->k : l->n);
             if (st)
                 return st;
         }
-    return QPLUG_OK;
-}
-
-static qplug_status mx_view(const qplug_host *host, const char *wslot, const char *sslot,
-                            int64_t rows, int64_t cols, qplug__wmat *out)
-{
-    const qplug_tensor *w, *s;
-    qplug_status st = qplug__need(host, wslot, &w);
-    if (!st)
-        st = qplug__need(host, sslot, &s);
-    if (!st)
-        st = qplug__wmat_from_tensor(host, wslot, w, QPLUG__W_MXFP4, rows, cols, out);
-    if (st)
-        return st;
-    if (s->dtype != QPLUG_DT_F8_E8M0 || s->ndim != 2 || s->shape[0] != rows ||
-        s->shape[1] != cols / 32)
-        return host->api->error(host->ctx, QPLUG_ERR_SHAPE,
-                                "tensor '%s' (slot %s) must be F8_E8M0 [%lld, %lld]",
-                                s->name ? s->name : sslot, sslot, (long long)rows,
-                                (long long)(cols / 32));
-    out->scale = s->data;
     return QPLUG_OK;
 }
 
@@ -105,19 +74,18 @@ static qplug_status mx_load(const qplug_host *host, qplug_mxfp4__state *st)
 {
     const qplug_layer_desc *l = &st->desc;
     if (l->kind == QPLUG_LAYER_LINEAR)
-        return mx_view(host, "weight", "scale", l->n, l->k, &st->w);
+        return qplug__mxfp4_view(host, "", l->n, l->k, &st->w);
     int32_t E = l->num_experts;
     st->experts = qplug__zalloc(host, (size_t)(3 * E) * sizeof(qplug__wmat));
     if (!st->experts)
         return host->api->error(host->ctx, QPLUG_ERR_NOMEM, "out of memory for %d experts",
                                 (int)E);
-    char ws[96], ss[96];
+    char prefix[64];
     for (int w = 0; w < 3; w++)
         for (int32_t e = 0; e < E; e++) {
-            qplug__expert_slot(ws, sizeof ws, e, W_NAMES[w], "weight");
-            qplug__expert_slot(ss, sizeof ss, e, W_NAMES[w], "scale");
-            qplug_status r = mx_view(host, ws, ss, w < 2 ? l->n : l->k, w < 2 ? l->k : l->n,
-                                     &st->experts[w * E + e]);
+            qplug__expert_prefix(prefix, sizeof prefix, e, W_NAMES[w]);
+            qplug_status r = qplug__mxfp4_view(host, prefix, w < 2 ? l->n : l->k,
+                                               w < 2 ? l->k : l->n, &st->experts[w * E + e]);
             if (r)
                 return r;
         }

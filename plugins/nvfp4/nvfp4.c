@@ -47,30 +47,6 @@ static int nv_score(const qplug_layer_desc *l)
     return 0;
 }
 
-/* The four tensors of one NVFP4 module; `prefix` is "" or "experts.e.w.". */
-static qplug_status declare_nv(const qplug_host *host, const char *prefix, int64_t rows,
-                               int64_t cols)
-{
-    char slot[128];
-    snprintf(slot, sizeof slot, "%sweight", prefix);
-    qplug_status st = qplug__declare2(host, slot, QPLUG__FP4_BYTES_MASK, rows, cols / 2, 0);
-    snprintf(slot, sizeof slot, "%sweight_scale", prefix);
-    if (!st)
-        st = qplug__declare2(host, slot, QPLUG_DT_BIT(QPLUG_DT_F8_E4M3), rows, cols / 16, 0);
-    snprintf(slot, sizeof slot, "%sweight_scale_2", prefix);
-    if (!st)
-        st = qplug__declare0(host, slot, QPLUG_DT_BIT(QPLUG_DT_F32), 0);
-    snprintf(slot, sizeof slot, "%sinput_scale", prefix);
-    if (!st)
-        st = qplug__declare0(host, slot, QPLUG_DT_BIT(QPLUG_DT_F32), 0);
-    return st;
-}
-
-static void expert_prefix(char *buf, size_t size, int32_t e, int w)
-{
-    snprintf(buf, size, "experts.%d.%s.", (int)e, W_NAMES[w]);
-}
-
 static qplug_status nv_create_weights(const qplug_host *host, const qplug_layer_desc *l)
 {
     if (!nv_score(l))
@@ -78,48 +54,15 @@ static qplug_status nv_create_weights(const qplug_host *host, const qplug_layer_
                                 "nvfp4 cannot handle layer %s (kind %d, scheme %d)",
                                 l->name ? l->name : "?", (int)l->kind, (int)l->quant);
     if (l->kind != QPLUG_LAYER_FUSED_MOE)
-        return declare_nv(host, "", qplug__out_rows(l), l->k);
+        return qplug__nvfp4_declare(host, "", qplug__out_rows(l), l->k);
     char prefix[64];
     for (int32_t e = 0; e < l->num_experts; e++)
         for (int w = 0; w < 3; w++) {
-            expert_prefix(prefix, sizeof prefix, e, w);
-            qplug_status st = declare_nv(host, prefix, w < 2 ? l->n : l->k, w < 2 ? l->k : l->n);
+            qplug__expert_prefix(prefix, sizeof prefix, e, W_NAMES[w]);
+            qplug_status st = qplug__nvfp4_declare(host, prefix, w < 2 ? l->n : l->k, w < 2 ? l->k : l->n);
             if (st)
                 return st;
         }
-    return QPLUG_OK;
-}
-
-static qplug_status nv_view(const qplug_host *host, const char *prefix, int64_t rows,
-                            int64_t cols, qplug__wmat *out)
-{
-    char ws[128], ss[128], s2[128], is[128];
-    snprintf(ws, sizeof ws, "%sweight", prefix);
-    snprintf(ss, sizeof ss, "%sweight_scale", prefix);
-    snprintf(s2, sizeof s2, "%sweight_scale_2", prefix);
-    snprintf(is, sizeof is, "%sinput_scale", prefix);
-    const qplug_tensor *w, *s;
-    float g, in;
-    qplug_status st = qplug__need(host, ws, &w);
-    if (!st)
-        st = qplug__need(host, ss, &s);
-    if (!st)
-        st = qplug__scalar(host, s2, &g);
-    if (!st)
-        st = qplug__scalar(host, is, &in);
-    if (!st)
-        st = qplug__wmat_from_tensor(host, ws, w, QPLUG__W_NVFP4, rows, cols, out);
-    if (st)
-        return st;
-    if (s->dtype != QPLUG_DT_F8_E4M3 || s->ndim != 2 || s->shape[0] != rows ||
-        s->shape[1] != cols / 16)
-        return host->api->error(host->ctx, QPLUG_ERR_SHAPE,
-                                "tensor '%s' (slot %s) must be F8_E4M3 [%lld, %lld]",
-                                s->name ? s->name : ss, ss, (long long)rows,
-                                (long long)(cols / 16));
-    out->scale = s->data;
-    out->global = g;
-    out->input_scale = in;
     return QPLUG_OK;
 }
 
@@ -140,7 +83,7 @@ static qplug_status nv_load(const qplug_host *host, qplug_nvfp4__state *st)
 {
     const qplug_layer_desc *l = &st->desc;
     if (l->kind != QPLUG_LAYER_FUSED_MOE)
-        return nv_view(host, "", qplug__out_rows(l), l->k, &st->w);
+        return qplug__nvfp4_view(host, "", qplug__out_rows(l), l->k, &st->w);
     int32_t E = l->num_experts;
     st->experts = qplug__zalloc(host, (size_t)(3 * E) * sizeof(qplug__wmat));
     if (!st->experts)
@@ -149,8 +92,8 @@ static qplug_status nv_load(const qplug_host *host, qplug_nvfp4__state *st)
     char prefix[64];
     for (int w = 0; w < 3; w++)
         for (int32_t e = 0; e < E; e++) {
-            expert_prefix(prefix, sizeof prefix, e, w);
-            qplug_status r = nv_view(host, prefix, w < 2 ? l->n : l->k, w < 2 ? l->k : l->n,
+            qplug__expert_prefix(prefix, sizeof prefix, e, W_NAMES[w]);
+            qplug_status r = qplug__nvfp4_view(host, prefix, w < 2 ? l->n : l->k, w < 2 ? l->k : l->n,
                                      &st->experts[w * E + e]);
             if (r)
                 return r;
