@@ -31,7 +31,11 @@ void qplug_runtime_parallel_for(qplug_runtime *rt, int64_t n, qplug_range_fn fn,
  * Where a layer's checkpoint tensors come from. Returns the tensor for
  * `slot` of `layer` (its `name` is the checkpoint tensor name) or NULL when
  * the checkpoint has none, and sets *file to the file holding it (for
- * messages; may stay NULL).
+ * messages; may stay NULL). When it returns NULL it may still set *file to
+ * where it looked, e.g. "model.safetensors.index.json (no
+ * layers.0.attn.wq_a.scale)", which the missing-tensor message quotes.
+ * Returned tensors are host memory and must stay valid and unchanged until
+ * the layer is destroyed (plugins may keep pointers into them).
  */
 typedef const qplug_tensor *(*qplug_tensor_source_fn)(void *user, const qplug_layer_desc *layer,
                                                        const char *slot, const char **file);
@@ -48,7 +52,8 @@ typedef struct qplug_layer_inst qplug_layer_inst;
 qplug_status qplug_layer_create(qplug_runtime *rt, const qplug_plugin *plugin,
                                 const qplug_layer_desc *desc, qplug_tensor_source_fn src,
                                 void *src_user, qplug_layer_inst **out, qplug_err *err);
-/* Calls apply(); a plugin error comes back prefixed "plugin/layer: ". */
+/* Calls apply() after checking args->struct_size and the tensors the op
+ * needs; a plugin error comes back prefixed "<plugin>: <layer>: ". */
 qplug_status qplug_layer_apply(qplug_layer_inst *l, const qplug_apply_args *args, qplug_err *err);
 /* kv_entry_bytes() of an attention layer; 0 when the plugin has none. */
 size_t qplug_layer_kv_entry_bytes(const qplug_layer_inst *l);

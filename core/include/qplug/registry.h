@@ -25,17 +25,26 @@ void qplug_registry_destroy(qplug_registry *reg);
  * NULL, an ABI major mismatch (both versions named), a struct_size too small
  * for the 1.0 slots, missing mandatory slots, a bad or duplicate name. */
 qplug_status qplug_registry_load_file(qplug_registry *reg, const char *path, qplug_err *err);
-/* Loads every *.so in `dir` in name order; a missing dir is not an error. */
+/* Loads every *.so in `dir` in name order; a missing dir is not an error.
+ * The first file refused stops the scan and is the error returned; the
+ * plugins loaded before it stay registered. */
 qplug_status qplug_registry_load_dir(qplug_registry *reg, const char *dir, qplug_err *err);
 /* The standard search: policy [plugins] dirs, then each entry of
- * $QPLUG_PLUGIN_PATH (colon-separated), then the installed etc/plugins.d
- * (and the build tree's when running from it). */
+ * $QPLUG_PLUGIN_PATH (colon-separated), then ../etc/plugins.d next to the
+ * running executable's directory (the build tree mirrors the install
+ * tree), then the compiled-in install directory. A directory reached by
+ * several spellings (same realpath) is scanned once; a plugin name found
+ * again later in the search is a duplicate, hence an error. */
 qplug_status qplug_registry_load_default(qplug_registry *reg, const qplug_policy *pol,
                                          qplug_err *err);
-/* Registers a plugin that is linked into the host (tests). */
+/* Registers a plugin that is linked into the host (tests), with the same
+ * checks as a loaded file; `p` must outlive the registry. */
 qplug_status qplug_registry_add(qplug_registry *reg, const qplug_plugin *p, const char *origin,
                                 qplug_err *err);
 
+/* The vtables handed out are the registry's zero-filled copies: a slot
+ * beyond the plugin's struct_size reads as NULL. They stay valid until
+ * qplug_registry_destroy. */
 size_t qplug_registry_count(const qplug_registry *reg);
 const qplug_plugin *qplug_registry_get(const qplug_registry *reg, size_t i);
 /* The file a plugin came from (or the origin given to _add). */
