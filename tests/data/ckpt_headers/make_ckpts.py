@@ -47,15 +47,21 @@ DT_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "I8": 1, "U8": 1, "I64": 8, "I32": 4,
             "F8_E4M3": 1, "F8_E8M0": 1}
 
 
-def payload(dtype, shape):
+def payload(dtype, shape, name):
+    """Random bytes of the right size; scales (names with "scale") are
+    positive, as the plugins require of them."""
     n = int(np.prod(shape)) if shape else 1
+    positive = "scale" in name
     if dtype == "F32":
-        return RNG.standard_normal(n).astype(np.float32).tobytes()
+        f = RNG.standard_normal(n).astype(np.float32)
+        return (np.abs(f) + 0.01 if positive else f).astype(np.float32).tobytes()
     if dtype == "BF16":
         f = RNG.standard_normal(n).astype(np.float32) * 0.05
         return (f.view(np.uint32) >> 16).astype(np.uint16).tobytes()
     if dtype == "F8_E4M3":
-        b = RNG.integers(0, 0x7F, n, dtype=np.uint8)  # 0x7f is NaN
+        b = RNG.integers(1, 0x7F, n, dtype=np.uint8)  # 0x7f is NaN
+        if positive:
+            return b.tobytes()
         return (b | (RNG.integers(0, 2, n, dtype=np.uint8) << 7)).tobytes()
     if dtype == "F8_E8M0":
         return RNG.integers(120, 130, n, dtype=np.uint8).tobytes()
@@ -69,7 +75,7 @@ def payload(dtype, shape):
 def write_st(path, tensors):
     header, blobs, off = {}, [], 0
     for name, (dtype, shape) in tensors.items():
-        data = payload(dtype, shape)
+        data = payload(dtype, shape, name)
         assert len(data) == (int(np.prod(shape)) if shape else 1) * DT_BYTES[dtype]
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + len(data)]}
         blobs.append(data)
