@@ -112,8 +112,12 @@ static void test_parallel_for(void)
  */
 #define TP_DECLARE_F4 (1u << 8)
 
+/* What process_after_loading saw: weight dtype, shape0, shape1, first
+ * byte, scale[0], bias bound, and the host table's answers: state 64-byte
+ * aligned, cuda_device, cublaslt non-NULL, option fp4_activations "true". */
+enum { TP_SEEN = 10 };
 typedef struct tp_state {
-    float seen[6]; /* weight dtype, shape0, shape1, first byte, scale[0], has bias */
+    float seen[TP_SEEN];
 } tp_state;
 
 static int tp_score(const qplug_layer_desc *layer)
@@ -160,6 +164,15 @@ static qplug_status tp_process(const qplug_host *host, const qplug_layer_desc *l
     st->seen[3] = (float)((const uint8_t *)w->data)[0];
     st->seen[4] = ((const float *)s->data)[0];
     st->seen[5] = api->weight(host->ctx, "bias") ? 1.0f : 0.0f;
+    st->seen[6] = ((uintptr_t)st % 64 == 0) ? 1.0f : 0.0f;
+    st->seen[7] = (float)api->cuda_device(host->ctx);
+    st->seen[8] = api->cublaslt(host->ctx) ? 1.0f : 0.0f;
+    const char *opt = api->option(host->ctx, "megamoe", "fp4_activations");
+    st->seen[9] = opt && strcmp(opt, "true") == 0 ? 1.0f : 0.0f;
+    /* Declaring is for create_weights only. */
+    const int64_t one[1] = {1};
+    if (api->declare(host->ctx, "late", QPLUG_DT_BIT(QPLUG_DT_F32), 1, one, 0) != QPLUG_ERR_ARGUMENT)
+        st->seen[0] = -1.0f;
     *state = st;
     return QPLUG_OK;
 }
@@ -167,7 +180,7 @@ static qplug_status tp_process(const qplug_host *host, const qplug_layer_desc *l
 static qplug_status tp_apply(const qplug_host *host, void *state, const qplug_apply_args *args)
 {
     (void)host;
-    memcpy(args->y->data, ((tp_state *)state)->seen, sizeof ((tp_state *)state)->seen);
+    memcpy(args->y->data, ((tp_state *)state)->seen, sizeof((tp_state *)state)->seen);
     return QPLUG_OK;
 }
 
@@ -251,7 +264,7 @@ static qplug_layer_desc test_desc(uint32_t flags)
 
 /* Creates the layer, runs apply into `seen` and destroys it. */
 static qplug_status run_layer(qplug_runtime *rt, const qplug_plugin *p, qplug_layer_desc d,
-                              fake_ckpt *c, float seen[6], qplug_err *err)
+                              fake_ckpt *c, float seen[TP_SEEN], qplug_err *err)
 {
     qplug_layer_inst *l = NULL;
     qplug_status st = qplug_layer_create(rt, p, &d, fake_source, c, &l, err);
@@ -261,7 +274,7 @@ static qplug_status run_layer(qplug_runtime *rt, const qplug_plugin *p, qplug_la
     }
     float x[K] = {0};
     qplug_tensor xt = {NULL, QPLUG_DT_F32, 2, {1, K}, x, QPLUG_DEVICE_CPU};
-    qplug_tensor yt = {NULL, QPLUG_DT_F32, 2, {1, 6}, seen, QPLUG_DEVICE_CPU};
+    qplug_tensor yt = {NULL, QPLUG_DT_F32, 2, {1, TP_SEEN}, seen, QPLUG_DEVICE_CPU};
     qplug_apply_args a = {0};
     a.struct_size = sizeof a;
     a.op = QPLUG_OP_FORWARD;
@@ -286,17 +299,22 @@ static void test_binding(void)
     CHECK(qplug_registry_add(reg, &tp_plugin, "test_host.c", &err) == QPLUG_OK);
     const qplug_plugin *p = qplug_registry_find(reg, "testplug");
     CHECK(p != NULL);
-    CHECK(qplug_runtime_create(NULL, QPLUG_DEVICE_CPU, 2, &rt, &err) == QPLUG_OK);
+    qplug_policy pol;
+    qplug_policy_init(&pol);
+    pol.fp4_activations = true;
+    CHECK(qplug_runtime_create(&pol, QPLUG_DEVICE_CPU, 2, &rt, &err) == QPLUG_OK);
     if (!p || !rt)
         goto out;
 
-    float seen[6];
+    float seen[TP_SEEN];
     /* Everything present, stored and declared as U8 [n, k/2]. */
     fake_ckpt c = good_ckpt();
     qplug_status st = run_layer(rt, p, test_desc(0), &c, seen, &err);
     CHECKF(st == QPLUG_OK, "good layer: %s", err.msg);
     CHECK(seen[0] == QPLUG_DT_U8 && seen[1] == N && seen[2] == K / 2);
     CHECK(seen[3] == w_bytes[0] && seen[4] == s_vals[0] && seen[5] == 0.0f);
+    /* A CPU runtime has no CUDA device and no cuBLASLt handle. */
+    CHECK(seen[6] == 1.0f && seen[7] == -1.0f && seen[8] == 0.0f && seen[9] == 1.0f);
 
     /* The optional bias, when present, is bound. */
     c = good_ckpt();
