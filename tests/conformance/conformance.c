@@ -1,0 +1,1231 @@
+/*
+ * tests/conformance/conformance.c - the plugin conformance driver.
+ *
+ *   qplug_conformance --plugin PATH.so [--case NAME] [--list] [--seed N]
+ *                     [--require] [--data DIR] [-v]
+ *
+ * Runs against any plugin .so through the ABI alone (it links no qplug
+ * core): it dlopen()s the file, checks the ABI fields, and then, for every
+ * case of cases.h the plugin scores above 0 (or only --case), checks the
+ * tensors create_weights declares against the format as the fixture stores
+ * it, builds the layer, and runs apply() in reference and native precision
+ * on fresh random inputs with poisoned outputs against an fp64 reference
+ * computed here from the fixture's independently dequantized weights; then
+ * feeds it bad inputs, which must give an error status and a message, not a
+ * crash. With --require a case the plugin does not claim is a failure.
+ *
+ * The host it hands the plugin is its own: malloc-backed alloc with a leak
+ * count per layer, a pthread parallel_for, declare/weight that exist only
+ * in their phases, and an error() that records the message.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "cases.h"
+#include "qplug/plugin.h"
+
+#ifndef QPLUG_CONF_DATA_DIR
+#define QPLUG_CONF_DATA_DIR "tests/data/conformance"
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Failures                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct conf_run {
+    int failures;
+    int checks;
+    bool verbose;
+} conf_run;
+
+static void fail(conf_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(conf_run *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("  FAIL: ", stdout);
+    vprintf(fmt, ap);
+    fputc('\n', stdout);
+    va_end(ap);
+    r->failures++;
+}
+
+#define EXPECT(r, cond, ...)                                                   \
+    do {                                                                       \
+        (r)->checks++;                                                         \
+        if (!(cond))                                                           \
+            fail((r), __VA_ARGS__);                                            \
+    } while (0)
+
+/* ------------------------------------------------------------------------ */
+/* Fixtures: a small safetensors reader                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct fx_tensor {
+    char *name;
+    qplug_dtype dtype;
+    int32_t ndim;
+    int64_t shape[QPLUG_MAX_DIMS];
+    void *data;      /* its own aligned copy */
+    size_t bytes;
+} fx_tensor;
+
+typedef struct fixture {
+    char *path;
+    fx_tensor *t;
+    size_t n;
+} fixture;
+
+static void fixture_free(fixture *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        free(f->t[i].name);
+        free(f->t[i].data);
+    }
+    free(f->t);
+    free(f->path);
+    memset(f, 0, sizeof *f);
+}
+
+static bool dtype_from_name(const char *s, qplug_dtype *out)
+{
+#define X(nm, st, bits)                                                        \
+    if (strcmp(s, st) == 0) {                                                  \
+        *out = QPLUG_DT_##nm;                                                  \
+        return true;                                                           \
+    }
+    QPLUG_DTYPE_LIST(X)
+#undef X
+    return false;
+}
+
+static bool fixture_load(const char *path, fixture *f, char *err, size_t errsz)
+{
+    memset(f, 0, sizeof *f);
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        snprintf(err, errsz, "%s: %s", path, strerror(errno));
+        return false;
+    }
+    unsigned char *buf = NULL;
+    cJSON *hdr = NULL;
+    bool ok = false;
+    fseek(fp, 0, SEEK_END);
+    long len = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    buf = malloc(len > 0 ? (size_t)len : 1);
+    if (!buf || len < 8 || fread(buf, 1, (size_t)len, fp) != (size_t)len) {
+        snprintf(err, errsz, "%s: cannot read", path);
+        goto done;
+    }
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--)
+        hl = (hl << 8) | buf[i];
+    if (hl > (uint64_t)len - 8) {
+        snprintf(err, errsz, "%s: header length %" PRIu64 " beyond the file", path, hl);
+        goto done;
+    }
+    hdr = cJSON_ParseWithLength((const char *)buf + 8, (size_t)hl);
+    if (!cJSON_IsObject(hdr)) {
+        snprintf(err, errsz, "%s: header is not a JSON object", path);
+        goto done;
+    }
+    size_t payload = (size_t)len - 8 - (size_t)hl;
+    const unsigned char *base = buf + 8 + hl;
+    f->t = calloc((size_t)cJSON_GetArraySize(hdr) + 1, sizeof *f->t);
+    if (!f->t)
+        goto done;
+    cJSON *it;
+    cJSON_ArrayForEach(it, hdr)
+    {
+        if (strcmp(it->string, "__metadata__") == 0)
+            continue;
+        fx_tensor *t = &f->t[f->n];
+        cJSON *dt = cJSON_GetObjectItem(it, "dtype");
+        cJSON *sh = cJSON_GetObjectItem(it, "shape");
+        cJSON *of = cJSON_GetObjectItem(it, "data_offsets");
+        if (!cJSON_IsString(dt) || !dtype_from_name(dt->valuestring, &t->dtype) ||
+            !cJSON_IsArray(sh) || cJSON_GetArraySize(sh) > QPLUG_MAX_DIMS ||
+            !cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2) {
+            snprintf(err, errsz, "%s: tensor %s: bad entry", path, it->string);
+            goto done;
+        }
+        t->ndim = cJSON_GetArraySize(sh);
+        int64_t numel = 1;
+        for (int i = 0; i < t->ndim; i++) {
+            t->shape[i] = (int64_t)cJSON_GetArrayItem(sh, i)->valuedouble;
+            numel *= t->shape[i];
+        }
+        double o0 = cJSON_GetArrayItem(of, 0)->valuedouble;
+        double o1 = cJSON_GetArrayItem(of, 1)->valuedouble;
+        size_t want = (size_t)((numel * (int64_t)qplug_dtype_bits(t->dtype) + 7) / 8);
+        if (o0 < 0 || o1 < o0 || o1 > (double)payload || (size_t)(o1 - o0) != want) {
+            snprintf(err, errsz, "%s: tensor %s: offsets do not match its shape", path,
+                     it->string);
+            goto done;
+        }
+        t->name = strdup(it->string);
+        t->bytes = want;
+        t->data = malloc(want ? want : 1);
+        if (!t->name || !t->data) {
+            f->n++;
+            goto done;
+        }
+        memcpy(t->data, base + (size_t)o0, want);
+        f->n++;
+    }
+    f->path = strdup(path);
+    ok = f->path != NULL;
+done:
+    if (!ok && err[0] == '\0')
+        snprintf(err, errsz, "%s: out of memory", path);
+    if (!ok)
+        fixture_free(f);
+    cJSON_Delete(hdr);
+    free(buf);
+    fclose(fp);
+    return ok;
+}
+
+static const fx_tensor *fixture_find(const fixture *f, const char *name)
+{
+    for (size_t i = 0; i < f->n; i++)
+        if (strcmp(f->t[i].name, name) == 0)
+            return &f->t[i];
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The host                                                                 */
+/* ------------------------------------------------------------------------ */
+
+#define MAX_DECL 512
+
+typedef struct decl {
+    char slot[128];
+    uint32_t mask;
+    int32_t ndim;
+    int64_t shape[QPLUG_MAX_DIMS];
+    uint32_t flags;
+    qplug_tensor bound;   /* presented tensor; data NULL when absent */
+    bool present;
+} decl;
+
+enum { PHASE_NONE, PHASE_DECLARE, PHASE_LOAD, PHASE_APPLY };
+
+typedef struct host_ctx {
+    conf_run *run;
+    int phase;
+    decl decls[MAX_DECL];
+    int ndecl;
+    bool decl_error;      /* a malformed or duplicate declaration */
+    char errmsg[512];
+    int errors;           /* error() calls */
+    atomic_long live;     /* outstanding allocations */
+    int threads;
+    const char *fp4_option;
+} host_ctx;
+
+static void h_log(void *ctx, qplug_log_level level, const char *fmt, ...)
+{
+    host_ctx *h = ctx;
+    if (!h->run->verbose)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "  plugin log %d: ", (int)level);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static qplug_status h_error(void *ctx, qplug_status status, const char *fmt, ...)
+{
+    host_ctx *h = ctx;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(h->errmsg, sizeof h->errmsg, fmt, ap);
+    va_end(ap);
+    h->errors++;
+    return status;
+}
+
+static qplug_status h_declare(void *ctx, const char *slot, uint32_t mask, int32_t ndim,
+                              const int64_t *shape, uint32_t flags)
+{
+    host_ctx *h = ctx;
+    if (h->phase != PHASE_DECLARE) {
+        h->decl_error = true;
+        return h_error(ctx, QPLUG_ERR_ARGUMENT, "declare() called outside create_weights");
+    }
+    if (!slot || !slot[0] || strlen(slot) >= sizeof h->decls[0].slot || ndim < 0 ||
+        ndim > QPLUG_MAX_DIMS || (ndim > 0 && !shape) || mask == 0 || h->ndecl >= MAX_DECL) {
+        h->decl_error = true;
+        return h_error(ctx, QPLUG_ERR_ARGUMENT, "malformed declaration of slot '%s'",
+                       slot ? slot : "(null)");
+    }
+    for (int i = 0; i < h->ndecl; i++)
+        if (strcmp(h->decls[i].slot, slot) == 0) {
+            h->decl_error = true;
+            return h_error(ctx, QPLUG_ERR_DUPLICATE, "slot '%s' declared twice", slot);
+        }
+    decl *d = &h->decls[h->ndecl++];
+    memset(d, 0, sizeof *d);
+    snprintf(d->slot, sizeof d->slot, "%s", slot);
+    d->mask = mask;
+    d->ndim = ndim;
+    for (int i = 0; i < ndim; i++)
+        d->shape[i] = shape[i];
+    d->flags = flags;
+    return QPLUG_OK;
+}
+
+static const qplug_tensor *h_weight(void *ctx, const char *slot)
+{
+    host_ctx *h = ctx;
+    if (h->phase != PHASE_LOAD || !slot)
+        return NULL;
+    for (int i = 0; i < h->ndecl; i++)
+        if (strcmp(h->decls[i].slot, slot) == 0)
+            return h->decls[i].present ? &h->decls[i].bound : NULL;
+    return NULL;
+}
+
+static void *h_alloc(void *ctx, size_t bytes, qplug_device_kind device)
+{
+    host_ctx *h = ctx;
+    if (device != QPLUG_DEVICE_CPU)
+        return NULL;
+    /* 64-byte alignment, like a real host's allocator would give. */
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 1) != 0)
+        return NULL;
+    atomic_fetch_add(&h->live, 1);
+    return p;
+}
+
+static void h_free(void *ctx, void *ptr, qplug_device_kind device)
+{
+    host_ctx *h = ctx;
+    (void)device;
+    if (!ptr)
+        return;
+    atomic_fetch_sub(&h->live, 1);
+    free(ptr);
+}
+
+typedef struct pf_job {
+    qplug_range_fn fn;
+    void *arg;
+    int64_t begin, end;
+} pf_job;
+
+static void *pf_thread(void *p)
+{
+    pf_job *j = p;
+    j->fn(j->arg, j->begin, j->end);
+    return NULL;
+}
+
+static void h_parallel_for(void *ctx, int64_t n, qplug_range_fn fn, void *arg)
+{
+    host_ctx *h = ctx;
+    if (n <= 0)
+        return;
+    int t = h->threads;
+    if (t > n)
+        t = (int)n;
+    if (t <= 1) {
+        fn(arg, 0, n);
+        return;
+    }
+    pthread_t tid[64];
+    pf_job jobs[64];
+    bool spawned[64];
+    for (int i = 1; i < t; i++) {
+        jobs[i] = (pf_job){fn, arg, n * i / t, n * (i + 1) / t};
+        spawned[i] = pthread_create(&tid[i], NULL, pf_thread, &jobs[i]) == 0;
+        if (!spawned[i])
+            pf_thread(&jobs[i]); /* no thread to be had: run it here */
+    }
+    jobs[0] = (pf_job){fn, arg, 0, n / t};
+    pf_thread(&jobs[0]);
+    for (int i = 1; i < t; i++)
+        if (spawned[i])
+            pthread_join(tid[i], NULL);
+}
+
+static const char *h_option(void *ctx, const char *section, const char *key)
+{
+    host_ctx *h = ctx;
+    if (section && key && strcmp(section, "megamoe") == 0 && strcmp(key, "fp4_activations") == 0)
+        return h->fp4_option;
+    return NULL;
+}
+
+static const qplug_host_api HOST_API = {
+    .struct_size = sizeof(qplug_host_api),
+    .log = h_log,
+    .error = h_error,
+    .declare = h_declare,
+    .weight = h_weight,
+    .alloc = h_alloc,
+    .free = h_free,
+    .parallel_for = h_parallel_for,
+    .option = h_option,
+    .cublaslt = NULL,
+    .nccl_comm = NULL,
+    .cuda_device = NULL,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Random numbers (xorshift64*, seeded per run)                             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct rng {
+    uint64_t s;
+} rng;
+
+static uint64_t rng_next(rng *r)
+{
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 2685821657736338717ull;
+}
+
+static double rng_uniform(rng *r)
+{
+    return ((double)(rng_next(r) >> 11) + 0.5) / 9007199254740992.0;
+}
+
+static double rng_normal(rng *r)
+{
+    double u = rng_uniform(r), v = rng_uniform(r);
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* ABI checks                                                               */
+/* ------------------------------------------------------------------------ */
+
+static bool name_ok(const char *s)
+{
+    if (!s || !*s || strlen(s) > 64)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
+            return false;
+    return true;
+}
+
+static qplug_layer_desc desc_of(const conf_case *c)
+{
+    qplug_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    d.name = c->kind == QPLUG_LAYER_FUSED_MOE        ? "layers.3.ffn.experts"
+             : c->kind == QPLUG_LAYER_GROUPED_LINEAR ? "layers.0.attn.wo_a"
+             : c->kind == QPLUG_LAYER_ATTENTION      ? "layers.0.attn"
+                                                     : "layers.0.attn.wq_a";
+    d.kind = c->kind;
+    d.quant = c->quant;
+    d.weight_dtype = c->weight_dtype;
+    d.scale_dtype = c->scale_dtype;
+    d.device = QPLUG_DEVICE_CPU;
+    d.n = c->n;
+    d.k = c->k;
+    d.groups = c->groups;
+    d.num_experts = c->experts;
+    d.top_k = c->top_k;
+    d.swiglu_limit = c->swiglu_limit;
+    d.flags = c->flags;
+    return d;
+}
+
+static void check_abi(conf_run *r, const qplug_plugin *p)
+{
+    printf("abi: checking the vtable\n");
+    EXPECT(r, QPLUG_ABI_MAJOR(p->abi_version) == QPLUG_ABI_VERSION_MAJOR,
+           "abi_version 0x%x has major %u, this driver speaks %u", p->abi_version,
+           QPLUG_ABI_MAJOR(p->abi_version), QPLUG_ABI_VERSION_MAJOR);
+    EXPECT(r, p->struct_size >= offsetof(qplug_plugin, kv_entry_bytes),
+           "struct_size %u is too small for the 1.0 slots (%zu)", p->struct_size,
+           offsetof(qplug_plugin, kv_entry_bytes));
+    EXPECT(r, name_ok(p->name), "name '%s' is not [a-z0-9_]+", p->name ? p->name : "(null)");
+    EXPECT(r, p->description != NULL, "description is NULL");
+    EXPECT(r, (p->devices & (1u << QPLUG_DEVICE_CPU)) != 0,
+           "devices 0x%x lacks the CPU bit (every plugin has a CPU path)", p->devices);
+    EXPECT(r, p->score && p->create_weights && p->process_after_loading && p->apply && p->destroy,
+           "a mandatory slot (score, create_weights, process_after_loading, apply, destroy) is "
+           "NULL");
+    if (!p->score)
+        return;
+    /* Layers nobody can handle must score 0, purely. */
+    qplug_layer_desc d = desc_of(&CONF_CASES[0]);
+    qplug_layer_desc bad = d;
+    bad.kind = (qplug_layer_kind)99;
+    EXPECT(r, p->score(&bad) == 0, "score > 0 for an unknown layer kind");
+    bad = d;
+    bad.quant = (qplug_quant_scheme)99;
+    EXPECT(r, p->score(&bad) == 0, "score > 0 for an unknown quant scheme");
+    bad = d;
+    bad.n = 0;
+    EXPECT(r, p->score(&bad) == 0, "score > 0 for n = 0");
+    bad = d;
+    bad.k = -128;
+    EXPECT(r, p->score(&bad) == 0, "score > 0 for k < 0");
+    for (size_t i = 0; i < CONF_NCASES; i++) {
+        if (CONF_CASES[i].kind != QPLUG_LAYER_FUSED_MOE)
+            continue;
+        bad = desc_of(&CONF_CASES[i]);
+        bad.top_k = bad.num_experts + 1;
+        EXPECT(r, p->score(&bad) == 0, "score > 0 for top_k > num_experts (%s)",
+               CONF_CASES[i].name);
+        break;
+    }
+    if (!(p->devices & (1u << QPLUG_DEVICE_CUDA)))
+        for (size_t i = 0; i < CONF_NCASES; i++) {
+            bad = desc_of(&CONF_CASES[i]);
+            bad.device = QPLUG_DEVICE_CUDA;
+            EXPECT(r, p->score(&bad) == 0,
+                   "score > 0 for a CUDA layer (%s) but devices lacks the CUDA bit",
+                   CONF_CASES[i].name);
+        }
+    /* destroy(NULL) is allowed. */
+    if (p->destroy) {
+        host_ctx *h = calloc(1, sizeof *h);
+        if (h) {
+            h->run = r;
+            qplug_host host = {&HOST_API, h};
+            p->destroy(&host, NULL);
+            free(h);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Declarations against the fixture                                         */
+/* ------------------------------------------------------------------------ */
+
+static bool is_fp4_bytes(qplug_dtype dt)
+{
+    return dt == QPLUG_DT_U8 || dt == QPLUG_DT_I8;
+}
+
+static void fmt_shape(char *buf, size_t n, int32_t ndim, const int64_t *shape)
+{
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (o < n)
+        snprintf(buf + o, n - o, "]");
+}
+
+/*
+ * Binds each declaration to the fixture's tensor "<prefix>.<slot>", as the
+ * core would: dtype in the declared set, shape equal to the declared one;
+ * packed FP4 stored as U8/I8 [r, c/2] may be presented as E2M1 [r, c] and
+ * the other way round. Also checks that every fixture tensor of the layer
+ * is declared (a declaration set that leaves checkpoint tensors unused does
+ * not describe the format).
+ */
+static void bind_decls(conf_run *r, host_ctx *h, const conf_case *c, const fixture *fx)
+{
+    char name[256], s1[64], s2[64];
+    for (int i = 0; i < h->ndecl; i++) {
+        decl *d = &h->decls[i];
+        snprintf(name, sizeof name, "%s.%s", c->prefix, d->slot);
+        const fx_tensor *t = fixture_find(fx, name);
+        if (!t) {
+            EXPECT(r, d->flags & QPLUG_DECL_OPTIONAL,
+                   "declared slot '%s' is not part of the %s format (no tensor %s in %s)",
+                   d->slot, c->name, name, fx->path);
+            continue;
+        }
+        qplug_tensor v;
+        memset(&v, 0, sizeof v);
+        v.name = t->name;
+        v.dtype = t->dtype;
+        v.ndim = t->ndim;
+        memcpy(v.shape, t->shape, sizeof v.shape);
+        v.data = t->data;
+        v.device = QPLUG_DEVICE_CPU;
+        if (!(d->mask & QPLUG_DT_BIT(t->dtype))) {
+            /* The packed-FP4 presentations. */
+            if (is_fp4_bytes(t->dtype) && t->ndim == 2 && (d->mask & QPLUG_DT_BIT(QPLUG_DT_E2M1))) {
+                v.dtype = QPLUG_DT_E2M1;
+                v.shape[1] = t->shape[1] * 2;
+            } else if (is_fp4_bytes(t->dtype) &&
+                       (d->mask & (QPLUG_DT_BIT(QPLUG_DT_U8) | QPLUG_DT_BIT(QPLUG_DT_I8)))) {
+                v.dtype = (d->mask & QPLUG_DT_BIT(QPLUG_DT_U8)) ? QPLUG_DT_U8 : QPLUG_DT_I8;
+            }
+        }
+        bool dt_ok = (d->mask & QPLUG_DT_BIT(v.dtype)) != 0;
+        bool sh_ok = d->ndim == v.ndim;
+        for (int k = 0; sh_ok && k < d->ndim; k++)
+            sh_ok = d->shape[k] == v.shape[k];
+        fmt_shape(s1, sizeof s1, d->ndim, d->shape);
+        fmt_shape(s2, sizeof s2, v.ndim, v.shape);
+        EXPECT(r, dt_ok, "slot '%s': the format stores %s (tensor %s), not in the declared set 0x%x",
+               d->slot, qplug_dtype_name(t->dtype), name, d->mask);
+        EXPECT(r, sh_ok, "slot '%s': declared shape %s but the format stores %s (tensor %s)",
+               d->slot, s1, s2, name);
+        if (dt_ok && sh_ok) {
+            d->bound = v;
+            d->present = true;
+        }
+    }
+    size_t plen = strlen(c->prefix);
+    for (size_t i = 0; i < fx->n; i++) {
+        const char *tn = fx->t[i].name;
+        if (strncmp(tn, c->prefix, plen) != 0 || tn[plen] != '.')
+            continue;
+        bool found = false;
+        for (int k = 0; k < h->ndecl && !found; k++)
+            found = strcmp(h->decls[k].slot, tn + plen + 1) == 0;
+        EXPECT(r, found, "tensor %s of the %s format is not declared by create_weights", tn,
+               c->name);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reference                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* The exact fp32 weight of "<prefix>[.<sub>]" as the fixture gives it:
+ * "deq.<...>" when present, else the BF16/F32 weight widened here. */
+static double *ref_weight(const fixture *fx, const char *base, int64_t rows, int64_t cols,
+                          char *err, size_t errsz)
+{
+    char name[256];
+    snprintf(name, sizeof name, "deq.%s", base);
+    const fx_tensor *t = fixture_find(fx, name);
+    if (!t) {
+        snprintf(name, sizeof name, "%s.weight", base);
+        t = fixture_find(fx, name);
+    }
+    if (!t || t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols ||
+        (t->dtype != QPLUG_DT_F32 && t->dtype != QPLUG_DT_BF16)) {
+        snprintf(err, errsz, "%s: no usable reference weight for %s [%lld, %lld]", fx->path, base,
+                 (long long)rows, (long long)cols);
+        return NULL;
+    }
+    double *w = malloc((size_t)(rows * cols) * sizeof(double));
+    if (!w) {
+        snprintf(err, errsz, "out of memory");
+        return NULL;
+    }
+    for (int64_t i = 0; i < rows * cols; i++) {
+        float v;
+        if (t->dtype == QPLUG_DT_F32) {
+            memcpy(&v, (const char *)t->data + 4 * i, 4);
+        } else {
+            uint16_t b;
+            memcpy(&b, (const char *)t->data + 2 * i, 2);
+            uint32_t u = (uint32_t)b << 16;
+            memcpy(&v, &u, 4);
+        }
+        w[i] = v;
+    }
+    return w;
+}
+
+typedef struct ref_weights {
+    double *w;          /* linear/grouped [G*n, k] */
+    double **e;         /* moe: [3*E]: w1[E], w3[E], w2[E] */
+    int ne;
+} ref_weights;
+
+static void ref_free(ref_weights *rw)
+{
+    free(rw->w);
+    for (int i = 0; i < rw->ne; i++)
+        free(rw->e[i]);
+    free(rw->e);
+    memset(rw, 0, sizeof *rw);
+}
+
+static bool ref_load(const conf_case *c, const fixture *fx, ref_weights *rw, char *err,
+                     size_t errsz)
+{
+    memset(rw, 0, sizeof *rw);
+    if (c->kind == QPLUG_LAYER_LINEAR || c->kind == QPLUG_LAYER_GROUPED_LINEAR) {
+        rw->w = ref_weight(fx, c->prefix, (int64_t)c->groups * c->n, c->k, err, errsz);
+        return rw->w != NULL;
+    }
+    if (c->kind != QPLUG_LAYER_FUSED_MOE)
+        return true;
+    rw->e = calloc((size_t)(3 * c->experts), sizeof *rw->e);
+    if (!rw->e)
+        return false;
+    rw->ne = 3 * c->experts;
+    static const char *const wn[3] = {"w1", "w3", "w2"};
+    char base[128];
+    for (int w = 0; w < 3; w++)
+        for (int e = 0; e < c->experts; e++) {
+            snprintf(base, sizeof base, "%s.experts.%d.%s", c->prefix, e, wn[w]);
+            rw->e[w * c->experts + e] = ref_weight(fx, base, w < 2 ? c->n : c->k,
+                                                   w < 2 ? c->k : c->n, err, errsz);
+            if (!rw->e[w * c->experts + e])
+                return false;
+        }
+    return true;
+}
+
+/* y = reference of the case for x [m, in] (and routing), in fp64. */
+static void ref_forward(const conf_case *c, const ref_weights *rw, const float *x, int64_t m,
+                        const int32_t *ids, const float *tw, double *y)
+{
+    int64_t n = c->n, k = c->k;
+    if (c->kind == QPLUG_LAYER_LINEAR || c->kind == QPLUG_LAYER_GROUPED_LINEAR) {
+        int64_t G = c->groups;
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t g = 0; g < G; g++)
+                for (int64_t j = 0; j < n; j++) {
+                    const double *w = rw->w + (g * n + j) * k;
+                    const float *xr = x + i * G * k + g * k;
+                    double s = 0.0;
+                    for (int64_t t = 0; t < k; t++)
+                        s += (double)xr[t] * w[t];
+                    y[i * G * n + g * n + j] = s;
+                }
+        return;
+    }
+    /* MoE: n = I, k = D. */
+    int64_t I = n, D = k;
+    double L = c->swiglu_limit;
+    double *h = malloc((size_t)I * sizeof(double));
+    if (!h)
+        return;
+    for (int64_t i = 0; i < m; i++) {
+        for (int64_t d = 0; d < D; d++)
+            y[i * D + d] = 0.0;
+        for (int j = 0; j < c->top_k; j++) {
+            int32_t e = ids[i * c->top_k + j];
+            if (e < 0)
+                continue;
+            const double *w1 = rw->e[e], *w3 = rw->e[c->experts + e], *w2 = rw->e[2 * c->experts + e];
+            for (int64_t a = 0; a < I; a++) {
+                double g = 0.0, u = 0.0;
+                for (int64_t d = 0; d < D; d++) {
+                    g += (double)x[i * D + d] * w1[a * D + d];
+                    u += (double)x[i * D + d] * w3[a * D + d];
+                }
+                if (L > 0) {
+                    g = g < L ? g : L;
+                    u = u < -L ? -L : (u > L ? L : u);
+                }
+                h[a] = g / (1.0 + exp(-g)) * u;
+            }
+            for (int64_t d = 0; d < D; d++) {
+                double s = 0.0;
+                for (int64_t a = 0; a < I; a++)
+                    s += h[a] * w2[d * I + a];
+                y[i * D + d] += (double)tw[i * c->top_k + j] * s;
+            }
+        }
+    }
+    free(h);
+}
+
+static double rel_l2(const float *y, const double *ref, int64_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)y[i] - ref[i];
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* ------------------------------------------------------------------------ */
+/* One case                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static qplug_tensor mk(qplug_dtype dt, int64_t r0, int64_t r1, void *data)
+{
+    qplug_tensor t;
+    memset(&t, 0, sizeof t);
+    t.dtype = dt;
+    t.ndim = 2;
+    t.shape[0] = r0;
+    t.shape[1] = r1;
+    t.data = data;
+    t.device = QPLUG_DEVICE_CPU;
+    return t;
+}
+
+/* Calls apply and checks that a failure came with a one-line message. */
+static qplug_status call_apply(conf_run *r, const qplug_plugin *p, const qplug_host *host,
+                               void *state, const qplug_apply_args *a)
+{
+    host_ctx *h = host->ctx;
+    h->errors = 0;
+    h->errmsg[0] = '\0';
+    qplug_status st = p->apply(host, state, a);
+    if (st != QPLUG_OK) {
+        EXPECT(r, h->errors > 0 && h->errmsg[0], "apply returned %s without an error() message",
+               qplug_status_name(st));
+        EXPECT(r, strchr(h->errmsg, '\n') == NULL, "error message is not one line: %s",
+               h->errmsg);
+        if (r->verbose)
+            printf("    (error message: %s)\n", h->errmsg);
+    }
+    return st;
+}
+
+static bool scheme_quantizes(const conf_case *c)
+{
+    return c->quant != QPLUG_QUANT_NONE;
+}
+
+static void run_kv(conf_run *r, const qplug_plugin *p, const qplug_host *host, void *state,
+                   const conf_case *c, const qplug_layer_desc *desc, rng *g)
+{
+    EXPECT(r, p->kv_entry_bytes != NULL, "attention claimed but kv_entry_bytes is NULL");
+    if (!p->kv_entry_bytes)
+        return;
+    size_t eb = p->kv_entry_bytes(desc);
+    EXPECT(r, eb > 0 && eb <= (size_t)c->k * 8, "kv_entry_bytes %zu is implausible for k = %lld",
+           eb, (long long)c->k);
+    if (eb == 0 || eb > (size_t)c->k * 8)
+        return;
+    int64_t m = 9, rows = m + 5, row0 = 3, k = c->k;
+    uint8_t *cache = malloc((size_t)rows * eb);
+    float *x = malloc((size_t)(m * k) * sizeof(float));
+    float *y = malloc((size_t)(m * k) * sizeof(float));
+    double *ref = malloc((size_t)(m * k) * sizeof(double));
+    if (!cache || !x || !y || !ref)
+        goto done;
+    memset(cache, 0xA5, (size_t)rows * eb);
+    for (int64_t i = 0; i < m * k; i++) {
+        x[i] = (float)(rng_normal(g) * (1.0 + (double)(i / k)));
+        ref[i] = x[i];
+    }
+    for (int prec = 0; prec < 2; prec++) {
+        qplug_tensor tx = mk(QPLUG_DT_F32, m, k, x), ty = mk(QPLUG_DT_F32, m, k, y);
+        qplug_tensor tc = mk(QPLUG_DT_U8, rows, (int64_t)eb, cache);
+        qplug_apply_args a = {sizeof a, QPLUG_OP_KV_WRITE, (qplug_precision)prec, &tx, NULL,
+                              NULL, NULL, &tc, row0, NULL};
+        qplug_status st = call_apply(r, p, host, state, &a);
+        EXPECT(r, st == QPLUG_OK, "KV_WRITE failed: %s", qplug_status_name(st));
+        for (int64_t i = 0; i < m * k; i++)
+            y[i] = NAN;
+        a.op = QPLUG_OP_KV_READ;
+        a.x = NULL;
+        a.y = &ty;
+        st = call_apply(r, p, host, state, &a);
+        EXPECT(r, st == QPLUG_OK, "KV_READ failed: %s", qplug_status_name(st));
+        int64_t unwritten = 0;
+        for (int64_t i = 0; i < m * k; i++)
+            unwritten += !isfinite(y[i]);
+        EXPECT(r, unwritten == 0, "KV_READ left %lld of %lld outputs unwritten (NaN)",
+               (long long)unwritten, (long long)(m * k));
+        double e = rel_l2(y, ref, m * k);
+        printf("  kv round trip (%s): rel L2 %.3g (bound %.3g)\n",
+               prec ? "reference" : "native", e, c->native_bound);
+        EXPECT(r, e <= c->native_bound, "KV round trip rel L2 %.3g > bound %.3g", e,
+               c->native_bound);
+    }
+    bool untouched = true;
+    for (size_t b = 0; b < (size_t)row0 * eb; b++)
+        untouched &= cache[b] == 0xA5;
+    for (size_t b = (size_t)(row0 + m) * eb; b < (size_t)rows * eb; b++)
+        untouched &= cache[b] == 0xA5;
+    EXPECT(r, untouched, "KV_WRITE touched cache rows outside [row0, row0 + m)");
+    /* Bad inputs. */
+    {
+        qplug_tensor tx = mk(QPLUG_DT_F32, m, k, x), tc = mk(QPLUG_DT_U8, rows, (int64_t)eb, cache);
+        qplug_apply_args a = {sizeof a, QPLUG_OP_KV_WRITE, QPLUG_PRECISION_NATIVE, &tx, NULL,
+                              NULL, NULL, &tc, rows - 2, NULL};
+        EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+               "KV_WRITE past the cache's last row was accepted");
+        a.row0 = 0;
+        tc.shape[1] = (int64_t)eb + 1;
+        EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+               "a cache with the wrong entry width was accepted");
+        tc.shape[1] = (int64_t)eb;
+        tx.dtype = QPLUG_DT_F64;
+        EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK, "x of dtype F64 was accepted");
+        tx.dtype = QPLUG_DT_F32;
+        tx.shape[1] = k + 1;
+        EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK, "x of width k + 1 was accepted");
+        tx.shape[1] = k;
+        if (scheme_quantizes(c)) {
+            float keep = x[5];
+            x[5] = INFINITY;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+                   "an Inf in x was accepted by a quantizing KV cache");
+            x[5] = keep;
+        }
+    }
+done:
+    free(cache);
+    free(x);
+    free(y);
+    free(ref);
+}
+
+static void make_routing(const conf_case *c, int64_t m, rng *g, int32_t *ids, float *tw)
+{
+    for (int64_t i = 0; i < m; i++) {
+        for (int j = 0; j < c->top_k; j++) {
+            int32_t e;
+            bool dup;
+            do {
+                e = (int32_t)(rng_next(g) % (uint64_t)c->experts);
+                dup = false;
+                for (int q = 0; q < j; q++)
+                    dup |= ids[i * c->top_k + q] == e;
+            } while (dup);
+            ids[i * c->top_k + j] = e;
+            tw[i * c->top_k + j] = (float)(0.25 + rng_uniform(g));
+        }
+    }
+    /* Some slots are skipped (-1), as a router with fewer experts does. */
+    if (m > 2)
+        ids[2 * c->top_k + c->top_k - 1] = -1;
+}
+
+static void run_forward(conf_run *r, const qplug_plugin *p, const qplug_host *host, void *state,
+                        const conf_case *c, const ref_weights *rw, rng *g)
+{
+    bool moe = c->kind == QPLUG_LAYER_FUSED_MOE;
+    int64_t in = moe ? c->k : (int64_t)c->groups * c->k;
+    int64_t out = moe ? c->k : (int64_t)c->groups * c->n;
+    static const int64_t ms[3] = {1, 7, 33};
+    for (int mi = 0; mi < 3; mi++) {
+        int64_t m = ms[mi];
+        float *x = malloc((size_t)(m * in) * sizeof(float));
+        float *y = malloc((size_t)(m * out + 1) * sizeof(float));
+        double *ref = malloc((size_t)(m * out) * sizeof(double));
+        int32_t *ids = malloc((size_t)(m * (c->top_k > 0 ? c->top_k : 1)) * sizeof(int32_t));
+        float *tw = malloc((size_t)(m * (c->top_k > 0 ? c->top_k : 1)) * sizeof(float));
+        if (!x || !y || !ref || !ids || !tw) {
+            fail(r, "out of memory");
+            free(x), free(y), free(ref), free(ids), free(tw);
+            return;
+        }
+        for (int64_t i = 0; i < m * in; i++)
+            x[i] = (float)rng_normal(g);
+        if (moe)
+            make_routing(c, m, g, ids, tw);
+        ref_forward(c, rw, x, m, ids, tw, ref);
+        qplug_tensor tx = mk(QPLUG_DT_F32, m, in, x), ty = mk(QPLUG_DT_F32, m, out, y);
+        qplug_tensor ti = mk(QPLUG_DT_I32, m, c->top_k, ids), tk = mk(QPLUG_DT_F32, m, c->top_k, tw);
+        /* Whether native differs from reference at all: only a plugin that
+         * really quantizes activations must refuse NaN/Inf in x. */
+        bool quantizes = false;
+        float *yref = malloc((size_t)(m * out) * sizeof(float));
+        for (int prec = 1; prec >= 0; prec--) {
+            for (int64_t i = 0; i < m * out + 1; i++)
+                y[i] = NAN;
+            y[m * out] = 1234.5f; /* a canary just past y */
+            qplug_apply_args a = {sizeof a, QPLUG_OP_FORWARD, (qplug_precision)prec, &tx, &ty,
+                                  moe ? &ti : NULL, moe ? &tk : NULL, NULL, 0, NULL};
+            qplug_status st = call_apply(r, p, host, state, &a);
+            EXPECT(r, st == QPLUG_OK, "apply (m = %lld, %s) failed: %s: %s", (long long)m,
+                   prec ? "reference" : "native", qplug_status_name(st),
+                   ((host_ctx *)host->ctx)->errmsg);
+            if (st != QPLUG_OK)
+                continue;
+            int64_t unwritten = 0;
+            for (int64_t i = 0; i < m * out; i++)
+                unwritten += !isfinite(y[i]);
+            EXPECT(r, unwritten == 0, "apply (m = %lld) left %lld of %lld outputs unwritten",
+                   (long long)m, (long long)unwritten, (long long)(m * out));
+            EXPECT(r, y[m * out] == 1234.5f, "apply wrote past the end of y");
+            double bound = prec ? c->ref_bound : c->native_bound;
+            double e = rel_l2(y, ref, m * out);
+            printf("  m = %2lld %-9s rel L2 %.3g (bound %.3g)\n", (long long)m,
+                   prec ? "reference" : "native", e, bound);
+            EXPECT(r, e <= bound, "m = %lld %s: rel L2 %.3g exceeds the bound %.3g",
+                   (long long)m, prec ? "reference" : "native", e, bound);
+            if (yref && prec)
+                memcpy(yref, y, (size_t)(m * out) * sizeof(float));
+            else if (yref)
+                quantizes = memcmp(yref, y, (size_t)(m * out) * sizeof(float)) != 0;
+        }
+        free(yref);
+        if (mi == 1) {
+            /* Bad inputs: each must be refused with a message, no crash. */
+            qplug_apply_args a = {sizeof a, QPLUG_OP_FORWARD, QPLUG_PRECISION_NATIVE, &tx, &ty,
+                                  moe ? &ti : NULL, moe ? &tk : NULL, NULL, 0, NULL};
+            tx.dtype = QPLUG_DT_BF16;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK, "x of dtype BF16 accepted");
+            tx.dtype = QPLUG_DT_F32;
+            tx.shape[1] = in + 1;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK, "x of width %lld accepted",
+                   (long long)(in + 1));
+            tx.shape[1] = in;
+            ty.shape[0] = m + 1;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+                   "y with more rows than x accepted");
+            ty.shape[0] = m;
+            tx.ndim = 3;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK, "a 3-D x accepted");
+            tx.ndim = 2;
+            if (moe) {
+                int32_t keep = ids[0];
+                ids[0] = c->experts;
+                EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+                       "topk_ids holding expert %d (of %d) accepted", c->experts, c->experts);
+                ids[0] = keep;
+                ti.dtype = QPLUG_DT_I64;
+                EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+                       "topk_ids of dtype I64 accepted");
+                ti.dtype = QPLUG_DT_I32;
+                a.topk_weights = NULL;
+                EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+                       "missing topk_weights accepted");
+                a.topk_weights = &tk;
+            }
+            float keep = x[3];
+            x[3] = NAN;
+            qplug_status st = call_apply(r, p, host, state, &a);
+            if (quantizes)
+                EXPECT(r, st != QPLUG_OK, "a NaN in x was accepted by native quantization");
+            x[3] = INFINITY;
+            st = call_apply(r, p, host, state, &a);
+            if (quantizes)
+                EXPECT(r, st != QPLUG_OK, "an Inf in x was accepted by native quantization");
+            x[3] = keep;
+        }
+        free(x), free(y), free(ref), free(ids), free(tw);
+    }
+}
+
+/* Runs one case; returns false when the plugin does not claim it. */
+static bool run_case(conf_run *r, const qplug_plugin *p, const conf_case *c, const char *data_dir,
+                     uint64_t seed, int threads)
+{
+    qplug_layer_desc desc = desc_of(c);
+    int sc = p->score(&desc);
+    if (sc <= 0)
+        return false;
+    printf("case %s: score %d\n", c->name, sc);
+    int before = r->failures;
+    host_ctx *h = calloc(1, sizeof *h);
+    fixture fx;
+    ref_weights rw;
+    memset(&fx, 0, sizeof fx);
+    memset(&rw, 0, sizeof rw);
+    if (!h) {
+        fail(r, "out of memory");
+        return true;
+    }
+    h->run = r;
+    h->threads = threads;
+    h->fp4_option = (c->flags & QPLUG_LAYER_FP4_ACTIVATIONS) ? "true" : "false";
+    qplug_host host = {&HOST_API, h};
+    char err[1536] = "";
+
+    /* create_weights: the declarations must describe the format. */
+    h->phase = PHASE_DECLARE;
+    qplug_status st = p->create_weights(&host, &desc);
+    h->phase = PHASE_NONE;
+    EXPECT(r, st == QPLUG_OK, "create_weights failed: %s: %s", qplug_status_name(st), h->errmsg);
+    EXPECT(r, !h->decl_error, "create_weights made a bad declaration: %s", h->errmsg);
+    EXPECT(r, h->live == 0, "create_weights left %ld allocations behind", (long)h->live);
+    if (st != QPLUG_OK)
+        goto out;
+    if (c->fixture) {
+        char path[768];
+        snprintf(path, sizeof path, "%s/%s.safetensors", data_dir, c->fixture);
+        if (!fixture_load(path, &fx, err, sizeof err) || !ref_load(c, &fx, &rw, err, sizeof err)) {
+            fail(r, "fixture: %s", err);
+            goto out;
+        }
+        bind_decls(r, h, c, &fx);
+    } else {
+        EXPECT(r, h->ndecl == 0, "a layer without weights declared %d tensors", h->ndecl);
+    }
+    if (r->failures != before)
+        goto out;
+
+    /* process_after_loading. */
+    void *state = NULL;
+    h->phase = PHASE_LOAD;
+    st = p->process_after_loading(&host, &desc, &state);
+    h->phase = PHASE_APPLY;
+    EXPECT(r, st == QPLUG_OK, "process_after_loading failed: %s: %s", qplug_status_name(st),
+           h->errmsg);
+    if (st != QPLUG_OK) {
+        EXPECT(r, state == NULL, "a failed process_after_loading left a state behind");
+        EXPECT(r, h->live == 0, "a failed process_after_loading leaked %ld allocations",
+               (long)h->live);
+        goto out;
+    }
+
+    /* Each case draws its own stream from the run's seed (FNV-1a of the
+     * case name mixed in), so --case reproduces a full run's inputs. */
+    uint64_t hsh = 1469598103934665603ull;
+    for (const char *q = c->name; *q; q++)
+        hsh = (hsh ^ (uint8_t)*q) * 1099511628211ull;
+    rng g = {seed ^ hsh};
+    if (!g.s)
+        g.s = 1;
+    if (c->kind == QPLUG_LAYER_ATTENTION)
+        run_kv(r, p, &host, state, c, &desc, &g);
+    else
+        run_forward(r, p, &host, state, c, &rw, &g);
+
+    p->destroy(&host, state);
+    EXPECT(r, h->live == 0, "destroy left %ld host allocations unfreed", (long)h->live);
+
+    /* A missing required tensor must fail cleanly, leaving nothing behind. */
+    if (h->ndecl > 0) {
+        int victim = -1;
+        for (int i = 0; i < h->ndecl && victim < 0; i++)
+            if (!(h->decls[i].flags & QPLUG_DECL_OPTIONAL))
+                victim = i;
+        if (victim >= 0) {
+            h->decls[victim].present = false;
+            state = NULL;
+            h->phase = PHASE_LOAD;
+            h->errors = 0;
+            st = p->process_after_loading(&host, &desc, &state);
+            h->phase = PHASE_NONE;
+            EXPECT(r, st != QPLUG_OK, "process_after_loading succeeded without slot '%s'",
+                   h->decls[victim].slot);
+            EXPECT(r, h->errors > 0, "missing slot '%s' gave no error message",
+                   h->decls[victim].slot);
+            if (st == QPLUG_OK)
+                p->destroy(&host, state);
+            else
+                EXPECT(r, state == NULL && h->live == 0,
+                       "a failed process_after_loading leaked (state %p, %ld allocations)",
+                       state, (long)h->live);
+        }
+    }
+out:
+    ref_free(&rw);
+    fixture_free(&fx);
+    free(h);
+    printf("case %s: %s\n", c->name, r->failures == before ? "ok" : "FAILED");
+    return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Main                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: qplug_conformance --plugin PATH.so [--case NAME] [--list] "
+                    "[--seed N] [--require] [--data DIR] [--threads N] [-v]\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *plugin_path = NULL, *case_name = NULL, *data_dir = QPLUG_CONF_DATA_DIR;
+    bool list = false, require = false;
+    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    int threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    conf_run run = {0, 0, false};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--plugin") == 0 && v)
+            plugin_path = argv[++i];
+        else if (strcmp(a, "--case") == 0 && v)
+            case_name = argv[++i];
+        else if (strcmp(a, "--data") == 0 && v)
+            data_dir = argv[++i];
+        else if (strcmp(a, "--seed") == 0 && v)
+            seed = strtoull(argv[++i], NULL, 0);
+        else if (strcmp(a, "--threads") == 0 && v)
+            threads = atoi(argv[++i]);
+        else if (strcmp(a, "--list") == 0)
+            list = true;
+        else if (strcmp(a, "--require") == 0)
+            require = true;
+        else if (strcmp(a, "-v") == 0)
+            run.verbose = true;
+        else {
+            usage();
+            return 2;
+        }
+    }
+    if (threads < 1)
+        threads = 1;
+    if (threads > 64)
+        threads = 64;
+    if (list && !plugin_path) {
+        for (size_t i = 0; i < CONF_NCASES; i++)
+            printf("%s\n", CONF_CASES[i].name);
+        return 0;
+    }
+    if (!plugin_path) {
+        usage();
+        return 2;
+    }
+    const conf_case *only = NULL;
+    if (case_name) {
+        for (size_t i = 0; i < CONF_NCASES; i++)
+            if (strcmp(CONF_CASES[i].name, case_name) == 0)
+                only = &CONF_CASES[i];
+        if (!only) {
+            fprintf(stderr, "qplug_conformance: unknown case '%s' (see --list)\n", case_name);
+            return 2;
+        }
+    }
+    void *lib = dlopen(plugin_path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        fprintf(stderr, "qplug_conformance: %s: cannot load: %s\n", plugin_path, dlerror());
+        return 1;
+    }
+    qplug_plugin_entry_fn entry;
+    *(void **)&entry = dlsym(lib, QPLUG_PLUGIN_ENTRY_SYMBOL);
+    const qplug_plugin *p = entry ? entry() : NULL;
+    if (!p) {
+        fprintf(stderr, "qplug_conformance: %s: no %s symbol or it returned NULL\n", plugin_path,
+                QPLUG_PLUGIN_ENTRY_SYMBOL);
+        dlclose(lib);
+        return 1;
+    }
+    printf("plugin %s (%s), seed %" PRIu64 " (rerun with --seed %" PRIu64 ")\n",
+           p->name ? p->name : "?", plugin_path, seed, seed);
+    check_abi(&run, p);
+    if (list) {
+        for (size_t i = 0; i < CONF_NCASES; i++) {
+            qplug_layer_desc d = desc_of(&CONF_CASES[i]);
+            int s = p->score ? p->score(&d) : 0;
+            printf("%-26s score %d\n", CONF_CASES[i].name, s);
+        }
+    } else if (run.failures == 0) {
+        int claimed = 0;
+        for (size_t i = 0; i < CONF_NCASES; i++) {
+            const conf_case *c = &CONF_CASES[i];
+            if (only && c != only)
+                continue;
+            if (run_case(&run, p, c, data_dir, seed, threads))
+                claimed++;
+            else if (only)
+                printf("case %s: not claimed by %s (score 0)\n", c->name, p->name);
+        }
+        if (require && only && claimed == 0)
+            fail(&run, "--require: %s does not claim case %s", p->name, only->name);
+        if (claimed == 0 && !only)
+            fail(&run, "%s claims none of the %zu cases", p->name, (size_t)CONF_NCASES);
+    }
+    printf("%d checks, %d failed\n", run.checks, run.failures);
+    /* No dlclose: a plugin may keep thread-local or atexit state, and the
+     * process ends here anyway. */
+    return run.failures ? 1 : 0;
+}
