@@ -26,8 +26,18 @@
  *   end and ~0.1 relative to the value; elements far below the group
  *   maximum also fall into the coarse subnormal step (0.5 units), and the
  *   group scale's own rounding (E4M3 for NVFP4; the power of two of MXFP4
- *   leaves amax/scale anywhere in (3, 6]) adds to it. Linear bound 0.2
- *   (NVFP4) and 0.25 (MXFP4); MoE, two stages in quadrature: 0.3 and 0.35.
+ *   leaves amax/scale anywhere in (3, 6]) adds to it. For Gaussian x that
+ *   is ~0.1 (NVFP4) to ~0.12 (MXFP4): linear bound 0.2. The MoE's second
+ *   stage quantizes the SwiGLU output h = silu(min(g, L)) * clamp(u), which
+ *   is heavy-tailed (most elements are far below their group's maximum), so
+ *   that stage costs ~0.15 (NVFP4) to ~0.2 (MXFP4); in quadrature with the
+ *   first, 0.19 and 0.23, which an independent numpy/ml_dtypes simulation
+ *   of the same quantization on these fixtures reproduces (0.185, 0.233).
+ *   MoE bounds 0.35 (NVFP4) and 0.4 (MXFP4).
+ *
+ *   A single token (m = 1) measures the error on one output row only, a
+ *   noisy estimate of the expected value: the driver doubles every
+ *   quantized bound for m = 1.
  *
  *   FP8 KV cache: a round trip of E4M3 with one scale per 128 channels:
  *   per element <= 2^-4, RMS <= 0.036: bound 0.05. F32 KV cache: exact.
@@ -90,14 +100,14 @@ static const conf_case CONF_CASES[] = {
         256, 0.05),
     MOE("moe.mxfp4", "mxfp4", QPLUG_QUANT_MXFP4, QPLUG_DT_I8, QPLUG_DT_F8_E8M0, 0, 0.08),
     MOE("moe.mxfp4-fp4act", "mxfp4", QPLUG_QUANT_MXFP4, QPLUG_DT_I8, QPLUG_DT_F8_E8M0,
-        QPLUG_LAYER_FP4_ACTIVATIONS, 0.35),
+        QPLUG_LAYER_FP4_ACTIVATIONS, 0.4),
     /* NVFP4: FP4 activations natively. */
     LIN("linear.nvfp4", "nvfp4", "linear", QPLUG_QUANT_NVFP4, QPLUG_DT_U8, QPLUG_DT_F8_E4M3, 160,
         256, 0.2),
     GRP("grouped.nvfp4", "nvfp4", QPLUG_QUANT_NVFP4, QPLUG_DT_U8, QPLUG_DT_F8_E4M3, 0.2),
-    MOE("moe.nvfp4", "nvfp4", QPLUG_QUANT_NVFP4, QPLUG_DT_U8, QPLUG_DT_F8_E4M3, 0, 0.3),
+    MOE("moe.nvfp4", "nvfp4", QPLUG_QUANT_NVFP4, QPLUG_DT_U8, QPLUG_DT_F8_E4M3, 0, 0.35),
     MOE("moe.nvfp4-fp4act", "nvfp4", QPLUG_QUANT_NVFP4, QPLUG_DT_U8, QPLUG_DT_F8_E4M3,
-        QPLUG_LAYER_FP4_ACTIVATIONS, 0.3),
+        QPLUG_LAYER_FP4_ACTIVATIONS, 0.35),
 };
 
 #define CONF_NCASES (sizeof CONF_CASES / sizeof CONF_CASES[0])
