@@ -14,6 +14,7 @@ struct qplug_cuda__lt_plan {
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo;
     size_t workspace;
+    void *probe_scale; /* device scales the heuristic query points at */
 };
 
 struct qplug_cuda__fp8_gemm {
@@ -34,6 +35,9 @@ static void qplug_cuda__lt_plan_free(struct qplug_cuda__lt_plan *p)
         cublasLtMatrixLayoutDestroy(p->a);
     if (p->desc)
         cublasLtMatmulDescDestroy(p->desc);
+    if (p->probe_scale)
+        cudaFree(p->probe_scale);
+    p->probe_scale = NULL;
 }
 
 /* Builds the plan; fp8 selects E4M3 inputs with the block-scale modes. */
@@ -60,6 +64,18 @@ static qplug_status qplug_cuda__lt_plan_init(struct qplug_cuda__lt_plan *p, void
         if (st == CUBLAS_STATUS_SUCCESS)
             st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
                                                 &bmode, sizeof bmode);
+        /* The heuristic query rejects block-scale modes whose scale pointers
+         * are unset; runs replace these with the real scales. */
+        if (st == CUBLAS_STATUS_SUCCESS && cudaMalloc(&p->probe_scale, 256) != cudaSuccess) {
+            p->probe_scale = NULL;
+            st = CUBLAS_STATUS_ALLOC_FAILED;
+        }
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                                &p->probe_scale, sizeof p->probe_scale);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                                &p->probe_scale, sizeof p->probe_scale);
     }
     if (st == CUBLAS_STATUS_SUCCESS)
         st = cublasLtMatrixLayoutCreate(&p->a, in, (uint64_t)k, (uint64_t)n, k);

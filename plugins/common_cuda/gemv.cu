@@ -58,7 +58,7 @@ static __device__ __forceinline__ void qplug_cuda__gemv_store(
 }
 
 template <int NT, int RT>
-__global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32)
+__global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32, 2)
     qplug_cuda__gemv_fp8_kernel(const uint8_t *__restrict__ w, const float *__restrict__ wscale,
                                 const uint8_t *__restrict__ xq, const float *__restrict__ xscale,
                                 int m, int64_t n, int64_t k, __nv_bfloat16 *__restrict__ y)
@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32)
 
 /* NV selects NVFP4 (E4M3 scale per 16) over MXFP4 (E8M0 scale per 32). */
 template <int NT, int RT, bool NV>
-__global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32)
+__global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32, 2)
     qplug_cuda__gemv_fp4_kernel(const uint8_t *__restrict__ w, const uint8_t *__restrict__ wscale,
                                 float post, const uint8_t *__restrict__ xq,
                                 const float *__restrict__ xscale, int m, int64_t n, int64_t k,
@@ -341,14 +341,13 @@ __global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32)
     qplug_cuda__gemv_store<NT, RT>(red, tot, m, n, n0, y);
 }
 
-/* Two rows of 16 per warp halve the activation re-reads, but only pay when
- * the grid still has two blocks per multiprocessor. */
+/* Two rows of 16 per warp would halve the activation re-reads, but on an
+ * H200 they cost occupancy (over 128 registers: one block per SM) and ran
+ * slower than one row tile (bench/NOTES.md, version 1), so one it is. */
 static int qplug_cuda__gemv_rt(int64_t n)
 {
-    int dev = 0, sms = 132;
-    if (cudaGetDevice(&dev) == cudaSuccess)
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    return (n % 32 == 0 && n / 32 >= 2 * (int64_t)sms) ? 2 : 1;
+    (void)n;
+    return 1;
 }
 
 static qplug_status qplug_cuda__gemv_check(const char *what, const void *w, const void *ws,
