@@ -493,6 +493,75 @@ static void test_config_only(void)
     qplug_config_free(&cfg);
 }
 
+/* A stub that takes every layer, so that resolving the inventory does not
+ * depend on which real plugins are built. */
+static int score_any(const qplug_layer_desc *l)
+{
+    (void)l;
+    return 1;
+}
+static qplug_status stub_create(const qplug_host *h, const qplug_layer_desc *l)
+{
+    (void)h;
+    (void)l;
+    return QPLUG_ERR_UNSUPPORTED;
+}
+static qplug_status stub_pal(const qplug_host *h, const qplug_layer_desc *l, void **s)
+{
+    (void)h;
+    (void)l;
+    *s = NULL;
+    return QPLUG_ERR_UNSUPPORTED;
+}
+static qplug_status stub_apply(const qplug_host *h, void *s, const qplug_apply_args *a)
+{
+    (void)h;
+    (void)s;
+    (void)a;
+    return QPLUG_ERR_UNSUPPORTED;
+}
+static void stub_destroy(const qplug_host *h, void *s)
+{
+    (void)h;
+    (void)s;
+}
+static const qplug_plugin p_any = {QPLUG_ABI_VERSION, sizeof(qplug_plugin), "any", "stub", 1u,
+                                   score_any, stub_create, stub_pal, stub_apply, stub_destroy,
+                                   NULL};
+
+static void test_resolve_flags(void)
+{
+    fixture f;
+    if (!open_dir(&f, FIXTURES "flash"))
+        return;
+    qplug_registry *reg = NULL;
+    qplug_err err = {0};
+    CHECK(qplug_registry_create(&reg, &err) == QPLUG_OK);
+    CHECK(reg && qplug_registry_add(reg, &p_any, "test", &err) == QPLUG_OK);
+    qplug_policy pol;
+    qplug_policy_init(&pol);
+    pol.fp4_activations = true;
+    if (reg && f.st == QPLUG_OK) {
+        CHECKF(qplug_inventory_resolve(&f.inv, reg, &pol, &err) == QPLUG_OK, "%s", err.msg);
+        for (size_t i = 0; i < f.inv.n_layers; i++) {
+            const qplug_inv_layer *l = &f.inv.layers[i];
+            bool moe = l->desc.kind == QPLUG_LAYER_FUSED_MOE;
+            CHECKF(l->decision.plugin == &p_any && l->decision.reason[0], "%s", l->name);
+            CHECKF(((l->desc.flags & QPLUG_LAYER_FP4_ACTIVATIONS) != 0) == moe, "%s", l->name);
+        }
+        const qplug_inv_layer *l = qplug_inventory_find(&f.inv, "layers.0.ffn.experts");
+        CHECK(l && l->desc.quant == QPLUG_QUANT_MXFP4 && l->desc.weight_dtype == QPLUG_DT_I8 &&
+              l->desc.scale_dtype == QPLUG_DT_F8_E8M0);
+        l = qplug_inventory_find(&f.inv, "layers.0.attn.wq_a");
+        CHECK(l && l->desc.quant == QPLUG_QUANT_FP8_BLOCK &&
+              l->desc.scale_dtype == QPLUG_DT_F8_E8M0);
+    }
+    qplug_policy_free(&pol);
+    if (reg)
+        qplug_registry_destroy(reg);
+    close_fixture(&f);
+}
+
 int main(void)
 {
     test_bf16_official();
@@ -505,5 +574,6 @@ int main(void)
     test_unused();
     test_unknown_naming();
     test_config_only();
+    test_resolve_flags();
     return test_done();
 }
