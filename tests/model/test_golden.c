@@ -3,10 +3,12 @@
  *
  *   test_golden FIXTURE_DIR [native_bound]
  *
- * FIXTURE_DIR holds the checkpoint (config.json, shards) and golden.safetensors
- * with the transformers logits F32 [T, V] ("logits") of the token sequence
- * ("tokens" or "input_ids", I32 or I64), made by tests/tools/gen_golden.py
- * from exactly the weights the checkpoint encodes (tests/model/README.md).
+ * FIXTURE_DIR holds the checkpoint (in FIXTURE_DIR/checkpoint, or FIXTURE_DIR
+ * itself) and golden.safetensors with the transformers logits F32 [T, V]
+ * ("logits") of the token sequence ("tokens" or "input_ids", I32 or I64),
+ * and optionally a greedy continuation ("greedy_prompt", "greedy_tokens"),
+ * made by tests/tools/gen_golden.py from exactly the weights the checkpoint
+ * encodes (tests/model/README.md).
  *
  * Checks:
  *  1. reference precision: relative L2 of the logits vs transformers <= 1e-3;
@@ -15,6 +17,9 @@
  *  3. native precision: relative L2 vs transformers <= native_bound (the
  *     bound per format is derived in tests/model/CMakeLists.txt), printing
  *     the measured error and the top-1 agreement;
+ *  5. if the golden file has one, the greedy continuation of greedy_prompt
+ *     equals transformers' (reference precision; its top-1 margins are
+ *     >= 1e-3, far above the 1e-6 agreement of the logits);
  *  4. speculative decoding with MTP gives exactly the plain greedy tokens,
  *     or, for a checkpoint without MTP weights, asking for it fails with a
  *     message naming MTP.
@@ -88,10 +93,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: test_golden FIXTURE_DIR [native_bound]\n");
         return 2;
     }
-    const char *dir = argv[1];
     double native_bound = argc > 2 ? atof(argv[2]) : 1e-3;
-    char path[1024];
-    snprintf(path, sizeof path, "%s/golden.safetensors", dir);
+    char path[1024], dir[1024];
+    snprintf(path, sizeof path, "%s/golden.safetensors", argv[1]);
+    snprintf(dir, sizeof dir, "%s/checkpoint/config.json", argv[1]);
+    FILE *probe = fopen(dir, "r");
+    if (probe) {
+        fclose(probe);
+        snprintf(dir, sizeof dir, "%s/checkpoint", argv[1]);
+    } else {
+        snprintf(dir, sizeof dir, "%s", argv[1]);
+    }
     qplug_err err = {0};
     qplug_st_file *g = NULL;
     if (qplug_st_open(path, &g, &err)) {
@@ -153,6 +165,23 @@ int main(int argc, char **argv)
         printf("decode in chunks of %lld vs prefill: relative L2 %.3g (bound 1e-5)\n",
                (long long)chunks[i], e);
         EXPECT(e <= 1e-5, "chunk %lld: relative L2 %.3g > 1e-5", (long long)chunks[i], e);
+    }
+
+    /* 5. transformers' greedy continuation. */
+    const qplug_tensor *gp = qplug_st_find(g, "greedy_prompt");
+    const qplug_tensor *gg = qplug_st_find(g, "greedy_tokens");
+    if (gp && gg && gp->dtype == QPLUG_DT_I32 && gg->dtype == QPLUG_DT_I32) {
+        int64_t np0 = qplug_tensor_numel(gp), ng0 = qplug_tensor_numel(gg);
+        int32_t *gen = malloc((size_t)(ng0 > 0 ? ng0 : 1) * sizeof *gen);
+        if (gen && !qplug_model_generate(m, gp->data, np0, ng0, false, gen, NULL, NULL, &err)) {
+            bool same = !memcmp(gen, gg->data, (size_t)ng0 * sizeof *gen);
+            printf("greedy continuation of %lld tokens == transformers: %s\n", (long long)ng0,
+                   same ? "yes" : "NO");
+            EXPECT(same, "greedy continuation differs from transformers");
+        } else {
+            EXPECT(0, "greedy: %s", gen ? err.msg : "out of memory");
+        }
+        free(gen);
     }
 
     /* 4. Speculative == greedy, or a clear error without MTP weights. */
