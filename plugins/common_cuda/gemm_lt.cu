@@ -137,6 +137,13 @@ extern "C" qplug_status qplug_cuda__fp8_gemm_create(void *lt, int64_t m, int64_t
         return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
                                 "fp8_gemm_create: m=%lld n=%lld k=%lld needs n, k multiples of 128",
                                 (long long)m, (long long)n, (long long)k);
+    /* Measured on an H200 with cuBLASLt 13.1: with k/128 not a multiple of
+     * 4 the product comes out wrong (relative error near 1) although the
+     * call succeeds, so such shapes are refused rather than computed. */
+    if ((k / 128) % 4 != 0)
+        return qplug_cuda__fail(err, QPLUG_ERR_UNSUPPORTED,
+                                "fp8_gemm_create: k=%lld: k/128 must be a multiple of 4 for "
+                                "cuBLASLt's block-scaled FP8 path", (long long)k);
     qplug_cuda__fp8_gemm *g = (qplug_cuda__fp8_gemm *)calloc(1, sizeof *g);
     if (!g)
         return qplug_cuda__fail(err, QPLUG_ERR_NOMEM, "fp8_gemm_create: out of memory");

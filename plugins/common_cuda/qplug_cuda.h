@@ -65,7 +65,9 @@ qplug_status qplug_cuda__e8m0_to_f32(const uint8_t *src, int64_t count, float *d
  * descriptor, so a plan serves one thread at a time. */
 typedef struct qplug_cuda__fp8_gemm qplug_cuda__fp8_gemm;
 
-/* `lt` is a cublasLtHandle_t. n % 128 == 0 and k % 128 == 0. Fails with
+/* `lt` is a cublasLtHandle_t. n % 128 == 0 and k % 512 == 0 (cuBLASLt gave
+ * wrong results for k/128 not a multiple of 4; every DeepSeek V4 shape
+ * qualifies). Fails with
  * QPLUG_ERR_UNSUPPORTED when cuBLASLt offers no algorithm for the shape. */
 qplug_status qplug_cuda__fp8_gemm_create(void *lt, int64_t m, int64_t n, int64_t k,
                                          size_t workspace_bytes, qplug_cuda__fp8_gemm **out,
