@@ -38,7 +38,9 @@ if ! pkg-config --exists inih libcjson 2>/dev/null; then
     if ls "$ROOT"/.debs/*.deb >/dev/null 2>&1; then
         mkdir -p "$DEPS"
         for f in "$ROOT"/.debs/*.deb; do dpkg -x "$f" "$DEPS"; done
-        sed -i "s|^prefix=/usr\$|prefix=$DEPS/usr|" "$DEPS"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc
+        # The .pc files name /usr as prefix or in absolute libdir/includedir.
+        sed -i "s|=/usr\$|=$DEPS/usr|; s|=/usr/|=$DEPS/usr/|" \
+            "$DEPS"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc
         export PKG_CONFIG_PATH="$DEPS/usr/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
         export LD_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
         # A machine without pkg-config uses the carried pkgconf.
@@ -61,6 +63,7 @@ cat "$OUT/device.log"
 # ---------------------------------------------------------------- build
 note "build"
 jobs=$(nproc 2>/dev/null || echo 4)
+rm -f "$BUILD/CMakeCache.txt"
 if cmake -S "$ROOT" -B "$BUILD" -DBUILD_TESTING=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         ${PKG_CONFIG:+-DPKG_CONFIG_EXECUTABLE=$PKG_CONFIG} \
         >"$OUT/build.log" 2>&1; then
