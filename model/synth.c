@@ -142,8 +142,6 @@ const char *qplug_synth_format_name(qplug_synth_format f)
 /* splitmix64: tiny, fast and good enough for synthetic weights. */
 typedef struct synth_rng {
     uint64_t s;
-    double spare;
-    bool has_spare;
 } synth_rng;
 
 static uint64_t synth_next(synth_rng *r)
@@ -160,24 +158,20 @@ static double synth_uniform(synth_rng *r)
     return (double)(synth_next(r) >> 11) * 0x1.0p-53;
 }
 
-/* Standard normal by Marsaglia's polar method (both values used): no
- * trigonometry, which dominates the time of large presets otherwise. */
+/*
+ * Approximately standard normal: four 16-bit uniforms from one draw, summed
+ * and standardized (Irwin-Hall, variance 4/12). Bounded at +-2*sqrt(3) and
+ * close to a normal elsewhere, which is all synthetic weights need; an exact
+ * sampler (log, sqrt, rejection) took most of the time of the flash-shapes
+ * preset.
+ */
 static double synth_normal(synth_rng *r)
 {
-    if (r->has_spare) {
-        r->has_spare = false;
-        return r->spare;
-    }
-    double u, v, q;
-    do {
-        u = 2.0 * synth_uniform(r) - 1.0;
-        v = 2.0 * synth_uniform(r) - 1.0;
-        q = u * u + v * v;
-    } while (q >= 1.0 || q == 0.0);
-    double f = sqrt(-2.0 * log(q) / q);
-    r->spare = v * f;
-    r->has_spare = true;
-    return u * f;
+    uint64_t z = synth_next(r);
+    double sum = 0.0;
+    for (int i = 0; i < 4; i++)
+        sum += ((double)((z >> (16 * i)) & 0xffffu) + 0.5) * (1.0 / 65536.0);
+    return (sum - 2.0) * 1.7320508075688772;
 }
 
 /* Each tensor's stream depends only on the seed and its official name, so
@@ -187,7 +181,7 @@ static synth_rng synth_rng_for(uint64_t seed, const char *official)
     uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
     for (const char *p = official; *p; p++)
         h = (h ^ (uint8_t)*p) * 0x100000001b3ull;
-    synth_rng r = {seed ^ h, 0.0, false};
+    synth_rng r = {seed ^ h};
     (void)synth_next(&r);
     return r;
 }
