@@ -25,7 +25,7 @@ static void synth_usage(FILE *f)
             "  flash-shapes  the real V4-Flash per-matrix shapes (hidden 4096, 64 heads x 512,\n"
             "                q_lora 1024, 8 groups x o_lora 1024, I 2048, vocab 129280) but only\n"
             "                2 layers (ratios 4 and 128) + MTP and 8 routed experts instead of\n"
-            "                256: for shape and load tests (about 3 GB quantized, 5 GB in\n"
+            "                256: for shape and load tests (2.5-3 GB quantized, 4 GB in\n"
             "                BF16; a minute or two)\n"
             "formats:\n"
             "  bf16          official naming, unquantized\n"

@@ -32,7 +32,7 @@ typedef enum qplug_synth_preset {
     /* The real V4-Flash per-matrix shapes (hidden 4096, 64 heads x 512,
      * q_lora 1024, 8 groups x 1024, I 2048, vocab 129280), but 2 layers
      * (ratios 4 and 128) plus MTP and 8 routed experts: for shape and load
-     * tests. Several GB on disk. */
+     * tests. 2.5 to 4 GB on disk. */
     QPLUG_SYNTH_FLASH_SHAPES = 1
 } qplug_synth_preset;
 
