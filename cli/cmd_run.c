@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,10 @@ static const char *usage_text =
     "usage: qplug run --checkpoint DIR [--policy FILE] [--device cpu|cuda]\n"
     "                 [--precision reference|native] (--tokens 1,2,3 | --prompt-file FILE)\n"
     "                 [--logits OUT.safetensors] [--generate N] [--speculative mtp] "
-    "[--threads N]\n";
+    "[--threads N]\n"
+    "                 [--compare-reference]\n"
+    "--compare-reference also runs the prompt at reference precision and prints the\n"
+    "relative L2 error and top-1 agreement of the prompt's logits.\n";
 
 typedef struct tok_list {
     int32_t *v;
@@ -125,6 +129,55 @@ static bool parse_int(const char *s, const char *flag, long lo, long hi, long *o
     return true;
 }
 
+/* Runs the prompt again at reference precision and prints how far the
+ * logits computed already (`logits`, [prompt->n, V]) are from it. */
+static int compare_with_reference(const char *ckpt, const char *policy, qplug_device_kind device,
+                                  int threads, const tok_list *prompt, const float *logits,
+                                  int64_t V)
+{
+    qplug_err err = {0};
+    qplug_model *ref = NULL;
+    float *ref_logits = malloc((size_t)(prompt->n * V) * sizeof(float));
+    int rc = 1;
+    int32_t unused_out;
+    qplug_generate_stats stats;
+    if (!ref_logits) {
+        fprintf(stderr, "qplug run: out of memory for the reference logits\n");
+        return 1;
+    }
+    if (qplug_model_open(ckpt, policy, device, QPLUG_PRECISION_REFERENCE, threads, false, &ref,
+                         &err) ||
+        qplug_model_generate(ref, prompt->v, prompt->n, 0, false, &unused_out, ref_logits, &stats,
+                             &err)) {
+        fprintf(stderr, "qplug run: reference: %s\n", err.msg);
+        goto done;
+    }
+    double num = 0.0, den = 0.0;
+    int64_t agree = 0;
+    for (int64_t t = 0; t < prompt->n; t++) {
+        const float *a = logits + t * V, *b = ref_logits + t * V;
+        int64_t ia = 0, ib = 0;
+        for (int64_t v = 0; v < V; v++) {
+            double d = (double)a[v] - (double)b[v];
+            num += d * d;
+            den += (double)b[v] * (double)b[v];
+            if (a[v] > a[ia])
+                ia = v;
+            if (b[v] > b[ib])
+                ib = v;
+        }
+        agree += ia == ib;
+    }
+    printf("native vs reference: logits relative L2 %.4g, top-1 agreement %lld/%lld (%.1f%%)\n",
+           den > 0 ? sqrt(num / den) : 0.0, (long long)agree, (long long)prompt->n,
+           100.0 * (double)agree / (double)prompt->n);
+    rc = 0;
+done:
+    qplug_model_close(ref);
+    free(ref_logits);
+    return rc;
+}
+
 int qplug_cmd_run(int argc, char **argv)
 {
     const char *ckpt = NULL, *policy = NULL, *tokens = NULL, *prompt_file = NULL;
@@ -132,13 +185,17 @@ int qplug_cmd_run(int argc, char **argv)
     qplug_device_kind device = QPLUG_DEVICE_CPU;
     qplug_precision precision = QPLUG_PRECISION_NATIVE;
     long n_gen = 0, threads = 0;
-    bool speculative = false;
+    bool speculative = false, compare = false;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage_text, stdout);
             return 0;
+        }
+        if (!strcmp(a, "--compare-reference")) {
+            compare = true;
+            continue;
         }
         if (i + 1 >= argc) {
             fprintf(stderr, "qplug run: unknown or incomplete option '%s'\n%s", a, usage_text);
@@ -224,7 +281,7 @@ int qplug_cmd_run(int argc, char **argv)
         goto done;
     }
     int64_t V = qplug_model_vocab(m);
-    if (logits_path) {
+    if (logits_path || compare) {
         logits = malloc((size_t)(prompt.n * V) * sizeof(float));
         if (!logits) {
             fprintf(stderr, "qplug run: out of memory for %lld x %lld logits\n",
@@ -274,6 +331,9 @@ int qplug_cmd_run(int argc, char **argv)
     }
     if (logits_path)
         printf("logits: %s [%lld, %lld]\n", logits_path, (long long)prompt.n, (long long)V);
+    if (compare && compare_with_reference(ckpt, policy, device, (int)threads, &prompt, logits,
+                                          V) != 0)
+        goto done;
     rc = 0;
 done:
     qplug_model_close(m);
