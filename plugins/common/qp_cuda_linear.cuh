@@ -1,0 +1,577 @@
+/*
+ * plugins/common/qp_cuda_linear.cuh - the CUDA linear and grouped-linear
+ * path shared by the plugins' <p>_cuda.cu files: upload at prepare time,
+ * then apply() on device tensors through the kernels of plugins/common_cuda.
+ *
+ * Included by exactly one .cu per plugin, so every function here is static
+ * and each plugin carries its own copy with hidden visibility.
+ *
+ * Dispatch of one native call with BF16 x and y (per group):
+ *   m <= 16 and the decode GEMV accepts the shape  -> qplug_cuda__gemv_*
+ *   otherwise, when cuBLASLt accepts the shape     -> FP8 block-scaled GEMM
+ *                                                     (FP4: its FP8 copy)
+ *   otherwise                                      -> the simple kernel here
+ * cuBLASLt block-scaled FP8 is only used for n % 128 == 0 and k % 512 == 0:
+ * it gave wrong results on H200 when k/128 is not a multiple of 4.
+ * Reference precision, and F32 y (the fast kernels write BF16 only), always
+ * take the simple kernel: exact weights, fp32 math.
+ *
+ * No host synchronisation happens in apply: scratch comes from
+ * cudaMallocAsync on the call's stream and goes back with cudaFreeAsync.
+ * A NaN or Inf in x cannot be reported as QPLUG_ERR_NUMERIC without waiting
+ * for the device, so on CUDA it propagates: the rows it touches come out NaN.
+ */
+#ifndef QPLUG_PLUGINS_QP_CUDA_LINEAR_CUH
+#define QPLUG_PLUGINS_QP_CUDA_LINEAR_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+#include <string.h>
+
+extern "C" {
+#include "qp_common.h"
+}
+#include "qplug_cuda.h"
+
+/* The cuBLASLt workspace each GEMM call gets (Hopper wants up to 32 MiB). */
+#define QP_CL_LT_WORKSPACE ((size_t)32 << 20)
+#define QP_CL_MAX_PLANS 8
+
+typedef enum qp_cl_fmt {
+    QP_CL_F32 = 0,   /* exact F32 weights (unquantized plugin) */
+    QP_CL_FP8 = 1,   /* E4M3 [rows, k] + F32 [ceil(rows/128)][k/128] */
+    QP_CL_MXFP4 = 2, /* packed E2M1 [rows, k/2] + E8M0 [rows, k/32] */
+    QP_CL_NVFP4 = 3  /* packed E2M1 [rows, k/2] + E4M3 [rows, k/16] + global */
+} qp_cl_fmt;
+
+typedef struct qp_cl_plan {
+    int64_t m;
+    qplug_cuda__fp8_gemm *g;
+} qp_cl_plan;
+
+typedef struct qp_cuda_lin {
+    qp_cl_fmt fmt;
+    int64_t n, k, groups, rows; /* rows = groups * n */
+    bool ue8m0_act;             /* power-of-two activation scales */
+    void *w;                    /* F32 / FP8 / original packed FP4 */
+    float *w_scale;             /* FP8 tile scales, F32 */
+    uint8_t *s4;                /* FP4 scale bytes as stored */
+    float global;               /* NVFP4 weight_scale_2 */
+    uint8_t *w4r;               /* FP4 repacked for the GEMV, or NULL */
+    uint8_t *q8;                /* FP4 -> FP8 block copy for cuBLASLt, or NULL */
+    float *q8_scale;
+    void *lt;                   /* cublasLtHandle_t, or NULL */
+    bool gemv_ok, lt_ok;
+    qp_cl_plan plans[QP_CL_MAX_PLANS];
+    int next_plan;
+} qp_cuda_lin;
+
+/* ------------------------------------------------------------------------ */
+/* Kernels                                                                  */
+/* ------------------------------------------------------------------------ */
+
+__device__ static float qp_cl_e4m3(uint8_t b)
+{
+    __nv_fp8_e4m3 v;
+    v.__x = b;
+    return (float)v;
+}
+
+__device__ static float qp_cl_e2m1(unsigned nib)
+{
+    const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    float v = mag[nib & 7u];
+    return (nib & 8u) ? -v : v;
+}
+
+/* The exact weight W[r, c] in fp32; FP8 without its tile scale (which the
+ * caller applies per 128-block). */
+__device__ static float qp_cl_weight(const qp_cuda_lin &L, int64_t r, int64_t c)
+{
+    switch (L.fmt) {
+    case QP_CL_F32:
+        return ((const float *)L.w)[r * L.k + c];
+    case QP_CL_FP8:
+        return qp_cl_e4m3(((const uint8_t *)L.w)[r * L.k + c]);
+    case QP_CL_MXFP4: {
+        uint8_t b = ((const uint8_t *)L.w)[r * (L.k / 2) + c / 2];
+        int e = (int)L.s4[r * (L.k / 32) + c / 32];
+        float s = e == 255 ? __int_as_float(0x7fc00000) : ldexpf(1.0f, e - 127);
+        return qp_cl_e2m1((c & 1) ? b >> 4 : b & 15u) * s;
+    }
+    case QP_CL_NVFP4: {
+        uint8_t b = ((const uint8_t *)L.w)[r * (L.k / 2) + c / 2];
+        float s = qp_cl_e4m3(L.s4[r * (L.k / 16) + c / 16]);
+        return qp_cl_e2m1((c & 1) ? b >> 4 : b & 15u) * s * L.global;
+    }
+    }
+    return 0.0f;
+}
+
+/*
+ * One group: y[i, j] = sum_c a[i, c] * W[r0 + j, c] for i < m, j < n. The
+ * activations are x (BF16 or F32, row stride ldx) or, when xq is given, the
+ * quantized E4M3 xq [m, k] with scales xs [k/128][m]. Per 128-block the
+ * partial sum is formed in fp32 and scaled by the activation scale and the
+ * FP8 tile scale, as the CPU path does.
+ */
+__global__ static void qp_cl_simple_kernel(qp_cuda_lin L, int64_t r0, int64_t m, int64_t n,
+                                           const void *x, bool x_bf16, int64_t ldx,
+                                           const uint8_t *xq, const float *xs, void *y,
+                                           bool y_bf16, int64_t ldy)
+{
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n)
+        return;
+    int64_t r = r0 + j, k = L.k, ktiles = (k + 127) / 128;
+    for (int64_t i = blockIdx.y; i < m; i += gridDim.y) {
+        float acc = 0.0f;
+        for (int64_t kb = 0; kb < ktiles; kb++) {
+            int64_t c1 = (kb + 1) * 128 < k ? (kb + 1) * 128 : k;
+            float part = 0.0f;
+            for (int64_t c = kb * 128; c < c1; c++) {
+                float a;
+                if (xq)
+                    a = qp_cl_e4m3(xq[i * k + c]);
+                else if (x_bf16)
+                    a = __bfloat162float(((const __nv_bfloat16 *)x)[i * ldx + c]);
+                else
+                    a = ((const float *)x)[i * ldx + c];
+                part = fmaf(a, qp_cl_weight(L, r, c), part);
+            }
+            if (xq)
+                part *= xs[kb * m + i];
+            if (L.fmt == QP_CL_FP8)
+                part *= L.w_scale[(r / 128) * ktiles + kb];
+            acc += part;
+        }
+        if (y_bf16)
+            ((__nv_bfloat16 *)y)[i * ldy + j] = __float2bfloat16_rn(acc);
+        else
+            ((float *)y)[i * ldy + j] = acc;
+    }
+}
+
+/* Activation quantization of any x (BF16 or F32, row stride ldx) into
+ * contiguous xq [m, k] and xs [k/128][m]; one warp per (row, 128-block).
+ * Same rule as the CPU: amax = max(|x|, 1e-4), s = amax/448 or its power of
+ * two rounded up; a NaN or Inf makes the scale NaN so the row comes out NaN. */
+__global__ static void qp_cl_quant_kernel(const void *x, bool x_bf16, int64_t ldx, int64_t m,
+                                          int64_t k, bool ue8m0, uint8_t *xq, float *xs)
+{
+    int64_t kt = k / 128;
+    int64_t item = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (item >= m * kt)
+        return;
+    int64_t i = item / kt, kb = item % kt;
+    int lane = threadIdx.x & 31;
+    float v[4];
+    float amax = 1e-4f;
+    bool bad = false;
+    for (int q = 0; q < 4; q++) {
+        int64_t c = kb * 128 + q * 32 + lane;
+        v[q] = x_bf16 ? __bfloat162float(((const __nv_bfloat16 *)x)[i * ldx + c])
+                      : ((const float *)x)[i * ldx + c];
+        bad |= !isfinite(v[q]);
+        amax = fmaxf(amax, fabsf(v[q]));
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        bad |= __shfl_xor_sync(0xffffffffu, (int)bad, o) != 0;
+    }
+    float s = amax / 448.0f;
+    if (ue8m0) {
+        int e;
+        float f = frexpf(s, &e);
+        s = ldexpf(1.0f, f == 0.5f ? e - 1 : e);
+    }
+    if (bad)
+        s = __int_as_float(0x7fc00000);
+    for (int q = 0; q < 4; q++) {
+        int64_t c = kb * 128 + q * 32 + lane;
+        xq[i * k + c] = (uint8_t)__nv_cvt_float_to_fp8(v[q] / s, __NV_SATFINITE, __NV_E4M3);
+    }
+    if (lane == 0)
+        xs[kb * m + i] = s;
+}
+
+/* BF16 strided 2-D copy: rows x cols from src (row stride lds) to dst (lddst). */
+__global__ static void qp_cl_copy_kernel(const __nv_bfloat16 *src, int64_t lds,
+                                         __nv_bfloat16 *dst, int64_t ldd, int64_t rows,
+                                         int64_t cols)
+{
+    int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= rows * cols)
+        return;
+    int64_t i = idx / cols, c = idx % cols;
+    dst[i * ldd + c] = src[i * lds + c];
+}
+
+/* ------------------------------------------------------------------------ */
+/* Prepare / release                                                        */
+/* ------------------------------------------------------------------------ */
+
+static qplug_status qp_cl_upload(const qplug_host *host, const void *src, size_t bytes,
+                                 void **dst, const char *what)
+{
+    *dst = host->api->alloc(host->ctx, bytes, QPLUG_DEVICE_CUDA);
+    if (!*dst)
+        return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
+                                "cuda prepare: out of device memory for %s (%zu bytes)", what,
+                                bytes);
+    if (src && cudaMemcpy(*dst, src, bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+        return host->api->error(host->ctx, QPLUG_ERR_DEVICE,
+                                "cuda prepare: copying %s to the device failed", what);
+    return QPLUG_OK;
+}
+
+static void qp_cl_release(const qplug_host *host, qp_cuda_lin *L)
+{
+    if (!L)
+        return;
+    for (int i = 0; i < QP_CL_MAX_PLANS; i++)
+        if (L->plans[i].g)
+            qplug_cuda__fp8_gemm_destroy(L->plans[i].g);
+    host->api->free(host->ctx, L->w, QPLUG_DEVICE_CUDA);
+    host->api->free(host->ctx, L->w_scale, QPLUG_DEVICE_CUDA);
+    host->api->free(host->ctx, L->s4, QPLUG_DEVICE_CUDA);
+    host->api->free(host->ctx, L->w4r, QPLUG_DEVICE_CUDA);
+    host->api->free(host->ctx, L->q8, QPLUG_DEVICE_CUDA);
+    host->api->free(host->ctx, L->q8_scale, QPLUG_DEVICE_CUDA);
+    host->api->free(host->ctx, L, QPLUG_DEVICE_CPU);
+}
+
+static qplug_status qp_cl_kernel_status(const qplug_host *host, qplug_status st,
+                                        const qplug_cuda__err *e, const char *phase)
+{
+    if (st == QPLUG_OK)
+        return QPLUG_OK;
+    return host->api->error(host->ctx, st, "cuda %s: %s", phase, e->msg);
+}
+
+/*
+ * Builds the device copy of a linear or grouped linear from the CPU view w
+ * ([groups*n, k]); *out is NULL on failure and nothing is leaked. Device
+ * work at prepare time is synchronous (it happens once per layer).
+ */
+static qplug_status qp_cl_prepare(const qplug_host *host, const qplug_layer_desc *l,
+                                  const qplug__wmat *w, bool ue8m0_act, qp_cuda_lin **out)
+{
+    *out = NULL;
+    if (l->kind != QPLUG_LAYER_LINEAR && l->kind != QPLUG_LAYER_GROUPED_LINEAR)
+        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
+                                "cuda prepare: layer %s: only linear and grouped linear layers "
+                                "have a CUDA path so far (kind %d)",
+                                l->name ? l->name : "?", (int)l->kind);
+    if (l->k % 128 != 0)
+        return host->api->error(host->ctx, QPLUG_ERR_SHAPE,
+                                "cuda prepare: layer %s: k = %lld is not a multiple of 128",
+                                l->name ? l->name : "?", (long long)l->k);
+    if (host->api->struct_size < offsetof(qplug_host_api, cuda_device) + sizeof(void *))
+        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
+                                "cuda prepare: the host table has no CUDA slots");
+    qp_cuda_lin *L = (qp_cuda_lin *)qplug__zalloc(host, sizeof *L);
+    if (!L)
+        return host->api->error(host->ctx, QPLUG_ERR_NOMEM, "cuda prepare: out of memory");
+    L->n = l->n;
+    L->k = l->k;
+    L->groups = l->kind == QPLUG_LAYER_GROUPED_LINEAR ? l->groups : 1;
+    L->rows = L->groups * L->n;
+    L->ue8m0_act = ue8m0_act;
+    L->lt = host->api->cublaslt ? host->api->cublaslt(host->ctx) : NULL;
+    int64_t rows = L->rows, k = L->k, kt = k / 128, rt = (rows + 127) / 128;
+    qplug_status st = QPLUG_OK;
+    qplug_cuda__err e;
+    e.msg[0] = '\0';
+    bool lt_shape = L->lt && L->n % 128 == 0 && k % 512 == 0;
+    switch (w->fmt) {
+    case QPLUG__W_F32:
+    case QPLUG__W_BF16:
+    case QPLUG__W_F16: {
+        L->fmt = QP_CL_F32;
+        size_t bytes = (size_t)(rows * k) * sizeof(float);
+        float *tmp = (float *)host->api->alloc(host->ctx, bytes, QPLUG_DEVICE_CPU);
+        if (!tmp) {
+            st = host->api->error(host->ctx, QPLUG_ERR_NOMEM, "cuda prepare: out of memory");
+            break;
+        }
+        qplug__wmat_dequant_rows(w, 0, rows, tmp);
+        st = qp_cl_upload(host, tmp, bytes, &L->w, "weight");
+        host->api->free(host->ctx, tmp, QPLUG_DEVICE_CPU);
+        break;
+    }
+    case QPLUG__W_FP8_BLOCK: {
+        L->fmt = QP_CL_FP8;
+        st = qp_cl_upload(host, w->data, (size_t)(rows * k), &L->w, "weight");
+        if (!st && w->scale_e8m0) {
+            void *raw = NULL;
+            st = qp_cl_upload(host, w->scale, (size_t)(rt * kt), &raw, "scale");
+            if (!st)
+                st = qp_cl_upload(host, NULL, (size_t)(rt * kt) * sizeof(float),
+                                  (void **)&L->w_scale, "scale");
+            if (!st)
+                st = qp_cl_kernel_status(host,
+                                         qplug_cuda__e8m0_to_f32((const uint8_t *)raw, rt * kt,
+                                                                 L->w_scale, NULL, &e),
+                                         &e, "prepare");
+            if (!st && cudaDeviceSynchronize() != cudaSuccess)
+                st = host->api->error(host->ctx, QPLUG_ERR_DEVICE,
+                                      "cuda prepare: E8M0 scale conversion failed");
+            host->api->free(host->ctx, raw, QPLUG_DEVICE_CUDA);
+        } else if (!st) {
+            st = qp_cl_upload(host, w->scale, (size_t)(rt * kt) * sizeof(float),
+                              (void **)&L->w_scale, "scale");
+        }
+        L->gemv_ok = L->n % 16 == 0 && (L->groups == 1 || L->n % 128 == 0);
+        L->lt_ok = lt_shape;
+        break;
+    }
+    case QPLUG__W_MXFP4:
+    case QPLUG__W_NVFP4: {
+        bool nv = w->fmt == QPLUG__W_NVFP4;
+        L->fmt = nv ? QP_CL_NVFP4 : QP_CL_MXFP4;
+        L->global = nv ? w->global : 1.0f;
+        size_t sbytes = (size_t)(rows * (k / (nv ? 16 : 32)));
+        st = qp_cl_upload(host, w->data, (size_t)(rows * k / 2), &L->w, "weight");
+        if (!st)
+            st = qp_cl_upload(host, w->scale, sbytes, (void **)&L->s4, "weight scale");
+        L->gemv_ok = L->n % 16 == 0;
+        if (!st && L->gemv_ok) {
+            st = qp_cl_upload(host, NULL, (size_t)(rows * k / 2), (void **)&L->w4r,
+                              "repacked weight");
+            if (!st)
+                st = qp_cl_kernel_status(
+                    host, qplug_cuda__fp4_repack((const uint8_t *)L->w, rows, k, L->w4r, NULL, &e),
+                    &e, "prepare");
+        }
+        if (!st && lt_shape) {
+            st = qp_cl_upload(host, NULL, (size_t)(rows * k), (void **)&L->q8, "FP8 copy");
+            if (!st)
+                st = qp_cl_upload(host, NULL, (size_t)(rt * kt) * sizeof(float),
+                                  (void **)&L->q8_scale, "FP8 copy scale");
+            if (!st)
+                st = qp_cl_kernel_status(
+                    host,
+                    nv ? qplug_cuda__nvfp4_to_fp8_block((const uint8_t *)L->w, L->s4, L->global,
+                                                        rows, k, L->q8, L->q8_scale, NULL, &e)
+                       : qplug_cuda__mxfp4_to_fp8_block((const uint8_t *)L->w, L->s4, rows, k,
+                                                        L->q8, L->q8_scale, NULL, &e),
+                    &e, "prepare");
+            L->lt_ok = !st;
+        }
+        if (!st && cudaDeviceSynchronize() != cudaSuccess)
+            st = host->api->error(host->ctx, QPLUG_ERR_DEVICE,
+                                  "cuda prepare: FP4 weight conversion failed");
+        break;
+    }
+    }
+    if (st) {
+        qp_cl_release(host, L);
+        return st;
+    }
+    *out = L;
+    return QPLUG_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Apply                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static bool qp_cl_io_dtype(const qplug_tensor *t)
+{
+    return t->dtype == QPLUG_DT_BF16 || t->dtype == QPLUG_DT_F32;
+}
+
+static qplug_status qp_cl_check(const qplug_host *host, const qp_cuda_lin *L,
+                                const qplug_apply_args *a)
+{
+    if (a->struct_size < offsetof(qplug_apply_args, stream) + sizeof(void *))
+        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: args struct too small");
+    if (a->op != QPLUG_OP_FORWARD)
+        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT,
+                                "apply: op %d is not FORWARD for a linear layer", (int)a->op);
+    const qplug_tensor *x = a->x, *y = a->y;
+    if (!x || !y || !x->data || !y->data)
+        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: x or y missing");
+    if (x->device != QPLUG_DEVICE_CUDA || y->device != QPLUG_DEVICE_CUDA)
+        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT,
+                                "apply: x and y must both be CUDA tensors");
+    if (!qp_cl_io_dtype(x) || !qp_cl_io_dtype(y))
+        return host->api->error(host->ctx, QPLUG_ERR_DTYPE,
+                                "apply: x and y must be BF16 or F32 on CUDA (x %s, y %s)",
+                                qplug_dtype_name(x->dtype), qplug_dtype_name(y->dtype));
+    int64_t in = L->groups * L->k, outc = L->rows;
+    if (x->ndim != 2 || y->ndim != 2 || x->shape[0] < 1 || x->shape[1] != in ||
+        y->shape[0] != x->shape[0] || y->shape[1] != outc)
+        return host->api->error(host->ctx, QPLUG_ERR_SHAPE,
+                                "apply: x must be [m, %lld] and y [m, %lld]", (long long)in,
+                                (long long)outc);
+    return QPLUG_OK;
+}
+
+/* The cuBLASLt plan for m, made on first use (host-side only: no device
+ * synchronisation), kept in a small ring. */
+static qplug_status qp_cl_plan_for(const qplug_host *host, qp_cuda_lin *L, int64_t m,
+                                   qplug_cuda__fp8_gemm **out)
+{
+    for (int i = 0; i < QP_CL_MAX_PLANS; i++)
+        if (L->plans[i].g && L->plans[i].m == m) {
+            *out = L->plans[i].g;
+            return QPLUG_OK;
+        }
+    qplug_cuda__err e;
+    qplug_cuda__fp8_gemm *g = NULL;
+    qplug_status st =
+        qplug_cuda__fp8_gemm_create(L->lt, m, L->n, L->k, QP_CL_LT_WORKSPACE, &g, &e);
+    if (st)
+        return qp_cl_kernel_status(host, st, &e, "apply");
+    qp_cl_plan *p = &L->plans[L->next_plan];
+    L->next_plan = (L->next_plan + 1) % QP_CL_MAX_PLANS;
+    if (p->g)
+        qplug_cuda__fp8_gemm_destroy(p->g);
+    p->g = g;
+    p->m = m;
+    *out = g;
+    return QPLUG_OK;
+}
+
+static qplug_status qp_cl_launch_status(const qplug_host *host, const char *what)
+{
+    cudaError_t ce = cudaGetLastError();
+    if (ce != cudaSuccess)
+        return host->api->error(host->ctx, QPLUG_ERR_DEVICE, "cuda apply: %s: %s", what,
+                                cudaGetErrorString(ce));
+    return QPLUG_OK;
+}
+
+static void qp_cl_simple(const qp_cuda_lin *L, int64_t g, int64_t m, const void *x, bool x_bf16,
+                         int64_t ldx, const uint8_t *xq, const float *xs, void *y, bool y_bf16,
+                         int64_t ldy, cudaStream_t s)
+{
+    dim3 grid((unsigned)((L->n + 127) / 128), (unsigned)(m < 65535 ? m : 65535));
+    qp_cl_simple_kernel<<<grid, 128, 0, s>>>(*L, g * L->n, m, L->n, x, x_bf16, ldx, xq, xs, y,
+                                             y_bf16, ldy);
+}
+
+/* One native group with quantized activations xq/xs ([m, k], [k/128][m])
+ * into BF16 y (row stride ldy; a contiguous temporary when ldy != n). */
+static qplug_status qp_cl_fast_group(const qplug_host *host, qp_cuda_lin *L, int64_t g, int64_t m,
+                                     const uint8_t *xq, const float *xs, __nv_bfloat16 *y,
+                                     void *work, cudaStream_t s)
+{
+    int64_t n = L->n, k = L->k, kt = k / 128;
+    qplug_cuda__err e;
+    qplug_status st;
+    if (m <= QPLUG_CUDA_GEMV_MAX_M && L->gemv_ok) {
+        if (L->fmt == QP_CL_FP8)
+            st = qplug_cuda__gemv_fp8((const uint8_t *)L->w + g * n * k,
+                                      L->w_scale + (g * n / 128) * kt, xq, xs, m, n, k, y, s, &e);
+        else if (L->fmt == QP_CL_MXFP4)
+            st = qplug_cuda__gemv_mxfp4(L->w4r + g * n * k / 2, L->s4 + g * n * (k / 32), xq, xs,
+                                        m, n, k, y, s, &e);
+        else
+            st = qplug_cuda__gemv_nvfp4(L->w4r + g * n * k / 2, L->s4 + g * n * (k / 16),
+                                        L->global, xq, xs, m, n, k, y, s, &e);
+        return qp_cl_kernel_status(host, st, &e, "apply");
+    }
+    if (L->lt_ok) {
+        qplug_cuda__fp8_gemm *plan = NULL;
+        st = qp_cl_plan_for(host, L, m, &plan);
+        if (st)
+            return st;
+        const uint8_t *w = L->fmt == QP_CL_FP8 ? (const uint8_t *)L->w : L->q8;
+        const float *ws = L->fmt == QP_CL_FP8 ? L->w_scale : L->q8_scale;
+        st = qplug_cuda__fp8_gemm_run(plan, w + g * n * k, ws + (g * n / 128) * kt, xq, xs, y,
+                                      work, s, &e);
+        return qp_cl_kernel_status(host, st, &e, "apply");
+    }
+    qp_cl_simple(L, g, m, NULL, false, 0, xq, xs, y, true, n, s);
+    return qp_cl_launch_status(host, "simple kernel");
+}
+
+static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qplug_apply_args *a)
+{
+    qplug_status st = qp_cl_check(host, L, a);
+    if (st)
+        return st;
+    cudaStream_t s = (cudaStream_t)a->stream;
+    int64_t m = a->x->shape[0], n = L->n, k = L->k, G = L->groups;
+    bool x_bf16 = a->x->dtype == QPLUG_DT_BF16, y_bf16 = a->y->dtype == QPLUG_DT_BF16;
+    bool native = a->precision == QPLUG_PRECISION_NATIVE && L->fmt != QP_CL_F32;
+    if (!native) {
+        for (int64_t g = 0; g < G; g++)
+            qp_cl_simple(L, g, m,
+                         (const char *)a->x->data + (size_t)(g * k) * (x_bf16 ? 2 : 4), x_bf16,
+                         G * k, NULL, NULL,
+                         (char *)a->y->data + (size_t)(g * n) * (y_bf16 ? 2 : 4), y_bf16, G * n,
+                         s);
+        return qp_cl_launch_status(host, "simple kernel");
+    }
+    /* Scratch: quantized x and scales of one group, a BF16 x / y staging
+     * area for groups > 1, and the cuBLASLt workspace when it may be used. */
+    bool fast = y_bf16;
+    bool staged = G > 1;
+    size_t xq_b = (size_t)(m * k), xs_b = (size_t)(m * (k / 128)) * sizeof(float);
+    size_t xg_b = staged ? (size_t)(m * k) * 2 : 0, yg_b = staged ? (size_t)(m * n) * 2 : 0;
+    size_t ws_b = fast && L->lt_ok && m > QPLUG_CUDA_GEMV_MAX_M ? QP_CL_LT_WORKSPACE : 0;
+    size_t off_xs = (xq_b + 255) & ~(size_t)255, off_xg = off_xs + ((xs_b + 255) & ~(size_t)255);
+    size_t off_yg = off_xg + ((xg_b + 255) & ~(size_t)255);
+    size_t off_ws = off_yg + ((yg_b + 255) & ~(size_t)255), total = off_ws + ws_b;
+    char *scratch = NULL;
+    if (cudaMallocAsync((void **)&scratch, total, s) != cudaSuccess)
+        return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
+                                "cuda apply: no %zu bytes of scratch on the stream", total);
+    uint8_t *xq = (uint8_t *)scratch;
+    float *xs = (float *)(scratch + off_xs);
+    __nv_bfloat16 *xg = (__nv_bfloat16 *)(scratch + off_xg);
+    __nv_bfloat16 *yg = (__nv_bfloat16 *)(scratch + off_yg);
+    void *work = ws_b ? scratch + off_ws : NULL;
+    qplug_cuda__err e;
+    for (int64_t g = 0; g < G && !st; g++) {
+        const char *xsrc = (const char *)a->x->data + (size_t)(g * k) * (x_bf16 ? 2 : 4);
+        char *ydst = (char *)a->y->data + (size_t)(g * n) * (y_bf16 ? 2 : 4);
+        /* Quantize this group's activations into contiguous xq / xs. */
+        if (x_bf16 && fast) {
+            const void *xc = xsrc;
+            if (staged) {
+                int64_t cnt = m * k;
+                qp_cl_copy_kernel<<<(unsigned)((cnt + 255) / 256), 256, 0, s>>>(
+                    (const __nv_bfloat16 *)xsrc, G * k, xg, k, m, k);
+                xc = xg;
+            }
+            st = qp_cl_kernel_status(
+                host,
+                qplug_cuda__act_quant_fp8(xc, m, k,
+                                          L->ue8m0_act ? QPLUG_CUDA_SCALE_UE8M0
+                                                       : QPLUG_CUDA_SCALE_F32,
+                                          xq, xs, s, &e),
+                &e, "apply");
+        } else {
+            int64_t items = m * (k / 128);
+            qp_cl_quant_kernel<<<(unsigned)((items + 7) / 8), 256, 0, s>>>(
+                xsrc, x_bf16, G * k, m, k, L->ue8m0_act, xq, xs);
+            st = qp_cl_launch_status(host, "activation quantization");
+        }
+        if (st)
+            break;
+        if (!fast) {
+            qp_cl_simple(L, g, m, NULL, false, 0, xq, xs, ydst, false, G * n, s);
+            st = qp_cl_launch_status(host, "simple kernel");
+            continue;
+        }
+        st = qp_cl_fast_group(host, L, g, m, xq, xs, staged ? yg : (__nv_bfloat16 *)ydst, work,
+                              s);
+        if (!st && staged) {
+            int64_t cnt = m * n;
+            qp_cl_copy_kernel<<<(unsigned)((cnt + 255) / 256), 256, 0, s>>>(
+                yg, n, (__nv_bfloat16 *)ydst, G * n, m, n);
+            st = qp_cl_launch_status(host, "output copy");
+        }
+    }
+    cudaFreeAsync(scratch, s);
+    return st;
+}
+
+#endif
