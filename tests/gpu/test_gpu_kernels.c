@@ -471,11 +471,21 @@ int main(void)
         test_fp4_gemv(0, gm[i], 272, 1152);
         test_fp4_gemv(1, gm[i], 272, 1152);
     }
-    /* Wide enough for the two-tiles-per-warp variant (n / 32 >= 2 * SMs). */
+    /* A wide n with short k: no k-split (a cluster of one block per row tile). */
     test_fp8(lt, 16, 9216, 256, 1);
     test_fp8(lt, 5, 9216, 256, 1);
     test_fp4_gemv(0, 16, 9216, 256);
     test_fp4_gemv(1, 7, 9216, 256);
+    /* Small n with long k: the GEMV splits k over a cluster of up to 8 blocks
+     * (n = 32, 32 k-blocks: one per warp), with slices of uneven length
+     * (37 k-blocks over 32 warps) and with warps that get no k-block at all
+     * (k = 128 over 4 warps). */
+    const int64_t sk[][3] = {{1, 32, 4096}, {16, 48, 4736}, {9, 16, 128}, {4, 512, 7168}};
+    for (size_t i = 0; i < sizeof sk / sizeof sk[0]; i++) {
+        test_fp8(lt, sk[i][0], sk[i][1], sk[i][2], 1);
+        test_fp4_gemv(0, sk[i][0], sk[i][1], sk[i][2]);
+        test_fp4_gemv(1, sk[i][0], sk[i][1], sk[i][2]);
+    }
     test_fp4_to_fp8(0, 256, 384);
     test_fp4_to_fp8(1, 256, 384);
 
