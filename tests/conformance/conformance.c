@@ -2,7 +2,7 @@
  * tests/conformance/conformance.c - the plugin conformance driver.
  *
  *   qplug_conformance --plugin PATH.so [--case NAME] [--list] [--seed N]
- *                     [--require] [--data DIR] [-v]
+ *                     [--require] [--data DIR] [-v] [--device cuda]
  *
  * Runs against any plugin .so through the ABI alone (it links no qplug
  * core): it dlopen()s the file, checks the ABI fields, and then, for every
@@ -34,6 +34,11 @@
 
 #include <cjson/cJSON.h>
 
+#ifdef QPLUG_CONF_CUDA
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+#endif
+
 #include "cases.h"
 #include "qplug/plugin.h"
 
@@ -49,6 +54,11 @@ typedef struct conf_run {
     int failures;
     int checks;
     bool verbose;
+    /* --device cuda (builds with QPLUG_CONF_CUDA only): layers are created
+     * for the CUDA device and applied on device tensors; lt is the
+     * cublasLtHandle_t the host table hands out. */
+    bool cuda;
+    void *lt;
 } conf_run;
 
 static void fail(conf_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -307,6 +317,15 @@ static const qplug_tensor *h_weight(void *ctx, const char *slot)
 static void *h_alloc(void *ctx, size_t bytes, qplug_device_kind device)
 {
     host_ctx *h = ctx;
+#ifdef QPLUG_CONF_CUDA
+    if (device == QPLUG_DEVICE_CUDA && h->run->cuda) {
+        void *d = NULL;
+        if (cudaMalloc(&d, bytes ? bytes : 1) != cudaSuccess)
+            return NULL;
+        atomic_fetch_add(&h->live, 1);
+        return d;
+    }
+#endif
     if (device != QPLUG_DEVICE_CPU)
         return NULL;
     /* 64-byte alignment, like a real host's allocator would give. */
@@ -320,10 +339,17 @@ static void *h_alloc(void *ctx, size_t bytes, qplug_device_kind device)
 static void h_free(void *ctx, void *ptr, qplug_device_kind device)
 {
     host_ctx *h = ctx;
-    (void)device;
     if (!ptr)
         return;
     atomic_fetch_sub(&h->live, 1);
+#ifdef QPLUG_CONF_CUDA
+    if (device == QPLUG_DEVICE_CUDA) {
+        cudaFree(ptr);
+        return;
+    }
+#else
+    (void)device;
+#endif
     free(ptr);
 }
 
@@ -376,6 +402,26 @@ static const char *h_option(void *ctx, const char *section, const char *key)
     return NULL;
 }
 
+#ifdef QPLUG_CONF_CUDA
+static void *h_cublaslt(void *ctx)
+{
+    host_ctx *h = ctx;
+    return h->run->cuda ? h->run->lt : NULL;
+}
+
+static void *h_nccl_comm(void *ctx)
+{
+    (void)ctx;
+    return NULL;
+}
+
+static int h_cuda_device(void *ctx)
+{
+    (void)ctx;
+    return 0;
+}
+#endif
+
 static const qplug_host_api HOST_API = {
     .struct_size = sizeof(qplug_host_api),
     .log = h_log,
@@ -386,9 +432,15 @@ static const qplug_host_api HOST_API = {
     .free = h_free,
     .parallel_for = h_parallel_for,
     .option = h_option,
+#ifdef QPLUG_CONF_CUDA
+    .cublaslt = h_cublaslt,
+    .nccl_comm = h_nccl_comm,
+    .cuda_device = h_cuda_device,
+#else
     .cublaslt = NULL,
     .nccl_comm = NULL,
     .cuda_device = NULL,
+#endif
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1012,11 +1064,215 @@ static void run_forward(conf_run *r, const qplug_plugin *p, const qplug_host *ho
     }
 }
 
+#ifdef QPLUG_CONF_CUDA
+/* ------------------------------------------------------------------------ */
+/* The CUDA path (--device cuda): linear and grouped linear                 */
+/* ------------------------------------------------------------------------ */
+
+static uint16_t f32_to_bf16_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return 0x7fc0;
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+static float bf16_bits_to_f32(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* One apply on device tensors: x (host floats, sent as F32 or BF16) into
+ * y poisoned with NaN plus a canary element past its end; the result comes
+ * back as floats in y_host (m * out + 1 values, the canary last, NaN when
+ * it was changed). x_dev_on_cpu hands x over as a CPU tensor (a bad input).
+ * Returns the status; a CUDA error after the call is a failure. */
+static qplug_status cuda_call(conf_run *r, const qplug_plugin *p, const qplug_host *host,
+                              void *state, qplug_precision prec, bool bf16, const float *x,
+                              int64_t m, int64_t in, int64_t out, qplug_dtype x_dtype,
+                              int x_ndim, int64_t x_cols, int64_t y_rows, bool x_dev_on_cpu,
+                              float *y_host)
+{
+    size_t es = bf16 ? 2 : 4, nx = (size_t)(m * in), ny = (size_t)(m * out) + 1;
+    void *hx = malloc(nx * es), *hy = malloc(ny * es), *dx = NULL, *dy = NULL;
+    cudaStream_t stream = NULL;
+    qplug_status st = QPLUG_ERR_DEVICE;
+    if (!hx || !hy || cudaMalloc(&dx, nx * es) != cudaSuccess ||
+        cudaMalloc(&dy, ny * es) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+        fail(r, "CUDA: cannot allocate the test tensors");
+        goto done;
+    }
+    for (size_t i = 0; i < nx; i++) {
+        if (bf16)
+            ((uint16_t *)hx)[i] = f32_to_bf16_bits(x[i]);
+        else
+            ((float *)hx)[i] = x[i];
+    }
+    for (size_t i = 0; i < ny; i++) {
+        if (bf16)
+            ((uint16_t *)hy)[i] = i + 1 < ny ? 0x7fc0 : 0x1234;
+        else
+            ((float *)hy)[i] = i + 1 < ny ? NAN : 1234.5f;
+    }
+    if (cudaMemcpy(dx, hx, nx * es, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(dy, hy, ny * es, cudaMemcpyHostToDevice) != cudaSuccess) {
+        fail(r, "CUDA: cannot copy the test tensors");
+        goto done;
+    }
+    qplug_tensor tx = mk(x_dtype, m, x_cols, dx), ty = mk(bf16 ? QPLUG_DT_BF16 : QPLUG_DT_F32,
+                                                        y_rows, out, dy);
+    tx.ndim = x_ndim;
+    tx.device = x_dev_on_cpu ? QPLUG_DEVICE_CPU : QPLUG_DEVICE_CUDA;
+    ty.device = QPLUG_DEVICE_CUDA;
+    qplug_apply_args a = {sizeof a, QPLUG_OP_FORWARD, prec, &tx, &ty, NULL, NULL, NULL, 0, stream};
+    st = call_apply(r, p, host, state, &a);
+    cudaError_t ce = cudaStreamSynchronize(stream);
+    if (ce == cudaSuccess)
+        ce = cudaGetLastError();
+    EXPECT(r, ce == cudaSuccess, "CUDA error after apply: %s", cudaGetErrorString(ce));
+    if (ce != cudaSuccess || cudaMemcpy(hy, dy, ny * es, cudaMemcpyDeviceToHost) != cudaSuccess) {
+        st = QPLUG_ERR_DEVICE;
+        goto done;
+    }
+    for (size_t i = 0; i + 1 < ny; i++)
+        y_host[i] = bf16 ? bf16_bits_to_f32(((uint16_t *)hy)[i]) : ((float *)hy)[i];
+    bool canary = bf16 ? ((uint16_t *)hy)[ny - 1] == 0x1234 : ((float *)hy)[ny - 1] == 1234.5f;
+    y_host[ny - 1] = canary ? 0.0f : NAN;
+done:
+    if (stream)
+        cudaStreamDestroy(stream);
+    cudaFree(dx);
+    cudaFree(dy);
+    free(hx);
+    free(hy);
+    return st;
+}
+
+/*
+ * The forward checks of run_forward on the CUDA path, for F32 and BF16
+ * device tensors. For BF16 the reference is computed from x rounded to
+ * BF16 (what the plugin receives), and the bound b grows by the BF16
+ * rounding of y: each output element is off by at most 2^-9 of itself, so
+ * ||y_bf16 - ref|| <= b ||ref|| + 2^-9 (1 + b) ||ref||.
+ * A NaN or Inf in x cannot come back as QPLUG_ERR_NUMERIC without the
+ * plugin waiting for the device, so here it must either be refused or turn
+ * the outputs of its row into non-finite values (never silently finite).
+ */
+static void run_forward_cuda(conf_run *r, const qplug_plugin *p, const qplug_host *host,
+                             void *state, const conf_case *c, const ref_weights *rw, rng *g)
+{
+    if (c->kind != QPLUG_LAYER_LINEAR && c->kind != QPLUG_LAYER_GROUPED_LINEAR) {
+        fail(r, "--device cuda covers linear and grouped linear layers only");
+        return;
+    }
+    int64_t in = (int64_t)c->groups * c->k, out = (int64_t)c->groups * c->n;
+    static const int64_t ms[4] = {1, 7, 16, 33};
+    for (int mi = 0; mi < 4; mi++) {
+        int64_t m = ms[mi];
+        float *x = malloc((size_t)(m * in) * sizeof(float));
+        float *xb = malloc((size_t)(m * in) * sizeof(float));
+        float *y = malloc((size_t)(m * out + 1) * sizeof(float));
+        double *ref = malloc((size_t)(m * out) * sizeof(double));
+        double *refb = malloc((size_t)(m * out) * sizeof(double));
+        if (!x || !xb || !y || !ref || !refb) {
+            fail(r, "out of memory");
+            free(x), free(xb), free(y), free(ref), free(refb);
+            return;
+        }
+        for (int64_t i = 0; i < m * in; i++) {
+            x[i] = (float)rng_normal(g);
+            xb[i] = bf16_bits_to_f32(f32_to_bf16_bits(x[i]));
+        }
+        ref_forward(c, rw, x, m, NULL, NULL, ref);
+        ref_forward(c, rw, xb, m, NULL, NULL, refb);
+        for (int io = 0; io < 2; io++) {
+            bool bf16 = io == 1;
+            for (int prec = 1; prec >= 0; prec--) {
+                qplug_status st = cuda_call(r, p, host, state, (qplug_precision)prec, bf16, x, m,
+                                            in, out, bf16 ? QPLUG_DT_BF16 : QPLUG_DT_F32, 2, in,
+                                            m, false, y);
+                EXPECT(r, st == QPLUG_OK, "cuda apply (m = %lld, %s, %s) failed: %s: %s",
+                       (long long)m, bf16 ? "BF16" : "F32", prec ? "reference" : "native",
+                       qplug_status_name(st), ((host_ctx *)host->ctx)->errmsg);
+                if (st != QPLUG_OK)
+                    continue;
+                int64_t unwritten = 0;
+                for (int64_t i = 0; i < m * out; i++)
+                    unwritten += !isfinite(y[i]);
+                EXPECT(r, unwritten == 0,
+                       "cuda apply (m = %lld) left %lld of %lld outputs unwritten",
+                       (long long)m, (long long)unwritten, (long long)(m * out));
+                EXPECT(r, y[m * out] == 0.0f, "cuda apply wrote past the end of y");
+                double widen = m == 1 && scheme_quantizes(c) ? 2.0 : 1.0;
+                double bound = prec ? c->ref_bound : c->native_bound * widen;
+                if (bf16)
+                    bound += ldexp(1.0 + bound, -9);
+                double e = rel_l2(y, bf16 ? refb : ref, m * out);
+                printf("  cuda %-4s m = %2lld %-9s rel L2 %.3g (bound %.3g)\n",
+                       bf16 ? "bf16" : "f32", (long long)m, prec ? "reference" : "native", e,
+                       bound);
+                EXPECT(r, e <= bound, "cuda %s m = %lld %s: rel L2 %.3g exceeds the bound %.3g",
+                       bf16 ? "bf16" : "f32", (long long)m, prec ? "reference" : "native", e,
+                       bound);
+            }
+        }
+        if (mi == 1) {
+            /* Bad inputs: refused with a message, no crash, no device error. */
+            EXPECT(r,
+                   cuda_call(r, p, host, state, QPLUG_PRECISION_NATIVE, false, x, m, in, out,
+                             QPLUG_DT_F64, 2, in, m, false, y) != QPLUG_OK,
+                   "cuda: x of dtype F64 accepted");
+            EXPECT(r,
+                   cuda_call(r, p, host, state, QPLUG_PRECISION_NATIVE, false, x, m, in, out,
+                             QPLUG_DT_F32, 2, in - 1, m, false, y) != QPLUG_OK,
+                   "cuda: x of width %lld accepted", (long long)(in - 1));
+            EXPECT(r,
+                   cuda_call(r, p, host, state, QPLUG_PRECISION_NATIVE, false, x, m, in, out,
+                             QPLUG_DT_F32, 2, in, m - 1, false, y) != QPLUG_OK,
+                   "cuda: y with fewer rows than x accepted");
+            EXPECT(r,
+                   cuda_call(r, p, host, state, QPLUG_PRECISION_NATIVE, false, x, m, in, out,
+                             QPLUG_DT_F32, 3, in, m, false, y) != QPLUG_OK,
+                   "cuda: a 3-D x accepted");
+            EXPECT(r,
+                   cuda_call(r, p, host, state, QPLUG_PRECISION_NATIVE, false, x, m, in, out,
+                             QPLUG_DT_F32, 2, in, m, true, y) != QPLUG_OK,
+                   "cuda: x on the CPU with y on CUDA accepted");
+            for (int io = 0; io < 2; io++) {
+                float keep = x[3];
+                x[3] = io ? INFINITY : NAN;
+                qplug_status st = cuda_call(r, p, host, state, QPLUG_PRECISION_NATIVE, io == 1,
+                                            x, m, in, out, io ? QPLUG_DT_BF16 : QPLUG_DT_F32, 2,
+                                            in, m, false, y);
+                x[3] = keep;
+                if (st != QPLUG_OK)
+                    continue;
+                int64_t bad = 0;
+                int64_t row_out = c->kind == QPLUG_LAYER_GROUPED_LINEAR ? c->n : out;
+                for (int64_t j = 0; j < row_out; j++)
+                    bad += !isfinite(y[j]);
+                EXPECT(r, bad > 0, "cuda: a%s in x gave finite outputs without an error",
+                       io ? "n Inf" : " NaN");
+            }
+        }
+        free(x), free(xb), free(y), free(ref), free(refb);
+    }
+}
+#endif
+
 /* Runs one case; returns false when the plugin does not claim it. */
 static bool run_case(conf_run *r, const qplug_plugin *p, const conf_case *c, const char *data_dir,
                      uint64_t seed, int threads)
 {
     qplug_layer_desc desc = desc_of(c);
+    if (r->cuda)
+        desc.device = QPLUG_DEVICE_CUDA;
     int sc = p->score(&desc);
     if (sc <= 0)
         return false;
@@ -1082,6 +1338,11 @@ static bool run_case(conf_run *r, const qplug_plugin *p, const conf_case *c, con
     rng g = {seed ^ hsh};
     if (!g.s)
         g.s = 1;
+#ifdef QPLUG_CONF_CUDA
+    if (r->cuda)
+        run_forward_cuda(r, p, &host, state, c, &rw, &g);
+    else
+#endif
     if (c->kind == QPLUG_LAYER_ATTENTION)
         run_kv(r, p, &host, state, c, &desc, &g);
     else
@@ -1130,7 +1391,8 @@ out:
 static void usage(void)
 {
     fprintf(stderr, "usage: qplug_conformance --plugin PATH.so [--case NAME] [--list] "
-                    "[--seed N] [--require] [--data DIR] [--threads N] [-v]\n");
+                    "[--seed N] [--require] [--data DIR] [--threads N] [-v] "
+                    "[--device cuda]\n");
 }
 
 int main(int argc, char **argv)
@@ -1139,7 +1401,7 @@ int main(int argc, char **argv)
     bool list = false, require = false;
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     int threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    conf_run run = {0, 0, false};
+    conf_run run = {0, 0, false, false, NULL};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -1159,6 +1421,10 @@ int main(int argc, char **argv)
             require = true;
         else if (strcmp(a, "-v") == 0)
             run.verbose = true;
+        else if (strcmp(a, "--device") == 0 && v && strcmp(v, "cuda") == 0) {
+            run.cuda = true;
+            i++;
+        }
         else {
             usage();
             return 2;
@@ -1186,6 +1452,24 @@ int main(int argc, char **argv)
             fprintf(stderr, "qplug_conformance: unknown case '%s' (see --list)\n", case_name);
             return 2;
         }
+    }
+    if (run.cuda) {
+#ifdef QPLUG_CONF_CUDA
+        int ndev = 0;
+        if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev < 1) {
+            printf("qplug_conformance: no CUDA device: skipped\n");
+            return 77;
+        }
+        cublasLtHandle_t lt = NULL;
+        if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) {
+            fprintf(stderr, "qplug_conformance: cublasLtCreate failed\n");
+            return 1;
+        }
+        run.lt = lt;
+#else
+        fprintf(stderr, "qplug_conformance: built without CUDA: --device cuda is not available\n");
+        return 2;
+#endif
     }
     void *lib = dlopen(plugin_path, RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
