@@ -1,0 +1,312 @@
+/* gemv_bench: times the decode GEMV kernels of gemv.cu at the DeepSeek V4
+ * Flash and Pro layer shapes for m = 1 and 16, against an older version of
+ * the same kernels linked in under the prefix qplug_v2__ (gemv_bench.sh
+ * makes it from git history), in one process on one GPU.
+ *
+ * Method (docs/performance.md): random operands in pools of rotating sets
+ * over >= 160 MB, so weights come from HBM; warm-up first; two timings per
+ * point: (1) CUDA events around each call, median of 20, as the project
+ * bench times its "core" column, launch gaps included; (2) the median of 5
+ * replays of a CUDA graph of one call per set of the pool, per call, which is
+ * how a decode step runs. Bytes counted: weights and their scales. The copy
+ * bandwidth is a 1 GiB device-to-device copy (read + write) in this run.
+ * It also reports the relative L2 difference between the two versions'
+ * outputs (both are checked against float64 in tests/gpu). */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "qplug_cuda.h"
+
+extern "C" {
+qplug_status qplug_v2__gemv_fp8(const void *, const float *, const void *, const float *, int64_t,
+                                int64_t, int64_t, void *, void *, qplug_cuda__err *);
+qplug_status qplug_v2__gemv_mxfp4(const uint8_t *, const uint8_t *, const void *, const float *,
+                                  int64_t, int64_t, int64_t, void *, void *, qplug_cuda__err *);
+qplug_status qplug_v2__gemv_nvfp4(const uint8_t *, const uint8_t *, float, const void *,
+                                  const float *, int64_t, int64_t, int64_t, void *, void *,
+                                  qplug_cuda__err *);
+}
+
+#define CK(x)                                                                                    \
+    do {                                                                                         \
+        cudaError_t e_ = (x);                                                                    \
+        if (e_ != cudaSuccess) {                                                                 \
+            fprintf(stderr, "gemv_bench: %s:%d: %s\n", __FILE__, __LINE__,                      \
+                    cudaGetErrorString(e_));                                                     \
+            exit(1);                                                                             \
+        }                                                                                        \
+    } while (0)
+
+/* Random bytes by kind: 0 raw, 1 E4M3 without NaN, 2 float scale in
+ * [2^-10, 2^-4), 3 E8M0 in 2^-6..2^5, 4 positive E4M3 scale. */
+__global__ void bench_fill(uint8_t *p, size_t bytes, int kind, unsigned seed)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i < bytes; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned h = (unsigned)i * 2654435761u ^ seed * 0x9e3779b9u;
+        h ^= h >> 15;
+        h *= 0x2c1b3c6du;
+        h ^= h >> 12;
+        h *= 0x297a2d39u;
+        h ^= h >> 15;
+        if (kind == 2) {
+            if (i % 4 == 0)
+                ((float *)p)[i / 4] = exp2f(-10.0f + 6.0f * (float)(h & 0xffff) / 65536.0f);
+            continue;
+        }
+        unsigned b = h & 0xffu;
+        if (kind == 1 && (b & 0x7fu) == 0x7fu)
+            b ^= 1u;
+        if (kind == 3)
+            b = 121u + h % 12u;
+        if (kind == 4)
+            b = 0x18u + h % 0x50u;
+        p[i] = (uint8_t)b;
+    }
+}
+
+struct pool {
+    uint8_t *base = nullptr;
+    size_t set = 0;
+    int count = 1;
+    void *at(int i, size_t off) const { return base + (size_t)(i % count) * set + off; }
+};
+
+static pool make_pool(size_t bytes, int count, int kind, unsigned seed)
+{
+    pool p;
+    p.set = (bytes + 255) & ~(size_t)255;
+    p.count = count;
+    CK(cudaMalloc(&p.base, p.set * count));
+    bench_fill<<<1024, 256>>>(p.base, p.set * count, kind, seed);
+    CK(cudaGetLastError());
+    return p;
+}
+
+struct shape {
+    const char *model, *layer;
+    int64_t n, k, g;
+};
+
+/* deepseek_v4.md section 1 (the same list as bench/bench.c). */
+static const shape shapes[] = {
+    {"flash", "attn.wq_a", 1024, 4096, 1},   {"flash", "attn.wq_b", 32768, 1024, 1},
+    {"flash", "attn.wkv", 512, 4096, 1},     {"flash", "attn.wo_a", 1024, 4096, 8},
+    {"flash", "attn.wo_b", 4096, 8192, 1},   {"flash", "ffn.w13", 4096, 4096, 1},
+    {"flash", "ffn.w2", 4096, 2048, 1},      {"pro", "attn.wq_a", 1536, 7168, 1},
+    {"pro", "attn.wq_b", 65536, 1536, 1},    {"pro", "attn.wkv", 512, 7168, 1},
+    {"pro", "attn.wo_a", 1024, 4096, 16},    {"pro", "attn.wo_b", 7168, 16384, 1},
+    {"pro", "ffn.w13", 6144, 7168, 1},       {"pro", "ffn.w2", 7168, 3072, 1},
+};
+
+struct point {
+    int64_t m, n, k, g;
+    int fmt; /* 0 fp8, 1 mxfp4, 2 nvfp4 */
+    pool w, s, xq, xs, y;
+};
+
+static bool call(const point &p, int ver, int i, cudaStream_t st)
+{
+    qplug_cuda__err err = {{0}};
+    for (int64_t g = 0; g < p.g; g++) {
+        const void *xq = p.xq.at(i, (size_t)(g * p.m * p.k));
+        const float *xs = (const float *)p.xs.at(i, (size_t)(g * p.m * (p.k / 128) * 4));
+        void *y = p.y.at(0, (size_t)(g * p.m * p.n * 2));
+        qplug_status s;
+        if (p.fmt == 0) {
+            const void *w = p.w.at(i, (size_t)(g * p.n * p.k));
+            const float *ws = (const float *)p.s.at(i, (size_t)(g * (p.n / 128) * (p.k / 128) * 4));
+            s = ver ? qplug_cuda__gemv_fp8(w, ws, xq, xs, p.m, p.n, p.k, y, st, &err)
+                    : qplug_v2__gemv_fp8(w, ws, xq, xs, p.m, p.n, p.k, y, st, &err);
+        } else {
+            const uint8_t *w = (const uint8_t *)p.w.at(i, (size_t)(g * p.n * p.k / 2));
+            const uint8_t *ws =
+                (const uint8_t *)p.s.at(i, (size_t)(g * p.n * p.k / (p.fmt == 1 ? 32 : 16)));
+            if (p.fmt == 1)
+                s = ver ? qplug_cuda__gemv_mxfp4(w, ws, xq, xs, p.m, p.n, p.k, y, st, &err)
+                        : qplug_v2__gemv_mxfp4(w, ws, xq, xs, p.m, p.n, p.k, y, st, &err);
+            else
+                s = ver ? qplug_cuda__gemv_nvfp4(w, ws, 0.0123f, xq, xs, p.m, p.n, p.k, y, st,
+                                                 &err)
+                        : qplug_v2__gemv_nvfp4(w, ws, 0.0123f, xq, xs, p.m, p.n, p.k, y, st,
+                                               &err);
+        }
+        if (s != QPLUG_OK) {
+            fprintf(stderr, "gemv_bench: %s\n", err.msg);
+            return false;
+        }
+    }
+    return true;
+}
+
+static double median(std::vector<float> v)
+{
+    std::sort(v.begin(), v.end());
+    size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Per-call microseconds: {events, graph}. */
+static void time_point(const point &p, int ver, double out[2])
+{
+    const int reps = 20, replays = 5;
+    cudaEvent_t ev[2 * reps];
+    for (int i = 0; i < 2 * reps; i++)
+        CK(cudaEventCreate(&ev[i]));
+    for (int i = 0; i < 3; i++)
+        if (!call(p, ver, i, NULL))
+            exit(1);
+    CK(cudaDeviceSynchronize());
+    std::vector<float> t(reps);
+    for (int r = 0; r < reps; r++) {
+        CK(cudaEventRecord(ev[2 * r], NULL));
+        call(p, ver, r + 3, NULL);
+        CK(cudaEventRecord(ev[2 * r + 1], NULL));
+    }
+    CK(cudaDeviceSynchronize());
+    for (int r = 0; r < reps; r++)
+        CK(cudaEventElapsedTime(&t[r], ev[2 * r], ev[2 * r + 1]));
+    out[0] = 1000.0 * median(t);
+
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    /* One call per set, so that replays cycle over the whole pool. */
+    int calls = p.w.count;
+    for (int r = 0; r < calls; r++)
+        if (!call(p, ver, r, st))
+            exit(1);
+    CK(cudaStreamEndCapture(st, &graph));
+    CK(cudaGraphInstantiate(&exec, graph, 0));
+    CK(cudaGraphLaunch(exec, st));
+    CK(cudaStreamSynchronize(st));
+    std::vector<float> tg(replays);
+    for (int r = 0; r < replays; r++) {
+        CK(cudaEventRecord(ev[0], st));
+        CK(cudaGraphLaunch(exec, st));
+        CK(cudaEventRecord(ev[1], st));
+        CK(cudaStreamSynchronize(st));
+        CK(cudaEventElapsedTime(&tg[r], ev[0], ev[1]));
+    }
+    out[1] = 1000.0 * median(tg) / calls;
+    CK(cudaGraphExecDestroy(exec));
+    CK(cudaGraphDestroy(graph));
+    CK(cudaStreamDestroy(st));
+    for (int i = 0; i < 2 * reps; i++)
+        CK(cudaEventDestroy(ev[i]));
+}
+
+static double bf16f(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+int main(int argc, char **argv)
+{
+    bool with_v2 = !(argc > 1 && !strcmp(argv[1], "--no-v2"));
+    const char *tag = argc > 2 ? argv[2] : "v3";
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    /* Copy bandwidth. */
+    size_t cb = (size_t)1 << 30;
+    void *ca, *cbuf;
+    CK(cudaMalloc(&ca, cb));
+    CK(cudaMalloc(&cbuf, cb));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<float> ct(10);
+    for (int i = 0; i < 13; i++) {
+        CK(cudaEventRecord(e0, NULL));
+        CK(cudaMemcpyAsync(cbuf, ca, cb, cudaMemcpyDeviceToDevice, NULL));
+        CK(cudaEventRecord(e1, NULL));
+        CK(cudaEventSynchronize(e1));
+        if (i >= 3)
+            CK(cudaEventElapsedTime(&ct[i - 3], e0, e1));
+    }
+    double copy = 2.0 * cb / (median(ct) * 1e-3) / 1e9;
+    CK(cudaFree(ca));
+    CK(cudaFree(cbuf));
+    printf("# gemv_bench %s on %s (%d SMs), copy %.0f GB/s\n", tag, prop.name,
+           prop.multiProcessorCount, copy);
+    printf("| model | layer | fmt | M | G | floor us | v2 ev us | %s ev us | %s ev %%copy | v2 graph us "
+           "| %s graph us | v2 graph %%copy | %s graph %%copy | rel diff |\n",
+           tag, tag, tag, tag);
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    const char *fname[3] = {"fp8_block", "mxfp4", "nvfp4"};
+    const int64_t ms[2] = {1, 16};
+    for (const shape &sh : shapes)
+        for (int fmt = 0; fmt < 3; fmt++) {
+            point p;
+            p.n = sh.n;
+            p.k = sh.k;
+            p.g = sh.g;
+            p.fmt = fmt;
+            double wb1 = fmt == 0 ? (double)sh.n * sh.k + (double)(sh.n / 128) * (sh.k / 128) * 4
+                                  : (double)sh.n * sh.k / 2 + (double)sh.n * sh.k / (fmt == 1 ? 32 : 16);
+            double wb = wb1 * sh.g;
+            int sets = (int)std::min<double>(192, ceil(160e6 / wb));
+            sets = std::max(sets, 23); /* every timed call reads a fresh set */
+            size_t wsz = fmt == 0 ? (size_t)(sh.g * sh.n * sh.k) : (size_t)(sh.g * sh.n * sh.k / 2);
+            size_t ssz = fmt == 0 ? (size_t)(sh.g * (sh.n / 128) * (sh.k / 128) * 4)
+                                  : (size_t)(sh.g * sh.n * sh.k / (fmt == 1 ? 32 : 16));
+            if ((wsz + ssz) * (size_t)sets > ((size_t)8 << 30))
+                sets = (int)(((size_t)8 << 30) / (wsz + ssz));
+            p.w = make_pool(wsz, sets, fmt == 0 ? 1 : 0, 11 + fmt);
+            p.s = make_pool(ssz, sets, fmt == 0 ? 2 : fmt == 1 ? 3 : 4, 21 + fmt);
+            for (int64_t m : ms) {
+                p.m = m;
+                p.xq = make_pool((size_t)(sh.g * m * sh.k), sets, 1, 31);
+                p.xs = make_pool((size_t)(sh.g * m * (sh.k / 128) * 4), sets, 2, 41);
+                p.y = make_pool((size_t)(sh.g * m * sh.n * 2), 1, 0, 51);
+                CK(cudaDeviceSynchronize());
+                double t2[2] = {NAN, NAN}, t3[2];
+                double diff = NAN;
+                size_t ny = (size_t)(sh.g * m * sh.n);
+                std::vector<uint16_t> y2(ny), y3(ny);
+                if (with_v2) {
+                    call(p, 0, 0, NULL);
+                    CK(cudaMemcpy(y2.data(), p.y.base, ny * 2, cudaMemcpyDeviceToHost));
+                    time_point(p, 0, t2);
+                }
+                CK(cudaMemset(p.y.base, 0xff, ny * 2));
+                call(p, 1, 0, NULL);
+                CK(cudaMemcpy(y3.data(), p.y.base, ny * 2, cudaMemcpyDeviceToHost));
+                time_point(p, 1, t3);
+                if (with_v2) {
+                    double num = 0, den = 0;
+                    for (size_t i = 0; i < ny; i++) {
+                        double a = bf16f(y3[i]), b = bf16f(y2[i]);
+                        num += (a - b) * (a - b);
+                        den += b * b;
+                    }
+                    diff = sqrt(num / den);
+                }
+                double floor_us = wb / (copy * 1e3);
+                printf("| %s | %s | %s | %lld | %lld | %.1f | %.1f | %.1f | %.0f%% | %.1f | %.1f | "
+                       "%.0f%% | %.0f%% | %.1e |\n",
+                       sh.model, sh.layer, fname[fmt], (long long)m, (long long)sh.g, floor_us,
+                       t2[0], t3[0], 100.0 * floor_us / t3[0], t2[1], t3[1],
+                       100.0 * floor_us / t2[1], 100.0 * floor_us / t3[1], diff);
+                fflush(stdout);
+                CK(cudaFree(p.xq.base));
+                CK(cudaFree(p.xs.base));
+                CK(cudaFree(p.y.base));
+            }
+            CK(cudaFree(p.w.base));
+            CK(cudaFree(p.s.base));
+        }
+    return 0;
+}

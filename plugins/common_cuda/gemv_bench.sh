@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds and runs gemv_bench (gemv_bench.cu) on a machine with an NVIDIA GPU:
+# the current gemv.cu in variants (-D tunables) against the version of
+# gemv.cu in commit $V2 (default 96c8f42, GEMV v2), whose symbols are renamed
+# to qplug_v2__*. The v2 source comes from git when the tree has history,
+# else from $V2_SRC (a copy made beforehand, e.g. in build-gemvsrc/).
+#
+#   plugins/common_cuda/gemv_bench.sh [OUTDIR] [variant flags...]
+#
+# Each variant flag is a quoted list of -D options, e.g. "-DQPLUG_GEMV_SPREAD=48";
+# with none, the defaults of gemv.cu. The first variant is timed against v2.
+set -eu -o pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OUT=${1:-/tmp/gemv_bench}
+shift || true
+mkdir -p "$OUT"
+V2=${V2:-96c8f42}
+V2_SRC=${V2_SRC:-$ROOT/build-gemvsrc/gemv_v2.cu}
+B=$(mktemp -d)
+if git -C "$ROOT" cat-file -e "$V2:plugins/common_cuda/gemv.cu" 2>/dev/null; then
+    git -C "$ROOT" show "$V2:plugins/common_cuda/gemv.cu" | sed 's/qplug_cuda__gemv_/qplug_v2__gemv_/g' >"$B/gemv_v2.cu"
+else
+    cp "$V2_SRC" "$B/gemv_v2.cu"
+fi
+NV="nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I$ROOT/core/include -I$HERE"
+$NV -c "$B/gemv_v2.cu" -o "$B/gemv_v2.o"
+$NV -c "$HERE/gemv_bench.cu" -o "$B/gemv_bench.o"
+[ $# -gt 0 ] || set -- ""
+i=0
+for flags in "$@"; do
+    # shellcheck disable=SC2086
+    $NV $flags -Xptxas -v -c "$HERE/gemv.cu" -o "$B/gemv_$i.o" 2>"$OUT/ptxas_$i.log"
+    $NV "$B/gemv_$i.o" "$B/gemv_v2.o" "$B/gemv_bench.o" -o "$B/gemv_bench_$i"
+    i=$((i + 1))
+done
+i=0
+for flags in "$@"; do
+    tag="v3${flags:+ [$flags]}"
+    if [ $i = 0 ]; then
+        "$B/gemv_bench_$i" --v2 "$tag" | tee "$OUT/bench_$i.md"
+    else
+        "$B/gemv_bench_$i" --no-v2 "$tag" | tee "$OUT/bench_$i.md"
+    fi
+    i=$((i + 1))
+done
