@@ -116,11 +116,11 @@ typedef struct qplug__fw_block {
     qplug_layer_inst *wq_a, *wq_b, *wkv, *wo_a, *wo_b, *cache;
     float *q_norm, *kv_norm, *attn_sink;
     size_t kv_bytes;               /* bytes of one cached entry */
-    /* compressor (ratio 4 and 128) */
-    qplug_layer_inst *c_wkv, *c_wgate;
+    /* compressor (ratio 4 and 128): one fused [wkv | wgate] projection */
+    qplug_layer_inst *c_kvgate;
     float *c_ape, *c_norm;
     /* indexer (ratio 4) */
-    qplug_layer_inst *i_wq_b, *i_wproj, *i_wkv, *i_wgate;
+    qplug_layer_inst *i_wq_b, *i_wproj, *i_kvgate;
     float *i_ape, *i_norm;
     /* MoE */
     float *gate_w, *gate_bias;

@@ -188,10 +188,8 @@ static qplug_status load_block(qplug_model *m, qplug__fw_block *b, qplug_err *er
 
     if (b->ratio > 0) {
         int64_t c = b->ratio == 4 ? 2 : 1;
-        TRY(make_layer(m, N("attn.compressor.wkv"), QPLUG_LAYER_LINEAR, c * m->hd, D, 1,
-                       &b->c_wkv, err));
-        TRY(make_layer(m, N("attn.compressor.wgate"), QPLUG_LAYER_LINEAR, c * m->hd, D, 1,
-                       &b->c_wgate, err));
+        TRY(make_layer(m, N("attn.compressor"), QPLUG_LAYER_LINEAR, 2 * c * m->hd, D, 1,
+                       &b->c_kvgate, err));
         TRY(fetch_f32(m, N("attn.compressor.ape"), b->ratio * c * m->hd, true, &b->c_ape, err));
         TRY(fetch_f32(m, N("attn.compressor.norm.weight"), m->hd, true, &b->c_norm, err));
     }
@@ -200,10 +198,8 @@ static qplug_status load_block(qplug_model *m, qplug__fw_block *b, qplug_err *er
                        &b->i_wq_b, err));
         TRY(make_layer(m, N("attn.indexer.weights_proj"), QPLUG_LAYER_LINEAR, m->nih, D, 1,
                        &b->i_wproj, err));
-        TRY(make_layer(m, N("attn.indexer.compressor.wkv"), QPLUG_LAYER_LINEAR, 2 * m->ihd, D, 1,
-                       &b->i_wkv, err));
-        TRY(make_layer(m, N("attn.indexer.compressor.wgate"), QPLUG_LAYER_LINEAR, 2 * m->ihd, D,
-                       1, &b->i_wgate, err));
+        TRY(make_layer(m, N("attn.indexer.compressor"), QPLUG_LAYER_LINEAR, 4 * m->ihd, D, 1,
+                       &b->i_kvgate, err));
         TRY(fetch_f32(m, N("attn.indexer.compressor.ape"), 4 * 2 * m->ihd, true, &b->i_ape,
                       err));
         TRY(fetch_f32(m, N("attn.indexer.compressor.norm.weight"), m->ihd, true, &b->i_norm,

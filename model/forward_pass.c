@@ -185,14 +185,16 @@ static void attn_range(void *arg, int64_t b, int64_t e)
 /* ------------------------------------------------------------------------ */
 
 /*
- * Feeds positions p0 .. p0+n-1 (projections kv, g: [n][c*d]) into a
- * compressor whose source rows live in `rows` (slots of [kv c*d | gate c*d],
- * `slots` a multiple of ratio), and writes every entry completed on the way
- * (norm, rope at the block's first position) to out [.][d]; returns how many.
+ * Feeds positions p0 .. p0+n-1 into a compressor whose source rows live in
+ * `rows` (slots of [kv c*d | gate c*d], `slots` a multiple of ratio), and
+ * writes every entry completed on the way (norm, rope at the block's first
+ * position) to out [.][d]; returns how many. `kvg` is the fused
+ * projection's output [n][2*c*d]: each row holds the kv part (first c*d)
+ * and then the gate part (next c*d).
  */
 static int64_t compress(const qplug_model *m, int ratio, int64_t d, const float *ape,
                         const float *norm, float *rows, int64_t slots, int64_t p0, int64_t n,
-                        const float *kv, const float *g, float *out)
+                        const float *kvg, float *out)
 {
     int c = ratio == 4 ? 2 : 1;
     int64_t cd = c * d, stride = 2 * cd;
@@ -200,9 +202,10 @@ static int64_t compress(const qplug_model *m, int ratio, int64_t d, const float 
     for (int64_t t = 0; t < n; t++) {
         int64_t p = p0 + t;
         float *row = rows + (p % slots) * stride;
-        memcpy(row, kv + t * cd, (size_t)cd * sizeof(float));
+        const float *kv = kvg + t * stride, *g = kv + cd;
+        memcpy(row, kv, (size_t)cd * sizeof(float));
         for (int64_t i = 0; i < cd; i++)
-            row[cd + i] = g[t * cd + i] + ape[(p % ratio) * cd + i];
+            row[cd + i] = g[i] + ape[(p % ratio) * cd + i];
         if ((p + 1) % ratio)
             continue;
         int64_t blk = p / ratio;
@@ -225,7 +228,7 @@ static int64_t compress(const qplug_model *m, int ratio, int64_t d, const float 
 /* ------------------------------------------------------------------------ */
 
 typedef struct attn_bufs {
-    float *qa, *q, *kv, *ckv, *cg, *ikv, *ig, *iq, *iw, *newent, *newkeys, *win, *o, *z;
+    float *qa, *q, *kv, *ckvg, *ikvg, *iq, *iw, *newent, *newkeys, *win, *o, *z;
     uint8_t *tmp;
     int32_t *sel;
     int64_t *nsel;
@@ -236,10 +239,8 @@ static void attn_bufs_free(attn_bufs *a)
     free(a->qa);
     free(a->q);
     free(a->kv);
-    free(a->ckv);
-    free(a->cg);
-    free(a->ikv);
-    free(a->ig);
+    free(a->ckvg);
+    free(a->ikvg);
     free(a->iq);
     free(a->iw);
     free(a->newent);
@@ -307,13 +308,11 @@ static qplug_status attention(qplug_model *m, const qplug__fw_block *b, qplug__k
         int c = b->ratio == 4 ? 2 : 1;
         int64_t j0 = p0 / b->ratio;
         ent_total = (p0 + n) / b->ratio;
-        FW_ALLOC(a.ckv, n * c * hd);
-        FW_ALLOC(a.cg, n * c * hd);
+        FW_ALLOC(a.ckvg, n * 2 * c * hd);
         FW_ALLOC(a.newent, (ent_total - j0) * hd);
-        FW_TRY(qplug__fw_linear(m, b->c_wkv, x, n, a.ckv, err));
-        FW_TRY(qplug__fw_linear(m, b->c_wgate, x, n, a.cg, err));
+        FW_TRY(qplug__fw_linear(m, b->c_kvgate, x, n, a.ckvg, err));
         int64_t made = compress(m, b->ratio, hd, b->c_ape, b->c_norm, kb->c_rows, kb->c_slots,
-                                p0, n, a.ckv, a.cg, a.newent);
+                                p0, n, a.ckvg, a.newent);
         FW_TRY(qplug__kv_rows_reserve(&kb->ent_bytes, ent_total, err));
         FW_TRY(qplug__kv_rows_reserve(&kb->ent_f32, ent_total, err));
         FW_TRY(qplug__kv_write(m, b, kb->ent_bytes.data, kb->ent_bytes.cap, j0, a.newent, made,
@@ -327,14 +326,12 @@ static qplug_status attention(qplug_model *m, const qplug__fw_block *b, qplug__k
     if (b->ratio == 4) {
         int64_t nih = m->nih, ihd = m->ihd;
         int64_t j0 = p0 / 4;
-        FW_ALLOC(a.ikv, n * 2 * ihd);
-        FW_ALLOC(a.ig, n * 2 * ihd);
+        FW_ALLOC(a.ikvg, n * 4 * ihd);
         FW_ALLOC(a.iq, n * nih * ihd);
         FW_ALLOC(a.iw, n * nih);
-        FW_TRY(qplug__fw_linear(m, b->i_wkv, x, n, a.ikv, err));
-        FW_TRY(qplug__fw_linear(m, b->i_wgate, x, n, a.ig, err));
+        FW_TRY(qplug__fw_linear(m, b->i_kvgate, x, n, a.ikvg, err));
         FW_TRY(qplug__kv_rows_reserve(&kb->i_keys, ent_total, err));
-        compress(m, 4, ihd, b->i_ape, b->i_norm, kb->i_rows, kb->c_slots, p0, n, a.ikv, a.ig,
+        compress(m, 4, ihd, b->i_ape, b->i_norm, kb->i_rows, kb->c_slots, p0, n, a.ikvg,
                  (float *)kb->i_keys.data + j0 * ihd);
         FW_TRY(qplug__fw_linear(m, b->i_wq_b, a.qa, n, a.iq, err));
         for (int64_t t = 0; t < n; t++)

@@ -149,6 +149,17 @@ static qplug_status qplug__add_tensor(qplug_inventory *inv, int block, const cha
     return QPLUG_OK;
 }
 
+/* A compressor's two shards, `half` rows each: kv first, then the gate
+ * (the official tensor names "wkv" and "wgate" under the compressor). */
+static void qplug__kvgate_shards(qplug_layer_desc *d, int64_t half)
+{
+    d->num_shards = 2;
+    d->shard_names[0] = "wkv";
+    d->shard_names[1] = "wgate";
+    d->shard_n[0] = half;
+    d->shard_n[1] = half;
+}
+
 /* Every layer and non-plugin tensor of one block ("layers.N" or "mtp.i"). */
 static qplug_status qplug__add_block(qplug_inventory *inv, int block, bool mtp, int ratio,
                                      bool hash, qplug_device_kind dev, qplug_err *err)
@@ -183,16 +194,19 @@ static qplug_status qplug__add_block(qplug_inventory *inv, int block, bool mtp, 
     inv->layers[inv->n_layers - 1].desc.groups = (int32_t)G;
     QPLUG__L("attn.wo_b", QPLUG_LAYER_LINEAR, D, G * R);
     QPLUG__L("attn", QPLUG_LAYER_ATTENTION, hd, hd);
+    /* Each compressor is one projection [wkv rows | wgate rows] that the
+     * checkpoint stores as two tensors; its plugin fuses them, so the
+     * forward pass makes one call per compressor. */
     if (ratio == 4 || ratio == 128) {
         int64_t cw = (ratio == 4 ? 2 : 1) * hd;
-        QPLUG__L("attn.compressor.wkv", QPLUG_LAYER_LINEAR, cw, D);
-        QPLUG__L("attn.compressor.wgate", QPLUG_LAYER_LINEAR, cw, D);
+        QPLUG__L("attn.compressor", QPLUG_LAYER_LINEAR, 2 * cw, D);
+        qplug__kvgate_shards(&inv->layers[inv->n_layers - 1].desc, cw);
     }
     if (ratio == 4) {
         QPLUG__L("attn.indexer.wq_b", QPLUG_LAYER_LINEAR, inh * ihd, ql);
         QPLUG__L("attn.indexer.weights_proj", QPLUG_LAYER_LINEAR, inh, D);
-        QPLUG__L("attn.indexer.compressor.wkv", QPLUG_LAYER_LINEAR, 2 * ihd, D);
-        QPLUG__L("attn.indexer.compressor.wgate", QPLUG_LAYER_LINEAR, 2 * ihd, D);
+        QPLUG__L("attn.indexer.compressor", QPLUG_LAYER_LINEAR, 4 * ihd, D);
+        qplug__kvgate_shards(&inv->layers[inv->n_layers - 1].desc, 2 * ihd);
     }
     if (c->n_shared_experts > 0) {
         int64_t si = I * c->n_shared_experts;
@@ -531,6 +545,33 @@ static bool qplug__same_storage(const qplug_layer_storage *a, const qplug_layer_
            (a->scheme == QPLUG_QUANT_NONE || a->scale_dtype == b->scale_dtype);
 }
 
+/* A sharded linear: every shard "<layer>.<shard>" is read on its own and
+ * all must store the same scheme, weight dtype and scale dtype, because one
+ * plugin fuses them into one weight. */
+static qplug_status qplug__storage_sharded(const qplug_inventory *inv, const qplug_inv_layer *l,
+                                           qplug_layer_storage *st, qplug_err *err)
+{
+    char base[192];
+    for (int32_t i = 0; i < l->desc.num_shards; i++) {
+        qplug_layer_storage cur;
+        snprintf(base, sizeof base, "%s.%s", l->name, l->desc.shard_names[i]);
+        qplug_status s = qplug__storage_of(inv, base, l->desc.shard_n[i], l->desc.k, &cur, err);
+        if (s != QPLUG_OK)
+            return s;
+        if (i == 0) {
+            *st = cur;
+        } else if (!qplug__same_storage(st, &cur) || st->weight_dtype != cur.weight_dtype) {
+            return qplug_err_set(
+                err, QPLUG_ERR_FORMAT,
+                "layer %s: fused shards disagree: '%s' stores %s (%s), '%s' stores %s (%s)",
+                l->name, st->tensor, qplug_quant_scheme_name(st->scheme),
+                qplug_dtype_name(st->weight_dtype), cur.tensor,
+                qplug_quant_scheme_name(cur.scheme), qplug_dtype_name(cur.weight_dtype));
+        }
+    }
+    return QPLUG_OK;
+}
+
 /* HF stacked experts: gate_up_proj [E, 2I, D] and down_proj [E, D, I]. */
 static qplug_status qplug__storage_stacked(const qplug_inventory *inv, const qplug_inv_layer *l,
                                            qplug_layer_storage *st, qplug_err *err)
@@ -621,8 +662,11 @@ static qplug_status qplug__scan_storage(qplug_inventory *inv, qplug_err *err)
             break;
         case QPLUG_LAYER_LINEAR:
         case QPLUG_LAYER_GROUPED_LINEAR:
-            st = qplug__storage_of(inv, l->name, l->desc.groups * l->desc.n, l->desc.k, &l->stored,
-                                   err);
+            if (qplug_layer_num_shards(&l->desc) > 0)
+                st = qplug__storage_sharded(inv, l, &l->stored, err);
+            else
+                st = qplug__storage_of(inv, l->name, l->desc.groups * l->desc.n, l->desc.k,
+                                       &l->stored, err);
             break;
         }
         if (st != QPLUG_OK)
@@ -848,6 +892,26 @@ static const qplug_tensor *qplug__stacked_view(qplug_inventory *inv, size_t li, 
     return &v->t[e * 3 + part];
 }
 
+/*
+ * Whether `slot` is "<shard>.<leaf>" for one of the layer's shards, with a
+ * leaf of one component. Anything else could walk out of the layer: in
+ * transformers naming the main compressor's module path is a prefix of the
+ * indexer compressor's ("self_attn.compressor.indexer.kv_proj"), and
+ * handing the indexer's tensors to the main compressor is a known field
+ * bug.
+ */
+static bool qplug__shard_slot(const qplug_layer_desc *d, const char *slot)
+{
+    for (int32_t i = 0; i < d->num_shards; i++) {
+        const char *nm = d->shard_names[i];
+        size_t len = nm ? strlen(nm) : 0;
+        if (len && !strncmp(slot, nm, len) && slot[len] == '.' && slot[len + 1] &&
+            !strchr(slot + len + 1, '.'))
+            return true;
+    }
+    return false;
+}
+
 const qplug_tensor *qplug_inventory_source(void *user, const qplug_layer_desc *layer,
                                            const char *slot, const char **file)
 {
@@ -873,6 +937,8 @@ const qplug_tensor *qplug_inventory_source(void *user, const qplug_layer_desc *l
         size_t plen = strlen(l->name) - strlen("experts");
         snprintf(official, sizeof official, "%.*s%s", (int)plen, l->name, slot);
     } else {
+        if (qplug_layer_num_shards(&l->desc) > 0 && !qplug__shard_slot(&l->desc, slot))
+            return NULL;
         snprintf(official, sizeof official, "%s.%s", l->name, slot);
     }
     char ck[256];

@@ -75,7 +75,10 @@ static const char *qplug__modelopt_algo_name(qplug_modelopt_algo a)
  */
 static bool qplug__follows_storage(const char *name)
 {
-    return strstr(name, ".compressor.") != NULL || strstr(name, ".indexer.weights_proj") != NULL;
+    size_t n = strlen(name), c = strlen(".compressor");
+    bool compressor = n >= c && !strcmp(name + n - c, ".compressor");
+    return compressor || strstr(name, ".compressor.") != NULL ||
+           strstr(name, ".indexer.weights_proj") != NULL;
 }
 
 /* The checkpoint's own answer for a layer: its scheme, scale dtype and why. */
@@ -257,6 +260,21 @@ static bool qplug__runs_on(const qplug_plugin *p, qplug_device_kind dev)
     return (p->devices & (1u << (unsigned)dev)) != 0;
 }
 
+/*
+ * The plugin's score for the layer on its device, 0 where it cannot run.
+ * Shards arrived with ABI 1.1: a plugin built against 1.0 never looks at
+ * them and would load only part of a sharded layer, so it scores 0 there
+ * whatever its own score function says.
+ */
+static int qplug__score(const qplug_plugin *p, const qplug_layer_desc *layer)
+{
+    if (!qplug__runs_on(p, layer->device))
+        return 0;
+    if (qplug_layer_num_shards(layer) > 0 && QPLUG_ABI_MINOR(p->abi_version) < 1)
+        return 0;
+    return p->score(layer);
+}
+
 static qplug_dtype qplug__default_weight_dtype(qplug_quant_scheme q)
 {
     switch (q) {
@@ -303,11 +321,12 @@ qplug_status qplug_resolve(const qplug_registry *reg, const qplug_policy *pol,
             return qplug_err_set(err, QPLUG_ERR_POLICY,
                                  "%s:%d: rule %s: plugin '%s' is not loaded (layer %s)", file,
                                  r->line, r->name, r->plugin, layer->name);
-        if (!qplug__runs_on(p, layer->device) || p->score(layer) <= 0)
+        if (qplug__score(p, layer) <= 0)
             return qplug_err_set(err, QPLUG_ERR_POLICY,
                                  "%s:%d: rule %s: plugin '%s' cannot handle layer %s "
-                                 "(%s, %s storage, %s)",
+                                 "(%s%s, %s storage, %s)",
                                  file, r->line, r->name, r->plugin, layer->name,
+                                 qplug_layer_num_shards(layer) ? "sharded " : "",
                                  qplug_layer_kind_name(layer->kind),
                                  qplug_quant_scheme_name(layer->quant),
                                  layer->device == QPLUG_DEVICE_CUDA ? "cuda" : "cpu");
@@ -324,9 +343,9 @@ qplug_status qplug_resolve(const qplug_registry *reg, const qplug_policy *pol,
     size_t n = qplug_registry_count(reg);
     for (size_t i = 0; i < n; i++) {
         const qplug_plugin *p = qplug_registry_get(reg, i);
-        if (!p || !qplug__runs_on(p, layer->device))
+        if (!p)
             continue;
-        int s = p->score(layer);
+        int s = qplug__score(p, layer);
         if (s <= 0)
             continue;
         if (!best || s > best_score || (s == best_score && strcmp(p->name, best->name) < 0)) {
@@ -336,9 +355,10 @@ qplug_status qplug_resolve(const qplug_registry *reg, const qplug_policy *pol,
     }
     if (!best)
         return qplug_err_set(err, QPLUG_ERR_RESOLVE,
-                             "layer %s: no loaded plugin handles a %s layer with %s storage on %s "
-                             "(%zu plugins loaded; %s)",
-                             layer->name, qplug_layer_kind_name(layer->kind),
+                             "layer %s: no loaded plugin handles a %s%s layer with %s storage on "
+                             "%s (%zu plugins loaded; %s)",
+                             layer->name, qplug_layer_num_shards(layer) ? "sharded " : "",
+                             qplug_layer_kind_name(layer->kind),
                              qplug_quant_scheme_name(layer->quant),
                              layer->device == QPLUG_DEVICE_CUDA ? "cuda" : "cpu", n, e.why);
     out->plugin = best;

@@ -232,8 +232,39 @@ qplug_status qplug__declare0(const qplug_host *host, const char *slot, uint32_t 
 void *qplug__zalloc(const qplug_host *host, size_t bytes);
 
 /* Whether the layer's dimensions are usable at all for its kind (positive
- * sizes, groups >= 1, 1 <= top_k <= E). Pure, for score(). */
+ * sizes, groups >= 1, 1 <= top_k <= E). Pure, for score(). A sharded
+ * layer (ABI 1.1) is never sane here: only plugins that fuse shards accept
+ * it, through qplug__shards_sane. */
 bool qplug__desc_sane(const qplug_layer_desc *layer);
+
+/* Whether the layer is a usable sharded linear: kind LINEAR, 2 to
+ * QPLUG_MAX_SHARDS shards with names of [a-z0-9_] and positive row counts
+ * summing to n, k positive. Pure, for score(). */
+bool qplug__shards_sane(const qplug_layer_desc *layer);
+
+/* "<shard name>.<slot>" of shard i into buf. */
+void qplug__shard_slot(char *buf, size_t size, const qplug_layer_desc *layer, int32_t i,
+                       const char *slot);
+
+/*
+ * Sharded linear, unquantized shards: reads every shard's "<shard>.weight"
+ * (BF16, F16 or F32 [shard_n, k]) and writes the fused F32 weight [n, k],
+ * shards' rows in order, into memory from host->api->alloc (*owned, which
+ * the caller frees); *out views it. On failure *owned is NULL.
+ */
+qplug_status qplug__fuse_float_shards(const qplug_host *host, const qplug_layer_desc *layer,
+                                      float **owned, qplug__wmat *out);
+
+/*
+ * Sharded linear, FP8 block shards (each shard_n a multiple of 128, so
+ * every scale tile lies inside one shard): concatenates the E4M3 weights
+ * into *q [n, k] and the scale tiles, F32 or raw E8M0 bytes as stored,
+ * into *scale [n/128, ceil(k/128)]; all shards must share one scale dtype.
+ * Both buffers come from host->api->alloc and are the caller's to free;
+ * on failure both are NULL. *out views them.
+ */
+qplug_status qplug__fuse_fp8_block_shards(const qplug_host *host, const qplug_layer_desc *layer,
+                                          uint8_t **q, void **scale, qplug__wmat *out);
 
 /* The CPU weight-row counts of a layer: linear n, grouped G*n. */
 int64_t qplug__out_rows(const qplug_layer_desc *layer);

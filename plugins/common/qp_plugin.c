@@ -35,7 +35,7 @@ void *qplug__zalloc(const qplug_host *host, size_t bytes)
 
 bool qplug__desc_sane(const qplug_layer_desc *layer)
 {
-    if (!layer || layer->n <= 0 || layer->k <= 0)
+    if (!layer || layer->n <= 0 || layer->k <= 0 || qplug_layer_num_shards(layer) > 0)
         return false;
     switch (layer->kind) {
     case QPLUG_LAYER_LINEAR:
@@ -49,6 +49,40 @@ bool qplug__desc_sane(const qplug_layer_desc *layer)
                layer->top_k <= layer->num_experts && layer->swiglu_limit >= 0.0f;
     }
     return false;
+}
+
+static bool shard_name_ok(const char *s)
+{
+    if (!s || !*s || strlen(s) > 32)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
+            return false;
+    return true;
+}
+
+bool qplug__shards_sane(const qplug_layer_desc *layer)
+{
+    int32_t ns = layer ? qplug_layer_num_shards(layer) : 0;
+    if (ns < 2 || ns > QPLUG_MAX_SHARDS || layer->kind != QPLUG_LAYER_LINEAR || layer->k <= 0)
+        return false;
+    int64_t sum = 0;
+    for (int32_t i = 0; i < ns; i++) {
+        if (!shard_name_ok(layer->shard_names[i]) || layer->shard_n[i] <= 0 ||
+            layer->shard_n[i] > layer->n)
+            return false;
+        for (int32_t j = 0; j < i; j++)
+            if (!strcmp(layer->shard_names[i], layer->shard_names[j]))
+                return false;
+        sum += layer->shard_n[i];
+    }
+    return sum == layer->n;
+}
+
+void qplug__shard_slot(char *buf, size_t size, const qplug_layer_desc *layer, int32_t i,
+                       const char *slot)
+{
+    snprintf(buf, size, "%s.%s", layer->shard_names[i], slot);
 }
 
 int64_t qplug__out_rows(const qplug_layer_desc *layer)

@@ -289,3 +289,125 @@ qplug_status qplug__wmat_from_tensor(const qplug_host *host, const char *slot,
     out->data = t->data;
     return QPLUG_OK;
 }
+
+/* ---- Sharded linears ----------------------------------------------------- */
+
+static qplug__wfmt float_fmt_of(qplug_dtype dt)
+{
+    return dt == QPLUG_DT_BF16 ? QPLUG__W_BF16 : dt == QPLUG_DT_F16 ? QPLUG__W_F16 : QPLUG__W_F32;
+}
+
+qplug_status qplug__fuse_float_shards(const qplug_host *host, const qplug_layer_desc *layer,
+                                      float **owned, qplug__wmat *out)
+{
+    int64_t n = layer->n, k = layer->k, row = 0;
+    char slot[96];
+    *owned = NULL;
+    memset(out, 0, sizeof *out);
+    float *w = host->api->alloc(host->ctx, (size_t)(n * k) * sizeof(float), QPLUG_DEVICE_CPU);
+    if (!w)
+        return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
+                                "out of memory fusing %d shards into a [%lld, %lld] weight",
+                                (int)layer->num_shards, (long long)n, (long long)k);
+    for (int32_t i = 0; i < layer->num_shards; i++) {
+        const qplug_tensor *t;
+        qplug__wmat v;
+        qplug__shard_slot(slot, sizeof slot, layer, i, "weight");
+        qplug_status st = qplug__need(host, slot, &t);
+        if (!st)
+            st = qplug__wmat_from_tensor(host, slot, t, float_fmt_of(t->dtype), layer->shard_n[i],
+                                         k, &v);
+        if (st) {
+            host->api->free(host->ctx, w, QPLUG_DEVICE_CPU);
+            return st;
+        }
+        /* BF16/F16 widen exactly: the fused F32 weight holds the same
+         * values, converted once here instead of on every apply. */
+        qplug__wmat_dequant_rows(&v, 0, v.rows, w + row * k);
+        row += v.rows;
+    }
+    out->fmt = QPLUG__W_F32;
+    out->rows = n;
+    out->cols = k;
+    out->data = w;
+    *owned = w;
+    return QPLUG_OK;
+}
+
+qplug_status qplug__fuse_fp8_block_shards(const qplug_host *host, const qplug_layer_desc *layer,
+                                          uint8_t **q, void **scale, qplug__wmat *out)
+{
+    int64_t n = layer->n, k = layer->k, kb = ceil_div(k, QPLUG__FP8_BLOCK), row = 0;
+    char ws[96], ss[96];
+    bool e8m0 = false;
+    *q = NULL;
+    *scale = NULL;
+    memset(out, 0, sizeof *out);
+    for (int32_t i = 0; i < layer->num_shards; i++)
+        if (layer->shard_n[i] % QPLUG__FP8_BLOCK)
+            return host->api->error(host->ctx, QPLUG_ERR_SHAPE,
+                                    "shard %s has %lld rows, not a multiple of %d: its scale "
+                                    "tiles would straddle shards",
+                                    layer->shard_names[i], (long long)layer->shard_n[i],
+                                    QPLUG__FP8_BLOCK);
+    uint8_t *qw = host->api->alloc(host->ctx, (size_t)(n * k), QPLUG_DEVICE_CPU);
+    /* Room for F32 scales; E8M0 bytes use the first quarter. */
+    uint8_t *sc = host->api->alloc(host->ctx, (size_t)(n / QPLUG__FP8_BLOCK * kb) * sizeof(float),
+                                   QPLUG_DEVICE_CPU);
+    qplug_status st = QPLUG_OK;
+    if (!qw || !sc) {
+        st = host->api->error(host->ctx, QPLUG_ERR_NOMEM,
+                              "out of memory fusing %d FP8 shards into a [%lld, %lld] weight",
+                              (int)layer->num_shards, (long long)n, (long long)k);
+        goto fail;
+    }
+    for (int32_t i = 0; i < layer->num_shards; i++) {
+        const qplug_tensor *w, *s;
+        int64_t rows = layer->shard_n[i], tr = rows / QPLUG__FP8_BLOCK;
+        qplug__shard_slot(ws, sizeof ws, layer, i, "weight");
+        qplug__shard_slot(ss, sizeof ss, layer, i, "scale");
+        st = qplug__need(host, ws, &w);
+        if (!st)
+            st = qplug__need(host, ss, &s);
+        if (!st && (w->dtype != QPLUG_DT_F8_E4M3 || !shape2(w, rows, k)))
+            st = host->api->error(host->ctx, QPLUG_ERR_SHAPE,
+                                  "tensor '%s' (slot %s) must be F8_E4M3 [%lld, %lld]",
+                                  w->name ? w->name : ws, ws, (long long)rows, (long long)k);
+        if (!st && ((s->dtype != QPLUG_DT_F32 && s->dtype != QPLUG_DT_F8_E8M0) ||
+                    !shape2(s, tr, kb)))
+            st = host->api->error(host->ctx, QPLUG_ERR_SHAPE,
+                                  "tensor '%s' (slot %s) must be F32 or F8_E8M0 [%lld, %lld]",
+                                  s->name ? s->name : ss, ss, (long long)tr, (long long)kb);
+        if (!st && i == 0)
+            e8m0 = s->dtype == QPLUG_DT_F8_E8M0;
+        if (!st && e8m0 != (s->dtype == QPLUG_DT_F8_E8M0))
+            st = host->api->error(host->ctx, QPLUG_ERR_DTYPE,
+                                  "tensor '%s' (slot %s) is %s but shard %s's scales are %s: "
+                                  "fused shards must share one scale dtype",
+                                  s->name ? s->name : ss, ss, qplug_dtype_name(s->dtype),
+                                  layer->shard_names[0], e8m0 ? "F8_E8M0" : "F32");
+        if (st)
+            goto fail;
+        size_t esz = e8m0 ? 1 : sizeof(float);
+        memcpy(qw + row * k, w->data, (size_t)(rows * k));
+        /* Scale bytes are copied as stored: E8M0 exponents stay exact. */
+        memcpy(sc + (size_t)(row / QPLUG__FP8_BLOCK * kb) * esz, s->data, (size_t)(tr * kb) * esz);
+        row += rows;
+    }
+    out->fmt = QPLUG__W_FP8_BLOCK;
+    out->rows = n;
+    out->cols = k;
+    out->data = qw;
+    out->scale = sc;
+    out->scale_e8m0 = e8m0;
+    *q = qw;
+    *scale = sc;
+    return QPLUG_OK;
+
+fail:
+    if (qw)
+        host->api->free(host->ctx, qw, QPLUG_DEVICE_CPU);
+    if (sc)
+        host->api->free(host->ctx, sc, QPLUG_DEVICE_CPU);
+    return st;
+}

@@ -50,6 +50,10 @@ static int template_score(const qplug_layer_desc *layer)
 {
     if (layer->kind != QPLUG_LAYER_LINEAR || layer->quant != QPLUG_QUANT_NONE)
         return 0;
+    /* A sharded linear (ABI 1.1) keeps its rows in several tensors that
+     * only a plugin fusing them can load; this one does not. */
+    if (qplug_layer_num_shards(layer) > 0)
+        return 0;
     if (layer->weight_dtype != QPLUG_DT_F32 && layer->weight_dtype != QPLUG_DT_BF16)
         return 0;
     if (layer->device != QPLUG_DEVICE_CPU || layer->n <= 0 || layer->k <= 0)

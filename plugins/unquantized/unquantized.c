@@ -35,6 +35,13 @@ static bool is_fp8_modelopt(const qplug_layer_desc *l)
 
 static int unq_score(const qplug_layer_desc *l)
 {
+    /* Sharded linears (the compressors' wkv + wgate) are fused at load
+     * when their shards are unquantized. */
+    if (qplug_layer_num_shards(l) > 0) {
+        if (!qplug__shards_sane(l) || l->quant != QPLUG_QUANT_NONE)
+            return 0;
+        return l->device == QPLUG_DEVICE_CUDA && !cuda_built() ? 0 : 10;
+    }
     if (!qplug__desc_sane(l))
         return 0;
     if (l->device == QPLUG_DEVICE_CUDA && !cuda_built())
@@ -68,6 +75,16 @@ static qplug_status unq_create_weights(const qplug_host *host, const qplug_layer
     case QPLUG_LAYER_LINEAR:
     case QPLUG_LAYER_GROUPED_LINEAR: {
         int64_t rows = qplug__out_rows(l);
+        if (qplug_layer_num_shards(l) > 0) {
+            char slot[96];
+            for (int32_t i = 0; i < l->num_shards; i++) {
+                qplug__shard_slot(slot, sizeof slot, l, i, "weight");
+                qplug_status st = qplug__declare2(host, slot, float_mask(l), l->shard_n[i], l->k, 0);
+                if (st)
+                    return st;
+            }
+            return QPLUG_OK;
+        }
         if (!is_fp8_modelopt(l))
             return qplug__declare2(host, "weight", float_mask(l), rows, l->k, 0);
         qplug_status st =
@@ -177,6 +194,8 @@ static qplug_status unq_load(const qplug_host *host, qplug_unquantized__state *s
         return QPLUG_OK;
     case QPLUG_LAYER_LINEAR:
     case QPLUG_LAYER_GROUPED_LINEAR:
+        if (qplug_layer_num_shards(l) > 0)
+            return qplug__fuse_float_shards(host, l, &st->owned, &st->w);
         if (is_fp8_modelopt(l))
             return load_modelopt_fp8(host, st);
         return float_view(host, "weight", qplug__out_rows(l), l->k, &st->w);

@@ -12,7 +12,7 @@ typedef struct qplug_unquantized__state {
     qplug_layer_desc desc;   /* a copy; desc.name stays owned by the core */
     qplug__wmat w;           /* linear, grouped linear: [G*n, k] */
     qplug__wmat *experts;    /* fused MoE: w1[E], w3[E], w2[E] in one block */
-    float *owned;            /* F32 weights made at load (ModelOpt FP8) */
+    float *owned;            /* F32 weights made at load (ModelOpt FP8, fused shards) */
     void *cuda;              /* the CUDA path's own state, or NULL */
 } qplug_unquantized__state;
 

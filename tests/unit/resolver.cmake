@@ -2,11 +2,11 @@
 # tests/data/ckpt_headers: one CTest test per format and mode, checked by
 # tests/data/ckpt_headers/check_plan.cmake (no Python at run time).
 set(_ckpts ${PROJECT_SOURCE_DIR}/tests/data/ckpt_headers)
-set(_layers_bf16 50)
-set(_layers_flash 50)
-set(_layers_flash_base 38)
-set(_layers_nvfp4 38)
-set(_layers_hf_stacked 50)
+set(_layers_bf16 47)
+set(_layers_flash 47)
+set(_layers_flash_base 35)
+set(_layers_nvfp4 35)
+set(_layers_hf_stacked 47)
 foreach(_fmt bf16 flash flash_base nvfp4 hf_stacked)
   foreach(_mode plan load)
     add_test(NAME cli.${_mode}.${_fmt}

@@ -71,23 +71,90 @@ static void check_dims(const qplug_inventory *inv, const char *name, qplug_layer
     CHECKF(l->desc.name == l->name, "%s: desc.name does not point at name", name);
 }
 
+static bool shape_is(const qplug_tensor *t, int64_t a, int64_t b)
+{
+    return t && t->ndim == 2 && t->shape[0] == a && t->shape[1] == b;
+}
+
+/* A fused compressor: LINEAR [2 * half, 32] with shards wkv and wgate of
+ * `half` rows each, in that order. */
+static void check_shards(const qplug_inventory *inv, const char *name, int64_t half)
+{
+    check_dims(inv, name, QPLUG_LAYER_LINEAR, 2 * half, 32, 1);
+    const qplug_inv_layer *l = qplug_inventory_find(inv, name);
+    if (!l)
+        return;
+    CHECKF(qplug_layer_num_shards(&l->desc) == 2 && l->desc.shard_names[0] &&
+               !strcmp(l->desc.shard_names[0], "wkv") && l->desc.shard_names[1] &&
+               !strcmp(l->desc.shard_names[1], "wgate") && l->desc.shard_n[0] == half &&
+               l->desc.shard_n[1] == half,
+           "%s: shards %d", name, (int)l->desc.num_shards);
+}
+
+/*
+ * The shard slots of both compressors of layer 1 must bind exactly the
+ * checkpoint tensors named here by hand (`ck_*`, looked up in the
+ * checkpoint directly), each of the given rows x 32; the main compressor
+ * must not reach the indexer's tensors through any slot, nor the other way
+ * round (a known field bug mixed them up).
+ */
+static void check_compressor_sources(fixture *f, const char *ck_main_kv, const char *ck_main_g,
+                                     const char *ck_idx_kv, const char *ck_idx_g)
+{
+    const qplug_inv_layer *mc = need(&f->inv, "layers.1.attn.compressor");
+    const qplug_inv_layer *ic = need(&f->inv, "layers.1.attn.indexer.compressor");
+    if (!mc || !ic)
+        return;
+    const struct {
+        const qplug_inv_layer *l;
+        const char *slot, *ck;
+        int64_t rows;
+    } want[] = {
+        {mc, "wkv.weight", ck_main_kv, 128},
+        {mc, "wgate.weight", ck_main_g, 128},
+        {ic, "wkv.weight", ck_idx_kv, 64},
+        {ic, "wgate.weight", ck_idx_g, 64},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        long idx = qplug_ckpt_lookup(f->ckpt, want[i].ck);
+        const char *file = NULL;
+        const qplug_tensor *t = qplug_inventory_source(&f->inv, &want[i].l->desc, want[i].slot,
+                                                       &file);
+        CHECKF(idx >= 0 && t && t == qplug_ckpt_tensor(f->ckpt, (size_t)idx) &&
+                   !strcmp(t->name, want[i].ck) && shape_is(t, want[i].rows, 32) && file,
+               "%s %s: got %s, want %s", want[i].l->name, want[i].slot, t ? t->name : "NULL",
+               want[i].ck);
+    }
+    /* Slots that are not "<shard>.<leaf>" of the layer's own shards. */
+    const char *bad[] = {"weight", "indexer.kv_proj.weight", "indexer.wkv.weight",
+                         "indexer.compressor.wkv.weight", "kv_proj.weight", "wkv", "wkv.",
+                         "wkv.weight.x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECKF(!qplug_inventory_source(&f->inv, &mc->desc, bad[i], NULL), "main: %s", bad[i]);
+        CHECKF(!qplug_inventory_source(&f->inv, &ic->desc, bad[i], NULL), "indexer: %s", bad[i]);
+    }
+}
+
 /* The layer list of a model with or without its MTP block. */
 static void check_layer_list(const qplug_inventory *inv, bool mtp)
 {
-    CHECKF(inv->n_layers == (mtp ? 50u : 38u), "n_layers %zu", inv->n_layers);
+    CHECKF(inv->n_layers == (mtp ? 47u : 35u), "n_layers %zu", inv->n_layers);
     check_dims(inv, "layers.0.attn.wq_a", QPLUG_LAYER_LINEAR, 32, 32, 1);
     check_dims(inv, "layers.0.attn.wq_b", QPLUG_LAYER_LINEAR, 128, 32, 1);
     check_dims(inv, "layers.0.attn.wkv", QPLUG_LAYER_LINEAR, 64, 32, 1);
     check_dims(inv, "layers.0.attn.wo_a", QPLUG_LAYER_GROUPED_LINEAR, 16, 64, 2);
     check_dims(inv, "layers.0.attn.wo_b", QPLUG_LAYER_LINEAR, 32, 32, 1);
     check_dims(inv, "layers.0.attn", QPLUG_LAYER_ATTENTION, 64, 64, 1);
-    check_dims(inv, "layers.1.attn.compressor.wkv", QPLUG_LAYER_LINEAR, 128, 32, 1);
-    check_dims(inv, "layers.1.attn.compressor.wgate", QPLUG_LAYER_LINEAR, 128, 32, 1);
+    /* Compressors are one fused layer each: [wkv rows | wgate rows]. */
+    check_shards(inv, "layers.1.attn.compressor", 128);
     check_dims(inv, "layers.1.attn.indexer.wq_b", QPLUG_LAYER_LINEAR, 64, 32, 1);
     check_dims(inv, "layers.1.attn.indexer.weights_proj", QPLUG_LAYER_LINEAR, 2, 32, 1);
-    check_dims(inv, "layers.1.attn.indexer.compressor.wkv", QPLUG_LAYER_LINEAR, 64, 32, 1);
-    check_dims(inv, "layers.1.attn.indexer.compressor.wgate", QPLUG_LAYER_LINEAR, 64, 32, 1);
-    check_dims(inv, "layers.2.attn.compressor.wkv", QPLUG_LAYER_LINEAR, 64, 32, 1);
+    check_shards(inv, "layers.1.attn.indexer.compressor", 64);
+    check_shards(inv, "layers.2.attn.compressor", 64);
+    CHECK(!qplug_inventory_find(inv, "layers.1.attn.compressor.wkv"));
+    CHECK(!qplug_inventory_find(inv, "layers.1.attn.compressor.wgate"));
+    CHECK(!qplug_inventory_find(inv, "layers.1.attn.indexer.compressor.wkv"));
+    CHECK(!qplug_inventory_find(inv, "layers.1.attn.indexer.compressor.wgate"));
     check_dims(inv, "layers.2.ffn.shared_experts.w1", QPLUG_LAYER_LINEAR, 32, 32, 1);
     check_dims(inv, "layers.2.ffn.shared_experts.w2", QPLUG_LAYER_LINEAR, 32, 32, 1);
     check_dims(inv, "layers.2.ffn.experts", QPLUG_LAYER_FUSED_MOE, 32, 32, 1);
@@ -95,9 +162,9 @@ static void check_layer_list(const qplug_inventory *inv, bool mtp)
     CHECK(moe && moe->desc.num_experts == 4 && moe->desc.top_k == 2 &&
           moe->desc.swiglu_limit == 10.0f);
     /* Layers a block of its ratio does not have. */
-    CHECK(!qplug_inventory_find(inv, "layers.0.attn.compressor.wkv"));
+    CHECK(!qplug_inventory_find(inv, "layers.0.attn.compressor"));
     CHECK(!qplug_inventory_find(inv, "layers.2.attn.indexer.wq_b"));
-    CHECK(!qplug_inventory_find(inv, "layers.2.attn.indexer.compressor.wkv"));
+    CHECK(!qplug_inventory_find(inv, "layers.2.attn.indexer.compressor"));
     CHECK(!qplug_inventory_find(inv, "layers.3.attn.wq_a"));
     CHECK(inv->has_mtp == mtp && inv->n_mtp == (mtp ? 1 : 0));
     if (mtp) {
@@ -125,11 +192,6 @@ static void check_storage(const qplug_inventory *inv, const char *name, qplug_qu
            qplug_dtype_name(l->stored.scale_dtype));
 }
 
-static bool shape_is(const qplug_tensor *t, int64_t a, int64_t b)
-{
-    return t && t->ndim == 2 && t->shape[0] == a && t->shape[1] == b;
-}
-
 static void test_bf16_official(void)
 {
     fixture f;
@@ -141,8 +203,10 @@ static void test_bf16_official(void)
         check_layer_list(&f.inv, true);
         check_storage(&f.inv, "layers.0.attn.wq_a", QPLUG_QUANT_NONE, QPLUG_DT_BF16, 0);
         check_storage(&f.inv, "layers.0.ffn.experts", QPLUG_QUANT_NONE, QPLUG_DT_BF16, 0);
-        const qplug_inv_layer *l = qplug_inventory_find(&f.inv, "layers.1.attn.indexer.compressor.wkv");
-        CHECK(l && !strcmp(l->hf_name, "model.layers.1.self_attn.compressor.indexer.kv_proj"));
+        const qplug_inv_layer *l = qplug_inventory_find(&f.inv, "layers.1.attn.indexer.compressor");
+        CHECK(l && !strcmp(l->hf_name, "model.layers.1.self_attn.compressor.indexer"));
+        l = qplug_inventory_find(&f.inv, "layers.1.attn.compressor");
+        CHECK(l && !strcmp(l->hf_name, "model.layers.1.self_attn.compressor"));
         l = qplug_inventory_find(&f.inv, "mtp.0.e_proj");
         CHECK(l && !strcmp(l->hf_name, "model.layers.3.e_proj"));
 
@@ -166,6 +230,10 @@ static void test_bf16_official(void)
             if (!strcmp(f.inv.tensors[i].name, "layers.2.attn_norm.weight"))
                 found = f.inv.tensors[i].required && f.inv.tensors[i].present;
         CHECK(found);
+        check_compressor_sources(&f, "layers.1.attn.compressor.wkv.weight",
+                                 "layers.1.attn.compressor.wgate.weight",
+                                 "layers.1.attn.indexer.compressor.wkv.weight",
+                                 "layers.1.attn.indexer.compressor.wgate.weight");
     }
     close_fixture(&f);
 }
@@ -184,7 +252,9 @@ static void test_flash(void)
                       QPLUG_DT_F8_E8M0);
         check_storage(&f.inv, "layers.1.attn.indexer.wq_b", QPLUG_QUANT_FP8_BLOCK,
                       QPLUG_DT_F8_E4M3, QPLUG_DT_F8_E8M0);
-        check_storage(&f.inv, "layers.1.attn.compressor.wkv", QPLUG_QUANT_NONE, QPLUG_DT_BF16, 0);
+        check_storage(&f.inv, "layers.1.attn.compressor", QPLUG_QUANT_NONE, QPLUG_DT_BF16, 0);
+        check_storage(&f.inv, "layers.1.attn.indexer.compressor", QPLUG_QUANT_NONE, QPLUG_DT_BF16,
+                      0);
         check_storage(&f.inv, "layers.2.ffn.experts", QPLUG_QUANT_MXFP4, QPLUG_DT_I8,
                       QPLUG_DT_F8_E8M0);
         check_storage(&f.inv, "mtp.0.e_proj", QPLUG_QUANT_FP8_BLOCK, QPLUG_DT_F8_E4M3,
@@ -248,14 +318,12 @@ static void test_nvfp4_hf(void)
             CHECK(t && !strcmp(t->name, "model.layers.1.mlp.experts.0.down_proj.weight_scale") &&
                   shape_is(t, 32, 2));
         }
-        l = qplug_inventory_find(&f.inv, "layers.1.attn.indexer.compressor.wgate");
-        t = l ? qplug_inventory_source(&f.inv, &l->desc, "weight", NULL) : NULL;
-        CHECK(t && !strcmp(t->name, "model.layers.1.self_attn.compressor.indexer.gate_proj.weight") &&
-              shape_is(t, 64, 32));
-        l = qplug_inventory_find(&f.inv, "layers.1.attn.compressor.wgate");
-        t = l ? qplug_inventory_source(&f.inv, &l->desc, "weight", NULL) : NULL;
-        CHECK(t && !strcmp(t->name, "model.layers.1.self_attn.compressor.gate_proj.weight") &&
-              shape_is(t, 128, 32));
+        check_compressor_sources(&f, "model.layers.1.self_attn.compressor.kv_proj.weight",
+                                 "model.layers.1.self_attn.compressor.gate_proj.weight",
+                                 "model.layers.1.self_attn.compressor.indexer.kv_proj.weight",
+                                 "model.layers.1.self_attn.compressor.indexer.gate_proj.weight");
+        check_storage(&f.inv, "layers.1.attn.indexer.compressor", QPLUG_QUANT_NONE, QPLUG_DT_BF16,
+                      0);
         l = qplug_inventory_find(&f.inv, "layers.1.attn.indexer.weights_proj");
         t = l ? qplug_inventory_source(&f.inv, &l->desc, "weight", NULL) : NULL;
         CHECK(t && !strcmp(t->name,
@@ -418,6 +486,32 @@ static void test_disagreeing_shards(void)
         close_fixture(&f);
     }
     free(bf);
+
+    /* The indexer compressor's gate stored in F32 while its kv is BF16:
+     * one plugin fuses both, so the shards must agree. */
+    float *f32 = malloc(64 * 32 * sizeof *f32);
+    for (int i = 0; f32 && i < 64 * 32; i++)
+        f32[i] = (float)(rand() % 200 - 100) / 256.0f;
+    qplug_tensor g = {.name = "layers.1.attn.indexer.compressor.wgate.weight",
+                      .dtype = QPLUG_DT_F32, .ndim = 2, .shape = {64, 32}, .data = f32,
+                      .device = QPLUG_DEVICE_CPU};
+    if (f32 && open_dir(&f, variant("bad_compressor", "layers.1.attn.indexer.compressor.wgate.weight",
+                                    NULL, &g))) {
+        CHECK(f.st == QPLUG_ERR_FORMAT);
+        CHECKF(strstr(f.err.msg, "layers.1.attn.indexer.compressor.wkv.weight") &&
+                   strstr(f.err.msg, "layers.1.attn.indexer.compressor.wgate.weight") &&
+                   strstr(f.err.msg, "F32"),
+               "%s", f.err.msg);
+        close_fixture(&f);
+    }
+    free(f32);
+
+    /* A missing shard is a missing tensor, named. */
+    if (open_dir(&f, variant("no_gate", "layers.1.attn.compressor.wgate.weight", NULL, NULL))) {
+        CHECK(f.st == QPLUG_ERR_NOT_FOUND);
+        CHECKF(strstr(f.err.msg, "layers.1.attn.compressor.wgate.weight"), "%s", f.err.msg);
+        close_fixture(&f);
+    }
 }
 
 static void test_unused(void)
@@ -476,7 +570,7 @@ static void test_config_only(void)
     qplug_status st = qplug_inventory_build(&cfg, NULL, QPLUG_DEVICE_CPU, &inv, &err);
     CHECKF(st == QPLUG_OK, "%s", err.msg);
     /* HF config without a checkpoint: HF naming, MTP taken from the config. */
-    CHECK(inv.naming == QPLUG_NAMING_HF && inv.n_mtp == 1 && inv.n_layers == 50);
+    CHECK(inv.naming == QPLUG_NAMING_HF && inv.n_mtp == 1 && inv.n_layers == 47);
     const qplug_inv_layer *l = qplug_inventory_find(&inv, "layers.0.attn.wq_a");
     CHECK(l && !l->stored.present);
     char buf[160];

@@ -354,15 +354,101 @@ static void test_disagreement(const qplug_registry *reg)
            r.err.msg);
 }
 
+/* A fused compressor as the inventory describes it: shards wkv, wgate. */
+static void make_sharded(qplug_layer_desc *d)
+{
+    d->num_shards = 2;
+    d->shard_names[0] = "wkv";
+    d->shard_names[1] = "wgate";
+    d->shard_n[0] = d->n / 2;
+    d->shard_n[1] = d->n / 2;
+}
+
 static void test_compressor_follows_storage(const qplug_registry *reg)
 {
+    /* The FP8 config would say FP8 block for a linear; the fused
+     * compressors (main and indexer) follow what the tensors hold. */
+    static const char *const names[] = {"layers.1.attn.compressor",
+                                        "layers.1.attn.indexer.compressor"};
     qplug_model_config c;
     cfg_deepseek(&c, QPLUG_EXPERT_FP4);
-    qplug_layer_storage s = stored(QPLUG_QUANT_NONE, QPLUG_DT_BF16, QPLUG_DT_F32, "w");
-    result r = resolve(reg, NULL, &c, "layers.1.attn.indexer.compressor.wkv", NULL,
-                       QPLUG_LAYER_LINEAR, &s);
+    for (int i = 0; i < 2; i++) {
+        qplug_layer_storage s =
+            stored(QPLUG_QUANT_NONE, QPLUG_DT_BF16, QPLUG_DT_F32, "x.wkv.weight");
+        result r;
+        memset(&r, 0, sizeof r);
+        r.desc = desc(names[i], QPLUG_LAYER_LINEAR);
+        make_sharded(&r.desc);
+        r.st = qplug_resolve(reg, NULL, &c, &r.desc, NULL, &s, &r.d, &r.err);
+        CHECKF(r.st == QPLUG_OK && !strcmp(pname(&r), "unquantized"), "%s: %s %s", names[i],
+               r.err.msg, pname(&r));
+        CHECKF(has(r.d.reason, "checkpoint stores BF16") && r.desc.quant == QPLUG_QUANT_NONE,
+               "%s: %s", names[i], r.d.reason);
+    }
+}
+
+/* Scores every unquantized layer 20, above the stub "unquantized" (10), but
+ * claims ABI 1.0, which has no shards. */
+static int score_old(const qplug_layer_desc *l)
+{
+    return l->quant == QPLUG_QUANT_NONE ? 20 : 0;
+}
+
+static const qplug_plugin p_old = {(1u << 16) | 0u, sizeof(qplug_plugin), "old_plain", "stub",
+                                   1u, score_old, stub_create, stub_pal, stub_apply,
+                                   stub_destroy, NULL};
+
+static result resolve_sharded(const qplug_registry *reg, const qplug_policy *pol, bool sharded)
+{
+    qplug_model_config c;
+    cfg_init(&c);
+    result r;
+    memset(&r, 0, sizeof r);
+    r.desc = desc("layers.1.attn.compressor", QPLUG_LAYER_LINEAR);
+    if (sharded)
+        make_sharded(&r.desc);
+    r.st = qplug_resolve(reg, pol, &c, &r.desc, NULL, NULL, &r.d, &r.err);
+    return r;
+}
+
+/* A plugin built against ABI 1.0 cannot know about shards: the resolver
+ * scores it 0 for sharded layers whatever its score function says. */
+static void test_sharded_needs_abi_1_1(void)
+{
+    qplug_registry *reg = NULL;
+    qplug_err err = {0};
+    CHECK(qplug_registry_create(&reg, &err) == QPLUG_OK);
+    if (!reg)
+        return;
+    CHECKF(qplug_registry_add(reg, &p_old, "test", &err) == QPLUG_OK, "%s", err.msg);
+
+    /* Alone: it takes the plain layer, and nobody takes the sharded one. */
+    result r = resolve_sharded(reg, NULL, false);
+    CHECKF(r.st == QPLUG_OK && !strcmp(pname(&r), "old_plain"), "%s %s", r.err.msg, pname(&r));
+    r = resolve_sharded(reg, NULL, true);
+    CHECK(r.st == QPLUG_ERR_RESOLVE && r.d.plugin == NULL);
+    CHECKF(has(r.err.msg, "layers.1.attn.compressor") && has(r.err.msg, "sharded linear"), "%s",
+           r.err.msg);
+
+    /* Forcing it by policy is refused with file and line. */
+    qplug_policy pol;
+    const rule_spec rules[] = {{"old", "layers.*.attn.compressor", "old_plain", 7}};
+    policy_with(&pol, rules, 1);
+    r = resolve_sharded(reg, &pol, true);
+    CHECK(r.st == QPLUG_ERR_POLICY);
+    CHECKF(has(r.err.msg, ":7: rule old") && has(r.err.msg, "cannot handle") &&
+               has(r.err.msg, "sharded linear"),
+           "%s", r.err.msg);
+    qplug_policy_free(&pol);
+
+    /* Beside a 1.1 plugin: the 1.1 one wins the sharded layer although it
+     * scores lower, the 1.0 one keeps the plain layer. */
+    CHECKF(qplug_registry_add(reg, &p_unq, "test", &err) == QPLUG_OK, "%s", err.msg);
+    r = resolve_sharded(reg, NULL, true);
     CHECKF(r.st == QPLUG_OK && !strcmp(pname(&r), "unquantized"), "%s %s", r.err.msg, pname(&r));
-    CHECK(r.d.reason[0] != '\0');
+    r = resolve_sharded(reg, NULL, false);
+    CHECKF(r.st == QPLUG_OK && !strcmp(pname(&r), "old_plain"), "%s %s", r.err.msg, pname(&r));
+    qplug_registry_destroy(reg);
 }
 
 static void test_policy_first_match(const qplug_registry *reg)
@@ -501,6 +587,7 @@ int main(void)
     test_bf16_left_behind(reg);
     test_disagreement(reg);
     test_compressor_follows_storage(reg);
+    test_sharded_needs_abi_1_1();
     test_policy_first_match(reg);
     test_policy_dot_anchored(reg);
     test_policy_missing_plugin(reg);

@@ -57,7 +57,7 @@ extern "C" {
 #endif
 
 #define QPLUG_ABI_VERSION_MAJOR 1u
-#define QPLUG_ABI_VERSION_MINOR 0u
+#define QPLUG_ABI_VERSION_MINOR 1u
 #define QPLUG_ABI_VERSION ((QPLUG_ABI_VERSION_MAJOR << 16) | QPLUG_ABI_VERSION_MINOR)
 #define QPLUG_ABI_MAJOR(v) ((uint32_t)(v) >> 16)
 #define QPLUG_ABI_MINOR(v) ((uint32_t)(v)&0xffffu)
@@ -95,6 +95,9 @@ typedef enum qplug_quant_scheme {
     QPLUG_QUANT_FP8_CHANNEL = 5    /* ModelOpt FP8_PER_CHANNEL_PER_TOKEN */
 } qplug_quant_scheme;
 
+/* since 1.1: the most shards one sharded linear layer may have. */
+#define QPLUG_MAX_SHARDS 4
+
 /* Flags of qplug_layer_desc.flags. */
 enum {
     /* [megamoe] fp4_activations = true: pack activations to FP4. */
@@ -121,7 +124,38 @@ typedef struct qplug_layer_desc {
     int32_t top_k;                 /* FUSED_MOE: experts per token */
     float swiglu_limit;            /* FUSED_MOE: clamp L; 0 = no clamp */
     uint32_t flags;                /* QPLUG_LAYER_* */
+
+    /*
+     * since 1.1: sharded linear layers. A sharded LINEAR layer (num_shards
+     * >= 2) is one projection whose checkpoint keeps its row blocks as
+     * separate tensors, e.g. the DeepSeek V4 compressor: shards "wkv" and
+     * "wgate". Its n is the sum of shard_n. Each shard's tensors are bound
+     * under the slots "<shard_name>.<slot>" ("wkv.weight", "wgate.weight",
+     * "wkv.scale", ...), each with its own scales; process_after_loading
+     * fuses them into one [n, k] weight with the shards' rows in order
+     * (shard 0 first), so y[:, 0:shard_n[0]] is shard 0's output, and so
+     * on. Shards may carry different scales (NVFP4: different
+     * weight_scale_2): a plugin handles each exactly or scores 0.
+     * num_shards 0 or 1 means not sharded, and then the two arrays are
+     * unused. The core scores a plugin built against ABI 1.0 as 0 for
+     * sharded layers, since it cannot know about shards; a plugin built
+     * against 1.1 that does not fuse shards must score them 0 itself.
+     * Read these fields through qplug_layer_num_shards(), which also
+     * answers 0 for a descriptor from a core older than 1.1.
+     */
+    int32_t num_shards;
+    const char *shard_names[QPLUG_MAX_SHARDS];
+    int64_t shard_n[QPLUG_MAX_SHARDS];
 } qplug_layer_desc;
+
+/* since 1.1: the number of shards of a sharded layer (>= 2), or 0 when the
+ * layer is not sharded or its descriptor predates the shard fields. */
+static inline int32_t qplug_layer_num_shards(const qplug_layer_desc *layer)
+{
+    if (layer->struct_size < offsetof(qplug_layer_desc, shard_n) + sizeof layer->shard_n)
+        return 0;
+    return layer->num_shards > 1 ? layer->num_shards : 0;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Slot names                                                               */
@@ -138,6 +172,9 @@ typedef struct qplug_layer_desc {
  *                            (gate), w3 (up), w2 (down) and <slot> as above,
  *                            e.g. "experts.17.w3.weight_scale_2".
  *   attention:               none (the KV cache is quantized on the fly).
+ *   sharded linear (1.1):    "<shard_name>.<slot>" per shard, with <slot>
+ *                            as for linear, e.g. "wkv.weight",
+ *                            "wgate.weight_scale_2".
  *
  * Packed FP4 weights may be declared as U8/I8 [n, k/2] or as E2M1 [n, k]:
  * the core presents the checkpoint bytes in the dtype and shape declared.

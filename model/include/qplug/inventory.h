@@ -41,7 +41,10 @@ typedef enum qplug_naming {
 /* One layer the resolver decides. */
 typedef struct qplug_inv_layer {
     /* Official name: "layers.0.attn.wq_a", "layers.3.ffn.experts",
-     * "layers.0.attn" (KV cache), "mtp.0.e_proj". */
+     * "layers.0.attn" (KV cache), "mtp.0.e_proj", and the compressors
+     * "layers.1.attn.compressor" and "layers.1.attn.indexer.compressor":
+     * sharded linears (shards "wkv" and "wgate", n = 2 * c * d) whose
+     * plugin fuses the two checkpoint tensors. */
     char name[96];
     /* The transformers name of the module: "model.layers.0.self_attn.q_a_proj",
      * "model.layers.3.mlp.experts"; used for ModelOpt excludes and messages. */
@@ -116,7 +119,11 @@ const qplug_inv_layer *qplug_inventory_find(const qplug_inventory *inv, const ch
  * (mlp.experts.gate_up_proj [E, 2I, D], mlp.experts.down_proj [E, D, I]) are
  * presented as per-expert views: "experts.<e>.w1.weight" is rows [0, I) of
  * gate_up_proj[e] (gate rows come first), w3 rows [I, 2I), w2 is
- * down_proj[e]. The tensor is marked used.
+ * down_proj[e]. Shard slots of a sharded layer ("wkv.weight" of
+ * "layers.1.attn.indexer.compressor") map to that layer's own shard tensor
+ * ("layers.1.attn.indexer.compressor.wkv.weight", or in transformers naming
+ * "model.layers.1.self_attn.compressor.indexer.kv_proj.weight"). The tensor
+ * is marked used.
  */
 const qplug_tensor *qplug_inventory_source(void *inv, const qplug_layer_desc *layer,
                                            const char *slot, const char **file);
