@@ -5,10 +5,11 @@
  * Method (docs/performance.md): CUDA events around each call, warm-up first,
  * the median of --reps calls; every operand lives in a pool of rotating
  * copies larger than the L2 cache (so weights come from HBM as in a real
- * forward pass), filled with random data. The plugins' CUDA paths are not
- * yet wired into their apply() slots, so this bench calls the kernels of
- * plugins/common_cuda directly, the same calls the plugins will make; the
- * table header says so. */
+ * forward pass), filled with random data. Each plugin is timed through the
+ * ABI (qplug_layer_apply on layers the core loaded and built, one device
+ * copy of the weights per rotation set) and, for comparison, through the
+ * kernels of plugins/common_cuda called directly; the ABI path's output is
+ * also checked against the same layer's reference precision. */
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_abi.h"
 #include "qplug_bench.h"
 #include "qplug_cuda.h"
 
@@ -108,14 +110,20 @@ typedef struct bench_ctx {
     qplug_cuda__bf16_gemm *g16;
     void *work;
     qplug_cuda__err err;
+    bench_abi_layers *abi[PL_COUNT]; /* the plugins' layers, or NULL */
 } bench_ctx;
 
-typedef enum { OP_BF16, OP_FP8_LT, OP_OURS, OP_CORE } bench_op;
+typedef enum { OP_BF16, OP_FP8_LT, OP_OURS, OP_CORE, OP_ABI } bench_op;
 
 /* One call of an operation on set i; returns 0 on success. */
 static int run_op(bench_ctx *c, bench_op op, bench_plugin pl, int i)
 {
     int64_t m = c->m, n = c->n, k = c->k;
+    if (op == OP_ABI)
+        return c->abi[pl] ? bench_abi_apply(c->abi[pl], i, m, rot_at(&c->x, i, 0),
+                                            rot_at(&c->y, i, 0), false, c->err.msg,
+                                            sizeof c->err.msg)
+                          : -1;
     for (int64_t g = 0; g < c->groups; g++) {
         void *x = rot_at(&c->x, i, (size_t)(g * m * k * 2));
         void *xq = rot_at(&c->xq, i, (size_t)(g * m * k));
@@ -183,7 +191,10 @@ static int cmp_float(const void *a, const void *b)
 /* Median time of one call in microseconds; NAN when the operation fails. */
 static double time_op(bench_ctx *c, bench_op op, bench_plugin pl, int reps, cudaEvent_t *ev)
 {
-    for (int i = 0; i < 3; i++)
+    /* Through the ABI every rotation set is its own layer, which makes its
+     * cuBLASLt plan for m on first use: warm up every set the timing uses. */
+    int warm = op == OP_ABI ? reps + 3 : 3;
+    for (int i = 0; i < warm; i++)
         if (run_op(c, op, pl, i))
             return NAN;
     if (cuda_check(cudaDeviceSynchronize(), "warm-up"))
@@ -243,8 +254,51 @@ static double weight_bytes(bench_plugin pl, int64_t n, int64_t k)
     }
 }
 
+static double bf16_to_double(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Relative L2 error of the plugin's native output against the same layer's
+ * reference precision (exact weights, fp32 math), both through the ABI on
+ * rotation set 0; NaN when it cannot be had. */
+static double abi_check(bench_ctx *c, bench_plugin pl)
+{
+    size_t ny = (size_t)(c->groups * c->m * c->n);
+    uint16_t *a = malloc(ny * 2), *b = malloc(ny * 2);
+    void *yref = NULL;
+    double err = NAN;
+    if (!a || !b || cuda_check(cudaMalloc(&yref, ny * 2), "cudaMalloc"))
+        goto done;
+    if (bench_abi_apply(c->abi[pl], 0, c->m, rot_at(&c->x, 0, 0), rot_at(&c->y, 0, 0), false,
+                        c->err.msg, sizeof c->err.msg) ||
+        bench_abi_apply(c->abi[pl], 0, c->m, rot_at(&c->x, 0, 0), yref, true, c->err.msg,
+                        sizeof c->err.msg) ||
+        cuda_check(cudaMemcpy(a, rot_at(&c->y, 0, 0), ny * 2, cudaMemcpyDeviceToHost), "copy") ||
+        cuda_check(cudaMemcpy(b, yref, ny * 2, cudaMemcpyDeviceToHost), "copy"))
+        goto done;
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < ny; i++) {
+        double d = bf16_to_double(a[i]) - bf16_to_double(b[i]);
+        num += d * d;
+        den += bf16_to_double(b[i]) * bf16_to_double(b[i]);
+    }
+    err = den > 0 ? sqrt(num / den) : NAN;
+done:
+    cudaFree(yref);
+    free(a);
+    free(b);
+    return err;
+}
+
 static void ctx_free(bench_ctx *c)
 {
+    for (int p = 0; p < PL_COUNT; p++)
+        bench_abi_destroy(c->abi[p]);
+    memset(c->abi, 0, sizeof c->abi);
     rot *all[] = {&c->x, &c->xq, &c->xs, &c->y, &c->w16, &c->w8, &c->ws8, &c->w4[0], &c->w4[1],
                   &c->s4[0], &c->s4[1], &c->w48[0], &c->w48[1], &c->s48[0], &c->s48[1]};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -325,7 +379,7 @@ static int ctx_acts(bench_ctx *c)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: qplug bench [--plugin fp8_block|mxfp4|nvfp4] [--shapes flash|pro] "
-               "[--m 1,16,...] [--reps N] [--json OUT] [--md OUT]\n");
+               "[--m 1,16,...] [--reps N] [--json OUT] [--md OUT] [--check-max-m M]\n");
 }
 
 int qplug_bench_main(int argc, char **argv)
@@ -336,6 +390,8 @@ int qplug_bench_main(int argc, char **argv)
     const char *json_path = NULL, *md_path = NULL;
     int64_t ms[16] = {1, 16, 64, 128, 512, 4096};
     int nm = 6;
+    /* The accuracy check runs the slow reference kernel: small m only. */
+    int64_t check_max_m = 128;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -387,6 +443,8 @@ int qplug_bench_main(int argc, char **argv)
                 ms[nm++] = x;
                 p = *end ? end + 1 : end;
             }
+        } else if (!strcmp(a, "--check-max-m")) {
+            check_max_m = atoll(v);
         } else if (!strcmp(a, "--json")) {
             json_path = v;
         } else if (!strcmp(a, "--md")) {
@@ -424,6 +482,13 @@ int qplug_bench_main(int argc, char **argv)
         return 1;
     }
     int rc = 0;
+    char abi_msg[512] = "";
+    bench_abi *abi = bench_abi_open(abi_msg, sizeof abi_msg);
+    if (!abi) {
+        fprintf(stderr, "qplug bench: cannot load the plugins: %s\n", abi_msg);
+        cublasLtDestroy(lt);
+        return 1;
+    }
     double copy_bw = copy_bandwidth(reps, ev);
 
     FILE *outs[2] = {stdout, md};
@@ -434,24 +499,31 @@ int qplug_bench_main(int argc, char **argv)
         fprintf(f, "# qplug bench on %s (%d SMs, %.0f MB L2), median of %d, operands rotated "
                    "over >= 160 MB\n\n",
                 prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6, reps);
-        fprintf(f, "Kernels of plugins/common_cuda benched directly (the plugins' apply() is not "
-                   "yet wired to them). Device-to-device copy: %.0f GB/s (read + write).\n"
-                   "ours = act quant (BF16 -> E4M3, ue8m0 1x128) + decode GEMV (M <= 16) or "
-                   "cuBLASLt FP8 block GEMM (M > 16; FP4 plugins use an FP8 block copy made at "
-                   "prepare time, so they hold both). core = the GEMV/GEMM alone. "
-                   "wt%%copy = weight+scale bytes / core time / copy bandwidth. vs X = time of X / "
-                   "time of ours (> 1: ours faster). grouped wo_a: G calls on contiguous slices.\n\n",
-                copy_bw);
-        fprintf(f, "| model | layer | plugin | M | N | K | G | path | ours us | core us | "
+        fprintf(f, "Plugins timed through the ABI: abi = qplug_layer_apply on a layer the core "
+                   "loaded (qplug_registry_load_default) and built (qplug_layer_create, synthetic "
+                   "weights, one device copy per rotation set), BF16 x/y on the default stream. "
+                   "Device-to-device copy: %.0f GB/s (read + write).\n"
+                   "direct = the same kernels called without the ABI: act quant (BF16 -> E4M3, "
+                   "ue8m0 1x128) + decode GEMV (M <= 16) or cuBLASLt FP8 block GEMM (M > 16; FP4 "
+                   "plugins use an FP8 block copy made at prepare time, so they hold both). core = "
+                   "the GEMV/GEMM alone. TFLOP/s, GB/s and %%copy are of the abi time. wt%%copy = "
+                   "weight+scale bytes / core time / copy bandwidth. vs X = time of X / abi time "
+                   "(> 1: the plugin is faster). err = rel L2 of the abi output against the same "
+                   "layer in reference precision (M <= %lld; - = not checked). grouped wo_a: the "
+                   "abi path stages each group through contiguous copies, direct uses contiguous "
+                   "slices.\n\n",
+                copy_bw, (long long)check_max_m);
+        fprintf(f, "| model | layer | plugin | M | N | K | G | path | abi us | direct us | core us | "
                    "TFLOP/s | GB/s | %%copy | wt%%copy core | BF16 us | FP8-LT us | vs BF16 | "
-                   "vs FP8-LT |\n");
-        fprintf(f, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                   "vs FP8-LT | err |\n");
+        fprintf(f, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+                   "---|\n");
     }
     if (json)
     {
         char b[32];
         fprintf(json, "{\"device\": \"%s\", \"sms\": %d, \"l2_bytes\": %d, \"copy_gbps\": %s, "
-                      "\"reps\": %d, \"through_plugin_abi\": false, \"rows\": [\n",
+                      "\"reps\": %d, \"through_plugin_abi\": true, \"rows\": [\n",
                 prop.name, prop.multiProcessorCount, prop.l2CacheSize, jnum(b, copy_bw, 1), reps);
     }
     int first_row = 1;
@@ -476,6 +548,22 @@ int qplug_bench_main(int argc, char **argv)
                 rc = 1;
                 continue;
             }
+            for (int p = 0; p < PL_COUNT; p++) {
+                if (!want[p])
+                    continue;
+                /* Enough copies that the weights the timed kernel streams
+                 * (E4M3, or packed FP4) exceed the rotation pool. */
+                double streamed = (double)sh->groups * sh->n * sh->k * (p == PL_FP8 ? 1.0 : 0.5);
+                int count = (int)((double)QPLUG_BENCH_POOL_BYTES / streamed + 1.0);
+                count = count < 2 ? 2 : count > QPLUG_BENCH_MAX_SETS ? QPLUG_BENCH_MAX_SETS : count;
+                c.abi[p] = bench_abi_create(abi, plugin_names[p], sh->n, sh->k, sh->groups, count,
+                                            abi_msg, sizeof abi_msg);
+                if (!c.abi[p]) {
+                    fprintf(stderr, "qplug bench: %s %s: %s\n", sh->layer, plugin_names[p],
+                            abi_msg);
+                    rc = 1;
+                }
+            }
             for (int mi = 0; mi < nm; mi++) {
                 c.m = ms[mi];
                 rot_free(&c.x), rot_free(&c.xq), rot_free(&c.xs), rot_free(&c.y);
@@ -497,6 +585,12 @@ int qplug_bench_main(int argc, char **argv)
                 for (int p = 0; p < PL_COUNT; p++) {
                     if (!want[p])
                         continue;
+                    double ta = time_op(&c, OP_ABI, (bench_plugin)p, reps, ev);
+                    if (isnan(ta))
+                        fprintf(stderr, "qplug bench: %s %s m=%lld abi: %s\n", sh->layer,
+                                plugin_names[p], (long long)c.m, c.err.msg);
+                    double err = c.abi[p] && c.m <= check_max_m ? abi_check(&c, (bench_plugin)p)
+                                                                : NAN;
                     double to = time_op(&c, OP_OURS, (bench_plugin)p, reps, ev);
                     double tc = time_op(&c, OP_CORE, (bench_plugin)p, reps, ev);
                     if (isnan(to) || isnan(tc))
@@ -506,8 +600,8 @@ int qplug_bench_main(int argc, char **argv)
                     double flops = 2.0 * G * c.m * c.n * c.k;
                     double wb = G * weight_bytes((bench_plugin)p, c.n, c.k);
                     double bytes = wb + G * (2.0 * c.m * c.k + 2.0 * c.m * c.n);
-                    double tflops = flops / (to * 1e-6) / 1e12;
-                    double gbps = bytes / (to * 1e-6) / 1e9;
+                    double tflops = flops / (ta * 1e-6) / 1e12;
+                    double gbps = bytes / (ta * 1e-6) / 1e9;
                     double wt_core = wb / (tc * 1e-6) / 1e9;
                     const char *path = c.m <= QPLUG_CUDA_GEMV_MAX_M
                                            ? (p == PL_FP8 ? "gemv_fp8" : p == PL_MXFP4 ? "gemv_mxfp4" : "gemv_nvfp4")
@@ -516,27 +610,35 @@ int qplug_bench_main(int argc, char **argv)
                         FILE *f = outs[o];
                         if (!f)
                             continue;
+                        char eb[32];
+                        if (isnan(err))
+                            snprintf(eb, sizeof eb, "-");
+                        else
+                            snprintf(eb, sizeof eb, "%.3g", err);
                         fprintf(f, "| %s | %s | %s | %lld | %lld | %lld | %lld | %s | %.1f | %.1f | "
-                                   "%.0f | %.0f | %.0f%% | %.0f%% | %.1f | %.1f | %.2f | %.2f |\n",
+                                   "%.1f | %.0f | %.0f | %.0f%% | %.0f%% | %.1f | %.1f | %.2f | "
+                                   "%.2f | %s |\n",
                                 model ? "pro" : "flash", sh->layer, plugin_names[p],
                                 (long long)c.m, (long long)c.n, (long long)c.k,
-                                (long long)c.groups, path, to, tc, tflops, gbps,
+                                (long long)c.groups, path, ta, to, tc, tflops, gbps,
                                 100.0 * gbps / copy_bw, 100.0 * wt_core / copy_bw, t16, t8,
-                                t16 / to, t8 / to);
+                                t16 / ta, t8 / ta, eb);
                         fflush(f);
                     }
                     if (json) {
-                        char b[9][32];
+                        char b[11][32];
                         fprintf(json,
                                 "%s  {\"model\": \"%s\", \"layer\": \"%s\", \"kind\": \"%s\", "
                                 "\"plugin\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, "
-                                "\"groups\": %lld, \"path\": \"%s\", \"ours_us\": %s, "
+                                "\"groups\": %lld, \"path\": \"%s\", \"abi_us\": %s, \"rel_l2_vs_ref\": %s, "
+                                "\"direct_us\": %s, "
                                 "\"core_us\": %s, \"bf16_us\": %s, \"fp8_lt_us\": %s, "
                                 "\"tflops\": %s, \"gbps\": %s, \"weight_gbps_core\": %s, "
                                 "\"pct_copy\": %s, \"flops\": %.0f, \"bytes\": %.0f}",
                                 first_row ? "" : ",\n", model ? "pro" : "flash", sh->layer,
                                 sh->kind, plugin_names[p], (long long)c.m, (long long)c.n,
-                                (long long)c.k, (long long)c.groups, path, jnum(b[0], to, 3),
+                                (long long)c.k, (long long)c.groups, path, jnum(b[9], ta, 3),
+                                jnum(b[10], err, 5), jnum(b[0], to, 3),
                                 jnum(b[1], tc, 3), jnum(b[2], t16, 3), jnum(b[3], t8, 3),
                                 jnum(b[4], tflops, 2), jnum(b[5], gbps, 2), jnum(b[6], wt_core, 2),
                                 jnum(b[7], 100.0 * gbps / copy_bw, 2), flops, bytes);
@@ -559,6 +661,7 @@ int qplug_bench_main(int argc, char **argv)
         fclose(md);
     for (int i = 0; i < 2 * reps; i++)
         cudaEventDestroy(ev[i]);
+    bench_abi_close(abi);
     cublasLtDestroy(lt);
     return rc;
 }
