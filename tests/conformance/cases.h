@@ -62,16 +62,25 @@ typedef struct conf_case {
                               [megamoe] fp4_activations option */
     double ref_bound;
     double native_bound;
+    /* Sharded linear (ABI 1.1): 0, or the shards whose tensors the fixture
+     * holds as "<prefix>.<shard>.<slot>"; the reference is the fused
+     * weight "deq.<prefix>". */
+    int32_t num_shards;
+    const char *shard_names[QPLUG_MAX_SHARDS];
+    int64_t shard_n[QPLUG_MAX_SHARDS];
 } conf_case;
 
 #define LIN(nm, fx, pf, q, wdt, sdt, n, k, nb)                                 \
-    {nm, fx, pf, QPLUG_LAYER_LINEAR, q, wdt, sdt, n, k, 1, 0, 0, 0.0f, 0, 1e-5, nb}
+    {nm, fx, pf, QPLUG_LAYER_LINEAR, q, wdt, sdt, n, k, 1, 0, 0, 0.0f, 0, 1e-5, nb, 0, {0}, {0}}
 #define GRP(nm, fx, q, wdt, sdt, nb)                                           \
-    {nm, fx, "grouped", QPLUG_LAYER_GROUPED_LINEAR, q, wdt, sdt, 64, 256, 2, 0, 0, 0.0f, 0, 1e-5, nb}
+    {nm, fx, "grouped", QPLUG_LAYER_GROUPED_LINEAR, q, wdt, sdt, 64, 256, 2, 0, 0, 0.0f, 0, 1e-5, nb, \
+     0, {0}, {0}}
 #define MOE(nm, fx, q, wdt, sdt, fl, nb)                                       \
-    {nm, fx, "moe", QPLUG_LAYER_FUSED_MOE, q, wdt, sdt, 32, 128, 1, 4, 2, 1.5f, fl, 2e-5, nb}
+    {nm, fx, "moe", QPLUG_LAYER_FUSED_MOE, q, wdt, sdt, 32, 128, 1, 4, 2, 1.5f, fl, 2e-5, nb, \
+     0, {0}, {0}}
 #define KV(nm, q, nb)                                                          \
-    {nm, NULL, NULL, QPLUG_LAYER_ATTENTION, q, QPLUG_DT_F32, QPLUG_DT_F32, 320, 320, 1, 0, 0, 0.0f, 0, nb, nb}
+    {nm, NULL, NULL, QPLUG_LAYER_ATTENTION, q, QPLUG_DT_F32, QPLUG_DT_F32, 320, 320, 1, 0, 0, 0.0f, 0, nb, nb, \
+     0, {0}, {0}}
 
 static const conf_case CONF_CASES[] = {
     /* Unquantized: native computes exactly what reference does. */
@@ -80,6 +89,11 @@ static const conf_case CONF_CASES[] = {
     GRP("grouped.none-bf16", "none-bf16", QPLUG_QUANT_NONE, QPLUG_DT_BF16, QPLUG_DT_F32, 1e-5),
     MOE("moe.none-bf16", "none-bf16", QPLUG_QUANT_NONE, QPLUG_DT_BF16, QPLUG_DT_F32, 0, 2e-5),
     KV("attention.none", QPLUG_QUANT_NONE, 1e-12),
+    /* Sharded linear (the compressor's kv + gate): shards of 64 and 96 rows
+     * fused into [160, 128]; unequal sizes catch a wrong order or offset. */
+    {"linear.none-sharded", "sharded-bf16", "comp", QPLUG_LAYER_LINEAR, QPLUG_QUANT_NONE,
+     QPLUG_DT_BF16, QPLUG_DT_F32, 160, 128, 1, 0, 0, 0.0f, 0, 1e-5, 1e-5,
+     2, {"wkv", "wgate"}, {64, 96}},
     /* FP8 block: F32 scales (Flash-Base) and E8M0 (Flash/Pro). */
     LIN("linear.fp8_block-f32", "fp8_block-f32", "linear", QPLUG_QUANT_FP8_BLOCK,
         QPLUG_DT_F8_E4M3, QPLUG_DT_F32, 160, 256, 0.05),

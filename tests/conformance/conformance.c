@@ -505,6 +505,15 @@ static qplug_layer_desc desc_of(const conf_case *c)
     d.top_k = c->top_k;
     d.swiglu_limit = c->swiglu_limit;
     d.flags = c->flags;
+    if (c->num_shards > 1) {
+        /* A sharded linear is named like the compressor it stands for. */
+        d.name = "layers.1.attn.compressor";
+        d.num_shards = c->num_shards;
+        for (int32_t i = 0; i < c->num_shards && i < QPLUG_MAX_SHARDS; i++) {
+            d.shard_names[i] = c->shard_names[i];
+            d.shard_n[i] = c->shard_n[i];
+        }
+    }
     return d;
 }
 

@@ -28,6 +28,8 @@ LIN_N, LIN_K = 160, 256          # 2 row tiles (one partial) x 2 column tiles
 GRP_G, GRP_N, GRP_K = 2, 64, 256 # wo_a: [G*n, k]; both groups share a scale tile row
 MOE_E, MOE_D, MOE_I = 4, 128, 32 # w1/w3 [I, D], w2 [D, I]
 MO_N, MO_K = 96, 128             # ModelOpt FP8 per-tensor / per-channel linears
+SHARDS = (("wkv", 64), ("wgate", 96))  # sharded linear: n = 160
+SHARD_K = 128
 
 # NVFP4 input scales: amax/(448*6) for the activation ranges the driver
 # draws (x ~ N(0,1), |x| < 6 in practice; SwiGLU output below 2 with the
@@ -241,6 +243,21 @@ def main(outdir):
             wr.f32("deq." + p, deq)
         assert g["w1"] != g["w3"], "w1 and w3 globals must differ"
     wr.save(os.path.join(outdir, "nvfp4.safetensors"))
+
+    # sharded-bf16: one sharded linear (ABI 1.1), the compressor's layout:
+    # shards "wkv" then "wgate" as separate BF16 tensors of different row
+    # counts, and the fused reference "deq.comp" = their rows concatenated
+    # in shard order, widened to fp32 by ml_dtypes. Its own generator keeps
+    # the other fixtures byte-identical.
+    rng = np.random.default_rng(20250301)
+    wr = Writer()
+    parts = []
+    for name, rows in SHARDS:
+        b = weights(rng, rows, SHARD_K).astype(ml_dtypes.bfloat16)
+        wr.add(f"comp.{name}.weight", "BF16", b.shape, b.view(np.uint16).tobytes())
+        parts.append(b.astype(np.float32))
+    wr.f32("deq.comp", np.concatenate(parts, axis=0))
+    wr.save(os.path.join(outdir, "sharded-bf16.safetensors"))
 
 
 if __name__ == "__main__":
