@@ -144,7 +144,9 @@ if [ "$run_bench" = 1 ]; then
     note "bench"
     bench=$BUILD/bin/qplug_bench_run
     result[bench]=FAIL
-    if [ -x "$bench" ] && "$bench" --json "$OUT/bench.json" --md "$OUT/bench.md" \
+    # QPLUG_BENCH_TIMEOUT (seconds) bounds the bench; the Markdown table is
+    # written row by row, so a bench cut short still leaves its rows.
+    if [ -x "$bench" ] && ${QPLUG_BENCH_TIMEOUT:+timeout "$QPLUG_BENCH_TIMEOUT"} "$bench" --json "$OUT/bench.json" --md "$OUT/bench.md" \
             ${bench_args[@]+"${bench_args[@]}"} >"$OUT/bench.log" 2>&1; then
         result[bench]=ok
     fi
