@@ -124,7 +124,8 @@ size_t qplug_cuda__w4a4_dispatch_bytes(int64_t m, int64_t hidden, int32_t top_k,
 
 /*
  * Packs x BF16 [m, D] and the routing into `buf` (buf_bytes must equal
- * qplug_cuda__w4a4_dispatch_bytes; checked). Group 32: the smallest
+ * qplug_cuda__w4a4_dispatch_bytes; checked; D % 128 == 0, buf 4-byte
+ * aligned). Group 32: the smallest
  * power-of-two scale p with amax / p <= 6 (E8M0, exponent clamped to
  * [-127, 127]). Group 16: block scale e4m3((amax / 6) / gscale) and element
  * step e4m3(scale) * gscale, gscale being the one global activation scale

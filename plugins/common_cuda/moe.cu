@@ -1,0 +1,901 @@
+/* Fused MoE on the GPU: routing, token permutation by expert, grouped
+ * gate/up GEMM with clamped SwiGLU, per-128 FP8 quantization of h, grouped
+ * down GEMM and a deterministic weighted combine; plus the w4a4 pre-dispatch
+ * FP4 packing. See qplug_cuda_moe.h for the semantics.
+ *
+ * Graph capture: the routing stays on the device. The permutation kernel
+ * writes a tile table (expert, first row, end row) for the grouped GEMMs,
+ * whose grids are sized by the worst case, ceil(m*top_k/64) + E tiles of 64
+ * rows; blocks past the real tile count exit at once.
+ *
+ * Determinism: rows of one expert are placed with shared-memory atomics, so
+ * their order within the expert varies from run to run, but every output row
+ * of the GEMMs depends only on its own input row, and the combine sums a
+ * token's slots in slot order through the inverse map, so y is bitwise
+ * reproducible. */
+#include "internal.cuh"
+#include "qplug_cuda_moe.h"
+
+#include <string.h>
+
+/* Tile of the grouped GEMMs: 64 routed rows x 128 output columns, k in steps
+ * of 64 bytes of E4M3 per row; shared rows are padded to 80 bytes so that the
+ * fragment loads of a warp (8 rows x 4 words) hit 32 distinct banks. */
+enum {
+    MOE_BM = 64,
+    MOE_BN = 128,
+    MOE_BK = 64,
+    MOE_LDS = 80,
+    MOE_THREADS = 256,
+    MOE_MAX_E = 1024,
+    MOE_MAX_K = 16
+};
+
+/* Formats of the GEMM operands: FP8 with one scale per 128 of k (per
+ * 128x128 block for weights), FP4 with E8M0 per 32 (MX) or E4M3 per 16 (NV). */
+enum { MOE_F_FP8 = 0, MOE_F_MX = 1, MOE_F_NV = 2 };
+
+static size_t moe_align(size_t v)
+{
+    return (v + 255u) & ~(size_t)255u;
+}
+
+/* ------------------------------------------------------------- routing */
+
+__global__ void __launch_bounds__(256)
+    qplug_cuda__moe_route_kernel(const __nv_bfloat16 *__restrict__ x,
+                                 const __nv_bfloat16 *__restrict__ gate,
+                                 const float *__restrict__ bias, const int32_t *__restrict__ tid2eid,
+                                 const int32_t *__restrict__ token_ids, int64_t vocab, int64_t D,
+                                 int E, int K, float scaling, int32_t *__restrict__ ids,
+                                 float *__restrict__ wts)
+{
+    __shared__ float s[MOE_MAX_E];
+    __shared__ float sel[MOE_MAX_E];
+    __shared__ unsigned char taken[MOE_MAX_E];
+    int64_t t = blockIdx.x;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const __nv_bfloat16 *xr = x + t * D;
+
+    for (int e = warp; e < E; e += nw) {
+        const __nv_bfloat16 *gr = gate + (int64_t)e * D;
+        float acc = 0.0f;
+        for (int64_t d = lane * 8; d < D; d += 256) {
+            uint4 xv = *reinterpret_cast<const uint4 *>(xr + d);
+            uint4 gv = *reinterpret_cast<const uint4 *>(gr + d);
+            const __nv_bfloat162 *xa = reinterpret_cast<const __nv_bfloat162 *>(&xv);
+            const __nv_bfloat162 *ga = reinterpret_cast<const __nv_bfloat162 *>(&gv);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float2 xf = __bfloat1622float2(xa[i]);
+                float2 gf = __bfloat1622float2(ga[i]);
+                acc = fmaf(xf.x, gf.x, acc);
+                acc = fmaf(xf.y, gf.y, acc);
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1)
+            acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) {
+            float sp = acc > 20.0f ? acc : log1pf(expf(acc));
+            s[e] = sqrtf(sp);
+            sel[e] = s[e] + (bias ? bias[e] : 0.0f);
+            taken[e] = 0;
+        }
+    }
+    __syncthreads();
+    if (warp != 0)
+        return;
+
+    __shared__ int chosen[MOE_MAX_K];
+    if (tid2eid) {
+        if (lane < K) {
+            int32_t tok = token_ids[t];
+            int32_t e = -1;
+            if (tok >= 0 && tok < vocab)
+                e = tid2eid[(int64_t)tok * K + lane];
+            chosen[lane] = (e >= 0 && e < E) ? e : -1;
+        }
+    } else {
+        for (int j = 0; j < K; j++) {
+            /* Warp arg-max over the experts not taken yet; NaN never wins and
+             * ties go to the lower index (INT_MAX marks "none"). */
+            float bv = 0.0f;
+            int bi = 0x7fffffff;
+            for (int e = lane; e < E; e += 32) {
+                float v = sel[e];
+                if (!taken[e] && v == v && (bi == 0x7fffffff || v > bv)) {
+                    bv = v;
+                    bi = e;
+                }
+            }
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+                if (oi != 0x7fffffff &&
+                    (bi == 0x7fffffff || ov > bv || (ov == bv && oi < bi))) {
+                    bv = ov;
+                    bi = oi;
+                }
+            }
+            if (lane == 0) {
+                chosen[j] = bi == 0x7fffffff ? -1 : bi;
+                if (bi != 0x7fffffff)
+                    taken[bi] = 1;
+            }
+            __syncwarp();
+        }
+    }
+    __syncwarp();
+    if (lane == 0) {
+        float sum = 0.0f;
+        for (int j = 0; j < K; j++)
+            if (chosen[j] >= 0)
+                sum += s[chosen[j]];
+        for (int j = 0; j < K; j++) {
+            int e = chosen[j];
+            ids[t * K + j] = e;
+            wts[t * K + j] = (e >= 0 && sum > 0.0f) ? s[e] / sum * scaling : 0.0f;
+        }
+    }
+}
+
+extern "C" qplug_status qplug_cuda__moe_route(const void *x, const void *gate, const float *bias,
+                                              const int32_t *tid2eid, const int32_t *token_ids,
+                                              int64_t vocab, int64_t m, int64_t D, int32_t E,
+                                              int32_t top_k, float routed_scaling,
+                                              int32_t *topk_ids, float *topk_weights,
+                                              void *stream, qplug_cuda__err *err)
+{
+    if (!x || !gate || !topk_ids || !topk_weights || (tid2eid && !token_ids))
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "moe_route: NULL pointer");
+    if (m < 0 || m > 0x7fffffff || D < 8 || D % 8 != 0 || E < 1 || E > MOE_MAX_E ||
+        top_k < 1 || top_k > MOE_MAX_K || top_k > E || (tid2eid && vocab < 1))
+        return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
+                                "moe_route: unsupported shape m=%lld D=%lld E=%d top_k=%d",
+                                (long long)m, (long long)D, (int)E, (int)top_k);
+    if (m == 0)
+        return QPLUG_OK;
+    qplug_cuda__moe_route_kernel<<<(unsigned)m, 256, 0, (cudaStream_t)stream>>>(
+        (const __nv_bfloat16 *)x, (const __nv_bfloat16 *)gate, bias, tid2eid, token_ids, vocab,
+        D, E, top_k, routed_scaling, topk_ids, topk_weights);
+    return qplug_cuda__check_launch(err, "moe_route");
+}
+
+/* ---------------------------------------------------------- permutation */
+
+/* One block: counts per expert, prefix sums, the tile table, then every
+ * valid (token, slot) pair gets its row; inv maps the pair back to it (or
+ * -1). */
+__global__ void __launch_bounds__(1024)
+    qplug_cuda__moe_permute_kernel(const int32_t *__restrict__ ids, int64_t R, int K, int E,
+                                   int32_t *__restrict__ ntiles, int32_t *__restrict__ tile_e,
+                                   int32_t *__restrict__ tile_r0, int32_t *__restrict__ tile_r1,
+                                   int32_t *__restrict__ perm_tok, int32_t *__restrict__ inv)
+{
+    __shared__ int cnt[MOE_MAX_E];
+    __shared__ int cur[MOE_MAX_E];
+    __shared__ int tstart[MOE_MAX_E];
+    for (int e = threadIdx.x; e < E; e += blockDim.x)
+        cnt[e] = 0;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < R; i += blockDim.x) {
+        int e = ids[i];
+        if (e >= 0 && e < E)
+            atomicAdd(&cnt[e], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int run = 0, trun = 0;
+        for (int e = 0; e < E; e++) {
+            cur[e] = run;
+            tstart[e] = trun;
+            run += cnt[e];
+            trun += (cnt[e] + MOE_BM - 1) / MOE_BM;
+        }
+        *ntiles = trun;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int nt = (cnt[e] + MOE_BM - 1) / MOE_BM, end = cur[e] + cnt[e];
+        for (int q = 0; q < nt; q++) {
+            int r0 = cur[e] + q * MOE_BM;
+            tile_e[tstart[e] + q] = e;
+            tile_r0[tstart[e] + q] = r0;
+            tile_r1[tstart[e] + q] = min(r0 + MOE_BM, end);
+        }
+    }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < R; i += blockDim.x) {
+        int e = ids[i];
+        if (e >= 0 && e < E) {
+            int pos = atomicAdd(&cur[e], 1);
+            perm_tok[pos] = (int32_t)(i / K);
+            inv[i] = pos;
+        } else {
+            inv[i] = -1;
+        }
+    }
+}
+
+/* ---------------------------------------------------------- grouped GEMM */
+
+struct qplug_cuda__moe_gemm_args {
+    const int32_t *ntiles, *tile_e, *tile_r0, *tile_r1;
+    const int32_t *perm_tok; /* A row of routed row r: perm_tok[r], or r when NULL */
+    const uint8_t *a;        /* FP8 [rows, k] or packed FP4 rows of a_ld bytes */
+    int64_t a_ld;
+    const float *a_scale; /* FP8: [k/128][a_sld] */
+    int64_t a_sld;
+    float a_gscale;          /* packed NVFP4 activations: the global scale */
+    const uint8_t *w[2];     /* per expert stacked; w[1] only for the gate/up pair */
+    const uint8_t *ws[2];    /* scales (F32 for FP8, bytes for FP4) */
+    const float *wg[2];      /* NVFP4 per-expert globals */
+    int64_t n, k;
+    float limit;
+    float *out; /* F32 [rows, n] */
+};
+
+/* Four 32-bit words of packed E2M1 (32 values) to 32 E4M3 bytes (value *
+ * 2^-6) written as two 16-byte stores. */
+static __device__ __forceinline__ void qplug_cuda__moe_fp4_store(uint8_t *dst, const unsigned w[4])
+{
+    unsigned o[8];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        qplug_cuda__fp4x8_to_fp8(w[i], &o[2 * i], &o[2 * i + 1]);
+    reinterpret_cast<uint4 *>(dst)[0] = make_uint4(o[0], o[1], o[2], o[3]);
+    reinterpret_cast<uint4 *>(dst)[1] = make_uint4(o[4], o[5], o[6], o[7]);
+}
+
+/* The four per-16 scales of k [k0, k0 + 64) of one FP4 row, times 2^6 (the
+ * decode to E4M3 divides by it): MX has one E8M0 per 32, NV one E4M3 per 16
+ * times the global. */
+template <int F>
+static __device__ __forceinline__ void qplug_cuda__moe_fp4_scales(const uint8_t *sc, int64_t k0,
+                                                                  float g, float out[4])
+{
+    if (F == MOE_F_MX) {
+        float s0 = qplug_cuda__e8m0_dev(sc[k0 / 32]) * 64.0f;
+        float s1 = qplug_cuda__e8m0_dev(sc[k0 / 32 + 1]) * 64.0f;
+        out[0] = out[1] = s0;
+        out[2] = out[3] = s1;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            out[i] = qplug_cuda__e4m3_dev(sc[k0 / 16 + i]) * g * 64.0f;
+    }
+}
+
+template <int AF, int WF, bool DUAL>
+__global__ void __launch_bounds__(MOE_THREADS)
+    qplug_cuda__moe_gemm_kernel(const qplug_cuda__moe_gemm_args p)
+{
+    constexpr int NM = DUAL ? 2 : 1;
+    constexpr bool G16 = AF == MOE_F_NV || WF == MOE_F_NV;
+    __shared__ __align__(16) uint8_t As[MOE_BM][MOE_LDS];
+    __shared__ __align__(16) uint8_t Bs[NM][MOE_BN][MOE_LDS];
+    __shared__ float as_s[MOE_BM][4];
+    __shared__ float bs_s[NM][MOE_BN][4];
+    __shared__ int64_t arow[MOE_BM];
+
+    int tile = blockIdx.x;
+    if (tile >= *p.ntiles)
+        return;
+    int e = p.tile_e[tile], r0 = p.tile_r0[tile], r1 = p.tile_r1[tile];
+    int64_t n0 = (int64_t)blockIdx.y * MOE_BN;
+    int64_t n = p.n, k = p.k;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tq = lane & 3;
+    int wm = warp & 3, wn = warp >> 2;
+
+    if (tid < MOE_BM) {
+        int r = r0 + tid;
+        arow[tid] = r < r1 ? (p.perm_tok ? p.perm_tok[r] : r) : -1;
+    }
+
+    /* Per-expert bases of the weights and their scales. */
+    const uint8_t *wb[NM];
+    const uint8_t *sb[NM];
+    float wgl[NM];
+#pragma unroll
+    for (int mi = 0; mi < NM; mi++) {
+        if (WF == MOE_F_FP8) {
+            wb[mi] = p.w[mi] + (int64_t)e * n * k;
+            sb[mi] = p.ws[mi] + ((int64_t)e * (n / 128) * (k / 128) + (n0 / 128) * (k / 128)) * 4;
+        } else {
+            wb[mi] = p.w[mi] + (int64_t)e * n * (k / 2);
+            int64_t per = WF == MOE_F_MX ? k / 32 : k / 16;
+            sb[mi] = p.ws[mi] + (int64_t)e * n * per;
+        }
+        wgl[mi] = WF == MOE_F_NV ? p.wg[mi][e] : 1.0f;
+    }
+
+    float acc[NM][8][4];
+#pragma unroll
+    for (int mi = 0; mi < NM; mi++)
+#pragma unroll
+        for (int f = 0; f < 8; f++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                acc[mi][f][i] = 0.0f;
+    __syncthreads();
+
+    for (int64_t k0 = 0; k0 < k; k0 += MOE_BK) {
+        /* A tile and its scales. */
+        if (AF == MOE_F_FP8) {
+            int row = tid >> 2, c = tid & 3;
+            int64_t ar = arow[row];
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (ar >= 0)
+                v = __ldg(reinterpret_cast<const uint4 *>(p.a + ar * p.a_ld + k0 + c * 16));
+            *reinterpret_cast<uint4 *>(&As[row][c * 16]) = v;
+            if (tid < MOE_BM) {
+                int64_t ar2 = arow[tid];
+                float s = ar2 >= 0 ? __ldg(p.a_scale + (k0 / 128) * p.a_sld + ar2) : 0.0f;
+                as_s[tid][0] = as_s[tid][1] = as_s[tid][2] = as_s[tid][3] = s;
+            }
+        } else {
+            if (tid < 2 * MOE_BM) {
+                int row = tid >> 1, c = tid & 1;
+                int64_t ar = arow[row];
+                unsigned wv[4] = {0u, 0u, 0u, 0u};
+                if (ar >= 0) {
+                    /* Packed rows are only 4-byte aligned (hidden/2 + scales). */
+                    const unsigned *src =
+                        reinterpret_cast<const unsigned *>(p.a + ar * p.a_ld + k0 / 2 + c * 16);
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        wv[i] = __ldg(src + i);
+                }
+                qplug_cuda__moe_fp4_store(&As[row][c * 32], wv);
+            } else if (tid < 3 * MOE_BM) {
+                int row = tid - 2 * MOE_BM;
+                int64_t ar = arow[row];
+                float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                if (ar >= 0)
+                    qplug_cuda__moe_fp4_scales<AF>(p.a + ar * p.a_ld + k / 2, k0, p.a_gscale, s);
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    as_s[row][i] = s[i];
+            }
+        }
+        /* B tiles (weights rows n0.., already per expert) and their scales. */
+#pragma unroll
+        for (int mi = 0; mi < NM; mi++) {
+            if (WF == MOE_F_FP8) {
+#pragma unroll
+                for (int it = 0; it < 2; it++) {
+                    int idx = tid + it * MOE_THREADS, row = idx >> 2, c = idx & 3;
+                    uint4 v = qplug_cuda__ld_stream(wb[mi] + (n0 + row) * k + k0 + c * 16);
+                    *reinterpret_cast<uint4 *>(&Bs[mi][row][c * 16]) = v;
+                }
+                if (tid < MOE_BN) {
+                    float s = __ldg(reinterpret_cast<const float *>(sb[mi]) + k0 / 128);
+                    bs_s[mi][tid][0] = bs_s[mi][tid][1] = bs_s[mi][tid][2] = bs_s[mi][tid][3] = s;
+                }
+            } else {
+                int row = tid >> 1, c = tid & 1;
+                uint4 v = qplug_cuda__ld_stream(wb[mi] + (n0 + row) * (k / 2) + k0 / 2 + c * 16);
+                unsigned wv[4] = {v.x, v.y, v.z, v.w};
+                qplug_cuda__moe_fp4_store(&Bs[mi][row][c * 32], wv);
+                if (tid < MOE_BN) {
+                    int64_t per = WF == MOE_F_MX ? k / 32 : k / 16;
+                    float s[4];
+                    qplug_cuda__moe_fp4_scales<WF>(sb[mi] + (n0 + tid) * per, k0, wgl[mi], s);
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        bs_s[mi][tid][i] = s[i];
+                }
+            }
+        }
+        __syncthreads();
+
+#pragma unroll
+        for (int st = 0; st < 2; st++) {
+            int ra = wm * 16 + gid, kc = st * 32 + tq * 4;
+            unsigned a0 = *reinterpret_cast<const unsigned *>(&As[ra][kc]);
+            unsigned a1 = *reinterpret_cast<const unsigned *>(&As[ra + 8][kc]);
+            unsigned a2 = *reinterpret_cast<const unsigned *>(&As[ra][kc + 16]);
+            unsigned a3 = *reinterpret_cast<const unsigned *>(&As[ra + 8][kc + 16]);
+            float sa0[2], sa1[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                sa0[h] = as_s[ra][st * 2 + h];
+                sa1[h] = as_s[ra + 8][st * 2 + h];
+            }
+#pragma unroll
+            for (int mi = 0; mi < NM; mi++)
+#pragma unroll
+                for (int f = 0; f < 8; f++) {
+                    int cb = wn * 64 + f * 8;
+                    unsigned b0 = *reinterpret_cast<const unsigned *>(&Bs[mi][cb + gid][kc]);
+                    unsigned b1 = *reinterpret_cast<const unsigned *>(&Bs[mi][cb + gid][kc + 16]);
+                    int c0 = cb + tq * 2;
+#pragma unroll
+                    for (int h = 0; h < (G16 ? 2 : 1); h++) {
+                        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                        if (!G16)
+                            qplug_cuda__mma_e4m3(c, a0, a1, a2, a3, b0, b1);
+                        else if (h == 0)
+                            qplug_cuda__mma_e4m3(c, a0, a1, 0u, 0u, b0, b1);
+                        else
+                            qplug_cuda__mma_e4m3(c, 0u, 0u, a2, a3, b0, b1);
+                        float sw0 = bs_s[mi][c0][st * 2 + h], sw1 = bs_s[mi][c0 + 1][st * 2 + h];
+                        acc[mi][f][0] += c[0] * (sa0[h] * sw0);
+                        acc[mi][f][1] += c[1] * (sa0[h] * sw1);
+                        acc[mi][f][2] += c[2] * (sa1[h] * sw0);
+                        acc[mi][f][3] += c[3] * (sa1[h] * sw1);
+                    }
+                }
+        }
+        __syncthreads();
+    }
+
+    float L = p.limit;
+#pragma unroll
+    for (int f = 0; f < 8; f++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int rr = wm * 16 + gid + (i >= 2 ? 8 : 0);
+            int64_t col = n0 + wn * 64 + f * 8 + tq * 2 + (i & 1);
+            if (r0 + rr >= r1)
+                continue;
+            float v = acc[0][f][i];
+            if (DUAL) {
+                float g = v, u = acc[NM - 1][f][i];
+                if (L > 0.0f) {
+                    g = fminf(g, L);
+                    u = fminf(fmaxf(u, -L), L);
+                }
+                v = g / (1.0f + expf(-g)) * u;
+            }
+            p.out[(int64_t)(r0 + rr) * n + col] = v;
+        }
+}
+
+/* h F32 [R, I] -> E4M3 [R, I] and scales [I/128][R] for the rows that exist
+ * (offsets of the tile table: rows below the last tile's end). One warp per
+ * (row, 128-group), the rule of qplug_cuda__act_quant_fp8. */
+__global__ void __launch_bounds__(256)
+    qplug_cuda__moe_hquant_kernel(const float *__restrict__ h, int64_t R, int64_t I,
+                                  const int32_t *__restrict__ ntiles,
+                                  const int32_t *__restrict__ tile_r1, int ue8m0,
+                                  uint8_t *__restrict__ hq, float *__restrict__ hs)
+{
+    int lane = threadIdx.x & 31;
+    int64_t group = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    int64_t kbn = I / 128;
+    if (group >= R * kbn)
+        return;
+    int nt = *ntiles;
+    int64_t rows = nt > 0 ? tile_r1[nt - 1] : 0;
+    int64_t row = group / kbn, kb = group % kbn;
+    if (row >= rows)
+        return;
+    int64_t off = row * I + kb * 128 + lane * 4;
+    float4 v4 = *reinterpret_cast<const float4 *>(h + off);
+    float v[4] = {v4.x, v4.y, v4.z, v4.w};
+    float amax = 1e-4f;
+    for (int i = 0; i < 4; i++) {
+        float a = fabsf(v[i]);
+        amax = (a > amax || a != a) ? a : amax;
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float b = __shfl_xor_sync(0xffffffffu, amax, o);
+        amax = (b > amax || b != b) ? b : amax;
+    }
+    float s = ue8m0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
+    unsigned q = 0;
+    for (int i = 0; i < 4; i++)
+        q |= qplug_cuda__to_e4m3(__fdiv_rn(v[i], s)) << (8 * i);
+    *reinterpret_cast<unsigned *>(hq + off) = q;
+    if (lane == 0)
+        hs[kb * R + row] = s;
+}
+
+/* y[t] = sum_j w[t,j] * o[inv[t,j]] in slot order, BF16. */
+__global__ void __launch_bounds__(256)
+    qplug_cuda__moe_combine_kernel(const float *__restrict__ o, const int32_t *__restrict__ inv,
+                                   const float *__restrict__ wts, int K, int64_t D,
+                                   __nv_bfloat16 *__restrict__ y)
+{
+    int64_t t = blockIdx.x;
+    int64_t d = (int64_t)blockIdx.y * 256 + threadIdx.x;
+    if (d >= D)
+        return;
+    float acc = 0.0f;
+    for (int j = 0; j < K; j++) {
+        int r = inv[t * K + j];
+        if (r >= 0)
+            acc += wts[t * K + j] * o[(int64_t)r * D + d];
+    }
+    y[t * D + d] = __float2bfloat16_rn(acc);
+}
+
+/* ------------------------------------------------------------ workspace */
+
+struct qplug_cuda__moe_ws {
+    int32_t *ntiles, *tile_e, *tile_r0, *tile_r1, *perm_tok, *inv;
+    uint8_t *xq, *hq;
+    float *xs, *h, *hs, *o;
+};
+
+/* Carves the workspace (when base is not NULL) and returns its size. */
+static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t E, int64_t D,
+                                    int64_t I, qplug_cuda__moe_ws *ws)
+{
+    int64_t R = m * K, tmax = (R + MOE_BM - 1) / MOE_BM + E;
+    size_t at = 0;
+    size_t sz[12] = {
+        4,
+        (size_t)tmax * 4,
+        (size_t)tmax * 4,
+        (size_t)tmax * 4,
+        (size_t)R * 4,
+        (size_t)R * 4,
+        (size_t)(m * D),
+        (size_t)(D / 128 * m) * 4,
+        (size_t)(R * I) * 4,
+        (size_t)(R * I),
+        (size_t)(I / 128 * R) * 4,
+        (size_t)(R * D) * 4,
+    };
+    void *ptr[12];
+    for (int i = 0; i < 12; i++) {
+        ptr[i] = base ? base + at : NULL;
+        at += moe_align(sz[i]);
+    }
+    if (ws) {
+        ws->ntiles = (int32_t *)ptr[0];
+        ws->tile_e = (int32_t *)ptr[1];
+        ws->tile_r0 = (int32_t *)ptr[2];
+        ws->tile_r1 = (int32_t *)ptr[3];
+        ws->perm_tok = (int32_t *)ptr[4];
+        ws->inv = (int32_t *)ptr[5];
+        ws->xq = (uint8_t *)ptr[6];
+        ws->xs = (float *)ptr[7];
+        ws->h = (float *)ptr[8];
+        ws->hq = (uint8_t *)ptr[9];
+        ws->hs = (float *)ptr[10];
+        ws->o = (float *)ptr[11];
+    }
+    return at;
+}
+
+extern "C" size_t qplug_cuda__moe_workspace_bytes(int64_t m, int32_t top_k, int32_t num_experts,
+                                                  int64_t hidden, int64_t intermediate)
+{
+    if (m < 0 || top_k < 1 || num_experts < 1 || hidden < 1 || intermediate < 1)
+        return 0;
+    return qplug_cuda__moe_carve(NULL, m, top_k, num_experts, hidden, intermediate, NULL);
+}
+
+/* ------------------------------------------------------------- drivers */
+
+static qplug_status qplug_cuda__moe_check(const qplug_cuda__moe_weights *w, int64_t m,
+                                          int32_t K, void *y, void *workspace,
+                                          size_t workspace_bytes, const char *fn,
+                                          qplug_cuda__err *err)
+{
+    if (!w || !y || (m > 0 && !workspace))
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "%s: NULL pointer", fn);
+    if (!w->w1 || !w->w3 || !w->w2 || !w->s1 || !w->s3 || !w->s2 ||
+        (w->fmt == QPLUG_CUDA_MOE_NVFP4 && (!w->g1 || !w->g3 || !w->g2)))
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "%s: NULL expert weight or scale", fn);
+    if (w->fmt != QPLUG_CUDA_MOE_FP8 && w->fmt != QPLUG_CUDA_MOE_MXFP4 &&
+        w->fmt != QPLUG_CUDA_MOE_NVFP4)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "%s: unknown weight format %d", fn,
+                                (int)w->fmt);
+    int64_t D = w->hidden, I = w->intermediate;
+    if (D < 128 || D % 128 || I < 128 || I % 128 || w->num_experts < 1 ||
+        w->num_experts > MOE_MAX_E || K < 1 || K > MOE_MAX_K || m < 0 || m > 0x7fffffff ||
+        D / 128 > 65535 || I / 128 > 65535)
+        return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
+                                "%s: unsupported shape m=%lld D=%lld I=%lld E=%d top_k=%d", fn,
+                                (long long)m, (long long)D, (long long)I, (int)w->num_experts,
+                                (int)K);
+    size_t need = qplug_cuda__moe_workspace_bytes(m, K, w->num_experts, D, I);
+    if (m > 0 && workspace_bytes < need)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                "%s: workspace of %zu bytes, %zu needed for m=%lld", fn,
+                                workspace_bytes, need, (long long)m);
+    if (((uintptr_t)workspace & 255u) != 0)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "%s: workspace not 256-byte aligned",
+                                fn);
+    return QPLUG_OK;
+}
+
+template <int AF, int WF, bool DUAL>
+static void qplug_cuda__moe_gemm_launch(const qplug_cuda__moe_gemm_args &a, int64_t tmax,
+                                        cudaStream_t s)
+{
+    dim3 grid((unsigned)tmax, (unsigned)(a.n / MOE_BN));
+    qplug_cuda__moe_gemm_kernel<AF, WF, DUAL><<<grid, MOE_THREADS, 0, s>>>(a);
+}
+
+/* Dispatches on the weight format (the activation format is a template
+ * argument of the caller). */
+template <int AF, bool DUAL>
+static void qplug_cuda__moe_gemm_wf(int wf, const qplug_cuda__moe_gemm_args &a, int64_t tmax,
+                                    cudaStream_t s)
+{
+    if (wf == QPLUG_CUDA_MOE_FP8)
+        qplug_cuda__moe_gemm_launch<AF, MOE_F_FP8, DUAL>(a, tmax, s);
+    else if (wf == QPLUG_CUDA_MOE_MXFP4)
+        qplug_cuda__moe_gemm_launch<AF, MOE_F_MX, DUAL>(a, tmax, s);
+    else
+        qplug_cuda__moe_gemm_launch<AF, MOE_F_NV, DUAL>(a, tmax, s);
+}
+
+/* Permutation, both GEMMs, h quantization and the combine; `a1` carries the
+ * first GEMM's activation operand (FP8 x or the packed FP4 buffer), `af` its
+ * format. */
+static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_t m, int32_t K,
+                                        const int32_t *ids, const float *wts, int af,
+                                        qplug_cuda__moe_gemm_args a1, const qplug_cuda__moe_ws *ws,
+                                        qplug_cuda__scale_fmt act_fmt, void *y, cudaStream_t s,
+                                        const char *fn, qplug_cuda__err *err)
+{
+    int32_t E = w->num_experts;
+    int64_t D = w->hidden, I = w->intermediate, R = m * K;
+    int64_t tmax = (R + MOE_BM - 1) / MOE_BM + E;
+
+    qplug_cuda__moe_permute_kernel<<<1, 1024, 0, s>>>(ids, R, K, E, ws->ntiles, ws->tile_e,
+                                                      ws->tile_r0, ws->tile_r1, ws->perm_tok,
+                                                      ws->inv);
+    a1.ntiles = ws->ntiles;
+    a1.tile_e = ws->tile_e;
+    a1.tile_r0 = ws->tile_r0;
+    a1.tile_r1 = ws->tile_r1;
+    a1.perm_tok = ws->perm_tok;
+    a1.w[0] = (const uint8_t *)w->w1;
+    a1.w[1] = (const uint8_t *)w->w3;
+    a1.ws[0] = (const uint8_t *)w->s1;
+    a1.ws[1] = (const uint8_t *)w->s3;
+    a1.wg[0] = w->g1;
+    a1.wg[1] = w->g3;
+    a1.n = I;
+    a1.k = D;
+    a1.limit = w->swiglu_limit;
+    a1.out = ws->h;
+    if (af == MOE_F_FP8)
+        qplug_cuda__moe_gemm_wf<MOE_F_FP8, true>(w->fmt, a1, tmax, s);
+    else if (af == MOE_F_MX)
+        qplug_cuda__moe_gemm_launch<MOE_F_MX, MOE_F_MX, true>(a1, tmax, s);
+    else
+        qplug_cuda__moe_gemm_launch<MOE_F_NV, MOE_F_NV, true>(a1, tmax, s);
+
+    int64_t groups = R * (I / 128);
+    qplug_cuda__moe_hquant_kernel<<<(unsigned)((groups + 7) / 8), 256, 0, s>>>(
+        ws->h, R, I, ws->ntiles, ws->tile_r1, act_fmt == QPLUG_CUDA_SCALE_UE8M0, ws->hq, ws->hs);
+
+    qplug_cuda__moe_gemm_args a2;
+    memset(&a2, 0, sizeof a2);
+    a2.ntiles = ws->ntiles;
+    a2.tile_e = ws->tile_e;
+    a2.tile_r0 = ws->tile_r0;
+    a2.tile_r1 = ws->tile_r1;
+    a2.perm_tok = NULL;
+    a2.a = ws->hq;
+    a2.a_ld = I;
+    a2.a_scale = ws->hs;
+    a2.a_sld = R;
+    a2.a_gscale = 1.0f;
+    a2.w[0] = (const uint8_t *)w->w2;
+    a2.ws[0] = (const uint8_t *)w->s2;
+    a2.wg[0] = w->g2;
+    a2.n = D;
+    a2.k = I;
+    a2.out = ws->o;
+    qplug_cuda__moe_gemm_wf<MOE_F_FP8, false>(w->fmt, a2, tmax, s);
+
+    dim3 cgrid((unsigned)m, (unsigned)((D + 255) / 256));
+    qplug_cuda__moe_combine_kernel<<<cgrid, 256, 0, s>>>(ws->o, ws->inv, wts, K, D,
+                                                         (__nv_bfloat16 *)y);
+    return qplug_cuda__check_launch(err, fn);
+}
+
+extern "C" qplug_status qplug_cuda__moe_forward(const qplug_cuda__moe_weights *w, const void *x,
+                                                int64_t m, const int32_t *topk_ids,
+                                                const float *topk_weights, int32_t top_k,
+                                                qplug_cuda__scale_fmt act_fmt, void *y,
+                                                void *workspace, size_t workspace_bytes,
+                                                void *stream, qplug_cuda__err *err)
+{
+    qplug_status st = qplug_cuda__moe_check(w, m, top_k, y, workspace, workspace_bytes,
+                                            "moe_forward", err);
+    if (st)
+        return st;
+    if (!x || !topk_ids || !topk_weights)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "moe_forward: NULL x or routing");
+    if (m == 0)
+        return QPLUG_OK;
+    qplug_cuda__moe_ws ws;
+    qplug_cuda__moe_carve((uint8_t *)workspace, m, top_k, w->num_experts, w->hidden,
+                          w->intermediate, &ws);
+    cudaStream_t s = (cudaStream_t)stream;
+    st = qplug_cuda__act_quant_fp8(x, m, w->hidden, act_fmt, ws.xq, ws.xs, stream, err);
+    if (st)
+        return st;
+    qplug_cuda__moe_gemm_args a1;
+    memset(&a1, 0, sizeof a1);
+    a1.a = ws.xq;
+    a1.a_ld = w->hidden;
+    a1.a_scale = ws.xs;
+    a1.a_sld = m;
+    a1.a_gscale = 1.0f;
+    return qplug_cuda__moe_run(w, m, top_k, topk_ids, topk_weights, MOE_F_FP8, a1, &ws, act_fmt,
+                               y, s, "moe_forward", err);
+}
+
+/* ---------------------------------------------------------- w4a4 packing */
+
+extern "C" size_t qplug_cuda__w4a4_dispatch_bytes(int64_t m, int64_t hidden, int32_t top_k,
+                                                  int group)
+{
+    if (m < 0 || hidden <= 0 || (group != 16 && group != 32) || hidden % group || top_k < 1)
+        return 0;
+    size_t bpt = (size_t)(hidden / 2 + hidden / group);
+    return (size_t)m * (bpt + (size_t)top_k * 8u);
+}
+
+/* E2M1 code of v (round to nearest even on the grid 0, .5, 1, 1.5, 2, 3, 4,
+ * 6, saturating; NaN gives 0). */
+static __device__ __forceinline__ unsigned qplug_cuda__to_e2m1(float v)
+{
+    unsigned sign = signbit(v) ? 8u : 0u;
+    float a = fabsf(v);
+    unsigned c;
+    if (!(a > 0.25f))
+        c = 0; /* also NaN */
+    else if (a < 0.75f)
+        c = 1;
+    else if (a <= 1.25f)
+        c = 2;
+    else if (a < 1.75f)
+        c = 3;
+    else if (a <= 2.5f)
+        c = 4;
+    else if (a < 3.5f)
+        c = 5;
+    else if (a <= 5.0f)
+        c = 6;
+    else
+        c = 7;
+    return sign | c;
+}
+
+/* One thread per group of `group` values; threads below m*top_k also copy
+ * one routing slot. */
+__global__ void __launch_bounds__(256)
+    qplug_cuda__w4a4_pack_kernel(const __nv_bfloat16 *__restrict__ x, int64_t m, int64_t D,
+                                 int group, float gscale, const int32_t *__restrict__ ids,
+                                 const float *__restrict__ wts, int K, uint8_t *__restrict__ buf)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t gpt = D / group, bpt = D / 2 + gpt;
+    if (i < m * K) {
+        int32_t *bid = reinterpret_cast<int32_t *>(buf + m * bpt);
+        float *bw = reinterpret_cast<float *>(buf + m * bpt + m * K * 4);
+        bid[i] = ids[i];
+        bw[i] = wts[i];
+    }
+    if (i >= m * gpt)
+        return;
+    int64_t t = i / gpt, g = i % gpt;
+    const __nv_bfloat16 *xg = x + t * D + g * group;
+    float v[32];
+    float amax = 0.0f;
+    for (int j = 0; j < group; j++) {
+        v[j] = __bfloat162float(xg[j]);
+        amax = fmaxf(amax, fabsf(v[j]));
+    }
+    uint8_t *row = buf + t * bpt;
+    float step;
+    if (group == 32) {
+        int e = -127;
+        if (amax > 0.0f) {
+            int ex;
+            float f = frexpf(amax / 6.0f, &ex);
+            e = f == 0.5f ? ex - 1 : ex;
+        }
+        e = max(-127, min(127, e));
+        row[D / 2 + g] = (uint8_t)(e + 127);
+        step = ldexpf(1.0f, e);
+    } else {
+        unsigned s8 = qplug_cuda__to_e4m3(__fdiv_rn(__fdiv_rn(amax, 6.0f), gscale));
+        row[D / 2 + g] = (uint8_t)s8;
+        step = qplug_cuda__e4m3_dev(s8) * gscale;
+    }
+    unsigned *dst = reinterpret_cast<unsigned *>(row + g * (group / 2));
+    for (int wd = 0; wd < group / 8; wd++) {
+        unsigned word = 0;
+        for (int j = 0; j < 8; j++) {
+            unsigned c = step > 0.0f ? qplug_cuda__to_e2m1(__fdiv_rn(v[wd * 8 + j], step)) : 0u;
+            word |= c << (4 * j);
+        }
+        dst[wd] = word;
+    }
+}
+
+extern "C" qplug_status qplug_cuda__w4a4_pack(const void *x, int64_t m, int64_t hidden, int group,
+                                             float gscale, const int32_t *topk_ids,
+                                             const float *topk_weights, int32_t top_k, void *buf,
+                                             size_t buf_bytes, void *stream,
+                                             qplug_cuda__err *err)
+{
+    if (!x || !topk_ids || !topk_weights || !buf)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "w4a4_pack: NULL pointer");
+    size_t need = qplug_cuda__w4a4_dispatch_bytes(m, hidden, top_k, group);
+    /* hidden % 128 keeps every packed row, and the ids after them, 4-byte
+     * aligned for the word stores. */
+    if (need == 0 || hidden % 128 != 0 || m > 0x7fffffff)
+        return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
+                                "w4a4_pack: hidden %lld cannot be packed in groups of %d (m=%lld, "
+                                "top_k=%d; hidden %% 128 == 0 needed)",
+                                (long long)hidden, group, (long long)m, (int)top_k);
+    if (buf_bytes != need)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                "w4a4_pack: buffer of %zu bytes, the layout needs %zu", buf_bytes,
+                                need);
+    if (group == 16 && !(gscale > 0.0f && gscale < 3.4e38f))
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                "w4a4_pack: global scale %g is not positive and finite",
+                                (double)gscale);
+    if (((uintptr_t)buf & 3u) != 0)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "w4a4_pack: buffer not 4-byte aligned");
+    if (m == 0)
+        return QPLUG_OK;
+    int64_t threads = m * (hidden / group);
+    if (m * top_k > threads)
+        threads = m * top_k;
+    qplug_cuda__w4a4_pack_kernel<<<(unsigned)((threads + 255) / 256), 256, 0,
+                                   (cudaStream_t)stream>>>((const __nv_bfloat16 *)x, m, hidden,
+                                                           group, gscale, topk_ids, topk_weights,
+                                                           top_k, (uint8_t *)buf);
+    return qplug_cuda__check_launch(err, "w4a4_pack");
+}
+
+extern "C" qplug_status qplug_cuda__moe_forward_w4a4(const qplug_cuda__moe_weights *w,
+                                                     const void *buf, size_t buf_bytes, int64_t m,
+                                                     int32_t top_k, int group, float gscale,
+                                                     qplug_cuda__scale_fmt act_fmt, void *y,
+                                                     void *workspace, size_t workspace_bytes,
+                                                     void *stream, qplug_cuda__err *err)
+{
+    qplug_status st = qplug_cuda__moe_check(w, m, top_k, y, workspace, workspace_bytes,
+                                            "moe_forward_w4a4", err);
+    if (st)
+        return st;
+    if (!buf)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "moe_forward_w4a4: NULL buffer");
+    if ((group == 32) != (w->fmt == QPLUG_CUDA_MOE_MXFP4) ||
+        (group == 16) != (w->fmt == QPLUG_CUDA_MOE_NVFP4))
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                "moe_forward_w4a4: group %d does not match the weight format %d "
+                                "(MXFP4 takes 32, NVFP4 16)",
+                                group, (int)w->fmt);
+    size_t need = qplug_cuda__w4a4_dispatch_bytes(m, w->hidden, top_k, group);
+    if (buf_bytes != need)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                "moe_forward_w4a4: buffer of %zu bytes, the layout needs %zu",
+                                buf_bytes, need);
+    if (((uintptr_t)buf & 3u) != 0)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                "moe_forward_w4a4: buffer not 4-byte aligned");
+    if (m == 0)
+        return QPLUG_OK;
+    qplug_cuda__moe_ws ws;
+    qplug_cuda__moe_carve((uint8_t *)workspace, m, top_k, w->num_experts, w->hidden,
+                          w->intermediate, &ws);
+    int64_t bpt = w->hidden / 2 + w->hidden / group;
+    const uint8_t *b = (const uint8_t *)buf;
+    const int32_t *ids = reinterpret_cast<const int32_t *>(b + m * bpt);
+    const float *wts = reinterpret_cast<const float *>(b + m * bpt + m * top_k * 4);
+    qplug_cuda__moe_gemm_args a1;
+    memset(&a1, 0, sizeof a1);
+    a1.a = b;
+    a1.a_ld = bpt;
+    a1.a_gscale = group == 16 ? gscale : 1.0f;
+    return qplug_cuda__moe_run(w, m, top_k, ids, wts, group == 32 ? MOE_F_MX : MOE_F_NV, a1, &ws,
+                               act_fmt, y, (cudaStream_t)stream, "moe_forward_w4a4", err);
+}
