@@ -31,8 +31,12 @@
 
 namespace cg = cooperative_groups;
 
+/* Warps per block, all on one row tile (a compile-time tunable). */
+#ifndef QPLUG_GEMV_WARPS
+#define QPLUG_GEMV_WARPS 8
+#endif
+
 enum {
-    QPLUG_GEMV_WARPS = 4,     /* warps per block, all on one row tile */
     QPLUG_GEMV_MAX_CLUSTER = 8, /* the portable cluster size limit */
     QPLUG_GEMV_FMT_FP8 = 0,
     QPLUG_GEMV_FMT_MX = 1,
@@ -189,7 +193,7 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(
  * warps per multiprocessor the k-split aims for, and the k-blocks whose
  * loads one warp issues before it multiplies (FP8 and FP4). */
 #ifndef QPLUG_GEMV_SPREAD
-#define QPLUG_GEMV_SPREAD 24
+#define QPLUG_GEMV_SPREAD 4
 #endif
 #ifndef QPLUG_GEMV_U_FP8
 #define QPLUG_GEMV_U_FP8 2
@@ -198,14 +202,16 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(
 #define QPLUG_GEMV_U_FP4 4
 #endif
 
-template <int NT, int F>
-__global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32)
+/* At most 128 registers (16 warps per multiprocessor at least): fewer
+ * resident warps leave too few loads in flight. */
+template <int NT, int F, bool CL>
+__global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32, 16 / QPLUG_GEMV_WARPS)
     qplug_cuda__gemv_kernel(const qplug_cuda__gemv_args p)
 {
     constexpr int U = F == QPLUG_GEMV_FMT_FP8 ? QPLUG_GEMV_U_FP8 : QPLUG_GEMV_U_FP4;
     constexpr bool NV = F == QPLUG_GEMV_FMT_NV;
     __shared__ float red[QPLUG_GEMV_WARPS][16][NT * 8];
-    cg::cluster_group cluster = cg::this_cluster();
+    __shared__ float part[16 * NT * 8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int64_t n0 = (int64_t)blockIdx.x * 16, k = p.k;
     int m = p.m;
@@ -304,10 +310,12 @@ __global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32)
                 tot[nt][i] *= p.post;
     }
 
-    /* Each warp parks its 16 x NT*8 partial tile in shared memory; the
-     * cluster barrier makes every block's tiles visible to the first block,
-     * which adds them in rank-then-warp order (deterministic). The second
-     * barrier keeps the other blocks' shared memory alive until it is read. */
+    /* Each warp parks its 16 x NT*8 partial tile in shared memory and the
+     * block adds its warps' tiles in warp order. Without a cluster that sum
+     * is the output. In a cluster, the barrier makes every block's sum
+     * visible to all; block r then adds the sums of outputs r, r + C, ... in
+     * rank order (deterministic), reading the other blocks' shared memory,
+     * and a second barrier keeps that memory alive until it has been read. */
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         red[warp][g][nt * 8 + 2 * t] = tot[nt][0];
@@ -315,22 +323,36 @@ __global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32)
         red[warp][g + 8][nt * 8 + 2 * t] = tot[nt][2];
         red[warp][g + 8][nt * 8 + 2 * t + 1] = tot[nt][3];
     }
-    cluster.sync();
-    if (cluster.block_rank() == 0) {
-        int ranks = (int)cluster.num_blocks();
-        for (int idx = threadIdx.x; idx < 16 * m; idx += blockDim.x) {
-            int row = idx % 16, tok = idx / 16;
-            float s = 0.0f;
-            for (int r = 0; r < ranks; r++) {
-                const float *rr = cluster.map_shared_rank(&red[0][0][0], r);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < 16 * m; idx += blockDim.x) {
+        int row = idx % 16, tok = idx / 16;
+        float s = 0.0f;
 #pragma unroll
-                for (int w = 0; w < QPLUG_GEMV_WARPS; w++)
-                    s += rr[(w * 16 + row) * (NT * 8) + tok];
-            }
+        for (int w = 0; w < QPLUG_GEMV_WARPS; w++)
+            s += red[w][row][tok];
+        if (!CL)
             p.y[(int64_t)tok * p.n + n0 + row] = __float2bfloat16_rn(s);
-        }
+        else
+            part[idx] = s;
     }
-    cluster.sync();
+    if (CL) {
+        cg::cluster_group cluster = cg::this_cluster();
+        cluster.sync();
+        int ranks = (int)cluster.num_blocks(), me = (int)cluster.block_rank();
+        for (int idx = me + ranks * (int)threadIdx.x; idx < 16 * m;
+             idx += ranks * (int)blockDim.x) {
+            float v[QPLUG_GEMV_MAX_CLUSTER];
+#pragma unroll
+            for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
+                v[r] = r < ranks ? cluster.map_shared_rank(part, r)[idx] : 0.0f;
+            float s = 0.0f;
+#pragma unroll
+            for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
+                s += v[r];
+            p.y[(int64_t)(idx / 16) * p.n + n0 + idx % 16] = __float2bfloat16_rn(s);
+        }
+        cluster.sync();
+    }
 }
 
 static qplug_status qplug_cuda__gemv_check(const char *what, const void *w, const void *ws,
@@ -388,11 +410,13 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, void
     cfg.dynamicSmemBytes = 0;
     cfg.stream = (cudaStream_t)stream;
     cfg.attrs = &attr;
-    cfg.numAttrs = 1;
+    cfg.numAttrs = c > 1 ? 1 : 0;
     if (a.m <= 8)
-        e = cudaLaunchKernelEx(&cfg, qplug_cuda__gemv_kernel<1, F>, a);
+        e = cudaLaunchKernelEx(&cfg, c > 1 ? qplug_cuda__gemv_kernel<1, F, true>
+                                           : qplug_cuda__gemv_kernel<1, F, false>, a);
     else
-        e = cudaLaunchKernelEx(&cfg, qplug_cuda__gemv_kernel<2, F>, a);
+        e = cudaLaunchKernelEx(&cfg, c > 1 ? qplug_cuda__gemv_kernel<2, F, true>
+                                           : qplug_cuda__gemv_kernel<2, F, false>, a);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: kernel launch failed: %s", what,
