@@ -255,17 +255,6 @@ void qplug__shard_slot(char *buf, size_t size, const qplug_layer_desc *layer, in
 qplug_status qplug__fuse_float_shards(const qplug_host *host, const qplug_layer_desc *layer,
                                       float **owned, qplug__wmat *out);
 
-/*
- * Sharded linear, FP8 block shards (each shard_n a multiple of 128, so
- * every scale tile lies inside one shard): concatenates the E4M3 weights
- * into *q [n, k] and the scale tiles, F32 or raw E8M0 bytes as stored,
- * into *scale [n/128, ceil(k/128)]; all shards must share one scale dtype.
- * Both buffers come from host->api->alloc and are the caller's to free;
- * on failure both are NULL. *out views them.
- */
-qplug_status qplug__fuse_fp8_block_shards(const qplug_host *host, const qplug_layer_desc *layer,
-                                          uint8_t **q, void **scale, qplug__wmat *out);
-
 /* The CPU weight-row counts of a layer: linear n, grouped G*n. */
 int64_t qplug__out_rows(const qplug_layer_desc *layer);
 
