@@ -164,6 +164,12 @@ bench_abi_layers *bench_abi_create(bench_abi *b, const char *plugin, int64_t n, 
     d.n = n;
     d.k = k;
     d.groups = (int32_t)groups;
+    if (p->score(&d) <= 0) {
+        /* Not an error: e.g. mxfp4 claims no grouped linear (wo_a). */
+        snprintf(msg, msg_size, "not claimed");
+        bench_abi_destroy(L);
+        return NULL;
+    }
     for (int i = 0; i < count; i++) {
         qplug_err err;
         memset(&err, 0, sizeof err);

@@ -14,7 +14,8 @@ typedef struct bench_abi_layers bench_abi_layers;
 bench_abi *bench_abi_open(char *msg, size_t msg_size);
 void bench_abi_close(bench_abi *b);
 
-/* `count` identical layers (separate device copies, for rotation past L2)
+/* NULL with msg "not claimed" when the plugin scores the layer 0.
+ * `count` identical layers (separate device copies, for rotation past L2)
  * of a linear (groups == 1) or grouped linear with synthetic weights. */
 bench_abi_layers *bench_abi_create(bench_abi *b, const char *plugin, int64_t n, int64_t k,
                                    int64_t groups, int count, char *msg, size_t msg_size);
