@@ -7,12 +7,14 @@
  *   the mma's N side, 8 per tile, NT tiles) and one contiguous slice of the
  *   128-blocks of k. It issues the loads of U k-blocks at once (independent,
  *   unrolled) before it multiplies any of them.
- * - The k-blocks of a row tile are split over the W warps of a block and
- *   over the C blocks of a thread-block cluster (C up to 8), chosen per
- *   launch so that even a 512-row layer puts warps on every multiprocessor.
- *   The partial sums meet in distributed shared memory: the cluster's first
- *   block adds them in a fixed order and writes y once in BF16. So the result
- *   is deterministic and needs neither a workspace nor atomics.
+ * - The k-blocks of a row tile are split over the W warps of a block and,
+ *   for small n only, over the C blocks of a thread-block cluster (C up to
+ *   8, chosen per launch from n, k and the multiprocessor count; cluster
+ *   launches cost block-scheduling speed, so wide layers get none). The
+ *   partial sums meet in distributed shared memory and each block of the
+ *   cluster adds its share of the outputs in rank order and writes them once
+ *   in BF16. So the result is deterministic and needs neither a workspace
+ *   nor atomics.
  *
  * The products run on the tensor cores (mma.sync m16n8k32 on E4M3): m = 16
  * on fp32 CUDA cores would be arithmetic-bound at about three times the byte
