@@ -51,16 +51,24 @@ void qplug__wmat_dequant_rows(const qplug__wmat *w, int64_t r0, int64_t r1, floa
     case QPLUG__W_F32:
         memcpy(dst, (const float *)w->data + r0 * cols, (size_t)((r1 - r0) * cols) * sizeof(float));
         return;
+    /* 16-bit values are loaded with memcpy: safetensors offsets need not
+     * be even, so a checkpoint tensor may start at an odd address. */
     case QPLUG__W_BF16: {
-        const uint16_t *s = (const uint16_t *)w->data + r0 * cols;
-        for (int64_t i = 0; i < (r1 - r0) * cols; i++)
-            dst[i] = qplug_bf16_to_f32(s[i]);
+        const uint8_t *s = (const uint8_t *)w->data + (size_t)(r0 * cols) * 2;
+        for (int64_t i = 0; i < (r1 - r0) * cols; i++) {
+            uint16_t v;
+            memcpy(&v, s + 2 * i, sizeof v);
+            dst[i] = qplug_bf16_to_f32(v);
+        }
         return;
     }
     case QPLUG__W_F16: {
-        const uint16_t *s = (const uint16_t *)w->data + r0 * cols;
-        for (int64_t i = 0; i < (r1 - r0) * cols; i++)
-            dst[i] = qplug_f16_to_f32(s[i]);
+        const uint8_t *s = (const uint8_t *)w->data + (size_t)(r0 * cols) * 2;
+        for (int64_t i = 0; i < (r1 - r0) * cols; i++) {
+            uint16_t v;
+            memcpy(&v, s + 2 * i, sizeof v);
+            dst[i] = qplug_f16_to_f32(v);
+        }
         return;
     }
     case QPLUG__W_FP8_BLOCK: {
