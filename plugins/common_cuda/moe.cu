@@ -5,8 +5,9 @@
  *
  * Graph capture: the routing stays on the device. The permutation kernel
  * writes a tile table (expert, first row, end row) for the grouped GEMMs,
- * whose grids are sized by the worst case, ceil(m*top_k/64) + E tiles of 64
- * rows; blocks past the real tile count exit at once.
+ * whose grids are sized by the worst case, ceil(m*top_k/BM) + E tiles of BM
+ * rows (BM = 16 or 64, chosen from the host shapes); blocks past the real
+ * tile count exit at once.
  *
  * Determinism: rows of one expert are placed with shared-memory atomics, so
  * their order within the expert varies from run to run, but every output row
@@ -18,14 +19,17 @@
 
 #include <string.h>
 
-/* Tile of the grouped GEMMs: 64 routed rows x 128 output columns, k in steps
- * of 64 bytes of E4M3 per row; shared rows are padded to 80 bytes so that the
- * fragment loads of a warp (8 rows x 4 words) hit 32 distinct banks. */
+/* Tile of the grouped GEMMs: 64 (or, when experts get few rows, 16) routed
+ * rows x 128 output columns, k in steps
+ * of 64 bytes of E4M3 per row; shared rows are padded to 96 bytes so that the
+ * 8-byte fragment loads of each half warp (4 rows x 4 threads) hit 32
+ * distinct banks. */
 enum {
-    MOE_BM = 64,
+    MOE_BM_LARGE = 64,
+    MOE_BM_SMALL = 16,
     MOE_BN = 128,
     MOE_BK = 64,
-    MOE_LDS = 80,
+    MOE_LDS = 96,
     MOE_THREADS = 256,
     MOE_MAX_E = 1024,
     MOE_MAX_K = 16
@@ -167,7 +171,7 @@ extern "C" qplug_status qplug_cuda__moe_route(const void *x, const void *gate, c
  * valid (token, slot) pair gets its row; inv maps the pair back to it (or
  * -1). */
 __global__ void __launch_bounds__(1024)
-    qplug_cuda__moe_permute_kernel(const int32_t *__restrict__ ids, int64_t R, int K, int E,
+    qplug_cuda__moe_permute_kernel(const int32_t *__restrict__ ids, int64_t R, int K, int E, int bm,
                                    int32_t *__restrict__ ntiles, int32_t *__restrict__ tile_e,
                                    int32_t *__restrict__ tile_r0, int32_t *__restrict__ tile_r1,
                                    int32_t *__restrict__ perm_tok, int32_t *__restrict__ inv)
@@ -190,18 +194,18 @@ __global__ void __launch_bounds__(1024)
             cur[e] = run;
             tstart[e] = trun;
             run += cnt[e];
-            trun += (cnt[e] + MOE_BM - 1) / MOE_BM;
+            trun += (cnt[e] + bm - 1) / bm;
         }
         *ntiles = trun;
     }
     __syncthreads();
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        int nt = (cnt[e] + MOE_BM - 1) / MOE_BM, end = cur[e] + cnt[e];
+        int nt = (cnt[e] + bm - 1) / bm, end = cur[e] + cnt[e];
         for (int q = 0; q < nt; q++) {
-            int r0 = cur[e] + q * MOE_BM;
+            int r0 = cur[e] + q * bm;
             tile_e[tstart[e] + q] = e;
             tile_r0[tstart[e] + q] = r0;
-            tile_r1[tstart[e] + q] = min(r0 + MOE_BM, end);
+            tile_r1[tstart[e] + q] = min(r0 + bm, end);
         }
     }
     __syncthreads();
@@ -237,8 +241,9 @@ struct qplug_cuda__moe_gemm_args {
 
 /* Four 32-bit words of packed E2M1 (32 values) to 32 E4M3 bytes (value *
  * 2^-6) written as two 16-byte stores. */
-static __device__ __forceinline__ void qplug_cuda__moe_fp4_store(uint8_t *dst, const unsigned w[4])
+static __device__ __forceinline__ void qplug_cuda__moe_fp4_store(uint8_t *dst, uint4 v)
 {
+    unsigned w[4] = {v.x, v.y, v.z, v.w};
     unsigned o[8];
 #pragma unroll
     for (int i = 0; i < 4; i++)
@@ -247,36 +252,66 @@ static __device__ __forceinline__ void qplug_cuda__moe_fp4_store(uint8_t *dst, c
     reinterpret_cast<uint4 *>(dst)[1] = make_uint4(o[4], o[5], o[6], o[7]);
 }
 
-/* The four per-16 scales of k [k0, k0 + 64) of one FP4 row, times 2^6 (the
- * decode to E4M3 divides by it): MX has one E8M0 per 32, NV one E4M3 per 16
- * times the global. */
+/* The raw scale bytes of k [k0, k0 + 64) of one FP4 row, little-endian in
+ * a word: two E8M0 (MX, one per 32) or four E4M3 (NV, one per 16). */
 template <int F>
-static __device__ __forceinline__ void qplug_cuda__moe_fp4_scales(const uint8_t *sc, int64_t k0,
-                                                                  float g, float out[4])
+static __device__ __forceinline__ unsigned qplug_cuda__moe_fp4_scale_raw(const uint8_t *sc,
+                                                                         int64_t k0)
+{
+    if (F == MOE_F_MX)
+        return (unsigned)sc[k0 / 32] | ((unsigned)sc[k0 / 32 + 1] << 8);
+    return (unsigned)sc[k0 / 16] | ((unsigned)sc[k0 / 16 + 1] << 8) |
+           ((unsigned)sc[k0 / 16 + 2] << 16) | ((unsigned)sc[k0 / 16 + 3] << 24);
+}
+
+/* The four per-16 scales of those raw bytes, times 2^6 (the decode to E4M3
+ * divides by it); NV also times the global g. */
+template <int F>
+static __device__ __forceinline__ void qplug_cuda__moe_fp4_scales(unsigned raw, float g,
+                                                                  float out[4])
 {
     if (F == MOE_F_MX) {
-        float s0 = qplug_cuda__e8m0_dev(sc[k0 / 32]) * 64.0f;
-        float s1 = qplug_cuda__e8m0_dev(sc[k0 / 32 + 1]) * 64.0f;
-        out[0] = out[1] = s0;
-        out[2] = out[3] = s1;
+        out[0] = out[1] = qplug_cuda__e8m0_dev(raw & 0xffu) * 64.0f;
+        out[2] = out[3] = qplug_cuda__e8m0_dev((raw >> 8) & 0xffu) * 64.0f;
     } else {
 #pragma unroll
         for (int i = 0; i < 4; i++)
-            out[i] = qplug_cuda__e4m3_dev(sc[k0 / 16 + i]) * g * 64.0f;
+            out[i] = qplug_cuda__e4m3_dev((raw >> (8 * i)) & 0xffu) * g * 64.0f;
     }
 }
 
-template <int AF, int WF, bool DUAL>
-__global__ void __launch_bounds__(MOE_THREADS)
+/*
+ * One tile: BM routed rows of one expert x 128 output columns (of w1 and w3
+ * together for the gate/up GEMM). 8 warps, each 16 rows x 64 columns (BM =
+ * 64) or 16 rows x 16 columns (BM = 16). k runs
+ * in chunks of 64 through shared memory as E4M3 (FP4 decoded on the way in)
+ * with per-16 scales in shared memory; the global loads of the next chunk
+ * are issued into registers before the current chunk's mmas, so memory and
+ * tensor cores overlap.
+ *
+ * Fragments use a permuted k: within each 32-wide step, thread tq's
+ * fragments a0/a2 (row gid), a1/a3 (row gid + 8) and b0/b1 are the eight
+ * consecutive k values 8tq..8tq+7 (one 8-byte shared load each), instead of
+ * 4tq..4tq+3 and 16+4tq..16+4tq+3. A and B use the same mapping, so the dot
+ * product is unchanged, and a 32-wide step still covers exactly one MXFP4
+ * group. An NVFP4 group of 16 is then the fragments of threads tq = 0, 1
+ * (or 2, 3): each of the two mmas of a step keeps the B fragments of one
+ * group's threads and zeroes the others.
+ */
+template <int BM, int AF, int WF, bool DUAL>
+__global__ void __launch_bounds__(MOE_THREADS, 2)
     qplug_cuda__moe_gemm_kernel(const qplug_cuda__moe_gemm_args p)
 {
+    /* Warps: WM along the rows (16 each), WN along the 128 columns, FR
+     * fragments of 8 columns per warp. */
+    constexpr int WM = BM / 16, WN = 8 / WM, FR = 16 / WN;
     constexpr int NM = DUAL ? 2 : 1;
     constexpr bool G16 = AF == MOE_F_NV || WF == MOE_F_NV;
-    __shared__ __align__(16) uint8_t As[MOE_BM][MOE_LDS];
+    __shared__ __align__(16) uint8_t As[BM][MOE_LDS];
     __shared__ __align__(16) uint8_t Bs[NM][MOE_BN][MOE_LDS];
-    __shared__ float as_s[MOE_BM][4];
-    __shared__ float bs_s[NM][MOE_BN][4];
-    __shared__ int64_t arow[MOE_BM];
+    __shared__ __align__(16) float as_s[4][BM];
+    __shared__ __align__(16) float bs_s[NM][4][MOE_BN];
+    __shared__ int64_t arow[BM];
 
     int tile = blockIdx.x;
     if (tile >= *p.ntiles)
@@ -285,9 +320,9 @@ __global__ void __launch_bounds__(MOE_THREADS)
     int64_t n0 = (int64_t)blockIdx.y * MOE_BN;
     int64_t n = p.n, k = p.k;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tq = lane & 3;
-    int wm = warp & 3, wn = warp >> 2;
+    int wm = warp % WM, wn = warp / WM;
 
-    if (tid < MOE_BM) {
+    if (tid < BM) {
         int r = r0 + tid;
         arow[tid] = r < r1 ? (p.perm_tok ? p.perm_tok[r] : r) : -1;
     }
@@ -309,134 +344,171 @@ __global__ void __launch_bounds__(MOE_THREADS)
         wgl[mi] = WF == MOE_F_NV ? p.wg[mi][e] : 1.0f;
     }
 
-    float acc[NM][8][4];
+    float acc[NM][FR][4];
 #pragma unroll
     for (int mi = 0; mi < NM; mi++)
 #pragma unroll
-        for (int f = 0; f < 8; f++)
+        for (int f = 0; f < FR; f++)
 #pragma unroll
             for (int i = 0; i < 4; i++)
                 acc[mi][f][i] = 0.0f;
     __syncthreads();
 
-    for (int64_t k0 = 0; k0 < k; k0 += MOE_BK) {
-        /* A tile and its scales. */
+    /* The staged chunk in registers: this thread's A piece and scale, its
+     * B pieces and (threads < 128) their row's scales. */
+    uint4 ra = make_uint4(0, 0, 0, 0);
+    float ras = 0.0f;
+    unsigned rasr = 0;
+    uint4 rb[NM][2];
+    float rbs[NM];
+    unsigned rbsr[NM];
+    int64_t arow_me = 0;
+
+    auto load = [&](int64_t k0) {
         if (AF == MOE_F_FP8) {
-            int row = tid >> 2, c = tid & 3;
-            int64_t ar = arow[row];
-            uint4 v = make_uint4(0, 0, 0, 0);
+            int64_t ar = tid < 4 * BM ? arow[tid >> 2] : -1;
+            ra = make_uint4(0, 0, 0, 0);
             if (ar >= 0)
-                v = __ldg(reinterpret_cast<const uint4 *>(p.a + ar * p.a_ld + k0 + c * 16));
-            *reinterpret_cast<uint4 *>(&As[row][c * 16]) = v;
-            if (tid < MOE_BM) {
-                int64_t ar2 = arow[tid];
-                float s = ar2 >= 0 ? __ldg(p.a_scale + (k0 / 128) * p.a_sld + ar2) : 0.0f;
-                as_s[tid][0] = as_s[tid][1] = as_s[tid][2] = as_s[tid][3] = s;
+                ra = __ldg(reinterpret_cast<const uint4 *>(p.a + ar * p.a_ld + k0 + (tid & 3) * 16));
+            if (tid < BM) {
+                arow_me = arow[tid];
+                ras = arow_me >= 0 ? __ldg(p.a_scale + (k0 / 128) * p.a_sld + arow_me) : 0.0f;
             }
         } else {
-            if (tid < 2 * MOE_BM) {
-                int row = tid >> 1, c = tid & 1;
-                int64_t ar = arow[row];
-                unsigned wv[4] = {0u, 0u, 0u, 0u};
+            if (tid < 2 * BM) {
+                int64_t ar = arow[tid >> 1];
+                ra = make_uint4(0, 0, 0, 0);
                 if (ar >= 0) {
                     /* Packed rows are only 4-byte aligned (hidden/2 + scales). */
-                    const unsigned *src =
-                        reinterpret_cast<const unsigned *>(p.a + ar * p.a_ld + k0 / 2 + c * 16);
-#pragma unroll
-                    for (int i = 0; i < 4; i++)
-                        wv[i] = __ldg(src + i);
+                    const unsigned *src = reinterpret_cast<const unsigned *>(
+                        p.a + ar * p.a_ld + k0 / 2 + (tid & 1) * 16);
+                    ra = make_uint4(__ldg(src), __ldg(src + 1), __ldg(src + 2), __ldg(src + 3));
                 }
-                qplug_cuda__moe_fp4_store(&As[row][c * 32], wv);
-            } else if (tid < 3 * MOE_BM) {
-                int row = tid - 2 * MOE_BM;
-                int64_t ar = arow[row];
-                float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                if (ar >= 0)
-                    qplug_cuda__moe_fp4_scales<AF>(p.a + ar * p.a_ld + k / 2, k0, p.a_gscale, s);
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    as_s[row][i] = s[i];
+            } else if (tid < 3 * BM) {
+                arow_me = arow[tid - 2 * BM];
+                rasr = arow_me >= 0
+                           ? qplug_cuda__moe_fp4_scale_raw<AF>(p.a + arow_me * p.a_ld + k / 2, k0)
+                           : 0u;
             }
         }
-        /* B tiles (weights rows n0.., already per expert) and their scales. */
 #pragma unroll
         for (int mi = 0; mi < NM; mi++) {
             if (WF == MOE_F_FP8) {
 #pragma unroll
                 for (int it = 0; it < 2; it++) {
-                    int idx = tid + it * MOE_THREADS, row = idx >> 2, c = idx & 3;
-                    uint4 v = qplug_cuda__ld_stream(wb[mi] + (n0 + row) * k + k0 + c * 16);
-                    *reinterpret_cast<uint4 *>(&Bs[mi][row][c * 16]) = v;
+                    int idx = tid + it * MOE_THREADS;
+                    rb[mi][it] = qplug_cuda__ld_stream(wb[mi] + (n0 + (idx >> 2)) * k + k0 +
+                                                       (idx & 3) * 16);
                 }
-                if (tid < MOE_BN) {
-                    float s = __ldg(reinterpret_cast<const float *>(sb[mi]) + k0 / 128);
-                    bs_s[mi][tid][0] = bs_s[mi][tid][1] = bs_s[mi][tid][2] = bs_s[mi][tid][3] = s;
-                }
+                if (tid < MOE_BN)
+                    rbs[mi] = __ldg(reinterpret_cast<const float *>(sb[mi]) + k0 / 128);
             } else {
-                int row = tid >> 1, c = tid & 1;
-                uint4 v = qplug_cuda__ld_stream(wb[mi] + (n0 + row) * (k / 2) + k0 / 2 + c * 16);
-                unsigned wv[4] = {v.x, v.y, v.z, v.w};
-                qplug_cuda__moe_fp4_store(&Bs[mi][row][c * 32], wv);
+                rb[mi][0] = qplug_cuda__ld_stream(wb[mi] + (n0 + (tid >> 1)) * (k / 2) + k0 / 2 +
+                                                  (tid & 1) * 16);
                 if (tid < MOE_BN) {
                     int64_t per = WF == MOE_F_MX ? k / 32 : k / 16;
-                    float s[4];
-                    qplug_cuda__moe_fp4_scales<WF>(sb[mi] + (n0 + tid) * per, k0, wgl[mi], s);
-#pragma unroll
-                    for (int i = 0; i < 4; i++)
-                        bs_s[mi][tid][i] = s[i];
+                    rbsr[mi] = qplug_cuda__moe_fp4_scale_raw<WF>(sb[mi] + (n0 + tid) * per, k0);
                 }
             }
         }
-        __syncthreads();
+    };
+
+    auto store = [&]() {
+        if (AF == MOE_F_FP8) {
+            if (tid < 4 * BM)
+                *reinterpret_cast<uint4 *>(&As[tid >> 2][(tid & 3) * 16]) = ra;
+            if (tid < BM)
+                as_s[0][tid] = as_s[1][tid] = as_s[2][tid] = as_s[3][tid] = ras;
+        } else {
+            if (tid < 2 * BM) {
+                qplug_cuda__moe_fp4_store(&As[tid >> 1][(tid & 1) * 32], ra);
+            } else if (tid < 3 * BM) {
+                float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                if (arow_me >= 0)
+                    qplug_cuda__moe_fp4_scales<AF>(rasr, p.a_gscale, s);
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    as_s[i][tid - 2 * BM] = s[i];
+            }
+        }
+#pragma unroll
+        for (int mi = 0; mi < NM; mi++) {
+            if (WF == MOE_F_FP8) {
+#pragma unroll
+                for (int it = 0; it < 2; it++) {
+                    int idx = tid + it * MOE_THREADS;
+                    *reinterpret_cast<uint4 *>(&Bs[mi][idx >> 2][(idx & 3) * 16]) = rb[mi][it];
+                }
+                if (tid < MOE_BN)
+                    bs_s[mi][0][tid] = bs_s[mi][1][tid] = bs_s[mi][2][tid] = bs_s[mi][3][tid] =
+                        rbs[mi];
+            } else {
+                qplug_cuda__moe_fp4_store(&Bs[mi][tid >> 1][(tid & 1) * 32], rb[mi][0]);
+                if (tid < MOE_BN) {
+                    float s[4];
+                    qplug_cuda__moe_fp4_scales<WF>(rbsr[mi], wgl[mi], s);
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        bs_s[mi][i][tid] = s[i];
+                }
+            }
+        }
+    };
+
+    load(0);
+    store();
+    __syncthreads();
+    for (int64_t k0 = 0; k0 < k; k0 += MOE_BK) {
+        bool more = k0 + MOE_BK < k;
+        if (more)
+            load(k0 + MOE_BK);
 
 #pragma unroll
         for (int st = 0; st < 2; st++) {
-            int ra = wm * 16 + gid, kc = st * 32 + tq * 4;
-            unsigned a0 = *reinterpret_cast<const unsigned *>(&As[ra][kc]);
-            unsigned a1 = *reinterpret_cast<const unsigned *>(&As[ra + 8][kc]);
-            unsigned a2 = *reinterpret_cast<const unsigned *>(&As[ra][kc + 16]);
-            unsigned a3 = *reinterpret_cast<const unsigned *>(&As[ra + 8][kc + 16]);
+            int rr = wm * 16 + gid, kc = st * 32 + tq * 8;
+            uint2 alo = *reinterpret_cast<const uint2 *>(&As[rr][kc]);
+            uint2 ahi = *reinterpret_cast<const uint2 *>(&As[rr + 8][kc]);
             float sa0[2], sa1[2];
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                sa0[h] = as_s[ra][st * 2 + h];
-                sa1[h] = as_s[ra + 8][st * 2 + h];
+                sa0[h] = as_s[st * 2 + h][rr];
+                sa1[h] = as_s[st * 2 + h][rr + 8];
             }
 #pragma unroll
             for (int mi = 0; mi < NM; mi++)
 #pragma unroll
-                for (int f = 0; f < 8; f++) {
-                    int cb = wn * 64 + f * 8;
-                    unsigned b0 = *reinterpret_cast<const unsigned *>(&Bs[mi][cb + gid][kc]);
-                    unsigned b1 = *reinterpret_cast<const unsigned *>(&Bs[mi][cb + gid][kc + 16]);
+                for (int f = 0; f < FR; f++) {
+                    int cb = wn * FR * 8 + f * 8;
+                    uint2 b = *reinterpret_cast<const uint2 *>(&Bs[mi][cb + gid][kc]);
                     int c0 = cb + tq * 2;
 #pragma unroll
                     for (int h = 0; h < (G16 ? 2 : 1); h++) {
                         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                        if (!G16)
-                            qplug_cuda__mma_e4m3(c, a0, a1, a2, a3, b0, b1);
-                        else if (h == 0)
-                            qplug_cuda__mma_e4m3(c, a0, a1, 0u, 0u, b0, b1);
-                        else
-                            qplug_cuda__mma_e4m3(c, 0u, 0u, a2, a3, b0, b1);
-                        float sw0 = bs_s[mi][c0][st * 2 + h], sw1 = bs_s[mi][c0 + 1][st * 2 + h];
-                        acc[mi][f][0] += c[0] * (sa0[h] * sw0);
-                        acc[mi][f][1] += c[1] * (sa0[h] * sw1);
-                        acc[mi][f][2] += c[2] * (sa1[h] * sw0);
-                        acc[mi][f][3] += c[3] * (sa1[h] * sw1);
+                        bool mine = !G16 || (tq >> 1) == h;
+                        qplug_cuda__mma_e4m3(c, alo.x, ahi.x, alo.y, ahi.y, mine ? b.x : 0u,
+                                             mine ? b.y : 0u);
+                        float2 sw = *reinterpret_cast<const float2 *>(&bs_s[mi][st * 2 + h][c0]);
+                        acc[mi][f][0] += c[0] * (sa0[h] * sw.x);
+                        acc[mi][f][1] += c[1] * (sa0[h] * sw.y);
+                        acc[mi][f][2] += c[2] * (sa1[h] * sw.x);
+                        acc[mi][f][3] += c[3] * (sa1[h] * sw.y);
                     }
                 }
         }
         __syncthreads();
+        if (more) {
+            store();
+            __syncthreads();
+        }
     }
 
     float L = p.limit;
 #pragma unroll
-    for (int f = 0; f < 8; f++)
+    for (int f = 0; f < FR; f++)
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             int rr = wm * 16 + gid + (i >= 2 ? 8 : 0);
-            int64_t col = n0 + wn * 64 + f * 8 + tq * 2 + (i & 1);
+            int64_t col = n0 + wn * FR * 8 + f * 8 + tq * 2 + (i & 1);
             if (r0 + rr >= r1)
                 continue;
             float v = acc[0][f][i];
@@ -523,7 +595,7 @@ struct qplug_cuda__moe_ws {
 static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t E, int64_t D,
                                     int64_t I, qplug_cuda__moe_ws *ws)
 {
-    int64_t R = m * K, tmax = (R + MOE_BM - 1) / MOE_BM + E;
+    int64_t R = m * K, tmax = (R + MOE_BM_SMALL - 1) / MOE_BM_SMALL + E;
     size_t at = 0;
     size_t sz[12] = {
         4,
@@ -604,26 +676,40 @@ static qplug_status qplug_cuda__moe_check(const qplug_cuda__moe_weights *w, int6
     return QPLUG_OK;
 }
 
-template <int AF, int WF, bool DUAL>
+template <int BM, int AF, int WF, bool DUAL>
 static void qplug_cuda__moe_gemm_launch(const qplug_cuda__moe_gemm_args &a, int64_t tmax,
                                         cudaStream_t s)
 {
     dim3 grid((unsigned)tmax, (unsigned)(a.n / MOE_BN));
-    qplug_cuda__moe_gemm_kernel<AF, WF, DUAL><<<grid, MOE_THREADS, 0, s>>>(a);
+    qplug_cuda__moe_gemm_kernel<BM, AF, WF, DUAL><<<grid, MOE_THREADS, 0, s>>>(a);
 }
 
 /* Dispatches on the weight format (the activation format is a template
  * argument of the caller). */
-template <int AF, bool DUAL>
+template <int BM, int AF, bool DUAL>
 static void qplug_cuda__moe_gemm_wf(int wf, const qplug_cuda__moe_gemm_args &a, int64_t tmax,
                                     cudaStream_t s)
 {
     if (wf == QPLUG_CUDA_MOE_FP8)
-        qplug_cuda__moe_gemm_launch<AF, MOE_F_FP8, DUAL>(a, tmax, s);
+        qplug_cuda__moe_gemm_launch<BM, AF, MOE_F_FP8, DUAL>(a, tmax, s);
     else if (wf == QPLUG_CUDA_MOE_MXFP4)
-        qplug_cuda__moe_gemm_launch<AF, MOE_F_MX, DUAL>(a, tmax, s);
+        qplug_cuda__moe_gemm_launch<BM, AF, MOE_F_MX, DUAL>(a, tmax, s);
     else
-        qplug_cuda__moe_gemm_launch<AF, MOE_F_NV, DUAL>(a, tmax, s);
+        qplug_cuda__moe_gemm_launch<BM, AF, MOE_F_NV, DUAL>(a, tmax, s);
+}
+
+/* The gate/up GEMM for activation format af (FP8, or packed FP4 with
+ * weights of the same FP4 kind). */
+template <int BM>
+static void qplug_cuda__moe_gemm_up(int af, int wf, const qplug_cuda__moe_gemm_args &a,
+                                    int64_t tmax, cudaStream_t s)
+{
+    if (af == MOE_F_FP8)
+        qplug_cuda__moe_gemm_wf<BM, MOE_F_FP8, true>(wf, a, tmax, s);
+    else if (af == MOE_F_MX)
+        qplug_cuda__moe_gemm_launch<BM, MOE_F_MX, MOE_F_MX, true>(a, tmax, s);
+    else
+        qplug_cuda__moe_gemm_launch<BM, MOE_F_NV, MOE_F_NV, true>(a, tmax, s);
 }
 
 /* Permutation, both GEMMs, h quantization and the combine; `a1` carries the
@@ -637,9 +723,12 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
 {
     int32_t E = w->num_experts;
     int64_t D = w->hidden, I = w->intermediate, R = m * K;
-    int64_t tmax = (R + MOE_BM - 1) / MOE_BM + E;
+    /* Small tiles when the experts get 16 rows or fewer on average (decode),
+     * so that the tensor cores do not multiply mostly empty rows. */
+    int bm = R <= (int64_t)MOE_BM_SMALL * E ? MOE_BM_SMALL : MOE_BM_LARGE;
+    int64_t tmax = (R + bm - 1) / bm + E;
 
-    qplug_cuda__moe_permute_kernel<<<1, 1024, 0, s>>>(ids, R, K, E, ws->ntiles, ws->tile_e,
+    qplug_cuda__moe_permute_kernel<<<1, 1024, 0, s>>>(ids, R, K, E, bm, ws->ntiles, ws->tile_e,
                                                       ws->tile_r0, ws->tile_r1, ws->perm_tok,
                                                       ws->inv);
     a1.ntiles = ws->ntiles;
@@ -657,12 +746,10 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a1.k = D;
     a1.limit = w->swiglu_limit;
     a1.out = ws->h;
-    if (af == MOE_F_FP8)
-        qplug_cuda__moe_gemm_wf<MOE_F_FP8, true>(w->fmt, a1, tmax, s);
-    else if (af == MOE_F_MX)
-        qplug_cuda__moe_gemm_launch<MOE_F_MX, MOE_F_MX, true>(a1, tmax, s);
+    if (bm == MOE_BM_SMALL)
+        qplug_cuda__moe_gemm_up<MOE_BM_SMALL>(af, w->fmt, a1, tmax, s);
     else
-        qplug_cuda__moe_gemm_launch<MOE_F_NV, MOE_F_NV, true>(a1, tmax, s);
+        qplug_cuda__moe_gemm_up<MOE_BM_LARGE>(af, w->fmt, a1, tmax, s);
 
     int64_t groups = R * (I / 128);
     qplug_cuda__moe_hquant_kernel<<<(unsigned)((groups + 7) / 8), 256, 0, s>>>(
@@ -686,7 +773,10 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a2.n = D;
     a2.k = I;
     a2.out = ws->o;
-    qplug_cuda__moe_gemm_wf<MOE_F_FP8, false>(w->fmt, a2, tmax, s);
+    if (bm == MOE_BM_SMALL)
+        qplug_cuda__moe_gemm_wf<MOE_BM_SMALL, MOE_F_FP8, false>(w->fmt, a2, tmax, s);
+    else
+        qplug_cuda__moe_gemm_wf<MOE_BM_LARGE, MOE_F_FP8, false>(w->fmt, a2, tmax, s);
 
     dim3 cgrid((unsigned)m, (unsigned)((D + 255) / 256));
     qplug_cuda__moe_combine_kernel<<<cgrid, 256, 0, s>>>(ws->o, ws->inv, wts, K, D,

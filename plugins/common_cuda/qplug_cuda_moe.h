@@ -23,9 +23,11 @@
  * fp32, then quantized to E4M3 per row per 128 with the same scale rule as x
  * before the down GEMM; the down GEMM's output is fp32; y is BF16.
  *
- * The tensor-core kernel is a plain tiled one (64 x 128 tiles, k steps of
- * 64 through shared memory, no asynchronous-copy pipeline): correct first,
- * not yet tuned.
+ * The tensor-core kernel is a plain tiled one (64 x 128 tiles, 16 x 128 when
+ * the experts average 16 rows or fewer; k steps of 64 through shared memory,
+ * the next step's global loads in flight during the current step's mmas; no
+ * TMA or wgmma): correct first, far from the Hopper peak (see
+ * bench/results/h200_moe_v*.md).
  */
 #ifndef QPLUG_CUDA_MOE_H
 #define QPLUG_CUDA_MOE_H
