@@ -209,6 +209,14 @@ __global__ static void qp_cl_copy_kernel(const __nv_bfloat16 *src, int64_t lds,
     dst[i * ldd + c] = src[i * lds + c];
 }
 
+/* True when qp_cl_prepare takes this layer's kind and shape (the scheme is
+ * the caller's check). */
+static bool qp_cl_supports(const qplug_layer_desc *l)
+{
+    return (l->kind == QPLUG_LAYER_LINEAR || l->kind == QPLUG_LAYER_GROUPED_LINEAR) &&
+           l->k >= 128 && l->k % 128 == 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Prepare / release                                                        */
 /* ------------------------------------------------------------------------ */

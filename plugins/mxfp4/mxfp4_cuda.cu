@@ -1,18 +1,36 @@
 /*
- * plugins/mxfp4/mxfp4_cuda.cu - the CUDA path of the mxfp4 plugin: MXFP4 linear and grouped linear (W4A8: FP8 activations with power-of-two
- * scales, as the CPU path),
- * through the shared linear path of plugins/common/qp_cuda_linear.cuh.
- * Fused MoE and KV-cache layers have no CUDA path here yet: prepare refuses
- * them with QPLUG_ERR_UNSUPPORTED and a message naming the layer.
+ * plugins/mxfp4/mxfp4_cuda.cu - the CUDA path of the mxfp4
+ * plugin: MXFP4 linear and grouped linear (W4A8 on Hopper: FP8 activations,
+ * UE8M0 scales) through plugins/common/qp_cuda_linear.cuh, and the fused
+ * MoE of MXFP4 experts (W4A8, UE8M0 activation scales, the rule of the
+ * DeepSeek V4 MXFP4 checkpoints) through plugins/common/qp_cuda_moe.cuh.
+ * KV-cache layers are not this plugin's; prepare refuses any other kind
+ * with QPLUG_ERR_UNSUPPORTED.
  */
 #include "qp_cuda_linear.cuh"
+#include "qp_cuda_moe.cuh"
 
 extern "C" {
+#include "mxfp4_cuda.h"
 #include "mxfp4_internal.h"
+}
+
+extern "C" bool qplug_mxfp4__cuda_supports(const qplug_layer_desc *layer)
+{
+    if (layer->kind == QPLUG_LAYER_FUSED_MOE)
+        return layer->quant == QPLUG_QUANT_MXFP4 && qp_cm_supports(layer);
+    return qp_cl_supports(layer);
 }
 
 extern "C" qplug_status qplug_mxfp4__cuda_prepare(const qplug_host *host, qplug_mxfp4__state *st)
 {
+    if (st->desc.kind == QPLUG_LAYER_FUSED_MOE) {
+        qp_cuda_moe *M = NULL;
+        qplug_status r = qp_cm_prepare(host, &st->desc, st->experts, QPLUG_CUDA_MOE_MXFP4,
+                                       QPLUG_CUDA_SCALE_UE8M0, false, 1.0f, &M);
+        st->cuda = M;
+        return r;
+    }
     qp_cuda_lin *L = NULL;
     qplug_status r = qp_cl_prepare(host, &st->desc, &st->w, true, &L);
     st->cuda = L;
@@ -20,13 +38,18 @@ extern "C" qplug_status qplug_mxfp4__cuda_prepare(const qplug_host *host, qplug_
 }
 
 extern "C" qplug_status qplug_mxfp4__cuda_apply(const qplug_host *host, qplug_mxfp4__state *st,
-                                    const qplug_apply_args *args)
+                                              const qplug_apply_args *args)
 {
+    if (st->desc.kind == QPLUG_LAYER_FUSED_MOE)
+        return qp_cm_apply(host, &st->desc, (const qp_cuda_moe *)st->cuda, args);
     return qp_cl_apply(host, (qp_cuda_lin *)st->cuda, args);
 }
 
 extern "C" void qplug_mxfp4__cuda_release(const qplug_host *host, qplug_mxfp4__state *st)
 {
-    qp_cl_release(host, (qp_cuda_lin *)st->cuda);
+    if (st->desc.kind == QPLUG_LAYER_FUSED_MOE)
+        qp_cm_release(host, (qp_cuda_moe *)st->cuda);
+    else
+        qp_cl_release(host, (qp_cuda_lin *)st->cuda);
     st->cuda = NULL;
 }

@@ -1,0 +1,26 @@
+/*
+ * plugins/unquantized/unquantized_cuda.h - what the CUDA path of the unquantized plugin
+ * (unquantized_cuda.cu) accepts, so that the plugin's score() can return 0 for a
+ * CUDA layer that prepare would refuse instead of failing at load time.
+ */
+#ifndef QPLUG_UNQUANTIZED_CUDA_H
+#define QPLUG_UNQUANTIZED_CUDA_H
+
+#include <stdbool.h>
+
+#include "qplug/plugin.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* True exactly for the layer kinds, schemes and shapes that
+ * qplug_unquantized__cuda_prepare accepts (defined only in builds with CUDA,
+ * i.e. when QPLUG_PLUGIN_CUDA is set). */
+bool qplug_unquantized__cuda_supports(const qplug_layer_desc *layer);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
