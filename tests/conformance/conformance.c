@@ -1164,6 +1164,235 @@ done:
 }
 
 /*
+ * The fused-MoE cases of the CUDA path. The MoE kernels need D and I
+ * multiples of 128, so these cases have their own fixtures (E = 4,
+ * D = I = 128, tests/conformance/gen_gpu_moe_fixtures.py). Bounds (relative
+ * L2 against the fp64 reference of BF16-rounded x; the BF16 rounding of y is
+ * added by run_moe_cuda), following cases.h:
+ *   W8A8 / W4A8 (FP8 x and FP8 h, also for the mxfp4/nvfp4 experts, whose
+ *   weights are exact in the reference): two E4M3 stages in quadrature,
+ *   0.036 * sqrt(2) = 0.051: bound 0.08, as the CPU cases.
+ *   W4A4 (w4a4_megamoe with FP4 activations): FP4 x costs ~0.1 (NVFP4) to
+ *   ~0.12 (MXFP4) (cases.h); the GPU down GEMM takes FP8 h (0.036), not the
+ *   CPU path's FP4 h (~0.15-0.2), so in quadrature ~0.11-0.13: bound 0.25
+ *   (the CPU cases need 0.35-0.4 for their FP4 h).
+ */
+#define MOE_GPU(nm, fx, q, wdt, sdt, fl, nb)                                   \
+    {nm, fx, "moe", QPLUG_LAYER_FUSED_MOE, q, wdt, sdt, 128, 128, 1, 4, 2, 1.5f, fl, 2e-5, nb, \
+     0, {0}, {0}}
+static const conf_case CONF_GPU_CASES[] = {
+    MOE_GPU("moe-gpu.fp8_block-f32", "gpu-moe-fp8_block-f32", QPLUG_QUANT_FP8_BLOCK,
+            QPLUG_DT_F8_E4M3, QPLUG_DT_F32, 0, 0.08),
+    MOE_GPU("moe-gpu.fp8_block-e8m0", "gpu-moe-fp8_block-e8m0", QPLUG_QUANT_FP8_BLOCK,
+            QPLUG_DT_F8_E4M3, QPLUG_DT_F8_E8M0, 0, 0.08),
+    MOE_GPU("moe-gpu.mxfp4", "gpu-moe-mxfp4", QPLUG_QUANT_MXFP4, QPLUG_DT_I8, QPLUG_DT_F8_E8M0,
+            0, 0.08),
+    MOE_GPU("moe-gpu.mxfp4-fp4act", "gpu-moe-mxfp4", QPLUG_QUANT_MXFP4, QPLUG_DT_I8,
+            QPLUG_DT_F8_E8M0, QPLUG_LAYER_FP4_ACTIVATIONS, 0.25),
+    MOE_GPU("moe-gpu.nvfp4", "gpu-moe-nvfp4", QPLUG_QUANT_NVFP4, QPLUG_DT_U8, QPLUG_DT_F8_E4M3,
+            0, 0.08),
+    MOE_GPU("moe-gpu.nvfp4-fp4act", "gpu-moe-nvfp4", QPLUG_QUANT_NVFP4, QPLUG_DT_U8,
+            QPLUG_DT_F8_E4M3, QPLUG_LAYER_FP4_ACTIVATIONS, 0.25),
+};
+#define CONF_GPU_NCASES (sizeof CONF_GPU_CASES / sizeof CONF_GPU_CASES[0])
+
+/* What one fused-MoE call on the device gets, and its deliberate faults. */
+typedef struct moe_call {
+    qplug_precision prec;
+    bool bf16;              /* x and y BF16 (else F32) */
+    const float *x;
+    const int32_t *ids;
+    const float *tw;
+    int64_t m;
+    qplug_dtype ids_dtype;  /* I32, or a wrong one */
+    bool no_weights;        /* topk_weights missing */
+    bool ids_on_cpu;        /* topk_ids handed over as a CPU tensor */
+    qplug_op op;
+} moe_call;
+
+/* One fused-MoE apply on device tensors (x as F32 or BF16, ids I32 and
+ * weights F32 on the device, y poisoned with NaN plus a canary); y_host gets
+ * m * D + 1 floats as in cuda_call. */
+static qplug_status cuda_call_moe(conf_run *r, const qplug_plugin *p, const qplug_host *host,
+                                  void *state, const conf_case *c, const moe_call *mc,
+                                  float *y_host)
+{
+    int64_t m = mc->m, D = c->k, K = c->top_k;
+    size_t es = mc->bf16 ? 2 : 4, nx = (size_t)(m * D), ny = nx + 1, nk = (size_t)(m * K);
+    void *hx = malloc(nx * es), *hy = malloc(ny * es), *dx = NULL, *dy = NULL, *di = NULL,
+         *dw = NULL;
+    cudaStream_t stream = NULL;
+    qplug_status st = QPLUG_ERR_DEVICE;
+    if (!hx || !hy || cudaMalloc(&dx, nx * es) != cudaSuccess ||
+        cudaMalloc(&dy, ny * es) != cudaSuccess || cudaMalloc(&di, nk * 4) != cudaSuccess ||
+        cudaMalloc(&dw, nk * 4) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+        fail(r, "CUDA: cannot allocate the test tensors");
+        goto done;
+    }
+    for (size_t i = 0; i < nx; i++) {
+        if (mc->bf16)
+            ((uint16_t *)hx)[i] = f32_to_bf16_bits(mc->x[i]);
+        else
+            ((float *)hx)[i] = mc->x[i];
+    }
+    for (size_t i = 0; i < ny; i++) {
+        if (mc->bf16)
+            ((uint16_t *)hy)[i] = i + 1 < ny ? 0x7fc0 : 0x1234;
+        else
+            ((float *)hy)[i] = i + 1 < ny ? NAN : 1234.5f;
+    }
+    if (cudaMemcpy(dx, hx, nx * es, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(dy, hy, ny * es, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(di, mc->ids, nk * 4, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(dw, mc->tw, nk * 4, cudaMemcpyHostToDevice) != cudaSuccess) {
+        fail(r, "CUDA: cannot copy the test tensors");
+        goto done;
+    }
+    qplug_dtype io = mc->bf16 ? QPLUG_DT_BF16 : QPLUG_DT_F32;
+    qplug_tensor tx = mk(io, m, D, dx), ty = mk(io, m, D, dy);
+    qplug_tensor ti = mk(mc->ids_dtype, m, K, di), tk = mk(QPLUG_DT_F32, m, K, dw);
+    tx.device = ty.device = tk.device = QPLUG_DEVICE_CUDA;
+    ti.device = mc->ids_on_cpu ? QPLUG_DEVICE_CPU : QPLUG_DEVICE_CUDA;
+    qplug_apply_args a = {sizeof a, mc->op, mc->prec, &tx, &ty, &ti,
+                          mc->no_weights ? NULL : &tk, NULL, 0, stream};
+    st = call_apply(r, p, host, state, &a);
+    cudaError_t ce = cudaStreamSynchronize(stream);
+    if (ce == cudaSuccess)
+        ce = cudaGetLastError();
+    EXPECT(r, ce == cudaSuccess, "CUDA error after apply: %s", cudaGetErrorString(ce));
+    if (ce != cudaSuccess || cudaMemcpy(hy, dy, ny * es, cudaMemcpyDeviceToHost) != cudaSuccess) {
+        st = QPLUG_ERR_DEVICE;
+        goto done;
+    }
+    for (size_t i = 0; i + 1 < ny; i++)
+        y_host[i] = mc->bf16 ? bf16_bits_to_f32(((uint16_t *)hy)[i]) : ((float *)hy)[i];
+    bool canary = mc->bf16 ? ((uint16_t *)hy)[ny - 1] == 0x1234 : ((float *)hy)[ny - 1] == 1234.5f;
+    y_host[ny - 1] = canary ? 0.0f : NAN;
+done:
+    if (stream)
+        cudaStreamDestroy(stream);
+    cudaFree(dx);
+    cudaFree(dy);
+    cudaFree(di);
+    cudaFree(dw);
+    free(hx);
+    free(hy);
+    return st;
+}
+
+/*
+ * The fused-MoE checks on the CUDA path. The plugins round an F32 x to
+ * BF16 and produce y in BF16 (widened for F32 y), so the reference is the
+ * fp64 forward of BF16-rounded x for both I/O dtypes and the bound b grows
+ * by y's rounding, 2^-9 (1 + b). Reference precision is not implemented on
+ * CUDA: it must be refused with QPLUG_ERR_UNSUPPORTED and a message. An
+ * expert id outside [0, E) cannot be refused without a host sync: it must
+ * be skipped like -1 (finite outputs, no device error); a NaN or Inf in x
+ * must turn its row non-finite.
+ */
+static void run_moe_cuda(conf_run *r, const qplug_plugin *p, const qplug_host *host, void *state,
+                         const conf_case *c, const ref_weights *rw, rng *g)
+{
+    int64_t D = c->k, K = c->top_k;
+    static const int64_t ms[4] = {1, 7, 33, 200};
+    for (int mi = 0; mi < 4; mi++) {
+        int64_t m = ms[mi];
+        float *x = malloc((size_t)(m * D) * sizeof(float));
+        float *xb = malloc((size_t)(m * D) * sizeof(float));
+        float *y = malloc((size_t)(m * D + 1) * sizeof(float));
+        double *ref = malloc((size_t)(m * D) * sizeof(double));
+        int32_t *ids = malloc((size_t)(m * K) * sizeof(int32_t));
+        float *tw = malloc((size_t)(m * K) * sizeof(float));
+        if (!x || !xb || !y || !ref || !ids || !tw) {
+            fail(r, "out of memory");
+            free(x), free(xb), free(y), free(ref), free(ids), free(tw);
+            return;
+        }
+        for (int64_t i = 0; i < m * D; i++) {
+            x[i] = (float)rng_normal(g);
+            xb[i] = bf16_bits_to_f32(f32_to_bf16_bits(x[i]));
+        }
+        make_routing(c, m, g, ids, tw);
+        ref_forward(c, rw, xb, m, ids, tw, ref);
+        moe_call mc = {QPLUG_PRECISION_NATIVE, false, x, ids, tw, m, QPLUG_DT_I32, false, false,
+                       QPLUG_OP_FORWARD};
+        for (int io = 0; io < 2; io++) {
+            mc.bf16 = io == 1;
+            qplug_status st = cuda_call_moe(r, p, host, state, c, &mc, y);
+            EXPECT(r, st == QPLUG_OK, "cuda moe apply (m = %lld, %s) failed: %s: %s",
+                   (long long)m, mc.bf16 ? "BF16" : "F32", qplug_status_name(st),
+                   ((host_ctx *)host->ctx)->errmsg);
+            if (st != QPLUG_OK)
+                continue;
+            int64_t unwritten = 0;
+            for (int64_t i = 0; i < m * D; i++)
+                unwritten += !isfinite(y[i]);
+            EXPECT(r, unwritten == 0, "cuda moe apply (m = %lld) left %lld of %lld outputs "
+                   "unwritten", (long long)m, (long long)unwritten, (long long)(m * D));
+            EXPECT(r, y[m * D] == 0.0f, "cuda moe apply wrote past the end of y");
+            double bound = c->native_bound * (m == 1 ? 2.0 : 1.0);
+            bound += ldexp(1.0 + bound, -9);
+            double e = rel_l2(y, ref, m * D);
+            printf("  cuda %-4s m = %3lld native    rel L2 %.3g (bound %.3g)\n",
+                   mc.bf16 ? "bf16" : "f32", (long long)m, e, bound);
+            EXPECT(r, e <= bound, "cuda moe %s m = %lld: rel L2 %.3g exceeds the bound %.3g",
+                   mc.bf16 ? "bf16" : "f32", (long long)m, e, bound);
+        }
+        if (mi == 1) {
+            moe_call b = mc;
+            b.bf16 = true;
+            b.prec = QPLUG_PRECISION_REFERENCE;
+            EXPECT(r, cuda_call_moe(r, p, host, state, c, &b, y) == QPLUG_ERR_UNSUPPORTED,
+                   "cuda moe: reference precision not refused as unsupported");
+            b.prec = QPLUG_PRECISION_NATIVE;
+            b.ids_dtype = QPLUG_DT_I64;
+            EXPECT(r, cuda_call_moe(r, p, host, state, c, &b, y) != QPLUG_OK,
+                   "cuda moe: topk_ids of dtype I64 accepted");
+            b.ids_dtype = QPLUG_DT_I32;
+            b.no_weights = true;
+            EXPECT(r, cuda_call_moe(r, p, host, state, c, &b, y) != QPLUG_OK,
+                   "cuda moe: missing topk_weights accepted");
+            b.no_weights = false;
+            b.ids_on_cpu = true;
+            EXPECT(r, cuda_call_moe(r, p, host, state, c, &b, y) != QPLUG_OK,
+                   "cuda moe: topk_ids on the CPU accepted");
+            b.ids_on_cpu = false;
+            b.op = QPLUG_OP_KV_READ;
+            EXPECT(r, cuda_call_moe(r, p, host, state, c, &b, y) != QPLUG_OK,
+                   "cuda moe: op KV_READ accepted");
+            b.op = QPLUG_OP_FORWARD;
+            /* Out-of-range ids are skipped on the device. */
+            int32_t keep_id = ids[0];
+            ids[0] = c->experts;
+            qplug_status st = cuda_call_moe(r, p, host, state, c, &b, y);
+            ids[0] = keep_id;
+            if (st == QPLUG_OK) {
+                int64_t bad = 0;
+                for (int64_t i = 0; i < m * D; i++)
+                    bad += !isfinite(y[i]);
+                EXPECT(r, bad == 0, "cuda moe: expert id %d (of %d) gave %lld non-finite "
+                       "outputs", c->experts, c->experts, (long long)bad);
+            }
+            for (int nan = 0; nan < 2; nan++) {
+                float keep = x[3];
+                x[3] = nan ? NAN : INFINITY;
+                st = cuda_call_moe(r, p, host, state, c, &b, y);
+                x[3] = keep;
+                if (st != QPLUG_OK)
+                    continue;
+                int64_t bad = 0;
+                for (int64_t j = 0; j < D; j++)
+                    bad += !isfinite(y[j]);
+                EXPECT(r, bad > 0, "cuda moe: a%s in x gave finite outputs without an error",
+                       nan ? " NaN" : "n Inf");
+            }
+        }
+        free(x), free(xb), free(y), free(ref), free(ids), free(tw);
+    }
+}
+
+/*
  * The forward checks of run_forward on the CUDA path, for F32 and BF16
  * device tensors. For BF16 the reference is computed from x rounded to
  * BF16 (what the plugin receives), and the bound b grows by the BF16
@@ -1176,8 +1405,12 @@ done:
 static void run_forward_cuda(conf_run *r, const qplug_plugin *p, const qplug_host *host,
                              void *state, const conf_case *c, const ref_weights *rw, rng *g)
 {
+    if (c->kind == QPLUG_LAYER_FUSED_MOE) {
+        run_moe_cuda(r, p, host, state, c, rw, g);
+        return;
+    }
     if (c->kind != QPLUG_LAYER_LINEAR && c->kind != QPLUG_LAYER_GROUPED_LINEAR) {
-        fail(r, "--device cuda covers linear and grouped linear layers only");
+        fail(r, "--device cuda covers linear, grouped linear and fused MoE layers only");
         return;
     }
     int64_t in = (int64_t)c->groups * c->k, out = (int64_t)c->groups * c->n;
@@ -1457,6 +1690,11 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < CONF_NCASES; i++)
             if (strcmp(CONF_CASES[i].name, case_name) == 0)
                 only = &CONF_CASES[i];
+#ifdef QPLUG_CONF_CUDA
+        for (size_t i = 0; i < CONF_GPU_NCASES && run.cuda; i++)
+            if (strcmp(CONF_GPU_CASES[i].name, case_name) == 0)
+                only = &CONF_GPU_CASES[i];
+#endif
         if (!only) {
             fprintf(stderr, "qplug_conformance: unknown case '%s' (see --list)\n", case_name);
             return 2;
@@ -1514,6 +1752,17 @@ int main(int argc, char **argv)
             else if (only)
                 printf("case %s: not claimed by %s (score 0)\n", c->name, p->name);
         }
+#ifdef QPLUG_CONF_CUDA
+        for (size_t i = 0; i < CONF_GPU_NCASES && run.cuda; i++) {
+            const conf_case *c = &CONF_GPU_CASES[i];
+            if (only && c != only)
+                continue;
+            if (run_case(&run, p, c, data_dir, seed, threads))
+                claimed++;
+            else if (only)
+                printf("case %s: not claimed by %s (score 0)\n", c->name, p->name);
+        }
+#endif
         if (require && only && claimed == 0)
             fail(&run, "--require: %s does not claim case %s", p->name, only->name);
         if (claimed == 0 && !only)
