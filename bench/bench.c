@@ -379,11 +379,23 @@ static int ctx_acts(bench_ctx *c)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: qplug bench [--plugin fp8_block|mxfp4|nvfp4] [--shapes flash|pro] "
-               "[--m 1,16,...] [--reps N] [--json OUT] [--md OUT] [--check-max-m M]\n");
+               "[--m 1,16,...] [--reps N] [--json OUT] [--md OUT] [--check-max-m M]\n"
+               "       qplug bench --moe [--reps N] [--json OUT] [--md OUT]\n");
 }
 
 int qplug_bench_main(int argc, char **argv)
 {
+    /* --moe anywhere selects the fused-MoE bench (bench_moe.c), which takes
+     * the other arguments. */
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--moe")) {
+            char *rest[32];
+            int nr = 0;
+            for (int j = 1; j < argc && nr < 32; j++)
+                if (j != i)
+                    rest[nr++] = argv[j];
+            return qplug_bench__moe_main(nr, rest);
+        }
     int want[PL_COUNT] = {1, 1, 1};
     int models = 3; /* bit 0 flash, bit 1 pro */
     int reps = 20;

@@ -18,6 +18,15 @@ typedef struct abi_src {
     unsigned seed;
 } abi_src;
 
+/* The host tensors of a synthetic MoE layer: one tensor per (matrix,
+ * slot), shared by all experts (the plugin makes each expert its own device
+ * copy, so the bytes read per expert are still distinct). */
+typedef struct moe_src {
+    qplug_tensor t[3][5];
+    bool made[3][5];
+    unsigned seed;
+} moe_src;
+
 static uint32_t xs32(uint32_t *s)
 {
     *s ^= *s << 13;
@@ -133,6 +142,7 @@ struct bench_abi_layers {
     qplug_layer_inst **l;
     int count;
     abi_src src;
+    struct moe_src *moe; /* MoE layers: their shared host tensors */
 };
 
 bench_abi_layers *bench_abi_create(bench_abi *b, const char *plugin, int64_t n, int64_t k,
@@ -191,6 +201,12 @@ void bench_abi_destroy(bench_abi_layers *L)
         qplug_layer_destroy(L->l[i]);
     for (int i = 0; i < L->src.count; i++)
         free(L->src.t[i].data);
+    if (L->moe)
+        for (int j = 0; j < 3; j++)
+            for (int si = 0; si < 5; si++)
+                if (L->moe->made[j][si])
+                    free(L->moe->t[j][si].data);
+    free(L->moe);
     free(L->l);
     free(L);
 }
@@ -221,6 +237,170 @@ int bench_abi_apply(bench_abi_layers *L, int i, int64_t m, void *x, void *y, boo
     qplug_err err;
     memset(&err, 0, sizeof err);
     if (qplug_layer_apply(L->l[i % L->count], &a, &err)) {
+        snprintf(msg, msg_size, "%s", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* The index of an expert slot name's tail, or -1. */
+static int moe_slot_index(const char *tail)
+{
+    static const char *const names[5] = {"weight", "scale", "weight_scale", "weight_scale_2",
+                                         "input_scale"};
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(tail, names[i]))
+            return i;
+    return -1;
+}
+
+static const qplug_tensor *moe_source(void *user, const qplug_layer_desc *l, const char *slot,
+                                      const char **file)
+{
+    moe_src *src = user;
+    *file = "synthetic";
+    int e = 0, wi = 0, off = 0;
+    if (sscanf(slot, "experts.%d.w%d.%n", &e, &wi, &off) != 2 || off == 0 || wi < 1 || wi > 3)
+        return NULL;
+    const char *tail = slot + off;
+    int j = wi == 1 ? 0 : wi == 3 ? 1 : 2;
+    int si = moe_slot_index(tail);
+    bool input_scale = si == 4;
+    if (si < 0)
+        return NULL;
+    if (src->made[j][si])
+        return &src->t[j][si];
+    int64_t rows = j < 2 ? l->n : l->k, cols = j < 2 ? l->k : l->n;
+    qplug_tensor t;
+    memset(&t, 0, sizeof t);
+    t.ndim = 2;
+    t.shape[0] = rows;
+    t.device = QPLUG_DEVICE_CPU;
+    bool fp8 = l->quant == QPLUG_QUANT_FP8_BLOCK, nv = l->quant == QPLUG_QUANT_NVFP4;
+    if (si == 0) {
+        t.dtype = fp8 ? QPLUG_DT_F8_E4M3 : QPLUG_DT_U8;
+        t.shape[1] = fp8 ? cols : cols / 2;
+    } else if (si == 1 && fp8) {
+        t.dtype = QPLUG_DT_F8_E8M0;
+        t.shape[0] = rows / 128;
+        t.shape[1] = cols / 128;
+    } else if (si == 1) {
+        t.dtype = QPLUG_DT_F8_E8M0;
+        t.shape[1] = cols / 32;
+    } else if (si == 2 && nv) {
+        t.dtype = QPLUG_DT_F8_E4M3;
+        t.shape[1] = cols / 16;
+    } else if (si >= 3 && nv) {
+        t.dtype = QPLUG_DT_F32;
+        t.ndim = 0;
+    } else {
+        return NULL;
+    }
+    size_t bytes = t.ndim == 0 ? 4 : (size_t)(t.shape[0] * t.shape[1]);
+    t.data = malloc(bytes);
+    if (!t.data)
+        return NULL;
+    if (t.ndim == 0)
+        *(float *)t.data = input_scale ? 1.0f : 0.0123f;
+    else
+        fill_bytes(t.data, bytes, t.dtype, tail, src->seed + (unsigned)(4 * j + si));
+    t.name = "synthetic expert tensor";
+    src->t[j][si] = t;
+    src->made[j][si] = true;
+    return &src->t[j][si];
+}
+
+bench_abi_layers *bench_abi_moe_create(bench_abi *b, const char *plugin, bool nvfp4, int32_t E,
+                                       int32_t top_k, int64_t D, int64_t I, bool fp4_act,
+                                       size_t *expert_bytes, char *msg, size_t msg_size)
+{
+    const qplug_plugin *p = qplug_registry_find(b->reg, plugin);
+    if (!p) {
+        snprintf(msg, msg_size, "plugin %s is not in the plugin search path", plugin);
+        return NULL;
+    }
+    bench_abi_layers *L = calloc(1, sizeof *L);
+    moe_src *src = calloc(1, sizeof *src);
+    if (!L || !src || !(L->l = calloc(1, sizeof *L->l))) {
+        free(L ? L->l : NULL);
+        free(L);
+        free(src);
+        snprintf(msg, msg_size, "out of memory");
+        return NULL;
+    }
+    L->moe = src;
+    src->seed = 91;
+    qplug_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    d.name = "layers.3.ffn.experts";
+    d.kind = QPLUG_LAYER_FUSED_MOE;
+    d.quant = !strcmp(plugin, "fp8_block") ? QPLUG_QUANT_FP8_BLOCK
+              : !strcmp(plugin, "nvfp4") || nvfp4 ? QPLUG_QUANT_NVFP4
+                                                  : QPLUG_QUANT_MXFP4;
+    d.weight_dtype = d.quant == QPLUG_QUANT_FP8_BLOCK ? QPLUG_DT_F8_E4M3 : QPLUG_DT_U8;
+    d.scale_dtype = d.quant == QPLUG_QUANT_NVFP4 ? QPLUG_DT_F8_E4M3 : QPLUG_DT_F8_E8M0;
+    d.device = QPLUG_DEVICE_CUDA;
+    d.n = I;
+    d.k = D;
+    d.groups = 1;
+    d.num_experts = E;
+    d.top_k = top_k;
+    d.swiglu_limit = 10.0f;
+    d.flags = fp4_act ? QPLUG_LAYER_FP4_ACTIVATIONS : 0;
+    size_t per = (size_t)(3 * D * I);
+    *expert_bytes = d.quant == QPLUG_QUANT_FP8_BLOCK ? per + per / (128 * 128) * 4
+                    : d.quant == QPLUG_QUANT_MXFP4   ? per / 2 + per / 32
+                                                     : per / 2 + per / 16 + 12;
+    if (p->score(&d) <= 0) {
+        snprintf(msg, msg_size, "not claimed");
+        bench_abi_destroy(L);
+        return NULL;
+    }
+    qplug_err err;
+    memset(&err, 0, sizeof err);
+    if (qplug_layer_create(b->rt, p, &d, moe_source, src, &L->l[0], &err)) {
+        snprintf(msg, msg_size, "%s", err.msg);
+        bench_abi_destroy(L);
+        return NULL;
+    }
+    L->count = 1;
+    return L;
+}
+
+int bench_abi_moe_apply(bench_abi_layers *L, int64_t m, void *x, void *y, void *ids,
+                        void *weights, char *msg, size_t msg_size)
+{
+    const qplug_layer_desc *d = qplug_layer_desc_of(L->l[0]);
+    qplug_tensor tx, ty, ti, tw;
+    memset(&tx, 0, sizeof tx);
+    tx.dtype = QPLUG_DT_BF16;
+    tx.ndim = 2;
+    tx.device = QPLUG_DEVICE_CUDA;
+    tx.shape[0] = m;
+    tx.shape[1] = d->k;
+    ty = tx;
+    tx.data = x;
+    ty.data = y;
+    ti = tx;
+    ti.dtype = QPLUG_DT_I32;
+    ti.shape[1] = d->top_k;
+    ti.data = ids;
+    tw = ti;
+    tw.dtype = QPLUG_DT_F32;
+    tw.data = weights;
+    qplug_apply_args a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.op = QPLUG_OP_FORWARD;
+    a.precision = QPLUG_PRECISION_NATIVE;
+    a.x = &tx;
+    a.y = &ty;
+    a.topk_ids = &ti;
+    a.topk_weights = &tw;
+    qplug_err err;
+    memset(&err, 0, sizeof err);
+    if (qplug_layer_apply(L->l[0], &a, &err)) {
         snprintf(msg, msg_size, "%s", err.msg);
         return -1;
     }

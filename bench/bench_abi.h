@@ -26,4 +26,20 @@ void bench_abi_destroy(bench_abi_layers *L);
 int bench_abi_apply(bench_abi_layers *L, int i, int64_t m, void *x, void *y, bool reference,
                     char *msg, size_t msg_size);
 
+/* A fused-MoE layer (E experts, top_k, D = hidden, I = intermediate) of
+ * `plugin` ("fp8_block", "mxfp4", "nvfp4", "w4a4_megamoe"; w4a4_megamoe
+ * takes MXFP4 experts unless nvfp4) with synthetic experts; fp4_act sets
+ * QPLUG_LAYER_FP4_ACTIVATIONS. NULL with msg "not claimed" when the plugin
+ * scores it 0. expert_bytes gets the device bytes of one expert (w1, w3,
+ * w2 with their scales). */
+bench_abi_layers *bench_abi_moe_create(bench_abi *b, const char *plugin, bool nvfp4, int32_t E,
+                                       int32_t top_k, int64_t D, int64_t I, bool fp4_act,
+                                       size_t *expert_bytes, char *msg, size_t msg_size);
+
+/* qplug_layer_apply of the MoE layer on BF16 device x [m, D] -> y [m, D]
+ * with device topk_ids I32 [m, top_k] and topk_weights F32 [m, top_k], on
+ * the legacy default stream; 0 on success. */
+int bench_abi_moe_apply(bench_abi_layers *L, int64_t m, void *x, void *y, void *ids,
+                        void *weights, char *msg, size_t msg_size);
+
 #endif

@@ -15,6 +15,10 @@ extern "C" {
 /* Runs the bench with the arguments after "bench"; returns the exit code. */
 int qplug_bench_main(int argc, char **argv);
 
+/* `qplug bench --moe`: the fused-MoE bench through the ABI (bench_moe.c),
+ * with the arguments other than "bench" and "--moe". */
+int qplug_bench__moe_main(int argc, char **argv);
+
 /* Buffer contents for qplug_bench__fill. */
 enum {
     QPLUG_BENCH_FILL_RAW = 0,

@@ -1,0 +1,245 @@
+/*
+ * bench_moe.c - `qplug bench --moe`: the fused MoE of the plugins' CUDA
+ * paths timed through the ABI (qplug_layer_create with synthetic experts,
+ * qplug_layer_apply with device routing) at DeepSeek V4 Flash shapes
+ * (E = 256, top-6, D = 4096, I = 2048).
+ *
+ * Per (path, tokens): the median of the timed calls (CUDA events around
+ * each qplug_layer_apply, after warm-up), effective TFLOP/s =
+ * 2 * tokens * top_k * 3 * D * I / time, GB/s = device bytes of the experts
+ * the routing touches (weights and scales of w1, w3, w2) / time, and that
+ * as a share of the device-to-device copy bandwidth (bytes read plus
+ * written). The reference point of each row is the time the touched
+ * experts' BF16 bytes take at copy bandwidth (what an ideal memory-bound
+ * BF16 MoE would need). Routing is uniform random, distinct experts per
+ * token, drawn on the host.
+ */
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench_abi.h"
+#include "qplug_bench.h"
+
+#define MOE_E 256
+#define MOE_K 6
+#define MOE_D 4096
+#define MOE_I 2048
+
+typedef struct moe_path {
+    const char *label;
+    const char *plugin;
+    bool nvfp4, fp4_act;
+} moe_path;
+
+static int cmp_f(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static uint32_t rnd(uint32_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return *s;
+}
+
+/* Copy bandwidth in GB/s (bytes read plus written), median of 5. */
+static double copy_bw(void)
+{
+    size_t bytes = (size_t)1 << 30;
+    void *a = NULL, *b = NULL;
+    float t[5];
+    cudaEvent_t e0, e1;
+    if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) {
+        cudaFree(a);
+        return 0.0;
+    }
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+    for (int r = 0; r < 5; r++) {
+        cudaEventRecord(e0, NULL);
+        cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, NULL);
+        cudaEventRecord(e1, NULL);
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&t[r], e0, e1);
+    }
+    qsort(t, 5, sizeof t[0], cmp_f);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaFree(a);
+    cudaFree(b);
+    return 2.0 * (double)bytes / (t[2] * 1e-3) / 1e9;
+}
+
+int qplug_bench__moe_main(int argc, char **argv)
+{
+    const char *json = NULL, *md = NULL;
+    int reps = 20;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            json = argv[++i];
+        else if (!strcmp(argv[i], "--md") && i + 1 < argc)
+            md = argv[++i];
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: qplug bench --moe [--reps N] [--json F] [--md F]\n");
+            return 2;
+        }
+    }
+    if (reps < 1 || reps > 200)
+        reps = 20;
+    char msg[512] = "";
+    bench_abi *b = bench_abi_open(msg, sizeof msg);
+    if (!b) {
+        fprintf(stderr, "qplug bench --moe: %s\n", msg);
+        return 1;
+    }
+    struct cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, 0);
+    double bw = copy_bw();
+    static const int64_t ms[3] = {64, 512, 4096};
+    static const moe_path paths[] = {
+        {"fp8_block (W8A8)", "fp8_block", false, false},
+        {"mxfp4 (W4A8)", "mxfp4", false, false},
+        {"nvfp4 (W4A8)", "nvfp4", true, false},
+        {"w4a4_megamoe mxfp4 W4A8", "w4a4_megamoe", false, false},
+        {"w4a4_megamoe mxfp4 W4A4", "w4a4_megamoe", false, true},
+    };
+    int npaths = (int)(sizeof paths / sizeof paths[0]);
+    int64_t mmax = ms[2];
+    void *x = NULL, *y = NULL, *ids = NULL, *wts = NULL;
+    int32_t *hids = malloc((size_t)(mmax * MOE_K) * sizeof(int32_t));
+    float *hw = malloc((size_t)(mmax * MOE_K) * sizeof(float));
+    FILE *fj = json ? fopen(json, "w") : NULL, *fm = md ? fopen(md, "w") : NULL;
+    int rc = 0;
+    if (!hids || !hw || cudaMalloc(&x, (size_t)(mmax * MOE_D) * 2) != cudaSuccess ||
+        cudaMalloc(&y, (size_t)(mmax * MOE_D) * 2) != cudaSuccess ||
+        cudaMalloc(&ids, (size_t)(mmax * MOE_K) * 4) != cudaSuccess ||
+        cudaMalloc(&wts, (size_t)(mmax * MOE_K) * 4) != cudaSuccess ||
+        qplug_bench__fill(x, (size_t)(mmax * MOE_D) * 2, QPLUG_BENCH_FILL_BF16, 5)) {
+        fprintf(stderr, "qplug bench --moe: out of memory\n");
+        rc = 1;
+        goto out;
+    }
+    uint32_t s = 12345u;
+    for (int64_t t = 0; t < mmax; t++)
+        for (int j = 0; j < MOE_K; j++) {
+            int32_t e;
+            bool dup;
+            do {
+                e = (int32_t)(rnd(&s) % MOE_E);
+                dup = false;
+                for (int q = 0; q < j; q++)
+                    dup |= hids[t * MOE_K + q] == e;
+            } while (dup);
+            hids[t * MOE_K + j] = e;
+            hw[t * MOE_K + j] = 1.0f / MOE_K;
+        }
+    cudaMemcpy(ids, hids, (size_t)(mmax * MOE_K) * 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(wts, hw, (size_t)(mmax * MOE_K) * 4, cudaMemcpyHostToDevice);
+    printf("fused MoE through the ABI, %s, E=%d top-%d D=%d I=%d, copy bandwidth %.0f GB/s\n",
+           prop.name, MOE_E, MOE_K, MOE_D, MOE_I, bw);
+    if (fm) {
+        fprintf(fm, "Fused MoE through the ABI on %s: E=%d, top-%d, D=%d, I=%d; median of %d "
+                    "calls; copy bandwidth %.0f GB/s (read + written).\n\n",
+                prop.name, MOE_E, MOE_K, MOE_D, MOE_I, reps, bw);
+        fprintf(fm, "| path | tokens | experts touched | time (ms) | TFLOP/s | GB/s (touched) "
+                    "| %% of copy BW | BF16 experts at copy BW (ms) |\n|---|---|---|---|---|---|"
+                    "---|---|\n");
+        fflush(fm);
+    }
+    if (fj)
+        fprintf(fj, "{\"device\": \"%s\", \"copy_gbps\": %.1f, \"rows\": [", prop.name, bw);
+    bool first = true;
+    cudaEvent_t ev[400];
+    for (int i = 0; i < 2 * reps; i++)
+        cudaEventCreate(&ev[i]);
+    for (int pi = 0; pi < npaths; pi++) {
+        const moe_path *P = &paths[pi];
+        size_t eb = 0;
+        bench_abi_layers *L = bench_abi_moe_create(b, P->plugin, P->nvfp4, MOE_E, MOE_K, MOE_D,
+                                                   MOE_I, P->fp4_act, &eb, msg, sizeof msg);
+        if (!L) {
+            printf("%-26s: %s\n", P->label, msg);
+            if (strcmp(msg, "not claimed") != 0)
+                rc = 1;
+            continue;
+        }
+        for (int mi = 0; mi < 3; mi++) {
+            int64_t m = ms[mi];
+            bool touched[MOE_E] = {false};
+            int nt = 0;
+            for (int64_t i = 0; i < m * MOE_K; i++)
+                if (!touched[hids[i]]) {
+                    touched[hids[i]] = true;
+                    nt++;
+                }
+            int bad = 0;
+            for (int w = 0; w < 3 && !bad; w++)
+                bad = bench_abi_moe_apply(L, m, x, y, ids, wts, msg, sizeof msg);
+            float t[200];
+            for (int r = 0; r < reps && !bad; r++) {
+                cudaEventRecord(ev[2 * r], NULL);
+                bad = bench_abi_moe_apply(L, m, x, y, ids, wts, msg, sizeof msg);
+                cudaEventRecord(ev[2 * r + 1], NULL);
+            }
+            cudaError_t ce = cudaDeviceSynchronize();
+            if (bad || ce != cudaSuccess) {
+                printf("%-26s m=%lld: FAILED: %s\n", P->label, (long long)m,
+                       bad ? msg : cudaGetErrorString(ce));
+                rc = 1;
+                break;
+            }
+            for (int r = 0; r < reps; r++)
+                cudaEventElapsedTime(&t[r], ev[2 * r], ev[2 * r + 1]);
+            qsort(t, (size_t)reps, sizeof t[0], cmp_f);
+            double ms_t = t[reps / 2];
+            double flop = 2.0 * (double)m * MOE_K * 3.0 * MOE_D * MOE_I;
+            double tflops = flop / (ms_t * 1e-3) / 1e12;
+            double bytes = (double)nt * (double)eb;
+            double gbps = bytes / (ms_t * 1e-3) / 1e9;
+            double ref_ms = (double)nt * 3.0 * MOE_D * MOE_I * 2.0 / (bw * 1e9) * 1e3;
+            printf("%-26s m=%5lld touched %3d  %8.3f ms  %7.1f TFLOP/s  %6.0f GB/s  %5.1f%% "
+                   "of copy BW  (BF16 at copy BW %.3f ms)\n",
+                   P->label, (long long)m, nt, ms_t, tflops, gbps, 100.0 * gbps / bw, ref_ms);
+            if (fm) {
+                fprintf(fm, "| %s | %lld | %d | %.3f | %.1f | %.0f | %.1f%% | %.3f |\n",
+                        P->label, (long long)m, nt, ms_t, tflops, gbps, 100.0 * gbps / bw,
+                        ref_ms);
+                fflush(fm);
+            }
+            if (fj) {
+                fprintf(fj, "%s\n {\"path\": \"%s\", \"tokens\": %lld, \"experts_touched\": %d, "
+                            "\"ms\": %.4f, \"tflops\": %.2f, \"gbps\": %.1f, \"pct_copy\": %.2f, "
+                            "\"bf16_copy_ms\": %.4f}",
+                        first ? "" : ",", P->label, (long long)m, nt, ms_t, tflops, gbps,
+                        100.0 * gbps / bw, ref_ms);
+                first = false;
+            }
+        }
+        bench_abi_destroy(L);
+    }
+    for (int i = 0; i < 2 * reps; i++)
+        cudaEventDestroy(ev[i]);
+    if (fj)
+        fprintf(fj, "\n]}\n");
+out:
+    if (fj)
+        fclose(fj);
+    if (fm)
+        fclose(fm);
+    cudaFree(x);
+    cudaFree(y);
+    cudaFree(ids);
+    cudaFree(wts);
+    free(hids);
+    free(hw);
+    bench_abi_close(b);
+    return rc;
+}
