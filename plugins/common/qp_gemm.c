@@ -2,11 +2,15 @@
  * plugins/common/qp_gemm.c - the cache-blocked CPU GEMM and the linear,
  * grouped-linear, fused-MoE and KV-cache drivers built on it.
  *
- * Work is split over tiles of QP_TILE weight rows: each task decodes its
+ * Work is split over tiles of QPLUG__NR weight rows: each task decodes its
  * tile once into per-thread fp32 scratch (exact values, or unscaled E4M3
- * values plus block scales) and then streams every activation row past it,
- * so the decoded tile stays in L1/L2 while x rows are reused across the
- * tile's rows.
+ * values plus block scales). With enough activation rows the tile is
+ * packed into a panel (k-major, QPLUG__NR values per step) and the
+ * register-blocked panel kernel of qp_gemm_kernels.c runs over it one k
+ * chunk at a time, so a chunk of the panel (8 KB) stays in L1 while every
+ * activation row passes it; with very few rows packing costs more than it
+ * saves, and a row kernel takes dot products straight off the decoded
+ * rows.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -14,80 +18,131 @@
 
 #include "qplug/codec.h"
 #include "qp_common.h"
+#include "qp_gemm_kernels.h"
 
-#define QP_TILE 16
+/* From this many activation rows on, a tile is packed into a panel. */
+#define QP_PANEL_MIN_M 3
+
+_Static_assert(QPLUG__KC == QPLUG__FP8_BLOCK, "one kernel chunk must be one FP8 block");
 
 static int64_t ceil_div(int64_t a, int64_t b)
 {
     return (a + b - 1) / b;
 }
 
-/* Dot product with eight independent partial sums, which the compiler maps
- * onto vector lanes without needing to reassociate a single sum. */
-static float dot(const float *a, const float *b, int64_t n)
-{
-    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            s[j] += a[i + j] * b[i + j];
-    float t = 0.0f;
-    for (; i < n; i++)
-        t += a[i] * b[i];
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + t;
-}
-
 typedef struct gemm_ctx {
     const qplug_host *host;
     const qplug__gemm_args *g;
+    qplug__gemm_kernels kern;
+    bool panel;
     _Atomic int failed;
 } gemm_ctx;
+
+/* Few activation rows: each row against 4 decoded weight rows at a time,
+ * one k chunk (one FP8 block) per call. */
+static void tile_rows(const gemm_ctx *c, int64_t n0, int64_t nt, const float *wt,
+                      const float *wsc)
+{
+    const qplug__gemm_args *g = c->g;
+    int64_t k = g->k, kb = ceil_div(k, QPLUG__KC);
+    for (int64_t i = 0; i < g->m; i++) {
+        const float *a = g->a + i * g->lda;
+        float *y = g->y + i * g->ldy + n0;
+        for (int64_t j0 = 0; j0 < nt; j0 += 4) {
+            /* Rows past the tile's end repeat its last row; their sums are
+             * dropped. */
+            int64_t rows[4];
+            for (int j = 0; j < 4; j++)
+                rows[j] = j0 + j < nt ? j0 + j : nt - 1;
+            float acc[4] = {0, 0, 0, 0};
+            for (int64_t b = 0; b < kb; b++) {
+                int64_t c0 = b * QPLUG__KC;
+                int64_t len = k - c0 < QPLUG__KC ? k - c0 : QPLUG__KC;
+                const float *w[4];
+                float sw[4];
+                for (int j = 0; j < 4; j++) {
+                    w[j] = wt + rows[j] * k + c0;
+                    sw[j] = g->fp8_split ? wsc[rows[j] * kb + b] : 1.0f;
+                }
+                float sa = g->a_sc ? g->a_sc[i * kb + b] : 1.0f;
+                c->kern.row4(len, a + c0, w, sa, sw, acc);
+            }
+            for (int j = 0; j < 4 && j0 + j < nt; j++)
+                y[j0 + j] = g->alpha * acc[j];
+        }
+    }
+}
+
+/* Packs the decoded rows wt[nt][k] into pn[k][QPLUG__NR], zero columns
+ * past nt. */
+static void pack_panel(const float *wt, int64_t nt, int64_t k, float *pn)
+{
+    for (int64_t t0 = 0; t0 < k; t0 += 8) {
+        int64_t t1 = t0 + 8 < k ? t0 + 8 : k;
+        for (int64_t j = 0; j < QPLUG__NR; j++) {
+            const float *src = wt + j * k;
+            for (int64_t t = t0; t < t1; t++)
+                pn[t * QPLUG__NR + j] = j < nt ? src[t] : 0.0f;
+        }
+    }
+}
+
+/* Enough activation rows: the panel kernel over chunks of k, all rows per
+ * chunk, partial sums in acc[m][QPLUG__NR]. */
+static void tile_panel(const gemm_ctx *c, int64_t n0, int64_t nt, const float *pn,
+                       const float *wsc, float *acc)
+{
+    const qplug__gemm_args *g = c->g;
+    int64_t k = g->k, kb = ceil_div(k, QPLUG__KC), m = g->m;
+    memset(acc, 0, (size_t)(m * QPLUG__NR) * sizeof(float));
+    for (int64_t b = 0; b < kb; b++) {
+        int64_t c0 = b * QPLUG__KC;
+        int64_t len = k - c0 < QPLUG__KC ? k - c0 : QPLUG__KC;
+        float sw[QPLUG__NR];
+        for (int64_t j = 0; j < QPLUG__NR; j++)
+            sw[j] = g->fp8_split && j < nt ? wsc[j * kb + b] : 1.0f;
+        for (int64_t i0 = 0; i0 < m; i0 += c->kern.mr_max) {
+            int mr = (int)(m - i0 < c->kern.mr_max ? m - i0 : c->kern.mr_max);
+            c->kern.panel(mr, len, g->a + i0 * g->lda + c0, g->lda, pn + c0 * QPLUG__NR,
+                          g->a_sc ? g->a_sc + i0 * kb + b : NULL, kb, sw,
+                          acc + i0 * QPLUG__NR);
+        }
+    }
+    for (int64_t i = 0; i < m; i++) {
+        float *y = g->y + i * g->ldy + n0;
+        for (int64_t j = 0; j < nt; j++)
+            y[j] = g->alpha * acc[i * QPLUG__NR + j];
+    }
+}
 
 static void gemm_range(void *arg, int64_t begin, int64_t end)
 {
     gemm_ctx *c = arg;
     const qplug__gemm_args *g = c->g;
     int64_t k = g->k, kb = ceil_div(k, QPLUG__FP8_BLOCK);
-    bool blocked = g->fp8_split || g->a_sc;
-    size_t need = (size_t)(QP_TILE * k + QP_TILE * kb) * sizeof(float);
-    float *wt = c->host->api->alloc(c->host->ctx, need, QPLUG_DEVICE_CPU);
+    size_t floats = (size_t)(QPLUG__NR * k + QPLUG__NR * kb);
+    if (c->panel)
+        floats += (size_t)(QPLUG__NR * k + g->m * QPLUG__NR);
+    float *wt = c->host->api->alloc(c->host->ctx, floats * sizeof(float), QPLUG_DEVICE_CPU);
     if (!wt) {
         c->failed = 1;
         return;
     }
-    float *wsc = wt + QP_TILE * k;
+    float *wsc = wt + QPLUG__NR * k;
+    float *pn = wsc + QPLUG__NR * kb;
+    float *acc = pn + QPLUG__NR * k;
     for (int64_t tile = begin; tile < end; tile++) {
-        int64_t n0 = tile * QP_TILE;
-        int64_t nt = g->n - n0 < QP_TILE ? g->n - n0 : QP_TILE;
+        int64_t n0 = tile * QPLUG__NR;
+        int64_t nt = g->n - n0 < QPLUG__NR ? g->n - n0 : QPLUG__NR;
         if (g->fp8_split)
             qplug__wmat_fp8_rows(g->w, g->wrow0 + n0, g->wrow0 + n0 + nt, wt, wsc);
         else
             qplug__wmat_dequant_rows(g->w, g->wrow0 + n0, g->wrow0 + n0 + nt, wt);
-        for (int64_t i = 0; i < g->m; i++) {
-            const float *a = g->a + i * g->lda;
-            float *y = g->y + i * g->ldy + n0;
-            for (int64_t j = 0; j < nt; j++) {
-                const float *w = wt + j * k;
-                float acc;
-                if (!blocked) {
-                    acc = dot(a, w, k);
-                } else {
-                    /* Per 128-block partial sums, each scaled by the
-                     * activation and weight block scales. */
-                    acc = 0.0f;
-                    for (int64_t b = 0; b < kb; b++) {
-                        int64_t c0 = b * QPLUG__FP8_BLOCK;
-                        int64_t len = k - c0 < QPLUG__FP8_BLOCK ? k - c0 : QPLUG__FP8_BLOCK;
-                        float s = 1.0f;
-                        if (g->a_sc)
-                            s *= g->a_sc[i * kb + b];
-                        if (g->fp8_split)
-                            s *= wsc[j * kb + b];
-                        acc += dot(a + c0, w + c0, len) * s;
-                    }
-                }
-                y[j] = g->alpha * acc;
-            }
+        if (c->panel) {
+            pack_panel(wt, nt, k, pn);
+            tile_panel(c, n0, nt, pn, wsc, acc);
+        } else {
+            tile_rows(c, n0, nt, wt, wsc);
         }
     }
     c->host->api->free(c->host->ctx, wt, QPLUG_DEVICE_CPU);
@@ -97,12 +152,13 @@ qplug_status qplug__gemm(const qplug_host *host, const qplug__gemm_args *g)
 {
     if (g->m == 0 || g->n == 0)
         return QPLUG_OK;
-    gemm_ctx c = {host, g, 0};
-    host->api->parallel_for(host->ctx, ceil_div(g->n, QP_TILE), gemm_range, &c);
+    gemm_ctx c = {.host = host, .g = g, .panel = g->m >= QP_PANEL_MIN_M, .failed = 0};
+    qplug__gemm_kernels_pick(&c.kern);
+    host->api->parallel_for(host->ctx, ceil_div(g->n, QPLUG__NR), gemm_range, &c);
     if (c.failed)
         return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
                                 "out of memory for GEMM scratch (%lld x %lld weight tile)",
-                                (long long)QP_TILE, (long long)g->k);
+                                (long long)QPLUG__NR, (long long)g->k);
     return QPLUG_OK;
 }
 
