@@ -280,4 +280,200 @@ qplug_status qplug__nvfp4_view(const qplug_host *host, const char *prefix, int64
 /* Mask of the packed FP4 dtypes a plugin accepts (U8, I8). */
 #define QPLUG__FP4_BYTES_MASK (QPLUG_DT_BIT(QPLUG_DT_U8) | QPLUG_DT_BIT(QPLUG_DT_I8))
 
+/* ------------------------------------------------------------------------ */
+/* Plugin skeleton                                                          */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * What the plugins of this tree have in common around their formats: the
+ * argument checks, the state's life cycle (zeroed allocation, load, CUDA
+ * prepare, release on error), the CPU/CUDA dispatch of apply and the
+ * device check of score. A plugin fills one table of hooks with what is
+ * specific to its format and lets the qplug__skel_* functions run the ABI
+ * calls through it.
+ */
+typedef struct qplug__skeleton {
+    const char *name;  /* the plugin's name, for messages */
+    size_t state_size; /* sizeof the plugin's per-layer state */
+    /* Score of a layer on the CPU path (pure); the skeleton adds the
+     * device check. */
+    int (*score)(const qplug_layer_desc *layer);
+    /* Declares the tensors of a layer that score() accepts. */
+    qplug_status (*declare)(const qplug_host *host, const qplug_layer_desc *layer);
+    /* Fills the zeroed state: copies the descriptor, binds the views. On
+     * failure it leaves what it allocated in the state for release. */
+    qplug_status (*load)(const qplug_host *host, const qplug_layer_desc *layer, void *state);
+    /* apply() with host tensors. */
+    qplug_status (*cpu_apply)(const qplug_host *host, void *state, const qplug_apply_args *args);
+    /* Frees what load allocated, never the state itself. */
+    void (*release)(const qplug_host *host, void *state);
+    /* The CUDA path; all NULL when the plugin was built without one.
+     * cuda_supports may be NULL with a CUDA path built: then every layer
+     * the CPU path scores is offered on CUDA too. cuda_apply and
+     * cuda_release are called whether or not prepare made device state,
+     * so they check that themselves (QPLUG__CUDA_HOOKS does). */
+    bool (*cuda_supports)(const qplug_layer_desc *layer);
+    qplug_status (*cuda_prepare)(const qplug_host *host, void *state);
+    qplug_status (*cuda_apply)(const qplug_host *host, void *state, const qplug_apply_args *args);
+    void (*cuda_release)(const qplug_host *host, void *state);
+} qplug__skeleton;
+
+/* score(): 0 for a CUDA layer unless the CUDA path is built and supports
+ * it, else the table's score. */
+int qplug__skel_score(const qplug__skeleton *sk, const qplug_layer_desc *layer);
+
+/* create_weights(): refuses a layer scored 0, else the table's declare. */
+qplug_status qplug__skel_create_weights(const qplug__skeleton *sk, const qplug_host *host,
+                                        const qplug_layer_desc *layer);
+
+/* process_after_loading(): allocates the zeroed state, loads it and, for a
+ * CUDA layer, prepares the CUDA path; on failure destroys it and leaves
+ * *state NULL. */
+qplug_status qplug__skel_process(const qplug__skeleton *sk, const qplug_host *host,
+                                 const qplug_layer_desc *layer, void **state);
+
+/* apply(): checks state and arguments, sends device tensors to the CUDA
+ * path and host tensors to cpu_apply. */
+qplug_status qplug__skel_apply(const qplug__skeleton *sk, const qplug_host *host, void *state,
+                               const qplug_apply_args *args);
+
+/* destroy(): the CUDA release, the table's release, then the state. */
+void qplug__skel_destroy(const qplug__skeleton *sk, const qplug_host *host, void *state);
+
+/* The error apply() gives for device tensors and no CUDA state. */
+qplug_status qplug__no_cuda_path(const qplug_host *host);
+
+/*
+ * The CUDA entry points of a plugin take its own state type, while the
+ * skeleton holds a void pointer, and calling through a function pointer of
+ * another type is undefined. QPLUG__CUDA_HOOKS(p) writes the three typed
+ * adapters once for plugin p (state qplug_<p>__state with a `cuda` member,
+ * entry points qplug_<p>__cuda_prepare/apply/release) instead of each
+ * plugin writing them by hand; QPLUG__CUDA_HOOK_FIELDS(p) names them and
+ * qplug_<p>__cuda_supports (from <p>_cuda.h, which the plugin includes) in
+ * the skeleton table. Without QPLUG_PLUGIN_CUDA both expand to nothing.
+ */
+#ifdef QPLUG_PLUGIN_CUDA
+#define QPLUG__CUDA_HOOKS(p)                                                                    \
+    static qplug_status qplug_##p##__skel_cuda_prepare(const qplug_host *host, void *state)    \
+    {                                                                                           \
+        return qplug_##p##__cuda_prepare(host, (qplug_##p##__state *)state);                   \
+    }                                                                                           \
+    static qplug_status qplug_##p##__skel_cuda_apply(const qplug_host *host, void *state,      \
+                                                     const qplug_apply_args *args)             \
+    {                                                                                           \
+        qplug_##p##__state *st = (qplug_##p##__state *)state;                                   \
+        return st->cuda ? qplug_##p##__cuda_apply(host, st, args) : qplug__no_cuda_path(host); \
+    }                                                                                           \
+    static void qplug_##p##__skel_cuda_release(const qplug_host *host, void *state)            \
+    {                                                                                           \
+        qplug_##p##__state *st = (qplug_##p##__state *)state;                                   \
+        if (st->cuda)                                                                           \
+            qplug_##p##__cuda_release(host, st);                                                \
+    }
+#define QPLUG__CUDA_HOOK_FIELDS(p)                                                              \
+    .cuda_prepare = qplug_##p##__skel_cuda_prepare,                                             \
+    .cuda_apply = qplug_##p##__skel_cuda_apply,                                                 \
+    .cuda_release = qplug_##p##__skel_cuda_release,                                             \
+    .cuda_supports = qplug_##p##__cuda_supports,
+#define QPLUG__PLUGIN_DEVICES ((1u << QPLUG_DEVICE_CPU) | (1u << QPLUG_DEVICE_CUDA))
+#else
+#define QPLUG__CUDA_HOOKS(p)
+#define QPLUG__CUDA_HOOK_FIELDS(p)
+#define QPLUG__PLUGIN_DEVICES (1u << QPLUG_DEVICE_CPU)
+#endif
+
+/*
+ * Defines the plugin table of plugin p and qplug_plugin_entry, the only
+ * exported symbol, from the skeleton `skel` (a static const
+ * qplug__skeleton). The ABI's calls carry no pointer to the skeleton, so
+ * every plugin needs its own thin wrappers; this writes them once.
+ * `kv_bytes` is the kv_entry_bytes function or NULL.
+ */
+#define QPLUG__DEFINE_PLUGIN(p, skel, description_, kv_bytes)                                  \
+    static int qplug_##p##__abi_score(const qplug_layer_desc *layer)                          \
+    {                                                                                           \
+        return qplug__skel_score(&(skel), layer);                                               \
+    }                                                                                           \
+    static qplug_status qplug_##p##__abi_create_weights(const qplug_host *host,                \
+                                                        const qplug_layer_desc *layer)         \
+    {                                                                                           \
+        return qplug__skel_create_weights(&(skel), host, layer);                                \
+    }                                                                                           \
+    static qplug_status qplug_##p##__abi_process(const qplug_host *host,                       \
+                                                 const qplug_layer_desc *layer, void **state)  \
+    {                                                                                           \
+        return qplug__skel_process(&(skel), host, layer, state);                                \
+    }                                                                                           \
+    static qplug_status qplug_##p##__abi_apply(const qplug_host *host, void *state,            \
+                                               const qplug_apply_args *args)                   \
+    {                                                                                           \
+        return qplug__skel_apply(&(skel), host, state, args);                                   \
+    }                                                                                           \
+    static void qplug_##p##__abi_destroy(const qplug_host *host, void *state)                  \
+    {                                                                                           \
+        qplug__skel_destroy(&(skel), host, state);                                              \
+    }                                                                                           \
+    static const qplug_plugin qplug_##p##__plugin = {                                          \
+        .abi_version = QPLUG_ABI_VERSION,                                                       \
+        .struct_size = sizeof(qplug_plugin),                                                    \
+        .name = #p,                                                                             \
+        .description = description_,                                                            \
+        .devices = QPLUG__PLUGIN_DEVICES,                                                       \
+        .score = qplug_##p##__abi_score,                                                        \
+        .create_weights = qplug_##p##__abi_create_weights,                                      \
+        .process_after_loading = qplug_##p##__abi_process,                                      \
+        .apply = qplug_##p##__abi_apply,                                                        \
+        .destroy = qplug_##p##__abi_destroy,                                                    \
+        .kv_entry_bytes = kv_bytes,                                                             \
+    };                                                                                          \
+    QPLUG_EXPORT const qplug_plugin *qplug_plugin_entry(void)                                  \
+    {                                                                                           \
+        return &qplug_##p##__plugin;                                                            \
+    }
+
+/*
+ * The CPU forward of one layer by kind: attention through the KV cache (FP8
+ * entries when kv_fp8, else F32), linear and grouped linear through w,
+ * fused MoE through experts (w1[E], w3[E], w2[E]) with `mode` for both
+ * GEMMs.
+ */
+typedef struct qplug__cpu_layer {
+    const qplug__wmat *w;
+    const qplug__wmat *experts;
+    qplug__act_mode mode;
+    bool fp8_split;
+    bool kv_fp8;
+} qplug__cpu_layer;
+
+qplug_status qplug__cpu_forward(const qplug_host *host, const qplug_layer_desc *layer,
+                                const qplug__cpu_layer *c, const qplug_apply_args *args);
+
+/* The fused-MoE experts' modules, one call per (expert, weight): `prefix`
+ * is "experts.<e>.<w>.", `which` 0, 1, 2 for w1, w3, w2, and rows x cols
+ * the weight's shape ([n, k] for w1 and w3, [k, n] for w2). */
+typedef qplug_status (*qplug__expert_declare_fn)(const qplug_host *host, void *ctx,
+                                                 const char *prefix, int64_t rows,
+                                                 int64_t cols);
+typedef qplug_status (*qplug__expert_view_fn)(const qplug_host *host, void *ctx,
+                                              const char *prefix, int which, int64_t rows,
+                                              int64_t cols, qplug__wmat *out);
+
+/* Declares every expert module, expert by expert (w1, w3, w2 each). */
+qplug_status qplug__experts_declare(const qplug_host *host, const qplug_layer_desc *layer,
+                                    qplug__expert_declare_fn fn, void *ctx);
+
+/* Allocates the zeroed views w1[E], w3[E], w2[E] into *experts (before the
+ * first view, so a view can look at earlier ones and the caller frees the
+ * block on failure too) and binds them weight by weight. */
+qplug_status qplug__experts_load(const qplug_host *host, const qplug_layer_desc *layer,
+                                 qplug__expert_view_fn fn, void *ctx, qplug__wmat **experts);
+
+/* Expert callbacks for FP4 experts; ctx is the layer descriptor, whose
+ * quant picks NVFP4 modules (QPLUG_QUANT_NVFP4) or MXFP4 modules. */
+qplug_status qplug__fp4_expert_declare(const qplug_host *host, void *ctx, const char *prefix,
+                                       int64_t rows, int64_t cols);
+qplug_status qplug__fp4_expert_view(const qplug_host *host, void *ctx, const char *prefix,
+                                    int which, int64_t rows, int64_t cols, qplug__wmat *out);
+
 #endif

@@ -1,6 +1,8 @@
 /*
  * plugins/common/qp_plugin.c - small helpers every plugin's slots use:
- * slot names, declarations, zeroed allocation, descriptor sanity.
+ * slot names, declarations, zeroed allocation, descriptor sanity, the
+ * expert-module loops, and the plugin skeleton that runs the ABI calls
+ * through a plugin's table of hooks.
  */
 #include <stdio.h>
 #include <string.h>
@@ -182,4 +184,175 @@ qplug_status qplug__nvfp4_view(const qplug_host *host, const char *prefix, int64
     out->global = g;
     out->input_scale = in;
     return QPLUG_OK;
+}
+
+qplug_status qplug__fp4_expert_declare(const qplug_host *host, void *ctx, const char *prefix,
+                                       int64_t rows, int64_t cols)
+{
+    const qplug_layer_desc *layer = ctx;
+    if (layer->quant == QPLUG_QUANT_NVFP4)
+        return qplug__nvfp4_declare(host, prefix, rows, cols);
+    return qplug__mxfp4_declare(host, prefix, rows, cols);
+}
+
+qplug_status qplug__fp4_expert_view(const qplug_host *host, void *ctx, const char *prefix,
+                                    int which, int64_t rows, int64_t cols, qplug__wmat *out)
+{
+    const qplug_layer_desc *layer = ctx;
+    (void)which;
+    if (layer->quant == QPLUG_QUANT_NVFP4)
+        return qplug__nvfp4_view(host, prefix, rows, cols, out);
+    return qplug__mxfp4_view(host, prefix, rows, cols, out);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Expert modules                                                           */
+/* ------------------------------------------------------------------------ */
+
+static const char *const EXPERT_W[3] = {"w1", "w3", "w2"};
+
+/* w1 and w3 map k to n, w2 maps n back to k. */
+static int64_t expert_rows(const qplug_layer_desc *l, int which)
+{
+    return which < 2 ? l->n : l->k;
+}
+
+static int64_t expert_cols(const qplug_layer_desc *l, int which)
+{
+    return which < 2 ? l->k : l->n;
+}
+
+qplug_status qplug__experts_declare(const qplug_host *host, const qplug_layer_desc *layer,
+                                    qplug__expert_declare_fn fn, void *ctx)
+{
+    char prefix[64];
+    for (int32_t e = 0; e < layer->num_experts; e++)
+        for (int w = 0; w < 3; w++) {
+            qplug__expert_prefix(prefix, sizeof prefix, e, EXPERT_W[w]);
+            qplug_status st =
+                fn(host, ctx, prefix, expert_rows(layer, w), expert_cols(layer, w));
+            if (st)
+                return st;
+        }
+    return QPLUG_OK;
+}
+
+qplug_status qplug__experts_load(const qplug_host *host, const qplug_layer_desc *layer,
+                                 qplug__expert_view_fn fn, void *ctx, qplug__wmat **experts)
+{
+    int32_t E = layer->num_experts;
+    *experts = qplug__zalloc(host, (size_t)(3 * E) * sizeof(qplug__wmat));
+    if (!*experts)
+        return host->api->error(host->ctx, QPLUG_ERR_NOMEM, "out of memory for %d experts",
+                                (int)E);
+    char prefix[64];
+    for (int w = 0; w < 3; w++)
+        for (int32_t e = 0; e < E; e++) {
+            qplug__expert_prefix(prefix, sizeof prefix, e, EXPERT_W[w]);
+            qplug_status st = fn(host, ctx, prefix, w, expert_rows(layer, w),
+                                 expert_cols(layer, w), &(*experts)[w * E + e]);
+            if (st)
+                return st;
+        }
+    return QPLUG_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Plugin skeleton                                                          */
+/* ------------------------------------------------------------------------ */
+
+int qplug__skel_score(const qplug__skeleton *sk, const qplug_layer_desc *layer)
+{
+    if (!layer)
+        return 0;
+    /* A CUDA layer the CUDA path cannot run must not win the resolver's
+     * choice only to fail at load. */
+    if (layer->device == QPLUG_DEVICE_CUDA) {
+        if (!sk->cuda_prepare)
+            return 0;
+        if (sk->cuda_supports && !sk->cuda_supports(layer))
+            return 0;
+    }
+    return sk->score(layer);
+}
+
+qplug_status qplug__skel_create_weights(const qplug__skeleton *sk, const qplug_host *host,
+                                        const qplug_layer_desc *layer)
+{
+    if (!qplug__skel_score(sk, layer))
+        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
+                                "%s cannot handle layer %s (kind %d, scheme %d)", sk->name,
+                                layer && layer->name ? layer->name : "?",
+                                layer ? (int)layer->kind : -1, layer ? (int)layer->quant : -1);
+    return sk->declare(host, layer);
+}
+
+void qplug__skel_destroy(const qplug__skeleton *sk, const qplug_host *host, void *state)
+{
+    if (!state)
+        return;
+    if (sk->cuda_release)
+        sk->cuda_release(host, state);
+    if (sk->release)
+        sk->release(host, state);
+    host->api->free(host->ctx, state, QPLUG_DEVICE_CPU);
+}
+
+qplug_status qplug__skel_process(const qplug__skeleton *sk, const qplug_host *host,
+                                 const qplug_layer_desc *layer, void **state)
+{
+    *state = NULL;
+    if (!qplug__skel_score(sk, layer))
+        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED, "%s cannot handle layer %s",
+                                sk->name, layer && layer->name ? layer->name : "?");
+    void *st = qplug__zalloc(host, sk->state_size);
+    if (!st)
+        return host->api->error(host->ctx, QPLUG_ERR_NOMEM, "out of memory for layer state");
+    qplug_status r = sk->load(host, layer, st);
+    if (!r && layer->device == QPLUG_DEVICE_CUDA)
+        r = sk->cuda_prepare ? sk->cuda_prepare(host, st)
+                             : host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
+                                                "%s was built without CUDA", sk->name);
+    if (r) {
+        qplug__skel_destroy(sk, host, st);
+        return r;
+    }
+    *state = st;
+    return QPLUG_OK;
+}
+
+qplug_status qplug__no_cuda_path(const qplug_host *host)
+{
+    return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
+                            "apply: CUDA tensors given to a layer loaded without a CUDA path");
+}
+
+qplug_status qplug__skel_apply(const qplug__skeleton *sk, const qplug_host *host, void *state,
+                               const qplug_apply_args *args)
+{
+    if (!state || !args)
+        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: no state or arguments");
+    if ((args->x && args->x->device == QPLUG_DEVICE_CUDA) ||
+        (args->y && args->y->device == QPLUG_DEVICE_CUDA))
+        return sk->cuda_apply ? sk->cuda_apply(host, state, args) : qplug__no_cuda_path(host);
+    return sk->cpu_apply(host, state, args);
+}
+
+qplug_status qplug__cpu_forward(const qplug_host *host, const qplug_layer_desc *layer,
+                                const qplug__cpu_layer *c, const qplug_apply_args *args)
+{
+    switch (layer->kind) {
+    case QPLUG_LAYER_ATTENTION:
+        return qplug__kv_apply(host, layer, c->kv_fp8, args);
+    case QPLUG_LAYER_LINEAR:
+    case QPLUG_LAYER_GROUPED_LINEAR:
+        return qplug__linear_forward(host, layer, c->w, c->mode, c->fp8_split, args);
+    case QPLUG_LAYER_FUSED_MOE: {
+        int32_t E = layer->num_experts;
+        qplug__moe moe = {c->experts, c->experts + E, c->experts + 2 * E, c->mode, c->mode,
+                          c->fp8_split, NULL, NULL, 0.0f};
+        return qplug__moe_forward(host, layer, &moe, args);
+    }
+    }
+    return QPLUG_ERR_UNSUPPORTED;
 }

@@ -13,24 +13,15 @@
  * precision multiplies fp32 activations with the exactly dequantized
  * weights.
  */
-#include <math.h>
-#include <string.h>
+#include <stdio.h>
 
 #include "fp8_block_internal.h"
+#ifdef QPLUG_PLUGIN_CUDA
+#include "fp8_block_cuda.h"
+#endif
 
 #define SCALE_MASK (QPLUG_DT_BIT(QPLUG_DT_F32) | QPLUG_DT_BIT(QPLUG_DT_F8_E8M0))
 #define E4M3_MASK QPLUG_DT_BIT(QPLUG_DT_F8_E4M3)
-
-static const char *const W_NAMES[3] = {"w1", "w3", "w2"};
-
-static bool cuda_built(void)
-{
-#ifdef QPLUG_PLUGIN_CUDA
-    return true;
-#else
-    return false;
-#endif
-}
 
 static int64_t tiles(int64_t v)
 {
@@ -40,8 +31,6 @@ static int64_t tiles(int64_t v)
 static int fp8_score(const qplug_layer_desc *l)
 {
     if (!qplug__desc_sane(l))
-        return 0;
-    if (l->device == QPLUG_DEVICE_CUDA && !cuda_built())
         return 0;
     switch (l->kind) {
     case QPLUG_LAYER_LINEAR:
@@ -73,12 +62,18 @@ static qplug_status declare_block(const qplug_host *host, const qplug_layer_desc
     return st;
 }
 
-static qplug_status fp8_create_weights(const qplug_host *host, const qplug_layer_desc *l)
+/* One expert module: <prefix>weight and <prefix>scale. */
+static qplug_status declare_expert(const qplug_host *host, void *ctx, const char *prefix,
+                                   int64_t rows, int64_t cols)
 {
-    if (!fp8_score(l))
-        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
-                                "fp8_block cannot handle layer %s (kind %d, scheme %d)",
-                                l->name ? l->name : "?", (int)l->kind, (int)l->quant);
+    char ws[96], ss[96];
+    snprintf(ws, sizeof ws, "%sweight", prefix);
+    snprintf(ss, sizeof ss, "%sscale", prefix);
+    return declare_block(host, ctx, ws, ss, rows, cols);
+}
+
+static qplug_status fp8_declare(const qplug_host *host, const qplug_layer_desc *l)
+{
     switch (l->kind) {
     case QPLUG_LAYER_ATTENTION:
         return QPLUG_OK;
@@ -97,19 +92,8 @@ static qplug_status fp8_create_weights(const qplug_host *host, const qplug_layer
                                  QPLUG_DECL_OPTIONAL);
         return st;
     }
-    case QPLUG_LAYER_FUSED_MOE: {
-        char ws[96], ss[96];
-        for (int32_t e = 0; e < l->num_experts; e++)
-            for (int w = 0; w < 3; w++) {
-                qplug__expert_slot(ws, sizeof ws, e, W_NAMES[w], "weight");
-                qplug__expert_slot(ss, sizeof ss, e, W_NAMES[w], "scale");
-                qplug_status st = declare_block(host, l, ws, ss, w < 2 ? l->n : l->k,
-                                                w < 2 ? l->k : l->n);
-                if (st)
-                    return st;
-            }
-        return QPLUG_OK;
-    }
+    case QPLUG_LAYER_FUSED_MOE:
+        return qplug__experts_declare(host, l, declare_expert, (void *)l);
     }
     return QPLUG_ERR_UNSUPPORTED;
 }
@@ -163,124 +147,72 @@ static qplug_status tensor_view(const qplug_host *host, qplug_fp8_block__state *
     return QPLUG_OK;
 }
 
-static void fp8_destroy(const qplug_host *host, void *state)
+/* One expert module through block_view; every expert must use the same
+ * scale kind as the first one, since one activation mode serves them all. */
+static qplug_status view_expert(const qplug_host *host, void *ctx, const char *prefix,
+                                int which, int64_t rows, int64_t cols, qplug__wmat *out)
 {
-    qplug_fp8_block__state *st = state;
-    if (!st)
-        return;
-#ifdef QPLUG_PLUGIN_CUDA
-    if (st->cuda)
-        qplug_fp8_block__cuda_release(host, st);
-#endif
-    host->api->free(host->ctx, st->experts, QPLUG_DEVICE_CPU);
-    host->api->free(host->ctx, st->owned_scale, QPLUG_DEVICE_CPU);
-    host->api->free(host->ctx, st, QPLUG_DEVICE_CPU);
+    const qplug_fp8_block__state *st = ctx;
+    char ws[96], ss[96];
+    (void)which;
+    snprintf(ws, sizeof ws, "%sweight", prefix);
+    snprintf(ss, sizeof ss, "%sscale", prefix);
+    qplug_status r = block_view(host, ws, ss, rows, cols, out);
+    if (!r && out->scale_e8m0 != st->experts[0].scale_e8m0)
+        r = host->api->error(host->ctx, QPLUG_ERR_DTYPE,
+                             "tensor for slot %s: experts mix F32 and E8M0 scales", ss);
+    return r;
 }
 
-static qplug_status fp8_load(const qplug_host *host, qplug_fp8_block__state *st)
+static qplug_status fp8_load(const qplug_host *host, const qplug_layer_desc *layer,
+                             void *state)
 {
-    const qplug_layer_desc *l = &st->desc;
-    switch (l->kind) {
+    qplug_fp8_block__state *st = state;
+    st->desc = *layer;
+    switch (layer->kind) {
     case QPLUG_LAYER_ATTENTION:
         return QPLUG_OK;
     case QPLUG_LAYER_LINEAR:
     case QPLUG_LAYER_GROUPED_LINEAR: {
-        if (l->quant == QPLUG_QUANT_FP8_TENSOR)
+        if (layer->quant == QPLUG_QUANT_FP8_TENSOR)
             return tensor_view(host, st);
-        qplug_status r = block_view(host, "weight", "scale", qplug__out_rows(l), l->k, &st->w);
+        qplug_status r =
+            block_view(host, "weight", "scale", qplug__out_rows(layer), layer->k, &st->w);
         st->ue8m0 = st->w.scale_e8m0;
         return r;
     }
     case QPLUG_LAYER_FUSED_MOE: {
-        int32_t E = l->num_experts;
-        st->experts = qplug__zalloc(host, (size_t)(3 * E) * sizeof(qplug__wmat));
-        if (!st->experts)
-            return host->api->error(host->ctx, QPLUG_ERR_NOMEM, "out of memory for %d experts",
-                                    (int)E);
-        char ws[96], ss[96];
-        for (int w = 0; w < 3; w++)
-            for (int32_t e = 0; e < E; e++) {
-                qplug__expert_slot(ws, sizeof ws, e, W_NAMES[w], "weight");
-                qplug__expert_slot(ss, sizeof ss, e, W_NAMES[w], "scale");
-                qplug__wmat *v = &st->experts[w * E + e];
-                qplug_status r = block_view(host, ws, ss, w < 2 ? l->n : l->k,
-                                            w < 2 ? l->k : l->n, v);
-                if (r)
-                    return r;
-                if (v->scale_e8m0 != st->experts[0].scale_e8m0)
-                    return host->api->error(host->ctx, QPLUG_ERR_DTYPE,
-                                            "tensor for slot %s: experts mix F32 and E8M0 "
-                                            "scales",
-                                            ss);
-            }
-        st->ue8m0 = st->experts[0].scale_e8m0;
-        return QPLUG_OK;
-    }
-    }
-    return QPLUG_ERR_UNSUPPORTED;
-}
-
-static qplug_status fp8_process(const qplug_host *host, const qplug_layer_desc *layer,
-                                void **state)
-{
-    *state = NULL;
-    if (!fp8_score(layer))
-        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
-                                "fp8_block cannot handle layer %s",
-                                layer->name ? layer->name : "?");
-    qplug_fp8_block__state *st = qplug__zalloc(host, sizeof *st);
-    if (!st)
-        return host->api->error(host->ctx, QPLUG_ERR_NOMEM, "out of memory for layer state");
-    st->desc = *layer;
-    qplug_status r = fp8_load(host, st);
-    if (!r && layer->device == QPLUG_DEVICE_CUDA) {
-#ifdef QPLUG_PLUGIN_CUDA
-        r = qplug_fp8_block__cuda_prepare(host, st);
-#else
-        r = host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED, "fp8_block was built without CUDA");
-#endif
-    }
-    if (r) {
-        fp8_destroy(host, st);
+        qplug_status r = qplug__experts_load(host, layer, view_expert, st, &st->experts);
+        if (!r)
+            st->ue8m0 = st->experts[0].scale_e8m0;
         return r;
     }
-    *state = st;
-    return QPLUG_OK;
-}
-
-static qplug_status fp8_apply(const qplug_host *host, void *state, const qplug_apply_args *args)
-{
-    qplug_fp8_block__state *st = state;
-    if (!st || !args)
-        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: no state or arguments");
-    if ((args->x && args->x->device == QPLUG_DEVICE_CUDA) ||
-        (args->y && args->y->device == QPLUG_DEVICE_CUDA)) {
-#ifdef QPLUG_PLUGIN_CUDA
-        if (st->cuda)
-            return qplug_fp8_block__cuda_apply(host, st, args);
-#endif
-        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
-                                "apply: CUDA tensors given to a layer loaded without a CUDA path");
-    }
-    const qplug_layer_desc *l = &st->desc;
-    bool native = args->precision == QPLUG_PRECISION_NATIVE;
-    qplug__act_mode mode = !native ? QPLUG__ACT_NONE
-                           : st->ue8m0 ? QPLUG__ACT_FP8_UE8M0
-                                       : QPLUG__ACT_FP8;
-    switch (l->kind) {
-    case QPLUG_LAYER_ATTENTION:
-        return qplug__kv_apply(host, l, true, args);
-    case QPLUG_LAYER_LINEAR:
-    case QPLUG_LAYER_GROUPED_LINEAR:
-        return qplug__linear_forward(host, l, &st->w, mode, native, args);
-    case QPLUG_LAYER_FUSED_MOE: {
-        int32_t E = l->num_experts;
-        qplug__moe moe = {st->experts, st->experts + E, st->experts + 2 * E, mode, mode, native,
-                          NULL, NULL, 0.0f};
-        return qplug__moe_forward(host, l, &moe, args);
-    }
     }
     return QPLUG_ERR_UNSUPPORTED;
+}
+
+static void fp8_release(const qplug_host *host, void *state)
+{
+    qplug_fp8_block__state *st = state;
+    host->api->free(host->ctx, st->experts, QPLUG_DEVICE_CPU);
+    host->api->free(host->ctx, st->owned_scale, QPLUG_DEVICE_CPU);
+}
+
+static qplug_status fp8_cpu_apply(const qplug_host *host, void *state,
+                                  const qplug_apply_args *args)
+{
+    qplug_fp8_block__state *st = state;
+    bool native = args->precision == QPLUG_PRECISION_NATIVE;
+    qplug__cpu_layer c = {
+        .w = &st->w,
+        .experts = st->experts,
+        .mode = !native    ? QPLUG__ACT_NONE
+                : st->ue8m0 ? QPLUG__ACT_FP8_UE8M0
+                            : QPLUG__ACT_FP8,
+        .fp8_split = native,
+        .kv_fp8 = true,
+    };
+    return qplug__cpu_forward(host, &st->desc, &c, args);
 }
 
 static size_t fp8_kv_entry_bytes(const qplug_layer_desc *layer)
@@ -288,26 +220,20 @@ static size_t fp8_kv_entry_bytes(const qplug_layer_desc *layer)
     return qplug__kv_bytes_fp8(layer->k);
 }
 
-static const qplug_plugin fp8_plugin = {
-    .abi_version = QPLUG_ABI_VERSION,
-    .struct_size = sizeof(qplug_plugin),
+QPLUG__CUDA_HOOKS(fp8_block)
+
+static const qplug__skeleton fp8_skeleton = {
     .name = "fp8_block",
-    .description = "FP8 E4M3 with 128x128 weight scales (F32 or E8M0), 1x128 activation scales, "
-                   "FP8 KV cache",
-#ifdef QPLUG_PLUGIN_CUDA
-    .devices = (1u << QPLUG_DEVICE_CPU) | (1u << QPLUG_DEVICE_CUDA),
-#else
-    .devices = 1u << QPLUG_DEVICE_CPU,
-#endif
+    .state_size = sizeof(qplug_fp8_block__state),
     .score = fp8_score,
-    .create_weights = fp8_create_weights,
-    .process_after_loading = fp8_process,
-    .apply = fp8_apply,
-    .destroy = fp8_destroy,
-    .kv_entry_bytes = fp8_kv_entry_bytes,
+    .declare = fp8_declare,
+    .load = fp8_load,
+    .cpu_apply = fp8_cpu_apply,
+    .release = fp8_release,
+    QPLUG__CUDA_HOOK_FIELDS(fp8_block)
 };
 
-QPLUG_EXPORT const qplug_plugin *qplug_plugin_entry(void)
-{
-    return &fp8_plugin;
-}
+QPLUG__DEFINE_PLUGIN(fp8_block, fp8_skeleton,
+                     "FP8 E4M3 with 128x128 weight scales (F32 or E8M0), 1x128 activation "
+                     "scales, FP8 KV cache",
+                     fp8_kv_entry_bytes)

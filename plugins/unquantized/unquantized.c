@@ -9,24 +9,16 @@
  * reference precision compute the same thing: fp32 products of the exact
  * weights.
  */
-#include <math.h>
 #include <stdio.h>
-#include <string.h>
 
 #include "qplug/codec.h"
 #include "unquantized_internal.h"
+#ifdef QPLUG_PLUGIN_CUDA
+#include "unquantized_cuda.h"
+#endif
 
 #define UNQ_FLOAT_MASK                                                                     \
     (QPLUG_DT_BIT(QPLUG_DT_BF16) | QPLUG_DT_BIT(QPLUG_DT_F16) | QPLUG_DT_BIT(QPLUG_DT_F32))
-
-static bool cuda_built(void)
-{
-#ifdef QPLUG_PLUGIN_CUDA
-    return true;
-#else
-    return false;
-#endif
-}
 
 static bool is_fp8_modelopt(const qplug_layer_desc *l)
 {
@@ -38,13 +30,9 @@ static int unq_score(const qplug_layer_desc *l)
     /* Sharded linears (the compressors' wkv + wgate) are fused at load
      * when their shards are unquantized. */
     if (qplug_layer_num_shards(l) > 0) {
-        if (!qplug__shards_sane(l) || l->quant != QPLUG_QUANT_NONE)
-            return 0;
-        return l->device == QPLUG_DEVICE_CUDA && !cuda_built() ? 0 : 10;
+        return qplug__shards_sane(l) && l->quant == QPLUG_QUANT_NONE ? 10 : 0;
     }
     if (!qplug__desc_sane(l))
-        return 0;
-    if (l->device == QPLUG_DEVICE_CUDA && !cuda_built())
         return 0;
     if (l->quant == QPLUG_QUANT_NONE)
         return 10;
@@ -63,12 +51,17 @@ static uint32_t float_mask(const qplug_layer_desc *l)
     return UNQ_FLOAT_MASK;
 }
 
-static qplug_status unq_create_weights(const qplug_host *host, const qplug_layer_desc *l)
+/* One expert module: <prefix>weight. */
+static qplug_status declare_expert(const qplug_host *host, void *ctx, const char *prefix,
+                                   int64_t rows, int64_t cols)
 {
-    if (!unq_score(l))
-        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
-                                "unquantized cannot handle layer %s (kind %d, scheme %d)",
-                                l->name ? l->name : "?", (int)l->kind, (int)l->quant);
+    char slot[96];
+    snprintf(slot, sizeof slot, "%sweight", prefix);
+    return qplug__declare2(host, slot, float_mask(ctx), rows, cols, 0);
+}
+
+static qplug_status unq_declare(const qplug_host *host, const qplug_layer_desc *l)
+{
     switch (l->kind) {
     case QPLUG_LAYER_ATTENTION:
         return QPLUG_OK;
@@ -99,19 +92,8 @@ static qplug_status unq_create_weights(const qplug_host *host, const qplug_layer
                                  QPLUG_DECL_OPTIONAL);
         return st;
     }
-    case QPLUG_LAYER_FUSED_MOE: {
-        static const char *const names[3] = {"w1", "w3", "w2"};
-        char slot[96];
-        for (int32_t e = 0; e < l->num_experts; e++)
-            for (int w = 0; w < 3; w++) {
-                qplug__expert_slot(slot, sizeof slot, e, names[w], "weight");
-                qplug_status st = qplug__declare2(host, slot, float_mask(l),
-                                                  w < 2 ? l->n : l->k, w < 2 ? l->k : l->n, 0);
-                if (st)
-                    return st;
-            }
-        return QPLUG_OK;
-    }
+    case QPLUG_LAYER_FUSED_MOE:
+        return qplug__experts_declare(host, l, declare_expert, (void *)l);
     }
     return QPLUG_ERR_UNSUPPORTED;
 }
@@ -172,118 +154,51 @@ static qplug_status load_modelopt_fp8(const qplug_host *host, qplug_unquantized_
     return QPLUG_OK;
 }
 
-static void unq_destroy(const qplug_host *host, void *state)
+/* One expert module: <prefix>weight in its own float dtype. */
+static qplug_status view_expert(const qplug_host *host, void *ctx, const char *prefix,
+                                int which, int64_t rows, int64_t cols, qplug__wmat *out)
+{
+    char slot[96];
+    (void)ctx;
+    (void)which;
+    snprintf(slot, sizeof slot, "%sweight", prefix);
+    return float_view(host, slot, rows, cols, out);
+}
+
+static qplug_status unq_load(const qplug_host *host, const qplug_layer_desc *layer, void *state)
 {
     qplug_unquantized__state *st = state;
-    if (!st)
-        return;
-#ifdef QPLUG_PLUGIN_CUDA
-    if (st->cuda)
-        qplug_unquantized__cuda_release(host, st);
-#endif
+    st->desc = *layer;
+    switch (layer->kind) {
+    case QPLUG_LAYER_ATTENTION:
+        return QPLUG_OK;
+    case QPLUG_LAYER_LINEAR:
+    case QPLUG_LAYER_GROUPED_LINEAR:
+        if (qplug_layer_num_shards(layer) > 0)
+            return qplug__fuse_float_shards(host, layer, &st->owned, &st->w);
+        if (is_fp8_modelopt(layer))
+            return load_modelopt_fp8(host, st);
+        return float_view(host, "weight", qplug__out_rows(layer), layer->k, &st->w);
+    case QPLUG_LAYER_FUSED_MOE:
+        return qplug__experts_load(host, layer, view_expert, NULL, &st->experts);
+    }
+    return QPLUG_ERR_UNSUPPORTED;
+}
+
+static void unq_release(const qplug_host *host, void *state)
+{
+    qplug_unquantized__state *st = state;
     host->api->free(host->ctx, st->experts, QPLUG_DEVICE_CPU);
     host->api->free(host->ctx, st->owned, QPLUG_DEVICE_CPU);
-    host->api->free(host->ctx, st, QPLUG_DEVICE_CPU);
 }
 
-static qplug_status unq_load(const qplug_host *host, qplug_unquantized__state *st)
-{
-    const qplug_layer_desc *l = &st->desc;
-    switch (l->kind) {
-    case QPLUG_LAYER_ATTENTION:
-        return QPLUG_OK;
-    case QPLUG_LAYER_LINEAR:
-    case QPLUG_LAYER_GROUPED_LINEAR:
-        if (qplug_layer_num_shards(l) > 0)
-            return qplug__fuse_float_shards(host, l, &st->owned, &st->w);
-        if (is_fp8_modelopt(l))
-            return load_modelopt_fp8(host, st);
-        return float_view(host, "weight", qplug__out_rows(l), l->k, &st->w);
-    case QPLUG_LAYER_FUSED_MOE: {
-        int32_t E = l->num_experts;
-        st->experts = qplug__zalloc(host, (size_t)(3 * E) * sizeof(qplug__wmat));
-        if (!st->experts)
-            return host->api->error(host->ctx, QPLUG_ERR_NOMEM, "out of memory for %d experts",
-                                    (int)E);
-        static const char *const names[3] = {"w1", "w3", "w2"};
-        char slot[96];
-        for (int w = 0; w < 3; w++)
-            for (int32_t e = 0; e < E; e++) {
-                qplug__expert_slot(slot, sizeof slot, e, names[w], "weight");
-                qplug_status s = float_view(host, slot, w < 2 ? l->n : l->k,
-                                            w < 2 ? l->k : l->n, &st->experts[w * E + e]);
-                if (s)
-                    return s;
-            }
-        return QPLUG_OK;
-    }
-    }
-    return QPLUG_ERR_UNSUPPORTED;
-}
-
-static qplug_status unq_process(const qplug_host *host, const qplug_layer_desc *layer,
-                                void **state)
-{
-    *state = NULL;
-    if (!unq_score(layer))
-        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
-                                "unquantized cannot handle layer %s",
-                                layer->name ? layer->name : "?");
-    qplug_unquantized__state *st = qplug__zalloc(host, sizeof *st);
-    if (!st)
-        return host->api->error(host->ctx, QPLUG_ERR_NOMEM, "out of memory for layer state");
-    st->desc = *layer;
-    qplug_status s = unq_load(host, st);
-    if (!s && layer->device == QPLUG_DEVICE_CUDA) {
-#ifdef QPLUG_PLUGIN_CUDA
-        s = qplug_unquantized__cuda_prepare(host, st);
-#else
-        s = host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
-                             "unquantized was built without CUDA");
-#endif
-    }
-    if (s) {
-        unq_destroy(host, st);
-        return s;
-    }
-    *state = st;
-    return QPLUG_OK;
-}
-
-static bool on_cuda(const qplug_apply_args *a)
-{
-    return (a->x && a->x->device == QPLUG_DEVICE_CUDA) ||
-           (a->y && a->y->device == QPLUG_DEVICE_CUDA);
-}
-
-static qplug_status unq_apply(const qplug_host *host, void *state, const qplug_apply_args *args)
+/* Nothing to quantize: both precisions compute with the exact weights. */
+static qplug_status unq_cpu_apply(const qplug_host *host, void *state,
+                                  const qplug_apply_args *args)
 {
     qplug_unquantized__state *st = state;
-    if (!st || !args)
-        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: no state or arguments");
-    if (on_cuda(args)) {
-#ifdef QPLUG_PLUGIN_CUDA
-        if (st->cuda)
-            return qplug_unquantized__cuda_apply(host, st, args);
-#endif
-        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
-                                "apply: CUDA tensors given to a layer loaded without a CUDA path");
-    }
-    const qplug_layer_desc *l = &st->desc;
-    switch (l->kind) {
-    case QPLUG_LAYER_ATTENTION:
-        return qplug__kv_apply(host, l, false, args);
-    case QPLUG_LAYER_LINEAR:
-    case QPLUG_LAYER_GROUPED_LINEAR:
-        return qplug__linear_forward(host, l, &st->w, QPLUG__ACT_NONE, false, args);
-    case QPLUG_LAYER_FUSED_MOE: {
-        int32_t E = l->num_experts;
-        qplug__moe moe = {st->experts, st->experts + E, st->experts + 2 * E, QPLUG__ACT_NONE,
-                          QPLUG__ACT_NONE, false, NULL, NULL, 0.0f};
-        return qplug__moe_forward(host, l, &moe, args);
-    }
-    }
-    return QPLUG_ERR_UNSUPPORTED;
+    qplug__cpu_layer c = {.w = &st->w, .experts = st->experts, .mode = QPLUG__ACT_NONE};
+    return qplug__cpu_forward(host, &st->desc, &c, args);
 }
 
 static size_t unq_kv_entry_bytes(const qplug_layer_desc *layer)
@@ -291,25 +206,19 @@ static size_t unq_kv_entry_bytes(const qplug_layer_desc *layer)
     return qplug__kv_bytes_f32(layer->k);
 }
 
-static const qplug_plugin unq_plugin = {
-    .abi_version = QPLUG_ABI_VERSION,
-    .struct_size = sizeof(qplug_plugin),
+QPLUG__CUDA_HOOKS(unquantized)
+
+static const qplug__skeleton unq_skeleton = {
     .name = "unquantized",
-    .description = "BF16/F16/F32 weights (and ModelOpt FP8 dequantized to F32), F32 KV cache",
-#ifdef QPLUG_PLUGIN_CUDA
-    .devices = (1u << QPLUG_DEVICE_CPU) | (1u << QPLUG_DEVICE_CUDA),
-#else
-    .devices = 1u << QPLUG_DEVICE_CPU,
-#endif
+    .state_size = sizeof(qplug_unquantized__state),
     .score = unq_score,
-    .create_weights = unq_create_weights,
-    .process_after_loading = unq_process,
-    .apply = unq_apply,
-    .destroy = unq_destroy,
-    .kv_entry_bytes = unq_kv_entry_bytes,
+    .declare = unq_declare,
+    .load = unq_load,
+    .cpu_apply = unq_cpu_apply,
+    .release = unq_release,
+    QPLUG__CUDA_HOOK_FIELDS(unquantized)
 };
 
-QPLUG_EXPORT const qplug_plugin *qplug_plugin_entry(void)
-{
-    return &unq_plugin;
-}
+QPLUG__DEFINE_PLUGIN(unquantized, unq_skeleton,
+                     "BF16/F16/F32 weights (and ModelOpt FP8 dequantized to F32), F32 KV cache",
+                     unq_kv_entry_bytes)

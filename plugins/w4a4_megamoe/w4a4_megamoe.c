@@ -20,17 +20,9 @@
 #include <string.h>
 
 #include "w4a4_megamoe_internal.h"
-
-static const char *const W_NAMES[3] = {"w1", "w3", "w2"};
-
-static bool cuda_built(void)
-{
 #ifdef QPLUG_PLUGIN_CUDA
-    return true;
-#else
-    return false;
+#include "w4a4_megamoe_cuda.h"
 #endif
-}
 
 size_t qplug_w4a4_megamoe__dispatch_bytes(int64_t m, int64_t hidden, int32_t top_k, int group)
 {
@@ -44,8 +36,6 @@ static int mm_score(const qplug_layer_desc *l)
 {
     if (!qplug__desc_sane(l) || l->kind != QPLUG_LAYER_FUSED_MOE)
         return 0;
-    if (l->device == QPLUG_DEVICE_CUDA && !cuda_built())
-        return 0;
     if (l->quant == QPLUG_QUANT_MXFP4)
         return l->k % 32 == 0 && l->n % 32 == 0 ? 50 : 0;
     if (l->quant == QPLUG_QUANT_NVFP4)
@@ -53,74 +43,26 @@ static int mm_score(const qplug_layer_desc *l)
     return 0;
 }
 
-static qplug_status mm_create_weights(const qplug_host *host, const qplug_layer_desc *l)
+static qplug_status mm_declare(const qplug_host *host, const qplug_layer_desc *l)
 {
-    if (!mm_score(l))
-        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
-                                "w4a4_megamoe cannot handle layer %s (kind %d, scheme %d)",
-                                l->name ? l->name : "?", (int)l->kind, (int)l->quant);
-    char prefix[64];
-    for (int32_t e = 0; e < l->num_experts; e++)
-        for (int w = 0; w < 3; w++) {
-            qplug__expert_prefix(prefix, sizeof prefix, e, W_NAMES[w]);
-            int64_t rows = w < 2 ? l->n : l->k, cols = w < 2 ? l->k : l->n;
-            qplug_status st = l->quant == QPLUG_QUANT_NVFP4
-                                  ? qplug__nvfp4_declare(host, prefix, rows, cols)
-                                  : qplug__mxfp4_declare(host, prefix, rows, cols);
-            if (st)
-                return st;
-        }
-    return QPLUG_OK;
+    return qplug__experts_declare(host, l, qplug__fp4_expert_declare, (void *)l);
 }
 
-static void mm_destroy(const qplug_host *host, void *state)
+/* One expert module in the experts' format; NVFP4 w1/w3 input scales also
+ * raise the dispatch scale to the largest of them. */
+static qplug_status view_expert(const qplug_host *host, void *ctx, const char *prefix,
+                                int which, int64_t rows, int64_t cols, qplug__wmat *out)
+{
+    qplug_w4a4_megamoe__state *st = ctx;
+    qplug_status r = qplug__fp4_expert_view(host, &st->desc, prefix, which, rows, cols, out);
+    if (!r && st->nvfp4 && which < 2 && out->input_scale > st->dispatch_gscale)
+        st->dispatch_gscale = out->input_scale;
+    return r;
+}
+
+static qplug_status mm_load(const qplug_host *host, const qplug_layer_desc *layer, void *state)
 {
     qplug_w4a4_megamoe__state *st = state;
-    if (!st)
-        return;
-#ifdef QPLUG_PLUGIN_CUDA
-    if (st->cuda)
-        qplug_w4a4_megamoe__cuda_release(host, st);
-#endif
-    host->api->free(host->ctx, st->experts, QPLUG_DEVICE_CPU);
-    host->api->free(host->ctx, st, QPLUG_DEVICE_CPU);
-}
-
-static qplug_status mm_load(const qplug_host *host, qplug_w4a4_megamoe__state *st)
-{
-    const qplug_layer_desc *l = &st->desc;
-    int32_t E = l->num_experts;
-    st->experts = qplug__zalloc(host, (size_t)(3 * E) * sizeof(qplug__wmat));
-    if (!st->experts)
-        return host->api->error(host->ctx, QPLUG_ERR_NOMEM, "out of memory for %d experts",
-                                (int)E);
-    char prefix[64];
-    for (int w = 0; w < 3; w++)
-        for (int32_t e = 0; e < E; e++) {
-            qplug__expert_prefix(prefix, sizeof prefix, e, W_NAMES[w]);
-            int64_t rows = w < 2 ? l->n : l->k, cols = w < 2 ? l->k : l->n;
-            qplug__wmat *v = &st->experts[w * E + e];
-            qplug_status r = st->nvfp4 ? qplug__nvfp4_view(host, prefix, rows, cols, v)
-                                       : qplug__mxfp4_view(host, prefix, rows, cols, v);
-            if (r)
-                return r;
-            if (st->nvfp4 && w < 2 && v->input_scale > st->dispatch_gscale)
-                st->dispatch_gscale = v->input_scale;
-        }
-    return QPLUG_OK;
-}
-
-static qplug_status mm_process(const qplug_host *host, const qplug_layer_desc *layer,
-                               void **state)
-{
-    *state = NULL;
-    if (!mm_score(layer))
-        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
-                                "w4a4_megamoe cannot handle layer %s",
-                                layer->name ? layer->name : "?");
-    qplug_w4a4_megamoe__state *st = qplug__zalloc(host, sizeof *st);
-    if (!st)
-        return host->api->error(host->ctx, QPLUG_ERR_NOMEM, "out of memory for layer state");
     st->desc = *layer;
     st->nvfp4 = layer->quant == QPLUG_QUANT_NVFP4;
     st->group = st->nvfp4 ? 16 : 32;
@@ -129,21 +71,13 @@ static qplug_status mm_process(const qplug_host *host, const qplug_layer_desc *l
                                         : NULL;
     st->fp4_activations = (opt && strcmp(opt, "true") == 0) ||
                           (layer->flags & QPLUG_LAYER_FP4_ACTIVATIONS) != 0;
-    qplug_status r = mm_load(host, st);
-    if (!r && layer->device == QPLUG_DEVICE_CUDA) {
-#ifdef QPLUG_PLUGIN_CUDA
-        r = qplug_w4a4_megamoe__cuda_prepare(host, st);
-#else
-        r = host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
-                             "w4a4_megamoe was built without CUDA");
-#endif
-    }
-    if (r) {
-        mm_destroy(host, st);
-        return r;
-    }
-    *state = st;
-    return QPLUG_OK;
+    return qplug__experts_load(host, layer, view_expert, st, &st->experts);
+}
+
+static void mm_release(const qplug_host *host, void *state)
+{
+    qplug_w4a4_megamoe__state *st = state;
+    host->api->free(host->ctx, st->experts, QPLUG_DEVICE_CPU);
 }
 
 /* The expert GEMMs' view of the dispatch buffer: rows are decoded from the
@@ -202,53 +136,36 @@ static qplug_status forward_fp4(const qplug_host *host, qplug_w4a4_megamoe__stat
     return r;
 }
 
-static qplug_status mm_apply(const qplug_host *host, void *state, const qplug_apply_args *args)
+static qplug_status mm_cpu_apply(const qplug_host *host, void *state,
+                                 const qplug_apply_args *args)
 {
     qplug_w4a4_megamoe__state *st = state;
-    if (!st || !args)
-        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: no state or arguments");
-    if ((args->x && args->x->device == QPLUG_DEVICE_CUDA) ||
-        (args->y && args->y->device == QPLUG_DEVICE_CUDA)) {
-#ifdef QPLUG_PLUGIN_CUDA
-        if (st->cuda)
-            return qplug_w4a4_megamoe__cuda_apply(host, st, args);
-#endif
-        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
-                                "apply: CUDA tensors given to a layer loaded without a CUDA path");
-    }
-    const qplug_layer_desc *l = &st->desc;
-    int32_t E = l->num_experts;
     bool native = args->precision == QPLUG_PRECISION_NATIVE;
     if (native && st->fp4_activations)
         return forward_fp4(host, st, args);
-    qplug__act_mode mode = !native     ? QPLUG__ACT_NONE
-                           : st->nvfp4 ? QPLUG__ACT_FP8
-                                       : QPLUG__ACT_FP8_UE8M0;
-    qplug__moe moe = {st->experts, st->experts + E, st->experts + 2 * E, mode, mode, false,
-                      NULL, NULL, 0.0f};
-    return qplug__moe_forward(host, l, &moe, args);
+    qplug__cpu_layer c = {
+        .experts = st->experts,
+        .mode = !native    ? QPLUG__ACT_NONE
+                : st->nvfp4 ? QPLUG__ACT_FP8
+                            : QPLUG__ACT_FP8_UE8M0,
+    };
+    return qplug__cpu_forward(host, &st->desc, &c, args);
 }
 
-static const qplug_plugin mm_plugin = {
-    .abi_version = QPLUG_ABI_VERSION,
-    .struct_size = sizeof(qplug_plugin),
+QPLUG__CUDA_HOOKS(w4a4_megamoe)
+
+static const qplug__skeleton mm_skeleton = {
     .name = "w4a4_megamoe",
-    .description = "fused MoE with FP4 experts and FP4 activations packed before dispatch "
-                   "([megamoe] fp4_activations), else W4A8",
-#ifdef QPLUG_PLUGIN_CUDA
-    .devices = (1u << QPLUG_DEVICE_CPU) | (1u << QPLUG_DEVICE_CUDA),
-#else
-    .devices = 1u << QPLUG_DEVICE_CPU,
-#endif
+    .state_size = sizeof(qplug_w4a4_megamoe__state),
     .score = mm_score,
-    .create_weights = mm_create_weights,
-    .process_after_loading = mm_process,
-    .apply = mm_apply,
-    .destroy = mm_destroy,
-    .kv_entry_bytes = NULL,
+    .declare = mm_declare,
+    .load = mm_load,
+    .cpu_apply = mm_cpu_apply,
+    .release = mm_release,
+    QPLUG__CUDA_HOOK_FIELDS(w4a4_megamoe)
 };
 
-QPLUG_EXPORT const qplug_plugin *qplug_plugin_entry(void)
-{
-    return &mm_plugin;
-}
+QPLUG__DEFINE_PLUGIN(w4a4_megamoe, mm_skeleton,
+                     "fused MoE with FP4 experts and FP4 activations packed before dispatch "
+                     "([megamoe] fp4_activations), else W4A8",
+                     NULL)
