@@ -33,9 +33,14 @@
 
 namespace cg = cooperative_groups;
 
-/* Warps per block, all on one row tile (a compile-time tunable). */
-#ifndef QPLUG_GEMV_WARPS
-#define QPLUG_GEMV_WARPS 8
+/* Blocks of 4 warps serve wide layers: when n/16 row tiles are at least
+ * QPLUG_GEMV_WIDE times the multiprocessor count, each block already has
+ * enough rows, and 4-warp blocks pack more row tiles per multiprocessor and
+ * finish with a shorter tail (measured on the H200: Pro wq_b fp8 at m = 1
+ * 66% -> 85% of copy). Other layers use 8 warps, which split k twice as
+ * finely. A compile-time tunable for the bench (0: always 4 warps). */
+#ifndef QPLUG_GEMV_WIDE
+#define QPLUG_GEMV_WIDE 3
 #endif
 
 enum {
@@ -46,7 +51,7 @@ enum {
 };
 
 /* The arguments of one launch; `post` multiplies the fp32 result (FP4 only:
- * 2^6 undoes the decode's offset, times the NVFP4 global scale). */
+ * 2^14 undoes the decode's offset, times the NVFP4 global scale). */
 struct qplug_cuda__gemv_args {
     const uint8_t *w;
     const void *w_scale;
@@ -115,24 +120,98 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp8_step(
     }
 }
 
-/* One FP4 k-block: a holds the repacked 16 bytes of rows g, g+8 (r), sc
- * their 4 (MXFP4) or 8 (NVFP4) scale bytes of the block. */
+/* Eight packed E2M1 codes (nibble j of w is element j) to four F16x2
+ * registers holding e2m1 * 2^-14 exactly: register j gets element j in its
+ * low half and element j + 4 in its high half. An E2M1 value times 2^-14 is
+ * an F16 whose low byte is zero and whose high byte is sign << 7 | (e1 e0 m)
+ * << 1, so the decode builds those high bytes for the low and the high
+ * nibbles of every byte (two bit-selects) and spreads them with byte
+ * permutes. The pairing j, j + 4 keeps each register inside one NVFP4 group
+ * per half (elements 0..3 and 4..7 of a lane's word come from the two
+ * 16-groups of a 32-slot). */
+static __device__ __forceinline__ void qplug_cuda__fp4x8_to_f16(unsigned w, unsigned r[4])
+{
+    unsigned sign = w & 0x88888888u;
+    unsigned lo, hi;
+    /* (a & c) | (b & ~c): lut 0xe4 with a = 0xf0, b = 0xcc, c = 0xaa. */
+    asm("lop3.b32 %0, %1, %2, %3, 0xe4;" : "=r"(lo) : "r"(w << 1), "r"(sign << 4), "r"(0x0e0e0e0eu));
+    asm("lop3.b32 %0, %1, %2, %3, 0xe4;" : "=r"(hi) : "r"(w >> 3), "r"(sign), "r"(0x0e0e0e0eu));
+    /* lo holds the high bytes of elements 0, 2, 4, 6 and hi those of 1, 3,
+     * 5, 7; bytes 4..7 of the permute source are zero. */
+    r[0] = __byte_perm(lo, 0u, 0x2404);
+    r[1] = __byte_perm(hi, 0u, 0x2404);
+    r[2] = __byte_perm(lo, 0u, 0x3414);
+    r[3] = __byte_perm(hi, 0u, 0x3414);
+}
+
+/* Two E4M3 values (the low 16 bits of v) as an F16x2 (exact). */
+static __device__ __forceinline__ unsigned qplug_cuda__e4m3x2_to_f16x2(unsigned v)
+{
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(v & 0xffffu), __NV_E4M3);
+    return (unsigned)h.x | ((unsigned)h.y << 16);
+}
+
+/* D += A . B on F16 inputs, fp32 accumulators: mma.sync m16n8k16, native on
+ * sm_90 (the E4M3 m16n8k32 is emulated there through this one plus
+ * conversions). */
+static __device__ __forceinline__ void qplug_cuda__mma_f16(float c[4], unsigned a0, unsigned a1,
+                                                           unsigned a2, unsigned a3, unsigned b0,
+                                                           unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* F16x2 product (exact here: see the NVFP4 fold below). */
+static __device__ __forceinline__ unsigned qplug_cuda__hmul2(unsigned a, unsigned b)
+{
+    unsigned d;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+
+/* The E8M0 value 2^(b-127) as a float, without branches (the shared
+ * helper compiles to divergent branches in this loop): b << 23 is exact for
+ * b = 1..254, and bit 22 turns b = 0 into the subnormal 2^-127 and b = 255
+ * (+inf) into a NaN. */
+static __device__ __forceinline__ float qplug_cuda__e8m0_sel(unsigned b)
+{
+    unsigned edge = (b == 0u || b == 255u) ? 0x00400000u : 0u;
+    return __uint_as_float((b << 23) | edge);
+}
+
+/* One FP4 k-block on the F16 tensor cores: a holds the repacked 16 bytes of
+ * rows g, g+8 (r), sc their 4 (MXFP4) or 8 (NVFP4) scale bytes of the block.
+ * Word s of a row is this lane's part of 32-slot s: elements 4t..4t+3 and
+ * 16+4t..16+4t+3 of the slot. The decode pairs element j with j + 4 of the
+ * word, so one m16n8k16 takes the pairs (0,4) and (1,5) and a second one
+ * (2,6) and (3,7); the activations are paired the same way (a byte permute
+ * before the E4M3 -> F16 conversion), which is all the dot product needs.
+ * NVFP4 folds the per-16 E4M3 scale into the F16 weight: e2m1 * s * 2^-14
+ * has at most 5 significant bits, lies below 0.17 and is a multiple of
+ * 2^-24, so it is an F16 exactly and the whole k-block runs in one
+ * accumulator. MXFP4 scales (E8M0, out of F16 range) multiply the fp32
+ * result of each slot. */
 template <int NT, bool NV>
 static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(
     float tot[NT][4], const unsigned a[2][4], const uint2 sc[2], const uint8_t *const xrow[NT],
     const bool xvalid[NT], const float *xscale, int kb, int m, int t)
 {
-    unsigned b[NT][4][2];
+    /* The raw E4M3 words are loaded first and converted slot by slot, which
+     * keeps a quarter of the F16 activations live at a time. */
+    unsigned xr[NT][4][2];
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
         for (int s = 0; s < 4; s++) {
-            b[nt][s][0] = 0;
-            b[nt][s][1] = 0;
+            xr[nt][s][0] = 0;
+            xr[nt][s][1] = 0;
             if (xvalid[nt]) {
                 const uint8_t *p = xrow[nt] + (int64_t)kb * 128 + 32 * s;
-                b[nt][s][0] = __ldg(reinterpret_cast<const unsigned *>(p));
-                b[nt][s][1] = __ldg(reinterpret_cast<const unsigned *>(p + 16));
+                xr[nt][s][0] = __ldg(reinterpret_cast<const unsigned *>(p));
+                xr[nt][s][1] = __ldg(reinterpret_cast<const unsigned *>(p + 16));
             }
         }
     float sa[NT][2];
@@ -145,36 +224,47 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(
             acc[nt][i] = 0.0f;
 #pragma unroll
     for (int s = 0; s < 4; s++) {
-        unsigned lo0, hi0, lo1, hi1;
-        qplug_cuda__fp4x8_to_fp8(a[0][s], &lo0, &hi0);
-        qplug_cuda__fp4x8_to_fp8(a[1][s], &lo1, &hi1);
+        unsigned b[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            unsigned lo = __byte_perm(xr[nt][s][0], xr[nt][s][1], 0x5140);
+            unsigned hi = __byte_perm(xr[nt][s][0], xr[nt][s][1], 0x7362);
+            b[nt][0] = qplug_cuda__e4m3x2_to_f16x2(lo);
+            b[nt][1] = qplug_cuda__e4m3x2_to_f16x2(lo >> 16);
+            b[nt][2] = qplug_cuda__e4m3x2_to_f16x2(hi);
+            b[nt][3] = qplug_cuda__e4m3x2_to_f16x2(hi >> 16);
+        }
+        unsigned r0[4], r1[4];
+        qplug_cuda__fp4x8_to_f16(a[0][s], r0);
+        qplug_cuda__fp4x8_to_f16(a[1][s], r1);
         if (NV) {
-            /* Bytes 2s and 2s+1 of the row's 8 scale bytes. */
+            /* Bytes 2s and 2s+1 of the row's 8 scale bytes: the groups of
+             * the low and the high halves. */
             unsigned w0 = s < 2 ? sc[0].x : sc[0].y;
             unsigned w1 = s < 2 ? sc[1].x : sc[1].y;
             int sh = (s & 1) * 16;
-            float s0a = qplug_cuda__e4m3_dev((w0 >> sh) & 0xffu);
-            float s0b = qplug_cuda__e4m3_dev((w0 >> (sh + 8)) & 0xffu);
-            float s1a = qplug_cuda__e4m3_dev((w1 >> sh) & 0xffu);
-            float s1b = qplug_cuda__e4m3_dev((w1 >> (sh + 8)) & 0xffu);
+            unsigned s0 = qplug_cuda__e4m3x2_to_f16x2(w0 >> sh);
+            unsigned s1 = qplug_cuda__e4m3x2_to_f16x2(w1 >> sh);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                r0[j] = qplug_cuda__hmul2(r0[j], s0);
+                r1[j] = qplug_cuda__hmul2(r1[j], s1);
+            }
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
-                float ca[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                float cb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                qplug_cuda__mma_e4m3(ca, lo0, lo1, 0u, 0u, b[nt][s][0], b[nt][s][1]);
-                qplug_cuda__mma_e4m3(cb, 0u, 0u, hi0, hi1, b[nt][s][0], b[nt][s][1]);
-                acc[nt][0] += ca[0] * s0a + cb[0] * s0b;
-                acc[nt][1] += ca[1] * s0a + cb[1] * s0b;
-                acc[nt][2] += ca[2] * s1a + cb[2] * s1b;
-                acc[nt][3] += ca[3] * s1a + cb[3] * s1b;
+                qplug_cuda__mma_f16(acc[nt], r0[0], r1[0], r0[1], r1[1], b[nt][0],
+                                    b[nt][1]);
+                qplug_cuda__mma_f16(acc[nt], r0[2], r1[2], r0[3], r1[3], b[nt][2],
+                                    b[nt][3]);
             }
         } else {
-            float s0 = qplug_cuda__e8m0_dev((sc[0].x >> (8 * s)) & 0xffu);
-            float s1 = qplug_cuda__e8m0_dev((sc[1].x >> (8 * s)) & 0xffu);
+            float s0 = qplug_cuda__e8m0_sel((sc[0].x >> (8 * s)) & 0xffu);
+            float s1 = qplug_cuda__e8m0_sel((sc[1].x >> (8 * s)) & 0xffu);
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
                 float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                qplug_cuda__mma_e4m3(c, lo0, lo1, hi0, hi1, b[nt][s][0], b[nt][s][1]);
+                qplug_cuda__mma_f16(c, r0[0], r1[0], r0[1], r1[1], b[nt][0], b[nt][1]);
+                qplug_cuda__mma_f16(c, r0[2], r1[2], r0[3], r1[3], b[nt][2], b[nt][3]);
                 acc[nt][0] += c[0] * s0;
                 acc[nt][1] += c[1] * s0;
                 acc[nt][2] += c[2] * s1;
@@ -206,21 +296,21 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(
 
 /* At most 128 registers (16 warps per multiprocessor at least): fewer
  * resident warps leave too few loads in flight. */
-template <int NT, int F, bool CL>
-__global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32, 16 / QPLUG_GEMV_WARPS)
+template <int NT, int F, bool CL, int W>
+__global__ void __launch_bounds__(W * 32, 16 / W)
     qplug_cuda__gemv_kernel(const qplug_cuda__gemv_args p)
 {
     constexpr int U = F == QPLUG_GEMV_FMT_FP8 ? QPLUG_GEMV_U_FP8 : QPLUG_GEMV_U_FP4;
     constexpr bool NV = F == QPLUG_GEMV_FMT_NV;
-    __shared__ float red[QPLUG_GEMV_WARPS][16][NT * 8];
+    __shared__ float red[W][16][NT * 8];
     __shared__ float part[16 * NT * 8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int64_t n0 = (int64_t)blockIdx.x * 16, k = p.k;
     int m = p.m;
     int kbn = (int)(k / 128);
     /* This warp's contiguous slice of the row tile's k-blocks. */
-    int slices = (int)gridDim.y * QPLUG_GEMV_WARPS;
-    int slice = (int)blockIdx.y * QPLUG_GEMV_WARPS + warp;
+    int slices = (int)gridDim.y * W;
+    int slice = (int)blockIdx.y * W + warp;
     int kb0 = (int)((int64_t)kbn * slice / slices);
     int kb1 = (int)((int64_t)kbn * (slice + 1) / slices);
 
@@ -330,7 +420,7 @@ __global__ void __launch_bounds__(QPLUG_GEMV_WARPS * 32, 16 / QPLUG_GEMV_WARPS)
         int row = idx % 16, tok = idx / 16;
         float s = 0.0f;
 #pragma unroll
-        for (int w = 0; w < QPLUG_GEMV_WARPS; w++)
+        for (int w = 0; w < W; w++)
             s += red[w][row][tok];
         if (!CL)
             p.y[(int64_t)tok * p.n + n0 + row] = __float2bfloat16_rn(s);
@@ -376,12 +466,12 @@ static qplug_status qplug_cuda__gemv_check(const char *what, const void *w, cons
 /* The cluster size: enough blocks per row tile that the launch holds about
  * QPLUG_GEMV_SPREAD warps per multiprocessor, at most 8, and no more than
  * leaves each warp one k-block. */
-static int qplug_cuda__gemv_cluster(int64_t n, int64_t k, int sms)
+static int qplug_cuda__gemv_cluster(int64_t n, int64_t k, int sms, int w)
 {
     int64_t tiles = n / 16, kbn = k / 128;
-    int64_t warps = tiles * QPLUG_GEMV_WARPS;
+    int64_t warps = tiles * w;
     int64_t c = ((int64_t)sms * QPLUG_GEMV_SPREAD + warps - 1) / warps;
-    int64_t most = kbn / QPLUG_GEMV_WARPS;
+    int64_t most = kbn / w;
     if (c > QPLUG_GEMV_MAX_CLUSTER)
         c = QPLUG_GEMV_MAX_CLUSTER;
     if (c > most)
@@ -400,7 +490,10 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, void
     if (e != cudaSuccess)
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: no device: %s", what,
                                 cudaGetErrorString(e));
-    int c = qplug_cuda__gemv_cluster(a.n, a.k, sms);
+    /* Wide layers have row tiles enough to fill every multiprocessor
+     * several times over, so they never split k over a cluster. */
+    bool wide = a.n / 16 >= (int64_t)QPLUG_GEMV_WIDE * sms;
+    int c = wide ? 1 : qplug_cuda__gemv_cluster(a.n, a.k, sms, 8);
     cudaLaunchAttribute attr;
     attr.id = cudaLaunchAttributeClusterDimension;
     attr.val.clusterDim.x = 1;
@@ -408,17 +501,19 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, void
     attr.val.clusterDim.z = 1;
     cudaLaunchConfig_t cfg;
     cfg.gridDim = dim3((unsigned)(a.n / 16), (unsigned)c);
-    cfg.blockDim = dim3(QPLUG_GEMV_WARPS * 32);
+    cfg.blockDim = dim3(wide ? 4 * 32 : 8 * 32);
     cfg.dynamicSmemBytes = 0;
     cfg.stream = (cudaStream_t)stream;
     cfg.attrs = &attr;
     cfg.numAttrs = c > 1 ? 1 : 0;
     if (a.m <= 8)
-        e = cudaLaunchKernelEx(&cfg, c > 1 ? qplug_cuda__gemv_kernel<1, F, true>
-                                           : qplug_cuda__gemv_kernel<1, F, false>, a);
+        e = cudaLaunchKernelEx(&cfg, wide    ? qplug_cuda__gemv_kernel<1, F, false, 4>
+                                     : c > 1 ? qplug_cuda__gemv_kernel<1, F, true, 8>
+                                             : qplug_cuda__gemv_kernel<1, F, false, 8>, a);
     else
-        e = cudaLaunchKernelEx(&cfg, c > 1 ? qplug_cuda__gemv_kernel<2, F, true>
-                                           : qplug_cuda__gemv_kernel<2, F, false>, a);
+        e = cudaLaunchKernelEx(&cfg, wide    ? qplug_cuda__gemv_kernel<2, F, false, 4>
+                                     : c > 1 ? qplug_cuda__gemv_kernel<2, F, true, 8>
+                                             : qplug_cuda__gemv_kernel<2, F, false, 8>, a);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: kernel launch failed: %s", what,
@@ -449,7 +544,7 @@ extern "C" qplug_status qplug_cuda__gemv_mxfp4(const uint8_t *w_packed, const ui
         qplug_cuda__gemv_check("gemv_mxfp4", w_packed, w_scale, xq, x_scale, m, n, k, y, err);
     if (s != QPLUG_OK)
         return s;
-    qplug_cuda__gemv_args a = {w_packed, w_scale, (const uint8_t *)xq, x_scale, 64.0f,
+    qplug_cuda__gemv_args a = {w_packed, w_scale, (const uint8_t *)xq, x_scale, 16384.0f,
                                (int)m, n, k, (__nv_bfloat16 *)y};
     return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_MX>(a, stream, "gemv_mxfp4", err);
 }
@@ -465,6 +560,6 @@ extern "C" qplug_status qplug_cuda__gemv_nvfp4(const uint8_t *w_packed, const ui
     if (s != QPLUG_OK)
         return s;
     qplug_cuda__gemv_args a = {w_packed, w_scale, (const uint8_t *)xq, x_scale,
-                               64.0f * global_scale, (int)m, n, k, (__nv_bfloat16 *)y};
+                               16384.0f * global_scale, (int)m, n, k, (__nv_bfloat16 *)y};
     return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_NV>(a, stream, "gemv_nvfp4", err);
 }

@@ -216,7 +216,9 @@ static double bf16f(uint16_t b)
 int main(int argc, char **argv)
 {
     bool with_v2 = !(argc > 1 && !strcmp(argv[1], "--no-v2"));
-    const char *tag = argc > 2 ? argv[2] : "v3";
+    const char *tag = argc > 2 ? argv[2] : "new";
+    /* The name of the version linked in as qplug_v2__ (gemv_bench.sh). */
+    const char *old = argc > 3 ? argv[3] : "v2";
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     /* Copy bandwidth. */
@@ -241,9 +243,9 @@ int main(int argc, char **argv)
     CK(cudaFree(cbuf));
     printf("# gemv_bench %s on %s (%d SMs), copy %.0f GB/s\n", tag, prop.name,
            prop.multiProcessorCount, copy);
-    printf("| model | layer | fmt | M | G | floor us | v2 ev us | %s ev us | %s ev %%copy | v2 graph us "
-           "| %s graph us | v2 graph %%copy | %s graph %%copy | rel diff |\n",
-           tag, tag, tag, tag);
+    printf("| model | layer | fmt | M | G | floor us | %s ev us | %s ev us | %s ev %%copy | %s graph us "
+           "| %s graph us | %s graph %%copy | %s graph %%copy | rel diff |\n",
+           old, tag, tag, old, tag, old, tag);
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     const char *fname[3] = {"fp8_block", "mxfp4", "nvfp4"};
     const int64_t ms[2] = {1, 16};

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds and runs gemv_bench (gemv_bench.cu) on a machine with an NVIDIA GPU:
 # the current gemv.cu in variants (-D tunables) against the version of
-# gemv.cu in commit $V2 (default 96c8f42, GEMV v2), whose symbols are renamed
-# to qplug_v2__*. The v2 source comes from git when the tree has history,
-# else from $V2_SRC (a copy made beforehand, e.g. in build-gemvsrc/).
+# gemv.cu in commit $V2 (default 876df59, GEMV v3.1; name it with $V2_TAG),
+# whose symbols are renamed to qplug_v2__*. The old source comes from git
+# when the tree has history, else from $V2_SRC (a copy made beforehand, e.g.
+# in build-gemvsrc/). $TAG names the current version (default v4).
 #
 #   plugins/common_cuda/gemv_bench.sh [OUTDIR] [variant flags...]
 #
@@ -15,7 +16,9 @@ ROOT=$(cd "$HERE/../.." && pwd)
 OUT=${1:-/tmp/gemv_bench}
 shift || true
 mkdir -p "$OUT"
-V2=${V2:-96c8f42}
+V2=${V2:-876df59}
+V2_TAG=${V2_TAG:-v3.1}
+TAG=${TAG:-v4}
 V2_SRC=${V2_SRC:-$ROOT/build-gemvsrc/gemv_v2.cu}
 B=$(mktemp -d)
 if git -C "$ROOT" cat-file -e "$V2:plugins/common_cuda/gemv.cu" 2>/dev/null; then
@@ -36,9 +39,9 @@ for flags in "$@"; do
 done
 i=0
 for flags in "$@"; do
-    tag="v3${flags:+ [$flags]}"
+    tag="$TAG${flags:+ [$flags]}"
     if [ $i = 0 ]; then
-        "$B/gemv_bench_$i" --v2 "$tag" | tee "$OUT/bench_$i.md"
+        "$B/gemv_bench_$i" --v2 "$tag" "$V2_TAG" | tee "$OUT/bench_$i.md"
     else
         "$B/gemv_bench_$i" --no-v2 "$tag" | tee "$OUT/bench_$i.md"
     fi

@@ -306,7 +306,12 @@ static void test_fp8(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, int u
 
 /* Random FP4 weights with scales: MXFP4 E8M0 exponents within 12 octaves,
  * NVFP4 positive finite E4M3 scales and a global scale. */
-static void make_fp4_w(int nv, int64_t n, int64_t k, uint8_t **w, uint8_t **sc, float *global)
+/* tiny (NVFP4 only) draws the E4M3 scales from 0x01..0x10 (subnormals and
+ * the smallest normals), where the GEMV's F16 weight with the scale folded
+ * in is an F16 subnormal: any flush or rounding there shows as a large
+ * error. */
+static void make_fp4_w(int nv, int tiny, int64_t n, int64_t k, uint8_t **w, uint8_t **sc,
+                       float *global)
 {
     int64_t ns = n * (k / (nv ? 16 : 32));
     *w = malloc((size_t)(n * k / 2));
@@ -314,7 +319,8 @@ static void make_fp4_w(int nv, int64_t n, int64_t k, uint8_t **w, uint8_t **sc, 
     for (int64_t i = 0; i < n * k / 2; i++)
         (*w)[i] = (uint8_t)rng_next();
     for (int64_t i = 0; i < ns; i++)
-        (*sc)[i] = nv ? (uint8_t)(0x18 + rng_next() % 0x50) : (uint8_t)(115 + rng_next() % 12);
+        (*sc)[i] = nv ? (uint8_t)(tiny ? 0x01 + rng_next() % 0x10 : 0x18 + rng_next() % 0x50)
+                      : (uint8_t)(115 + rng_next() % 12);
     *global = nv ? (float)(0.5 + rng_uniform()) * 1e-2f : 1.0f;
 }
 
@@ -328,7 +334,7 @@ static double fp4_value(int nv, const uint8_t *w, const uint8_t *sc, float globa
     return v * ldexp(1.0, (int)sc[row * (k / 32) + e / 32] - 127);
 }
 
-static void test_fp4_gemv(int nv, int64_t m, int64_t n, int64_t k)
+static void test_fp4_gemv_scales(int nv, int tiny, int64_t m, int64_t n, int64_t k)
 {
     const char *name = nv ? "gemv_nvfp4" : "gemv_mxfp4";
     uint16_t *x = make_x(m, k);
@@ -337,7 +343,7 @@ static void test_fp4_gemv(int nv, int64_t m, int64_t n, int64_t k)
     uint8_t *xq, *w, *sc;
     float *xs, global;
     quant_x(x, m, k, QPLUG_CUDA_SCALE_F32, &dxq, &dxs, &xq, &xs);
-    make_fp4_w(nv, n, k, &w, &sc, &global);
+    make_fp4_w(nv, tiny, n, k, &w, &sc, &global);
     void *dw = dev_upload(w, (size_t)(n * k / 2));
     void *dwp = dev_alloc_poison((size_t)(n * k / 2));
     void *dsc = dev_upload(sc, (size_t)(n * (k / (nv ? 16 : 32))));
@@ -365,12 +371,18 @@ static void test_fp4_gemv(int nv, int64_t m, int64_t n, int64_t k)
         free(wrow);
     }
     double e = rel_l2_bf16(y, ref, (size_t)(m * n));
-    CHECKF(e < BOUND_BF16_OUT, "%s m=%lld n=%lld k=%lld: rel L2 %.3g >= %g", name, (long long)m,
-           (long long)n, (long long)k, e, BOUND_BF16_OUT);
-    printf("%-10s m=%-4lld n=%-5lld k=%-5lld rel L2 %.3g\n", name, (long long)m, (long long)n,
-           (long long)k, e);
+    CHECKF(e < BOUND_BF16_OUT, "%s%s m=%lld n=%lld k=%lld: rel L2 %.3g >= %g", name,
+           tiny ? " (tiny scales)" : "", (long long)m, (long long)n, (long long)k, e,
+           BOUND_BF16_OUT);
+    printf("%-10s m=%-4lld n=%-5lld k=%-5lld rel L2 %.3g%s\n", name, (long long)m, (long long)n,
+           (long long)k, e, tiny ? " (tiny scales)" : "");
     free(x), free(xq), free(xs), free(w), free(sc), free(y), free(ref);
     cudaFree(dxq), cudaFree(dxs), cudaFree(dw), cudaFree(dwp), cudaFree(dsc), cudaFree(dy);
+}
+
+static void test_fp4_gemv(int nv, int64_t m, int64_t n, int64_t k)
+{
+    test_fp4_gemv_scales(nv, 0, m, n, k);
 }
 
 /* FP4 -> FP8 block conversion: MXFP4 with exponents inside 14 octaves per
@@ -380,7 +392,7 @@ static void test_fp4_to_fp8(int nv, int64_t n, int64_t k)
     const char *name = nv ? "nvfp4_to_fp8_block" : "mxfp4_to_fp8_block";
     uint8_t *w, *sc;
     float global;
-    make_fp4_w(nv, n, k, &w, &sc, &global);
+    make_fp4_w(nv, 0, n, k, &w, &sc, &global);
     void *dw = dev_upload(w, (size_t)(n * k / 2));
     void *dsc = dev_upload(sc, (size_t)(n * (k / (nv ? 16 : 32))));
     void *dq = dev_alloc_poison((size_t)(n * k));
@@ -486,6 +498,16 @@ int main(void)
         test_fp4_gemv(0, sk[i][0], sk[i][1], sk[i][2]);
         test_fp4_gemv(1, sk[i][0], sk[i][1], sk[i][2]);
     }
+    /* Wide n (n/16 >= 3 x 132 row tiles on an H200): blocks of 4 warps,
+     * each with several k-blocks, uneven slices (9 k-blocks over 4 warps). */
+    test_fp8(lt, 3, 6400, 1152, 1);
+    test_fp8(lt, 16, 6400, 1152, 1);
+    test_fp4_gemv(0, 1, 6400, 1152);
+    test_fp4_gemv(0, 12, 6400, 1152);
+    test_fp4_gemv(1, 16, 6400, 1152);
+    /* NVFP4 with scales that make the folded F16 weights subnormal. */
+    test_fp4_gemv_scales(1, 1, 1, 272, 1152);
+    test_fp4_gemv_scales(1, 1, 16, 272, 1152);
     test_fp4_to_fp8(0, 256, 384);
     test_fp4_to_fp8(1, 256, 384);
 
