@@ -12,6 +12,7 @@ set(QPLUG__COMMON_SOURCES
   ${QPLUG__COMMON_DIR}/qp_act.c
   ${QPLUG__COMMON_DIR}/qp_gemm.c
   ${QPLUG__COMMON_DIR}/qp_gemm_kernels.c
+  ${QPLUG__COMMON_DIR}/qp_gemm_decode.c
   ${QPLUG__COMMON_DIR}/qp_plugin.c)
 
 function(qplug__add_tree_plugin name)

@@ -134,10 +134,7 @@ static void gemm_range(void *arg, int64_t begin, int64_t end)
     for (int64_t tile = begin; tile < end; tile++) {
         int64_t n0 = tile * QPLUG__NR;
         int64_t nt = g->n - n0 < QPLUG__NR ? g->n - n0 : QPLUG__NR;
-        if (g->fp8_split)
-            qplug__wmat_fp8_rows(g->w, g->wrow0 + n0, g->wrow0 + n0 + nt, wt, wsc);
-        else
-            qplug__wmat_dequant_rows(g->w, g->wrow0 + n0, g->wrow0 + n0 + nt, wt);
+        c->kern.decode(g->w, g->wrow0 + n0, g->wrow0 + n0 + nt, g->fp8_split, wt, wsc);
         if (c->panel) {
             pack_panel(wt, nt, k, pn);
             tile_panel(c, n0, nt, pn, wsc, acc);

@@ -59,6 +59,7 @@ static void row4_portable(int64_t len, const float *a, const float *const w[4], 
 
 void qplug__gemm_kernels_portable(qplug__gemm_kernels *out)
 {
+    out->decode = qplug__gemm_decoder(false);
     out->panel = panel_portable;
     out->row4 = row4_portable;
     out->mr_max = 4;
@@ -221,6 +222,8 @@ void qplug__gemm_kernels_pick(qplug__gemm_kernels *out)
 #if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init();
     bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2)
+        out->decode = qplug__gemm_decoder(true);
     if (avx2 && __builtin_cpu_supports("avx512f") && !(want && !strcmp(want, "avx2"))) {
         out->panel = panel_avx512;
         out->row4 = row4_avx512;

@@ -13,6 +13,7 @@
 #ifndef QPLUG_PLUGINS_QP_GEMM_KERNELS_H
 #define QPLUG_PLUGINS_QP_GEMM_KERNELS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Weight rows per tile: the width of a packed panel. */
@@ -41,7 +42,21 @@ typedef void (*qplug__panel_fn)(int mr, int64_t len, const float *a, int64_t lda
 typedef void (*qplug__row4_fn)(int64_t len, const float *a, const float *const w[4], float sa,
                                const float sw[4], float c[4]);
 
+struct qplug__wmat;
+
+/*
+ * Tile decoder (qp_gemm_decode.c): rows [r0, r1) of w into dst, the values
+ * of qplug__wmat_dequant_rows, or with fp8_split (FP8 block only) those of
+ * qplug__wmat_fp8_rows, scales into sc.
+ */
+typedef void (*qplug__decode_fn)(const struct qplug__wmat *w, int64_t r0, int64_t r1,
+                                 bool fp8_split, float *dst, float *sc);
+
+/* The portable decoder, or the one compiled for AVX2 (x86-64 only). */
+qplug__decode_fn qplug__gemm_decoder(bool avx2);
+
 typedef struct qplug__gemm_kernels {
+    qplug__decode_fn decode;
     qplug__panel_fn panel;
     qplug__row4_fn row4;
     int mr_max; /* rows per panel call that fill the registers */
