@@ -27,7 +27,9 @@
  * the call's m, and go back with cudaFreeAsync, so there is no maximum m and
  * a whole layer call can be captured into a CUDA graph. Routing ids outside
  * [0, E) cannot be reported without a sync: the kernels skip them, as -1.
- * A NaN or Inf in x makes the rows it reaches NaN (no QPLUG_ERR_NUMERIC).
+ * A NaN or Inf in x cannot be reported as QPLUG_ERR_NUMERIC without a sync:
+ * apply writes NaN over the y rows of the tokens whose x holds one (the
+ * kernels alone would give finite values there).
  */
 #ifndef QPLUG_PLUGINS_QP_CUDA_MOE_CUH
 #define QPLUG_PLUGINS_QP_CUDA_MOE_CUH
@@ -257,6 +259,38 @@ __global__ static void qp_cm_bf16_to_f32(const __nv_bfloat16 *src, float *dst, i
         dst[i] = __bfloat162float(src[i]);
 }
 
+/* The MoE kernels do not carry a NaN or Inf of x into y (their activation
+ * scales ignore it), so apply marks each row of x that holds one and
+ * writes NaN over that row of y afterwards: a bad input never comes out
+ * finite. One warp per row. */
+__global__ static void qp_cm_row_bad(const void *x, bool bf16, int64_t m, int64_t D, int *bad)
+{
+    int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= m)
+        return;
+    int lane = threadIdx.x & 31;
+    bool b = false;
+    for (int64_t c = lane; c < D; c += 32) {
+        float v = bf16 ? __bfloat162float(((const __nv_bfloat16 *)x)[row * D + c])
+                       : ((const float *)x)[row * D + c];
+        b |= !isfinite(v);
+    }
+    b = __any_sync(0xffffffffu, b);
+    if (lane == 0)
+        bad[row] = b ? 1 : 0;
+}
+
+__global__ static void qp_cm_poison(void *y, bool bf16, int64_t m, int64_t D, const int *bad)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m * D || !bad[i / D])
+        return;
+    if (bf16)
+        ((__nv_bfloat16 *)y)[i] = __float2bfloat16_rn(__int_as_float(0x7fc00000));
+    else
+        ((float *)y)[i] = __int_as_float(0x7fc00000);
+}
+
 static bool qp_cm_is_2d(const qplug_tensor *t, qplug_dtype dt, int64_t rows, int64_t cols)
 {
     return t && t->data && t->device == QPLUG_DEVICE_CUDA && t->dtype == dt && t->ndim == 2 &&
@@ -330,7 +364,8 @@ static qplug_status qp_cm_apply(const qplug_host *host, const qplug_layer_desc *
     size_t buf_b = M->w4a4 ? qplug_cuda__w4a4_dispatch_bytes(m, D, K, M->group) : 0;
     size_t xs_b = x_bf16 ? 0 : (size_t)(m * D) * 2, ys_b = y_bf16 ? 0 : (size_t)(m * D) * 2;
     size_t off_buf = qp_cm_align(ws_b), off_x = off_buf + qp_cm_align(buf_b);
-    size_t off_y = off_x + qp_cm_align(xs_b), total = off_y + qp_cm_align(ys_b);
+    size_t off_y = off_x + qp_cm_align(xs_b), off_bad = off_y + qp_cm_align(ys_b);
+    size_t total = off_bad + qp_cm_align((size_t)m * sizeof(int));
     if (ws_b == 0 || (M->w4a4 && buf_b == 0))
         return host->api->error(host->ctx, QPLUG_ERR_SHAPE,
                                 "apply: layer %s: no workspace size for m = %lld", name,
@@ -342,6 +377,8 @@ static qplug_status qp_cm_apply(const qplug_host *host, const qplug_layer_desc *
                                 "apply: layer %s: no %zu bytes of MoE workspace on the stream",
                                 name, total);
     }
+    int *bad = (int *)(scratch + off_bad);
+    qp_cm_row_bad<<<(unsigned)((m + 7) / 8), 256, 0, s>>>(a->x->data, x_bf16, m, D, bad);
     const void *xb = a->x->data;
     void *yb = y_bf16 ? a->y->data : (void *)(scratch + off_y);
     int64_t cnt = m * D;
@@ -371,6 +408,8 @@ static qplug_status qp_cm_apply(const qplug_host *host, const qplug_layer_desc *
     if (!st && !y_bf16)
         qp_cm_bf16_to_f32<<<blocks, 256, 0, s>>>((const __nv_bfloat16 *)yb,
                                                  (float *)a->y->data, cnt);
+    if (!st)
+        qp_cm_poison<<<blocks, 256, 0, s>>>(a->y->data, y_bf16, m, D, bad);
     cudaError_t ce = cudaGetLastError();
     if (!st && ce != cudaSuccess)
         st = host->api->error(host->ctx, QPLUG_ERR_DEVICE, "apply: layer %s: launch failed: %s",
