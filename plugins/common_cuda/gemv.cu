@@ -16,7 +16,8 @@
  *   in BF16. So the result is deterministic and needs neither a workspace
  *   nor atomics.
  *
- * The products run on the tensor cores (mma.sync m16n8k32 on E4M3): m = 16
+ * The products run on the tensor cores (mma.sync m16n8k32 on E4M3 for FP8,
+ * m16n8k16 on F16 for FP4; wide layers use blocks of 4 warps): m = 16
  * on fp32 CUDA cores would be arithmetic-bound at about three times the byte
  * floor. The dot product over k is invariant under any permutation of k
  * applied to weights and activations alike. The FP8 kernel uses that to give
@@ -24,9 +25,8 @@
  * the same 16 bytes of each token, which are exactly its A and B fragments
  * of two mmas. The FP4 kernels read a repacked weight (qplug_cuda__fp4_repack)
  * whose 16-byte run per lane holds its fragments of the four 32-wide slots of
- * a 128-block in the mma's own k order, so one mma covers exactly one MXFP4
- * group (or, with half the A fragment zeroed, one NVFP4 group of 16); the
- * FP4 codes are decoded exactly to E4M3 in registers. */
+ * a 128-block, so two F16 mmas cover exactly one MXFP4 group; the FP4 codes are decoded exactly to F16 in registers, with the
+ * NVFP4 scale folded in (see qplug_cuda__gemv_fp4_step). */
 #include <cooperative_groups.h>
 
 #include "internal.cuh"

@@ -111,7 +111,7 @@ qplug_status qplug_cuda__fp4_repack(const uint8_t *src, int64_t n, int64_t k, ui
                                     void *stream, qplug_cuda__err *err);
 
 /* Decode GEMV on FP4 weights (W4A8: activations quantized by
- * qplug_cuda__act_quant_fp8, FP4 decoded exactly to E4M3 in registers).
+ * qplug_cuda__act_quant_fp8, FP4 decoded exactly to F16 in registers).
  * w_packed is the repacked E2M1 [n, k/2]. MXFP4: scale E8M0 [n, k/32].
  * NVFP4: scale E4M3 [n, k/16] and the global F32 weight_scale_2 (host
  * value). 1 <= m <= 16, n % 16 == 0, k % 128 == 0. */
