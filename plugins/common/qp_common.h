@@ -352,6 +352,7 @@ qplug_status qplug__no_cuda_path(const qplug_host *host);
  * plugin writing them by hand; QPLUG__CUDA_HOOK_FIELDS(p) names them and
  * qplug_<p>__cuda_supports (from <p>_cuda.h, which the plugin includes) in
  * the skeleton table. Without QPLUG_PLUGIN_CUDA both expand to nothing.
+ * QPLUG__DEFINE_PLUGIN uses both; plugins do not need them directly.
  */
 #ifdef QPLUG_PLUGIN_CUDA
 #define QPLUG__CUDA_HOOKS(p)                                                                    \
@@ -384,35 +385,43 @@ qplug_status qplug__no_cuda_path(const qplug_host *host);
 #endif
 
 /*
- * Defines the plugin table of plugin p and qplug_plugin_entry, the only
- * exported symbol, from the skeleton `skel` (a static const
- * qplug__skeleton). The ABI's calls carry no pointer to the skeleton, so
- * every plugin needs its own thin wrappers; this writes them once.
- * `kv_bytes` is the kv_entry_bytes function or NULL.
+ * Defines everything plugin p exports and the glue around its hooks: the
+ * CUDA adapters, the skeleton table qplug_<p>__skeleton (name #p, state
+ * type qplug_<p>__state, the CPU hooks given as designated initializers in
+ * the trailing arguments, e.g. `.score = mx_score, .load = mx_load`), the
+ * ABI wrappers, the plugin table and qplug_plugin_entry, the only exported
+ * symbol. The ABI's calls carry no pointer to the skeleton, so every
+ * plugin needs its own thin wrappers; this writes them once. `kv_bytes` is
+ * the kv_entry_bytes function or NULL.
  */
-#define QPLUG__DEFINE_PLUGIN(p, skel, description_, kv_bytes)                                  \
+#define QPLUG__DEFINE_PLUGIN(p, description_, kv_bytes, ...)                                   \
+    QPLUG__CUDA_HOOKS(p)                                                                        \
+    static const qplug__skeleton qplug_##p##__skeleton = {                                     \
+        .name = #p,                                                                             \
+        .state_size = sizeof(qplug_##p##__state),                                               \
+        QPLUG__CUDA_HOOK_FIELDS(p) __VA_ARGS__};                                                \
     static int qplug_##p##__abi_score(const qplug_layer_desc *layer)                          \
     {                                                                                           \
-        return qplug__skel_score(&(skel), layer);                                               \
+        return qplug__skel_score(&qplug_##p##__skeleton, layer);                                \
     }                                                                                           \
     static qplug_status qplug_##p##__abi_create_weights(const qplug_host *host,                \
                                                         const qplug_layer_desc *layer)         \
     {                                                                                           \
-        return qplug__skel_create_weights(&(skel), host, layer);                                \
+        return qplug__skel_create_weights(&qplug_##p##__skeleton, host, layer);                 \
     }                                                                                           \
     static qplug_status qplug_##p##__abi_process(const qplug_host *host,                       \
                                                  const qplug_layer_desc *layer, void **state)  \
     {                                                                                           \
-        return qplug__skel_process(&(skel), host, layer, state);                                \
+        return qplug__skel_process(&qplug_##p##__skeleton, host, layer, state);                 \
     }                                                                                           \
     static qplug_status qplug_##p##__abi_apply(const qplug_host *host, void *state,            \
                                                const qplug_apply_args *args)                   \
     {                                                                                           \
-        return qplug__skel_apply(&(skel), host, state, args);                                   \
+        return qplug__skel_apply(&qplug_##p##__skeleton, host, state, args);                    \
     }                                                                                           \
     static void qplug_##p##__abi_destroy(const qplug_host *host, void *state)                  \
     {                                                                                           \
-        qplug__skel_destroy(&(skel), host, state);                                              \
+        qplug__skel_destroy(&qplug_##p##__skeleton, host, state);                               \
     }                                                                                           \
     static const qplug_plugin qplug_##p##__plugin = {                                          \
         .abi_version = QPLUG_ABI_VERSION,                                                       \

@@ -220,20 +220,8 @@ static size_t fp8_kv_entry_bytes(const qplug_layer_desc *layer)
     return qplug__kv_bytes_fp8(layer->k);
 }
 
-QPLUG__CUDA_HOOKS(fp8_block)
-
-static const qplug__skeleton fp8_skeleton = {
-    .name = "fp8_block",
-    .state_size = sizeof(qplug_fp8_block__state),
-    .score = fp8_score,
-    .declare = fp8_declare,
-    .load = fp8_load,
-    .cpu_apply = fp8_cpu_apply,
-    .release = fp8_release,
-    QPLUG__CUDA_HOOK_FIELDS(fp8_block)
-};
-
-QPLUG__DEFINE_PLUGIN(fp8_block, fp8_skeleton,
+QPLUG__DEFINE_PLUGIN(fp8_block,
                      "FP8 E4M3 with 128x128 weight scales (F32 or E8M0), 1x128 activation "
                      "scales, FP8 KV cache",
-                     fp8_kv_entry_bytes)
+                     fp8_kv_entry_bytes, .score = fp8_score, .declare = fp8_declare,
+                     .load = fp8_load, .cpu_apply = fp8_cpu_apply, .release = fp8_release)

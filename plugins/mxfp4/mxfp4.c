@@ -59,19 +59,7 @@ static qplug_status mx_cpu_apply(const qplug_host *host, void *state,
     return qplug__cpu_forward(host, &st->desc, &c, args);
 }
 
-QPLUG__CUDA_HOOKS(mxfp4)
-
-static const qplug__skeleton mx_skeleton = {
-    .name = "mxfp4",
-    .state_size = sizeof(qplug_mxfp4__state),
-    .score = mx_score,
-    .declare = mx_declare,
-    .load = mx_load,
-    .cpu_apply = mx_cpu_apply,
-    .release = mx_release,
-    QPLUG__CUDA_HOOK_FIELDS(mxfp4)
-};
-
-QPLUG__DEFINE_PLUGIN(mxfp4, mx_skeleton,
+QPLUG__DEFINE_PLUGIN(mxfp4,
                      "MXFP4: E2M1 weights with E8M0 scales per 32; W4A8 (FP8 1x128 activations)",
-                     NULL)
+                     NULL, .score = mx_score, .declare = mx_declare,
+                     .load = mx_load, .cpu_apply = mx_cpu_apply, .release = mx_release)

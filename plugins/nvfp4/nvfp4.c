@@ -68,20 +68,8 @@ static qplug_status nv_cpu_apply(const qplug_host *host, void *state,
     return qplug__cpu_forward(host, &st->desc, &c, args);
 }
 
-QPLUG__CUDA_HOOKS(nvfp4)
-
-static const qplug__skeleton nv_skeleton = {
-    .name = "nvfp4",
-    .state_size = sizeof(qplug_nvfp4__state),
-    .score = nv_score,
-    .declare = nv_declare,
-    .load = nv_load,
-    .cpu_apply = nv_cpu_apply,
-    .release = nv_release,
-    QPLUG__CUDA_HOOK_FIELDS(nvfp4)
-};
-
-QPLUG__DEFINE_PLUGIN(nvfp4, nv_skeleton,
+QPLUG__DEFINE_PLUGIN(nvfp4,
                      "ModelOpt NVFP4: E2M1 weights, E4M3 scales per 16, F32 global; FP4 "
                      "activations against input_scale",
-                     NULL)
+                     NULL, .score = nv_score, .declare = nv_declare,
+                     .load = nv_load, .cpu_apply = nv_cpu_apply, .release = nv_release)

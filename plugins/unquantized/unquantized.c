@@ -206,19 +206,7 @@ static size_t unq_kv_entry_bytes(const qplug_layer_desc *layer)
     return qplug__kv_bytes_f32(layer->k);
 }
 
-QPLUG__CUDA_HOOKS(unquantized)
-
-static const qplug__skeleton unq_skeleton = {
-    .name = "unquantized",
-    .state_size = sizeof(qplug_unquantized__state),
-    .score = unq_score,
-    .declare = unq_declare,
-    .load = unq_load,
-    .cpu_apply = unq_cpu_apply,
-    .release = unq_release,
-    QPLUG__CUDA_HOOK_FIELDS(unquantized)
-};
-
-QPLUG__DEFINE_PLUGIN(unquantized, unq_skeleton,
+QPLUG__DEFINE_PLUGIN(unquantized,
                      "BF16/F16/F32 weights (and ModelOpt FP8 dequantized to F32), F32 KV cache",
-                     unq_kv_entry_bytes)
+                     unq_kv_entry_bytes, .score = unq_score, .declare = unq_declare,
+                     .load = unq_load, .cpu_apply = unq_cpu_apply, .release = unq_release)

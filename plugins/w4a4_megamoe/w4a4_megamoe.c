@@ -152,20 +152,8 @@ static qplug_status mm_cpu_apply(const qplug_host *host, void *state,
     return qplug__cpu_forward(host, &st->desc, &c, args);
 }
 
-QPLUG__CUDA_HOOKS(w4a4_megamoe)
-
-static const qplug__skeleton mm_skeleton = {
-    .name = "w4a4_megamoe",
-    .state_size = sizeof(qplug_w4a4_megamoe__state),
-    .score = mm_score,
-    .declare = mm_declare,
-    .load = mm_load,
-    .cpu_apply = mm_cpu_apply,
-    .release = mm_release,
-    QPLUG__CUDA_HOOK_FIELDS(w4a4_megamoe)
-};
-
-QPLUG__DEFINE_PLUGIN(w4a4_megamoe, mm_skeleton,
+QPLUG__DEFINE_PLUGIN(w4a4_megamoe,
                      "fused MoE with FP4 experts and FP4 activations packed before dispatch "
                      "([megamoe] fp4_activations), else W4A8",
-                     NULL)
+                     NULL, .score = mm_score, .declare = mm_declare,
+                     .load = mm_load, .cpu_apply = mm_cpu_apply, .release = mm_release)
