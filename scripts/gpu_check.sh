@@ -151,6 +151,13 @@ if [ "$run_bench" = 1 ]; then
         result[bench]=ok
     fi
     tail -5 "$OUT/bench.log"
+    note "bench --moe"
+    result[bench_moe]=FAIL
+    if [ -x "$bench" ] && ${QPLUG_BENCH_TIMEOUT:+timeout "$QPLUG_BENCH_TIMEOUT"} "$bench" --moe \
+            --json "$OUT/bench_moe.json" --md "$OUT/bench_moe.md" >"$OUT/bench_moe.log" 2>&1; then
+        result[bench_moe]=ok
+    fi
+    tail -5 "$OUT/bench_moe.log"
 fi
 
 # ---------------------------------------------------------------- summary
@@ -192,5 +199,6 @@ if errs:
     print("abi native vs reference rel L2 over %d points: max %.4f" % (len(errs), max(errs)))
 PY
     fi
+    [ -f "$OUT/bench_moe.md" ] && { echo "fused MoE (Flash shapes) through the ABI:"; grep -E "^\|" "$OUT/bench_moe.md" | head -20; }
 } | tee "$OUT/summary.txt"
 [ "$run_tests" = 0 ] || [ "${result[ctest_gpu]:-FAIL}" = pass ]
