@@ -13,6 +13,10 @@
  *   otherwise                                      -> the simple kernel here
  * cuBLASLt block-scaled FP8 is only used for n % 128 == 0 and k % 512 == 0:
  * it gave wrong results on H200 when k/128 is not a multiple of 4.
+ * On the cuBLASLt path all groups' activations are quantized in one pass
+ * over x, and the groups read x and write y in place through strides: one
+ * strided-batched call when cuBLASLt takes it (QP_CL_LT_BATCHED), else one
+ * call per group. Only the GEMV path of a grouped layer stages y.
  * Reference precision, and F32 y (the fast kernels write BF16 only), always
  * take the simple kernel: exact weights, fp32 math.
  *
@@ -38,6 +42,10 @@ extern "C" {
 /* The cuBLASLt workspace each GEMM call gets (Hopper wants up to 32 MiB). */
 #define QP_CL_LT_WORKSPACE ((size_t)32 << 20)
 #define QP_CL_MAX_PLANS 8
+/* 1: grouped layers try one strided-batched cuBLASLt call for all groups
+ * (per-batch scale blocks), falling back to per-group calls when cuBLASLt
+ * refuses the shape; 0: always per-group calls. */
+#define QP_CL_LT_BATCHED 1
 
 typedef enum qp_cl_fmt {
     QP_CL_F32 = 0,   /* exact F32 weights (unquantized plugin) */
@@ -48,6 +56,7 @@ typedef enum qp_cl_fmt {
 
 typedef struct qp_cl_plan {
     int64_t m;
+    int64_t batch; /* groups per call: all of them, or 1 */
     qplug_cuda__fp8_gemm *g;
 } qp_cl_plan;
 
@@ -420,19 +429,30 @@ static qplug_status qp_cl_check(const qplug_host *host, const qp_cuda_lin *L,
 }
 
 /* The cuBLASLt plan for m, made on first use (host-side only: no device
- * synchronisation), kept in a small ring. */
+ * synchronisation), kept in a small ring. Its activations are all groups'
+ * xq [m, groups*k] and its output y [m, groups*n] in place; *batch says how
+ * many groups one run covers. */
 static qplug_status qp_cl_plan_for(const qplug_host *host, qp_cuda_lin *L, int64_t m,
-                                   qplug_cuda__fp8_gemm **out)
+                                   qplug_cuda__fp8_gemm **out, int64_t *batch)
 {
     for (int i = 0; i < QP_CL_MAX_PLANS; i++)
         if (L->plans[i].g && L->plans[i].m == m) {
             *out = L->plans[i].g;
+            *batch = L->plans[i].batch;
             return QPLUG_OK;
         }
     qplug_cuda__err e;
     qplug_cuda__fp8_gemm *g = NULL;
-    qplug_status st =
-        qplug_cuda__fp8_gemm_create(L->lt, m, L->n, L->k, QP_CL_LT_WORKSPACE, &g, &e);
+    int64_t G = L->groups, nb = 1;
+    qplug_status st = QPLUG_ERR_UNSUPPORTED;
+    if (G > 1 && QP_CL_LT_BATCHED) {
+        st = qplug_cuda__fp8_gemm_create_ex(L->lt, m, L->n, L->k, G, G * L->k, G * L->n,
+                                            QP_CL_LT_WORKSPACE, &g, &e);
+        nb = st ? 1 : G;
+    }
+    if (st == QPLUG_ERR_UNSUPPORTED)
+        st = qplug_cuda__fp8_gemm_create_ex(L->lt, m, L->n, L->k, 1, G * L->k, G * L->n,
+                                            QP_CL_LT_WORKSPACE, &g, &e);
     if (st)
         return qp_cl_kernel_status(host, st, &e, "apply");
     qp_cl_plan *p = &L->plans[L->next_plan];
@@ -441,7 +461,9 @@ static qplug_status qp_cl_plan_for(const qplug_host *host, qp_cuda_lin *L, int64
         qplug_cuda__fp8_gemm_destroy(p->g);
     p->g = g;
     p->m = m;
+    p->batch = nb;
     *out = g;
+    *batch = nb;
     return QPLUG_OK;
 }
 
@@ -464,10 +486,11 @@ static void qp_cl_simple(const qp_cuda_lin *L, int64_t g, int64_t m, const void 
 }
 
 /* One native group with quantized activations xq/xs ([m, k], [k/128][m])
- * into BF16 y (row stride ldy; a contiguous temporary when ldy != n). */
+ * into contiguous BF16 y [m, n], by the GEMV or the simple kernel (the
+ * cuBLASLt path is qp_cl_apply_lt). */
 static qplug_status qp_cl_fast_group(const qplug_host *host, qp_cuda_lin *L, int64_t g, int64_t m,
                                      const uint8_t *xq, const float *xs, __nv_bfloat16 *y,
-                                     void *work, cudaStream_t s)
+                                     cudaStream_t s)
 {
     int64_t n = L->n, k = L->k, kt = k / 128;
     qplug_cuda__err e;
@@ -484,19 +507,50 @@ static qplug_status qp_cl_fast_group(const qplug_host *host, qp_cuda_lin *L, int
                                         L->global, xq, xs, m, n, k, y, s, &e);
         return qp_cl_kernel_status(host, st, &e, "apply");
     }
-    if (L->lt_ok) {
-        qplug_cuda__fp8_gemm *plan = NULL;
-        st = qp_cl_plan_for(host, L, m, &plan);
-        if (st)
-            return st;
-        const uint8_t *w = L->fmt == QP_CL_FP8 ? (const uint8_t *)L->w : L->q8;
-        const float *ws = L->fmt == QP_CL_FP8 ? L->w_scale : L->q8_scale;
-        st = qplug_cuda__fp8_gemm_run(plan, w + g * n * k, ws + (g * n / 128) * kt, xq, xs, y,
-                                      work, s, &e);
-        return qp_cl_kernel_status(host, st, &e, "apply");
-    }
     qp_cl_simple(L, g, m, NULL, false, 0, xq, xs, y, true, n, s);
     return qp_cl_launch_status(host, "simple kernel");
+}
+
+/* The prefill path (BF16 x and y, cuBLASLt shape, m above the GEMV range):
+ * one activation quantization over all groups, then one batched cuBLASLt
+ * call or one per group, reading xq and writing y in place. */
+static qplug_status qp_cl_apply_lt(const qplug_host *host, qp_cuda_lin *L,
+                                   const qplug_apply_args *a, cudaStream_t s)
+{
+    int64_t m = a->x->shape[0], n = L->n, k = L->k, G = L->groups, kt = k / 128;
+    qplug_cuda__fp8_gemm *plan = NULL;
+    int64_t batch = 1;
+    qplug_status st = qp_cl_plan_for(host, L, m, &plan, &batch);
+    if (st)
+        return st;
+    size_t xq_b = (size_t)(m * G * k), xs_b = (size_t)(m * G * kt) * sizeof(float);
+    size_t off_xs = (xq_b + 255) & ~(size_t)255;
+    size_t off_ws = off_xs + ((xs_b + 255) & ~(size_t)255), total = off_ws + QP_CL_LT_WORKSPACE;
+    char *scratch = NULL;
+    if (cudaMallocAsync((void **)&scratch, total, s) != cudaSuccess)
+        return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
+                                "cuda apply: no %zu bytes of scratch on the stream", total);
+    uint8_t *xq = (uint8_t *)scratch;
+    float *xs = (float *)(scratch + off_xs);
+    void *work = scratch + off_ws;
+    qplug_cuda__err e;
+    st = qp_cl_kernel_status(
+        host,
+        qplug_cuda__act_quant_fp8(a->x->data, m, G * k,
+                                  L->ue8m0_act ? QPLUG_CUDA_SCALE_UE8M0 : QPLUG_CUDA_SCALE_F32,
+                                  xq, xs, s, &e),
+        &e, "apply");
+    const uint8_t *w = L->fmt == QP_CL_FP8 ? (const uint8_t *)L->w : L->q8;
+    const float *ws = L->fmt == QP_CL_FP8 ? L->w_scale : L->q8_scale;
+    __nv_bfloat16 *y = (__nv_bfloat16 *)a->y->data;
+    for (int64_t g = 0; g < G && !st; g += batch)
+        st = qp_cl_kernel_status(host,
+                                 qplug_cuda__fp8_gemm_run(plan, w + g * n * k,
+                                                          ws + (g * n / 128) * kt, xq + g * k,
+                                                          xs + g * kt * m, y + g * n, work, s, &e),
+                                 &e, "apply");
+    cudaFreeAsync(scratch, s);
+    return st;
 }
 
 static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qplug_apply_args *a)
@@ -508,6 +562,8 @@ static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qp
     int64_t m = a->x->shape[0], n = L->n, k = L->k, G = L->groups;
     bool x_bf16 = a->x->dtype == QPLUG_DT_BF16, y_bf16 = a->y->dtype == QPLUG_DT_BF16;
     bool native = a->precision == QPLUG_PRECISION_NATIVE && L->fmt != QP_CL_F32;
+    if (native && x_bf16 && y_bf16 && L->lt_ok && m > QPLUG_CUDA_GEMV_MAX_M)
+        return qp_cl_apply_lt(host, L, a, s);
     if (!native) {
         for (int64_t g = 0; g < G; g++)
             qp_cl_simple(L, g, m,
@@ -517,44 +573,33 @@ static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qp
                          s);
         return qp_cl_launch_status(host, "simple kernel");
     }
-    /* Scratch: quantized x and scales of one group, a BF16 x / y staging
-     * area for groups > 1, and the cuBLASLt workspace when it may be used. */
+    /* Scratch: quantized x and scales of one group and, for groups > 1, a
+     * BF16 y staging area (the GEMV writes contiguous rows). */
     bool fast = y_bf16;
     bool staged = G > 1;
     size_t xq_b = (size_t)(m * k), xs_b = (size_t)(m * (k / 128)) * sizeof(float);
-    size_t xg_b = staged ? (size_t)(m * k) * 2 : 0, yg_b = staged ? (size_t)(m * n) * 2 : 0;
-    size_t ws_b = fast && L->lt_ok && m > QPLUG_CUDA_GEMV_MAX_M ? QP_CL_LT_WORKSPACE : 0;
-    size_t off_xs = (xq_b + 255) & ~(size_t)255, off_xg = off_xs + ((xs_b + 255) & ~(size_t)255);
-    size_t off_yg = off_xg + ((xg_b + 255) & ~(size_t)255);
-    size_t off_ws = off_yg + ((yg_b + 255) & ~(size_t)255), total = off_ws + ws_b;
+    size_t yg_b = staged ? (size_t)(m * n) * 2 : 0;
+    size_t off_xs = (xq_b + 255) & ~(size_t)255, off_yg = off_xs + ((xs_b + 255) & ~(size_t)255);
+    size_t total = off_yg + yg_b;
     char *scratch = NULL;
     if (cudaMallocAsync((void **)&scratch, total, s) != cudaSuccess)
         return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
                                 "cuda apply: no %zu bytes of scratch on the stream", total);
     uint8_t *xq = (uint8_t *)scratch;
     float *xs = (float *)(scratch + off_xs);
-    __nv_bfloat16 *xg = (__nv_bfloat16 *)(scratch + off_xg);
     __nv_bfloat16 *yg = (__nv_bfloat16 *)(scratch + off_yg);
-    void *work = ws_b ? scratch + off_ws : NULL;
     qplug_cuda__err e;
     for (int64_t g = 0; g < G && !st; g++) {
         const char *xsrc = (const char *)a->x->data + (size_t)(g * k) * (x_bf16 ? 2 : 4);
         char *ydst = (char *)a->y->data + (size_t)(g * n) * (y_bf16 ? 2 : 4);
         /* Quantize this group's activations into contiguous xq / xs. */
         if (x_bf16 && fast) {
-            const void *xc = xsrc;
-            if (staged) {
-                int64_t cnt = m * k;
-                qp_cl_copy_kernel<<<(unsigned)((cnt + 255) / 256), 256, 0, s>>>(
-                    (const __nv_bfloat16 *)xsrc, G * k, xg, k, m, k);
-                xc = xg;
-            }
             st = qp_cl_kernel_status(
                 host,
-                qplug_cuda__act_quant_fp8(xc, m, k,
-                                          L->ue8m0_act ? QPLUG_CUDA_SCALE_UE8M0
-                                                       : QPLUG_CUDA_SCALE_F32,
-                                          xq, xs, s, &e),
+                qplug_cuda__act_quant_fp8_ld(xsrc, G * k, m, k,
+                                             L->ue8m0_act ? QPLUG_CUDA_SCALE_UE8M0
+                                                          : QPLUG_CUDA_SCALE_F32,
+                                             xq, xs, s, &e),
                 &e, "apply");
         } else {
             int64_t items = m * (k / 128);
@@ -569,8 +614,7 @@ static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qp
             st = qp_cl_launch_status(host, "simple kernel");
             continue;
         }
-        st = qp_cl_fast_group(host, L, g, m, xq, xs, staged ? yg : (__nv_bfloat16 *)ydst, work,
-                              s);
+        st = qp_cl_fast_group(host, L, g, m, xq, xs, staged ? yg : (__nv_bfloat16 *)ydst, s);
         if (!st && staged) {
             int64_t cnt = m * n;
             qp_cl_copy_kernel<<<(unsigned)((cnt + 255) / 256), 256, 0, s>>>(

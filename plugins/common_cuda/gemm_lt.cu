@@ -41,8 +41,24 @@ static void qplug_cuda__lt_plan_free(struct qplug_cuda__lt_plan *p)
 }
 
 /* Builds the plan; fp8 selects E4M3 inputs with the block-scale modes. */
+/* Sets the batch count and stride of one layout (batch > 1 only). */
+static cublasStatus_t qplug_cuda__lt_batch(cublasLtMatrixLayout_t l, int32_t batch, int64_t stride)
+{
+    cublasStatus_t st = cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                                                         &batch, sizeof batch);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                              &stride, sizeof stride);
+    return st;
+}
+
+/* Builds the plan; fp8 selects E4M3 inputs with the block-scale modes. The
+ * activations have row stride ldx and the output row stride ldy; batch > 1
+ * makes a strided batch: weights advance by n*k, activations by k columns,
+ * outputs by n columns. */
 static qplug_status qplug_cuda__lt_plan_init(struct qplug_cuda__lt_plan *p, void *lt, int fp8,
-                                             int64_t m, int64_t n, int64_t k, size_t workspace,
+                                             int64_t m, int64_t n, int64_t k, int64_t batch,
+                                             int64_t ldx, int64_t ldy, size_t workspace,
                                              const char *what, qplug_cuda__err *err)
 {
     cudaDataType_t in = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
@@ -80,9 +96,15 @@ static qplug_status qplug_cuda__lt_plan_init(struct qplug_cuda__lt_plan *p, void
     if (st == CUBLAS_STATUS_SUCCESS)
         st = cublasLtMatrixLayoutCreate(&p->a, in, (uint64_t)k, (uint64_t)n, k);
     if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatrixLayoutCreate(&p->b, in, (uint64_t)k, (uint64_t)m, k);
+        st = cublasLtMatrixLayoutCreate(&p->b, in, (uint64_t)k, (uint64_t)m, ldx);
     if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatrixLayoutCreate(&p->d, CUDA_R_16BF, (uint64_t)n, (uint64_t)m, n);
+        st = cublasLtMatrixLayoutCreate(&p->d, CUDA_R_16BF, (uint64_t)n, (uint64_t)m, ldy);
+    if (st == CUBLAS_STATUS_SUCCESS && batch > 1)
+        st = qplug_cuda__lt_batch(p->a, (int32_t)batch, n * k);
+    if (st == CUBLAS_STATUS_SUCCESS && batch > 1)
+        st = qplug_cuda__lt_batch(p->b, (int32_t)batch, k);
+    if (st == CUBLAS_STATUS_SUCCESS && batch > 1)
+        st = qplug_cuda__lt_batch(p->d, (int32_t)batch, n);
     if (st != CUBLAS_STATUS_SUCCESS) {
         qplug_cuda__lt_plan_free(p);
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: cuBLASLt descriptor setup failed (%d)",
@@ -125,10 +147,11 @@ static qplug_status qplug_cuda__lt_run(const struct qplug_cuda__lt_plan *p, cons
     return QPLUG_OK;
 }
 
-extern "C" qplug_status qplug_cuda__fp8_gemm_create(void *lt, int64_t m, int64_t n, int64_t k,
-                                                    size_t workspace_bytes,
-                                                    qplug_cuda__fp8_gemm **out,
-                                                    qplug_cuda__err *err)
+extern "C" qplug_status qplug_cuda__fp8_gemm_create_ex(void *lt, int64_t m, int64_t n,
+                                                       int64_t k, int64_t batch, int64_t ldx,
+                                                       int64_t ldy, size_t workspace_bytes,
+                                                       qplug_cuda__fp8_gemm **out,
+                                                       qplug_cuda__err *err)
 {
     if (!lt || !out)
         return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "fp8_gemm_create: NULL pointer");
@@ -137,6 +160,14 @@ extern "C" qplug_status qplug_cuda__fp8_gemm_create(void *lt, int64_t m, int64_t
         return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
                                 "fp8_gemm_create: m=%lld n=%lld k=%lld needs n, k multiples of 128",
                                 (long long)m, (long long)n, (long long)k);
+    /* The batches must not overlap in x or y; cuBLASLt wants 16-byte
+     * aligned columns (16 E4M3 or 8 BF16 values). */
+    if (batch < 1 || batch > 0x7fffffff || ldx < batch * k || ldy < batch * n || ldx % 16 != 0 ||
+        ldy % 8 != 0)
+        return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
+                                "fp8_gemm_create: batch=%lld ldx=%lld ldy=%lld needs ldx >= "
+                                "batch*k (multiple of 16) and ldy >= batch*n (multiple of 8)",
+                                (long long)batch, (long long)ldx, (long long)ldy);
     /* Measured on an H200 with cuBLASLt 13.1: with k/128 not a multiple of
      * 4 the product comes out wrong (relative error near 1) although the
      * call succeeds, so such shapes are refused rather than computed. */
@@ -147,14 +178,22 @@ extern "C" qplug_status qplug_cuda__fp8_gemm_create(void *lt, int64_t m, int64_t
     qplug_cuda__fp8_gemm *g = (qplug_cuda__fp8_gemm *)calloc(1, sizeof *g);
     if (!g)
         return qplug_cuda__fail(err, QPLUG_ERR_NOMEM, "fp8_gemm_create: out of memory");
-    qplug_status s = qplug_cuda__lt_plan_init(&g->p, lt, 1, m, n, k, workspace_bytes,
-                                              "fp8_gemm_create", err);
+    qplug_status s = qplug_cuda__lt_plan_init(&g->p, lt, 1, m, n, k, batch, ldx, ldy,
+                                              workspace_bytes, "fp8_gemm_create", err);
     if (s != QPLUG_OK) {
         free(g);
         return s;
     }
     *out = g;
     return QPLUG_OK;
+}
+
+extern "C" qplug_status qplug_cuda__fp8_gemm_create(void *lt, int64_t m, int64_t n, int64_t k,
+                                                    size_t workspace_bytes,
+                                                    qplug_cuda__fp8_gemm **out,
+                                                    qplug_cuda__err *err)
+{
+    return qplug_cuda__fp8_gemm_create_ex(lt, m, n, k, 1, k, n, workspace_bytes, out, err);
 }
 
 extern "C" qplug_status qplug_cuda__fp8_gemm_run(qplug_cuda__fp8_gemm *g, const void *w,
@@ -198,7 +237,7 @@ extern "C" qplug_status qplug_cuda__bf16_gemm_create(void *lt, int64_t m, int64_
     qplug_cuda__bf16_gemm *g = (qplug_cuda__bf16_gemm *)calloc(1, sizeof *g);
     if (!g)
         return qplug_cuda__fail(err, QPLUG_ERR_NOMEM, "bf16_gemm_create: out of memory");
-    qplug_status s = qplug_cuda__lt_plan_init(&g->p, lt, 0, m, n, k, workspace_bytes,
+    qplug_status s = qplug_cuda__lt_plan_init(&g->p, lt, 0, m, n, k, 1, k, n, workspace_bytes,
                                               "bf16_gemm_create", err);
     if (s != QPLUG_OK) {
         free(g);

@@ -52,6 +52,15 @@ qplug_status qplug_cuda__act_quant_fp8(const void *x, int64_t m, int64_t k,
                                        qplug_cuda__scale_fmt fmt, void *xq, float *scale,
                                        void *stream, qplug_cuda__err *err);
 
+/* The same with a row stride: x [m, k] with row stride ldx elements
+ * (ldx >= k, ldx % 8 == 0, x 16-byte aligned, xq 8-byte aligned); xq is
+ * contiguous [m, k] and the scales [k/128][m] as above. A grouped layer
+ * quantizes all its groups in one call (k = groups * group_k): group g's
+ * scales are then the contiguous block at scale + g * (group_k/128) * m. */
+qplug_status qplug_cuda__act_quant_fp8_ld(const void *x, int64_t ldx, int64_t m, int64_t k,
+                                          qplug_cuda__scale_fmt fmt, void *xq, float *scale,
+                                          void *stream, qplug_cuda__err *err);
+
 /* ---------------------------------------------------------------- (b) */
 
 /* E8M0 bytes -> F32 (2^(b-127); 255 gives NaN), exact. For weight scales at
@@ -72,6 +81,19 @@ typedef struct qplug_cuda__fp8_gemm qplug_cuda__fp8_gemm;
 qplug_status qplug_cuda__fp8_gemm_create(void *lt, int64_t m, int64_t n, int64_t k,
                                          size_t workspace_bytes, qplug_cuda__fp8_gemm **out,
                                          qplug_cuda__err *err);
+/* A plan with strides and an optional strided batch (a grouped linear in
+ * one call). Batch b (0 <= b < batch) computes
+ *   y[:, b*n:(b+1)*n] = xq[:, b*k:(b+1)*k] . w_b^T
+ * with w_b = w + b*n*k and its scales w_scale + b*(n/128)*(k/128), and the
+ * activation scales x_scale + b*(k/128)*m: exactly the layouts of a grouped
+ * weight [batch*n, k] and of qplug_cuda__act_quant_fp8 run over all of x.
+ * xq has row stride ldx >= batch*k (multiple of 16), y row stride
+ * ldy >= batch*n (multiple of 8). QPLUG_ERR_UNSUPPORTED when cuBLASLt has
+ * no algorithm (e.g. no batching in the block-scaled modes). */
+qplug_status qplug_cuda__fp8_gemm_create_ex(void *lt, int64_t m, int64_t n, int64_t k,
+                                            int64_t batch, int64_t ldx, int64_t ldy,
+                                            size_t workspace_bytes, qplug_cuda__fp8_gemm **out,
+                                            qplug_cuda__err *err);
 /* w E4M3 [n, k], w_scale float [n/128][k/128], xq E4M3 [m, k], x_scale
  * float [k/128][m], y BF16 [m, n]; workspace of the size given at creation. */
 qplug_status qplug_cuda__fp8_gemm_run(qplug_cuda__fp8_gemm *g, const void *w,

@@ -162,14 +162,43 @@ static void quant_x(const uint16_t *x, int64_t m, int64_t k, qplug_cuda__scale_f
     cudaFree(dx);
 }
 
-static void test_act_quant(int64_t m, int64_t k, qplug_cuda__scale_fmt fmt)
+/* Quantizes the column slice [c0, c0 + k) of x [m, ldx] through
+ * qplug_cuda__act_quant_fp8_ld; returns host copies of xq [m, k] and the
+ * scales [k/128][m]. */
+static void quant_x_ld(const uint16_t *x, int64_t ldx, int64_t c0, int64_t m, int64_t k,
+                       qplug_cuda__scale_fmt fmt, uint8_t **hxq, float **hxs)
 {
-    uint16_t *x = make_x(m, k);
-    void *dxq;
-    float *dxs;
+    uint16_t *dx = dev_upload(x, (size_t)(m * ldx) * 2);
+    void *dxq = dev_alloc_poison((size_t)(m * k));
+    float *dxs = dev_alloc_poison((size_t)(m * (k / 128)) * 4);
+    qplug_cuda__err err = {{0}};
+    qplug_status s = qplug_cuda__act_quant_fp8_ld(dx + c0, ldx, m, k, fmt, dxq, dxs, NULL, &err);
+    CHECKF(s == QPLUG_OK, "act_quant_fp8_ld: %s", err.msg);
+    *hxq = malloc((size_t)(m * k));
+    *hxs = malloc((size_t)(m * (k / 128)) * 4);
+    download(*hxq, dxq, (size_t)(m * k));
+    download(*hxs, dxs, (size_t)(m * (k / 128)) * 4);
+    cudaFree(dx), cudaFree(dxq), cudaFree(dxs);
+}
+
+/* Checks codes and scales of the slice [c0, c0 + k) of x [m, ldx] against
+ * the float64 rule; ldx == k and c0 == 0 use qplug_cuda__act_quant_fp8. */
+static void test_act_quant_ld(int64_t m, int64_t k, int64_t ldx, int64_t c0,
+                              qplug_cuda__scale_fmt fmt)
+{
+    uint16_t *xfull = make_x(m, ldx);
+    uint16_t *x = malloc((size_t)(m * k) * 2);
+    for (int64_t r = 0; r < m; r++)
+        memcpy(x + r * k, xfull + r * ldx + c0, (size_t)k * 2);
     uint8_t *q;
     float *sc;
-    quant_x(x, m, k, fmt, &dxq, &dxs, &q, &sc);
+    void *dxq = NULL;
+    float *dxs = NULL;
+    if (ldx == k && c0 == 0)
+        quant_x(x, m, k, fmt, &dxq, &dxs, &q, &sc);
+    else
+        quant_x_ld(xfull, ldx, c0, m, k, fmt, &q, &sc);
+    free(xfull);
     int64_t bad_scale = 0, bad_q = 0;
     double num = 0, den = 0;
     for (int64_t r = 0; r < m; r++)
@@ -199,10 +228,10 @@ static void test_act_quant(int64_t m, int64_t k, qplug_cuda__scale_fmt fmt)
                 den += xv * xv;
             }
         }
-    CHECKF(bad_scale == 0, "act_quant m=%lld k=%lld fmt=%d: %lld scales differ", (long long)m,
-           (long long)k, (int)fmt, (long long)bad_scale);
-    CHECKF(bad_q == 0, "act_quant m=%lld k=%lld fmt=%d: %lld codes differ", (long long)m,
-           (long long)k, (int)fmt, (long long)bad_q);
+    CHECKF(bad_scale == 0, "act_quant m=%lld k=%lld ldx=%lld fmt=%d: %lld scales differ",
+           (long long)m, (long long)k, (long long)ldx, (int)fmt, (long long)bad_scale);
+    CHECKF(bad_q == 0, "act_quant m=%lld k=%lld ldx=%lld fmt=%d: %lld codes differ",
+           (long long)m, (long long)k, (long long)ldx, (int)fmt, (long long)bad_q);
     /* E4M3 keeps 3 mantissa bits: at most 2^-4 relative per element. */
     double e = sqrt(num / den);
     CHECKF(e < 0.0625, "act_quant m=%lld k=%lld: dequant rel L2 %.3g >= 0.0625", (long long)m,
@@ -212,6 +241,37 @@ static void test_act_quant(int64_t m, int64_t k, qplug_cuda__scale_fmt fmt)
     free(sc);
     cudaFree(dxq);
     cudaFree(dxs);
+}
+
+static void test_act_quant(int64_t m, int64_t k, qplug_cuda__scale_fmt fmt)
+{
+    test_act_quant_ld(m, k, k, 0, fmt);
+}
+
+/* A NaN or Inf in a 128-group makes that group's scale and codes NaN (E4M3
+ * NaN is 0x7F / 0xFF) and leaves the other groups alone. */
+static void test_act_quant_nan(void)
+{
+    const int64_t m = 37, k = 512;
+    uint16_t *x = make_x(m, k);
+    x[5 * k + 130] = 0x7fc0; /* NaN in row 5, group 1 */
+    x[36 * k + 511] = 0xff80; /* -Inf in row 36, group 3 */
+    void *dxq;
+    float *dxs;
+    uint8_t *q;
+    float *sc;
+    quant_x(x, m, k, QPLUG_CUDA_SCALE_UE8M0, &dxq, &dxs, &q, &sc);
+    CHECK(isnan(sc[1 * m + 5]) && isnan(sc[3 * m + 36]));
+    CHECK(!isnan(sc[0 * m + 5]) && !isnan(sc[2 * m + 36]) && !isnan(sc[1 * m + 4]));
+    int64_t not_nan = 0;
+    for (int i = 0; i < 128; i++) {
+        not_nan += (q[5 * k + 128 + i] & 0x7f) != 0x7f;
+        not_nan += (q[36 * k + 384 + i] & 0x7f) != 0x7f;
+    }
+    CHECKF(not_nan == 0, "act_quant NaN: %lld codes of the poisoned groups are not NaN",
+           (long long)not_nan);
+    free(x), free(q), free(sc);
+    cudaFree(dxq), cudaFree(dxs);
 }
 
 /* FP8 block weights: random finite E4M3 bytes and F32 scales. */
@@ -301,6 +361,72 @@ static void test_fp8(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, int u
     printf("%-10s m=%-4lld n=%-5lld k=%-5lld rel L2 %.3g\n", use_gemv ? "gemv_fp8" : "fp8_gemm",
            (long long)m, (long long)n, (long long)k, e);
     free(x), free(xq), free(xs), free(w), free(ws), free(y), free(ref);
+    cudaFree(dxq), cudaFree(dxs), cudaFree(dw), cudaFree(dws), cudaFree(dy), cudaFree(work);
+}
+
+/* A grouped product through qplug_cuda__fp8_gemm_create_ex: x [m, G*k]
+ * quantized in one pass, weights [G*n, k], y [m, G*n] written in place.
+ * batched: one strided-batched call (skipped with a note when cuBLASLt
+ * refuses it, which the plugins handle by falling back); otherwise one call
+ * per group with row strides. Every y element starts as NaN. */
+static void test_fp8_grouped(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, int64_t G,
+                             int batched)
+{
+    int64_t K = G * k, kt = k / 128;
+    uint16_t *x = make_x(m, K);
+    void *dxq;
+    float *dxs;
+    uint8_t *xq, *w;
+    float *xs, *ws;
+    quant_x(x, m, K, QPLUG_CUDA_SCALE_UE8M0, &dxq, &dxs, &xq, &xs);
+    make_fp8_w(G * n, k, &w, &ws);
+    uint8_t *dw = dev_upload(w, (size_t)(G * n * k));
+    float *dws = dev_upload(ws, (size_t)(G * (n / 128) * kt) * 4);
+    uint16_t *dy = dev_alloc_poison((size_t)(m * G * n) * 2);
+    size_t wsz = 32u << 20;
+    void *work = dev_alloc_poison(wsz);
+    qplug_cuda__err err = {{0}};
+    qplug_cuda__fp8_gemm *g = NULL;
+    int64_t nb = batched ? G : 1;
+    qplug_status s = qplug_cuda__fp8_gemm_create_ex(lt, m, n, k, nb, K, G * n, wsz, &g, &err);
+    if (batched && s == QPLUG_ERR_UNSUPPORTED) {
+        printf("fp8_gemm batched m=%lld n=%lld k=%lld G=%lld: refused by cuBLASLt (%s)\n",
+               (long long)m, (long long)n, (long long)k, (long long)G, err.msg);
+    } else {
+        for (int64_t b = 0; b < G && s == QPLUG_OK; b += nb)
+            s = qplug_cuda__fp8_gemm_run(g, dw + b * n * k, dws + b * (n / 128) * kt,
+                                         (uint8_t *)dxq + b * k, dxs + b * kt * m, dy + b * n,
+                                         work, NULL, &err);
+        CHECKF(s == QPLUG_OK, "fp8_gemm %s m=%lld n=%lld k=%lld G=%lld: %s",
+               batched ? "batched" : "strided", (long long)m, (long long)n, (long long)k,
+               (long long)G, err.msg);
+        uint16_t *y = malloc((size_t)(m * G * n) * 2);
+        download(y, dy, (size_t)(m * G * n) * 2);
+        double *ref = calloc((size_t)(m * G * n), sizeof *ref);
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t c = 0; c < G * n; c++) {
+                int64_t grp = c / n;
+                double acc = 0;
+                for (int64_t kb = 0; kb < kt; kb++) {
+                    double part = 0;
+                    for (int i = 0; i < 128; i++)
+                        part += ref_e4m3[xq[r * K + grp * k + kb * 128 + i]] *
+                                ref_e4m3[w[c * k + kb * 128 + i]];
+                    acc += part * xs[(grp * kt + kb) * m + r] * ws[(c / 128) * kt + kb];
+                }
+                ref[r * G * n + c] = acc;
+            }
+        double e = rel_l2_bf16(y, ref, (size_t)(m * G * n));
+        CHECKF(e < BOUND_BF16_OUT, "fp8_gemm %s m=%lld n=%lld k=%lld G=%lld: rel L2 %.3g >= %g",
+               batched ? "batched" : "strided", (long long)m, (long long)n, (long long)k,
+               (long long)G, e, BOUND_BF16_OUT);
+        printf("fp8_gemm %s m=%-4lld n=%-5lld k=%-5lld G=%lld rel L2 %.3g\n",
+               batched ? "batched" : "strided", (long long)m, (long long)n, (long long)k,
+               (long long)G, e);
+        free(y), free(ref);
+    }
+    qplug_cuda__fp8_gemm_destroy(g);
+    free(x), free(xq), free(xs), free(w), free(ws);
     cudaFree(dxq), cudaFree(dxs), cudaFree(dw), cudaFree(dws), cudaFree(dy), cudaFree(work);
 }
 
@@ -450,6 +576,16 @@ static void test_bad_args(cublasLtHandle_t lt)
     qplug_cuda__fp8_gemm *g = NULL;
     CHECK(qplug_cuda__fp8_gemm_create(lt, 16, 256, 1152, 0, &g, &err) == QPLUG_ERR_UNSUPPORTED);
     CHECK(g == NULL);
+    /* Overlapping batches (row strides below batch * k or batch * n). */
+    CHECK(qplug_cuda__fp8_gemm_create_ex(lt, 16, 256, 512, 2, 512, 512, 0, &g, &err) ==
+          QPLUG_ERR_SHAPE);
+    CHECK(qplug_cuda__fp8_gemm_create_ex(lt, 16, 256, 512, 2, 1024, 256, 0, &g, &err) ==
+          QPLUG_ERR_SHAPE);
+    CHECK(g == NULL);
+    CHECK(qplug_cuda__act_quant_fp8_ld(dummy, 100, 1, 128, QPLUG_CUDA_SCALE_F32, dummy,
+                                       (float *)dummy, NULL, &err) == QPLUG_ERR_SHAPE);
+    CHECK(qplug_cuda__act_quant_fp8_ld(dummy + 2, 256, 1, 128, QPLUG_CUDA_SCALE_F32, dummy,
+                                       (float *)dummy, NULL, &err) == QPLUG_ERR_ARGUMENT);
 }
 
 int main(void)
@@ -474,6 +610,15 @@ int main(void)
         test_act_quant(aq_m[i], 1024, QPLUG_CUDA_SCALE_F32);
         test_act_quant(aq_m[i], 384, QPLUG_CUDA_SCALE_UE8M0);
     }
+    /* Tile edges: m not a multiple of 32, k/128 not a multiple of 4; a
+     * column slice of a wider x (one group of a grouped layer). */
+    test_act_quant(200, 1152, QPLUG_CUDA_SCALE_F32);
+    test_act_quant_ld(45, 384, 1280, 512, QPLUG_CUDA_SCALE_UE8M0);
+    test_act_quant_ld(33, 512, 1024, 0, QPLUG_CUDA_SCALE_F32);
+    test_act_quant_nan();
+    test_fp8_grouped(lt, 200, 256, 512, 3, 0);
+    test_fp8_grouped(lt, 200, 256, 512, 3, 1);
+    test_fp8_grouped(lt, 64, 128, 1024, 4, 1);
     test_fp8(lt, 16, 256, 512, 0);
     test_fp8(lt, 64, 384, 1024, 0);
     test_fp8(lt, 200, 512, 2048, 0);
