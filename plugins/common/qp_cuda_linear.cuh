@@ -562,7 +562,10 @@ static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qp
     int64_t m = a->x->shape[0], n = L->n, k = L->k, G = L->groups;
     bool x_bf16 = a->x->dtype == QPLUG_DT_BF16, y_bf16 = a->y->dtype == QPLUG_DT_BF16;
     bool native = a->precision == QPLUG_PRECISION_NATIVE && L->fmt != QP_CL_F32;
-    if (native && x_bf16 && y_bf16 && L->lt_ok && m > QPLUG_CUDA_GEMV_MAX_M)
+    /* The fast quantization reads x with 16-byte loads; a less aligned x
+     * (a view into a larger buffer) takes the generic quantization kernel. */
+    bool x_al = (uintptr_t)a->x->data % 16 == 0;
+    if (native && x_bf16 && x_al && y_bf16 && L->lt_ok && m > QPLUG_CUDA_GEMV_MAX_M)
         return qp_cl_apply_lt(host, L, a, s);
     if (!native) {
         for (int64_t g = 0; g < G; g++)
@@ -593,7 +596,7 @@ static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qp
         const char *xsrc = (const char *)a->x->data + (size_t)(g * k) * (x_bf16 ? 2 : 4);
         char *ydst = (char *)a->y->data + (size_t)(g * n) * (y_bf16 ? 2 : 4);
         /* Quantize this group's activations into contiguous xq / xs. */
-        if (x_bf16 && fast) {
+        if (x_bf16 && fast && x_al) {
             st = qp_cl_kernel_status(
                 host,
                 qplug_cuda__act_quant_fp8_ld(xsrc, G * k, m, k,
