@@ -15,8 +15,8 @@
  * it gave wrong results on H200 when k/128 is not a multiple of 4.
  * On the cuBLASLt path all groups' activations are quantized in one pass
  * over x, and the groups read x and write y in place through strides: one
- * strided-batched call when cuBLASLt takes it (QP_CL_LT_BATCHED), else one
- * call per group. Only the GEMV path of a grouped layer stages y.
+ * strided-batched call when enabled and cuBLASLt takes it
+ * (QP_CL_LT_BATCHED), else one call per group. Only the GEMV path of a grouped layer stages y.
  * Reference precision, and F32 y (the fast kernels write BF16 only), always
  * take the simple kernel: exact weights, fp32 math.
  *
@@ -44,8 +44,12 @@ extern "C" {
 #define QP_CL_MAX_PLANS 8
 /* 1: grouped layers try one strided-batched cuBLASLt call for all groups
  * (per-batch scale blocks), falling back to per-group calls when cuBLASLt
- * refuses the shape; 0: always per-group calls. */
-#define QP_CL_LT_BATCHED 1
+ * refuses the shape; 0: always per-group calls. Off: cuBLASLt 13.x on
+ * H200 refuses batching in the block-scaled modes (CUBLAS_STATUS_NOT_SUPPORTED,
+ * bench/NOTES.md v6), and a later version that accepts it must first pass
+ * the batched check of tests/gpu/test_gpu_kernels.c, which verifies the
+ * per-batch scale offsets this path assumes. */
+#define QP_CL_LT_BATCHED 0
 
 typedef enum qp_cl_fmt {
     QP_CL_F32 = 0,   /* exact F32 weights (unquantized plugin) */

@@ -10,7 +10,16 @@
  * bandwidth; the v5 kernel (one 8-byte load per thread) reached about a
  * third of it. The scales of the tile go through shared memory so that the
  * store of the m-contiguous layout is QPLUG_AQ_KB runs of QPLUG_AQ_ROWS
- * floats instead of scattered 4-byte writes. */
+ * floats instead of scattered 4-byte writes.
+ *
+ * The arithmetic is kept lean because at one wave of blocks it does not
+ * hide behind the loads (measured on H200: the first one-pass version was
+ * still 2x its byte floor with an IEEE division per value). The maximum is
+ * taken on the magnitude bits as unsigned integers, which orders
+ * non-negative floats and puts NaN above Inf, so a NaN reaches the scale
+ * without extra tests. With UE8M0 scales the division by s is a multiply
+ * by 1/s, exact because s is a power of two; F32 scales keep the division.
+ * The E4M3 conversion handles two values per instruction. */
 enum {
     QPLUG_AQ_ROWS = 32,
     QPLUG_AQ_KB = 4,
@@ -18,10 +27,10 @@ enum {
     QPLUG_AQ_PER_HALF = QPLUG_AQ_ROWS * QPLUG_AQ_KB / (QPLUG_AQ_THREADS / 16)
 };
 
+template <bool UE8M0>
 __global__ void __launch_bounds__(QPLUG_AQ_THREADS)
     qplug_cuda__act_quant_kernel(const __nv_bfloat16 *__restrict__ x, int64_t ldx, int64_t m,
-                                 int64_t kt, int ue8m0, uint8_t *__restrict__ xq,
-                                 float *__restrict__ scale)
+                                 int64_t kt, uint8_t *__restrict__ xq, float *__restrict__ scale)
 {
     __shared__ float tile_scale[QPLUG_AQ_KB][QPLUG_AQ_ROWS];
     int64_t r0 = (int64_t)blockIdx.x * QPLUG_AQ_ROWS;
@@ -46,27 +55,37 @@ __global__ void __launch_bounds__(QPLUG_AQ_THREADS)
         int rl = j % QPLUG_AQ_ROWS, kbl = j / QPLUG_AQ_ROWS;
         int64_t row = r0 + rl, kb = kb0 + kbl;
         unsigned w[4] = {raw[i].x, raw[i].y, raw[i].z, raw[i].w};
-        float v[8];
+        /* |x| as float bits, maximised as unsigned integers (see above);
+         * the floor 1e-4 joins in the same way. The xor offsets below 16
+         * keep the reduction inside the half-warp; every lane takes part,
+         * also those of a tile edge (zeros). */
+        unsigned amax_bits = __float_as_uint(1e-4f);
         for (int t = 0; t < 4; t++) {
-            v[2 * t] = __uint_as_float(w[t] << 16);
-            v[2 * t + 1] = __uint_as_float(w[t] & 0xffff0000u);
+            unsigned a = w[t] & 0x7fff7fffu;
+            amax_bits = max(amax_bits, max(a << 16, a & 0xffff0000u));
         }
-        /* A NaN anywhere must reach the scale, so the max keeps NaNs. The
-         * xor offsets below 16 keep the reduction inside the half-warp;
-         * every lane takes part, also those of a tile edge (zeros). */
-        float amax = 1e-4f;
-        for (int t = 0; t < 8; t++) {
-            float a = fabsf(v[t]);
-            amax = (a > amax || a != a) ? a : amax;
+        for (int o = 8; o > 0; o >>= 1)
+            amax_bits = max(amax_bits, __shfl_xor_sync(0xffffffffu, amax_bits, o));
+        float amax = __uint_as_float(amax_bits);
+        float s = UE8M0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
+        float inv = UE8M0 ? 1.0f / s : 0.0f;
+        unsigned q[2];
+        for (int t = 0; t < 4; t++) {
+            float2 f = make_float2(__uint_as_float(w[t] << 16),
+                                   __uint_as_float(w[t] & 0xffff0000u));
+            if (UE8M0) {
+                f.x *= inv;
+                f.y *= inv;
+            } else {
+                f.x = __fdiv_rn(f.x, s);
+                f.y = __fdiv_rn(f.y, s);
+            }
+            unsigned pair = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+            if (t % 2 == 0)
+                q[t / 2] = pair;
+            else
+                q[t / 2] |= pair << 16;
         }
-        for (int o = 8; o > 0; o >>= 1) {
-            float b = __shfl_xor_sync(0xffffffffu, amax, o);
-            amax = (b > amax || b != b) ? b : amax;
-        }
-        float s = ue8m0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
-        unsigned q[2] = {0u, 0u};
-        for (int t = 0; t < 8; t++)
-            q[t / 4] |= qplug_cuda__to_e4m3(__fdiv_rn(v[t], s)) << (8 * (t % 4));
         if (row < m && kb < kt)
             *reinterpret_cast<uint2 *>(xq + row * k + kb * 128 + hl * 8) = make_uint2(q[0], q[1]);
         if (hl == 0)
@@ -109,9 +128,12 @@ extern "C" qplug_status qplug_cuda__act_quant_fp8_ld(const void *x, int64_t ldx,
         return qplug_cuda__fail(err, QPLUG_ERR_SHAPE, "act_quant_fp8: shape [%lld, %lld] too large",
                                 (long long)m, (long long)k);
     dim3 grid((unsigned)row_tiles, (unsigned)kb_tiles);
-    qplug_cuda__act_quant_kernel<<<grid, QPLUG_AQ_THREADS, 0, (cudaStream_t)stream>>>(
-        (const __nv_bfloat16 *)x, ldx, m, kt, fmt == QPLUG_CUDA_SCALE_UE8M0, (uint8_t *)xq,
-        scale);
+    if (fmt == QPLUG_CUDA_SCALE_UE8M0)
+        qplug_cuda__act_quant_kernel<true><<<grid, QPLUG_AQ_THREADS, 0, (cudaStream_t)stream>>>(
+            (const __nv_bfloat16 *)x, ldx, m, kt, (uint8_t *)xq, scale);
+    else
+        qplug_cuda__act_quant_kernel<false><<<grid, QPLUG_AQ_THREADS, 0, (cudaStream_t)stream>>>(
+            (const __nv_bfloat16 *)x, ldx, m, kt, (uint8_t *)xq, scale);
     return qplug_cuda__check_launch(err, "act_quant_fp8");
 }
 
