@@ -16,7 +16,8 @@
  * On the cuBLASLt path all groups' activations are quantized in one pass
  * over x, and the groups read x and write y in place through strides: one
  * strided-batched call when enabled and cuBLASLt takes it
- * (QP_CL_LT_BATCHED), else one call per group. Only the GEMV path of a grouped layer stages y.
+ * (QP_CL_LT_BATCHED), else one call per group. Only the GEMV path of a
+ * grouped layer stages y.
  * Reference precision, and F32 y (the fast kernels write BF16 only), always
  * take the simple kernel: exact weights, fp32 math.
  *
