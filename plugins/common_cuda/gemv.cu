@@ -294,6 +294,26 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(
 #define QPLUG_GEMV_U_FP4 4
 #endif
 
+/* Programmatic dependent launch (compile-time tunable for the bench): 0 off;
+ * 1 the kernel is launched with programmatic stream serialization, lets its
+ * dependents launch at once and waits for the previous kernel before its
+ * first global load; 2 as 1, and before the wait each lane prefetches into
+ * L2 its weight bytes of the first QPLUG_GEMV_PREFETCH_KB k-blocks of its
+ * slice. A prefetch into L2 cannot return stale data even when the previous
+ * kernel writes the weights (every global write goes through L2), so only
+ * the loads, all after the wait, order against that kernel. */
+#ifndef QPLUG_GEMV_PDL
+#define QPLUG_GEMV_PDL 2
+#endif
+#ifndef QPLUG_GEMV_PREFETCH_KB
+#define QPLUG_GEMV_PREFETCH_KB 4
+#endif
+
+static __device__ __forceinline__ void qplug_cuda__prefetch_l2(const void *p)
+{
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 /* At most 128 registers (16 warps per multiprocessor at least): fewer
  * resident warps leave too few loads in flight. */
 template <int NT, int F, bool CL, int W>
@@ -329,6 +349,26 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
 #pragma unroll
         for (int i = 0; i < 4; i++)
             tot[nt][i] = 0.0f;
+
+#if QPLUG_GEMV_PDL > 0
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#if QPLUG_GEMV_PDL > 1
+    {
+        /* A row's k-block is one 128-byte line (FP8) or half of one (FP4,
+         * 64 bytes), so one prefetch per row and k-block covers it; the
+         * four lanes of a row pair take every fourth k-block. */
+        int64_t rb = F == QPLUG_GEMV_FMT_FP8 ? k : k / 2;
+        int64_t kbytes = F == QPLUG_GEMV_FMT_FP8 ? 128 : 64;
+        int pe = kb1 - kb0 < QPLUG_GEMV_PREFETCH_KB ? kb1 - kb0 : QPLUG_GEMV_PREFETCH_KB;
+        for (int u = t; u < pe; u += 4)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                qplug_cuda__prefetch_l2(p.w + (n0 + g + 8 * r) * rb +
+                                        (int64_t)(kb0 + u) * kbytes);
+    }
+#endif
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
 
     if (F == QPLUG_GEMV_FMT_FP8) {
         const uint8_t *wrow[2];
@@ -494,18 +534,29 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, void
      * several times over, so they never split k over a cluster. */
     bool wide = a.n / 16 >= (int64_t)QPLUG_GEMV_WIDE * sms;
     int c = wide ? 1 : qplug_cuda__gemv_cluster(a.n, a.k, sms, 8);
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = 1;
-    attr.val.clusterDim.y = (unsigned)c;
-    attr.val.clusterDim.z = 1;
+    cudaLaunchAttribute attr[2];
+    unsigned nattr = 0;
+    if (c > 1) {
+        attr[nattr].id = cudaLaunchAttributeClusterDimension;
+        attr[nattr].val.clusterDim.x = 1;
+        attr[nattr].val.clusterDim.y = (unsigned)c;
+        attr[nattr].val.clusterDim.z = 1;
+        nattr++;
+    }
+    if (QPLUG_GEMV_PDL > 0) {
+        /* The kernel's first global load follows griddepcontrol.wait, so it
+         * may start while the previous kernel of the stream finishes. */
+        attr[nattr].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[nattr].val.programmaticStreamSerializationAllowed = 1;
+        nattr++;
+    }
     cudaLaunchConfig_t cfg;
     cfg.gridDim = dim3((unsigned)(a.n / 16), (unsigned)c);
     cfg.blockDim = dim3(wide ? 4 * 32 : 8 * 32);
     cfg.dynamicSmemBytes = 0;
     cfg.stream = (cudaStream_t)stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = c > 1 ? 1 : 0;
+    cfg.attrs = attr;
+    cfg.numAttrs = nattr;
     if (a.m <= 8)
         e = cudaLaunchKernelEx(&cfg, wide    ? qplug_cuda__gemv_kernel<1, F, false, 4>
                                      : c > 1 ? qplug_cuda__gemv_kernel<1, F, true, 8>
