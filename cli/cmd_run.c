@@ -61,7 +61,10 @@ static bool parse_tokens(const char *text, const char *src, tok_list *out)
         long long v = strtoll(p, &end, 10);
         if (end == p || errno || v < 0 || v > INT32_MAX ||
             (*end && *end != ',' && *end != ' ' && *end != '\t' && *end != '\r' && *end != '\n')) {
-            fprintf(stderr, "qplug run: %s:%d: '%.20s' is not a token id\n", src, line, p);
+            /* Quote only the offending word, so the message stays one line. */
+            size_t len = strcspn(p, ", \t\r\n");
+            fprintf(stderr, "qplug run: %s:%d: '%.*s' is not a token id\n", src, line,
+                    (int)(len < 20 ? len : 20), p);
             return false;
         }
         if (!tok_push(out, (int32_t)v)) {

@@ -16,8 +16,8 @@ static const command commands[] = {
     {"run", qplug_cmd_run,
      "--checkpoint DIR [--policy FILE] [--device cpu|cuda] [--precision reference|native] "
      "(--tokens 1,2,3 | --prompt-file FILE) [--logits OUT.safetensors] [--generate N] "
-     "[--speculative mtp]"},
-    {"synth", qplug_cmd_synth, "--preset tiny|flash-shapes --format bf16|flash|flash-base|nvfp4 --out DIR"},
+     "[--speculative mtp] [--threads N] [--compare-reference]"},
+    {"synth", qplug_cmd_synth, "--preset tiny|flash-shapes --format bf16|flash|flash-base|nvfp4 --out DIR [--seed N]"},
     {"bench", qplug_cmd_bench, "[--plugin P] [--shapes flash|pro] [--json OUT]"},
 };
 
