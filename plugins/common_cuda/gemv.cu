@@ -294,25 +294,19 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(
 #define QPLUG_GEMV_U_FP4 4
 #endif
 
-/* Programmatic dependent launch (compile-time tunable for the bench): 0 off;
- * 1 the kernel is launched with programmatic stream serialization, lets its
- * dependents launch at once and waits for the previous kernel before its
- * first global load; 2 as 1, and before the wait each lane prefetches into
- * L2 its weight bytes of the first QPLUG_GEMV_PREFETCH_KB k-blocks of its
- * slice. A prefetch into L2 cannot return stale data even when the previous
- * kernel writes the weights (every global write goes through L2), so only
- * the loads, all after the wait, order against that kernel. */
+/* Programmatic dependent launch (PDL): the kernel lets its dependents
+ * launch at once and waits for the previous kernel of the stream
+ * (griddepcontrol.wait) before its first global load, so every read of an
+ * earlier kernel's output and every write follow that kernel's completion.
+ * The launch asks for PDL only where it measured faster (see
+ * qplug_cuda__gemv_pdl). Compile-time tunables for the bench: 0 never, and
+ * QPLUG_GEMV_PDL_CLUSTER 1 also for cluster launches at m <= 8. */
 #ifndef QPLUG_GEMV_PDL
-#define QPLUG_GEMV_PDL 2
+#define QPLUG_GEMV_PDL 1
 #endif
-#ifndef QPLUG_GEMV_PREFETCH_KB
-#define QPLUG_GEMV_PREFETCH_KB 4
+#ifndef QPLUG_GEMV_PDL_CLUSTER
+#define QPLUG_GEMV_PDL_CLUSTER 0
 #endif
-
-static __device__ __forceinline__ void qplug_cuda__prefetch_l2(const void *p)
-{
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
 
 /* At most 128 registers (16 warps per multiprocessor at least): fewer
  * resident warps leave too few loads in flight. */
@@ -352,21 +346,6 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
 
 #if QPLUG_GEMV_PDL > 0
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#if QPLUG_GEMV_PDL > 1
-    {
-        /* A row's k-block is one 128-byte line (FP8) or half of one (FP4,
-         * 64 bytes), so one prefetch per row and k-block covers it; the
-         * four lanes of a row pair take every fourth k-block. */
-        int64_t rb = F == QPLUG_GEMV_FMT_FP8 ? k : k / 2;
-        int64_t kbytes = F == QPLUG_GEMV_FMT_FP8 ? 128 : 64;
-        int pe = kb1 - kb0 < QPLUG_GEMV_PREFETCH_KB ? kb1 - kb0 : QPLUG_GEMV_PREFETCH_KB;
-        for (int u = t; u < pe; u += 4)
-#pragma unroll
-            for (int r = 0; r < 2; r++)
-                qplug_cuda__prefetch_l2(p.w + (n0 + g + 8 * r) * rb +
-                                        (int64_t)(kb0 + u) * kbytes);
-    }
-#endif
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 
@@ -519,6 +498,22 @@ static int qplug_cuda__gemv_cluster(int64_t n, int64_t k, int sms, int w)
     return c < 1 ? 1 : (int)c;
 }
 
+/* Whether a launch asks for PDL. Measured on the H200 (NOTES.md, GEMV v5):
+ * it gains 0.3-0.8 us per call on 8-warp launches without a cluster whose
+ * grid fills the multiprocessors' block slots (two per multiprocessor), and
+ * loses up to 2 us where the grid is smaller than the slots (Pro wq_a: 96
+ * blocks) or on 4-warp and M = 16 cluster launches. The likely cause: the
+ * early-launched blocks take the slots that are free at that moment, so a
+ * small grid piles onto few multiprocessors instead of spreading. */
+static bool qplug_cuda__gemv_pdl(int64_t n, int m, bool wide, int c, int sms)
+{
+    if (QPLUG_GEMV_PDL == 0 || wide)
+        return false;
+    if (c > 1)
+        return QPLUG_GEMV_PDL_CLUSTER != 0 && m <= 8;
+    return n / 16 * 10 >= (int64_t)2 * sms * 9;
+}
+
 template <int F>
 static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, void *stream,
                                             const char *what, qplug_cuda__err *err)
@@ -543,7 +538,7 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, void
         attr[nattr].val.clusterDim.z = 1;
         nattr++;
     }
-    if (QPLUG_GEMV_PDL > 0) {
+    if (qplug_cuda__gemv_pdl(a.n, a.m, wide, c, sms)) {
         /* The kernel's first global load follows griddepcontrol.wait, so it
          * may start while the previous kernel of the stream finishes. */
         attr[nattr].id = cudaLaunchAttributeProgrammaticStreamSerialization;

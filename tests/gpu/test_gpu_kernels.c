@@ -303,6 +303,48 @@ static double *ref_fp8(const uint8_t *xq, const float *xs, const uint8_t *w, con
     return ref;
 }
 
+/* Stream order across kernels where the GEMV uses programmatic dependent
+ * launch: act_quant writes xq and xs, a GEMV with the sign-flipped weights
+ * writes y, and the GEMV under test writes y again, back to back with no
+ * synchronization. y must be the last GEMV's result on act_quant's output. */
+static void test_fp8_gemv_chain(int64_t m, int64_t n, int64_t k)
+{
+    uint16_t *x = make_x(m, k);
+    uint8_t *w, *xq = malloc((size_t)(m * k)), *wneg = malloc((size_t)(n * k));
+    float *ws, *xs = malloc((size_t)(m * (k / 128)) * 4);
+    make_fp8_w(n, k, &w, &ws);
+    for (int64_t i = 0; i < n * k; i++)
+        wneg[i] = w[i] ^ 0x80u;
+    void *dx = dev_upload(x, (size_t)(m * k) * 2);
+    void *dw = dev_upload(w, (size_t)(n * k));
+    void *dwneg = dev_upload(wneg, (size_t)(n * k));
+    void *dws = dev_upload(ws, (size_t)(((n + 127) / 128) * (k / 128)) * 4);
+    void *dxq = dev_alloc_poison((size_t)(m * k));
+    float *dxs = dev_alloc_poison((size_t)(m * (k / 128)) * 4);
+    void *dy = dev_alloc_poison((size_t)(m * n) * 2);
+    qplug_cuda__err err = {{0}};
+    qplug_status s = qplug_cuda__act_quant_fp8(dx, m, k, QPLUG_CUDA_SCALE_F32, dxq, dxs, NULL, &err);
+    if (s == QPLUG_OK)
+        s = qplug_cuda__gemv_fp8(dwneg, dws, dxq, dxs, m, n, k, dy, NULL, &err);
+    if (s == QPLUG_OK)
+        s = qplug_cuda__gemv_fp8(dw, dws, dxq, dxs, m, n, k, dy, NULL, &err);
+    CHECKF(s == QPLUG_OK, "gemv_fp8 chain m=%lld n=%lld k=%lld: %s", (long long)m, (long long)n,
+           (long long)k, err.msg);
+    uint16_t *y = malloc((size_t)(m * n) * 2);
+    download(y, dy, (size_t)(m * n) * 2);
+    download(xq, dxq, (size_t)(m * k));
+    download(xs, dxs, (size_t)(m * (k / 128)) * 4);
+    double *ref = ref_fp8(xq, xs, w, ws, m, n, k);
+    double e = rel_l2_bf16(y, ref, (size_t)(m * n));
+    CHECKF(e < BOUND_BF16_OUT, "gemv_fp8 chain m=%lld n=%lld k=%lld: rel L2 %.3g >= %g",
+           (long long)m, (long long)n, (long long)k, e, BOUND_BF16_OUT);
+    printf("gemv_fp8 chain m=%-4lld n=%-5lld k=%-5lld rel L2 %.3g\n", (long long)m, (long long)n,
+           (long long)k, e);
+    free(x), free(xq), free(xs), free(w), free(wneg), free(ws), free(y), free(ref);
+    cudaFree(dx), cudaFree(dw), cudaFree(dwneg), cudaFree(dws), cudaFree(dxq), cudaFree(dxs);
+    cudaFree(dy);
+}
+
 static void test_fp8(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k, int use_gemv)
 {
     uint16_t *x = make_x(m, k);
@@ -650,6 +692,17 @@ int main(void)
     test_fp4_gemv(0, 1, 6400, 1152);
     test_fp4_gemv(0, 12, 6400, 1152);
     test_fp4_gemv(1, 16, 6400, 1152);
+    /* n/16 = 256 row tiles (at least 90% of two blocks per multiprocessor
+     * on an H200, fewer than 3 x 132): 8-warp blocks without a cluster,
+     * launched with programmatic dependent launch; the FP4 cases follow
+     * fp4_repack's kernel that writes their weights, the chain follows
+     * act_quant and a GEMV that writes the same y. */
+    test_fp8(lt, 1, 4096, 1024, 1);
+    test_fp8(lt, 16, 4096, 1024, 1);
+    test_fp4_gemv(0, 1, 4096, 1024);
+    test_fp4_gemv(1, 16, 4096, 1024);
+    test_fp8_gemv_chain(1, 4096, 1024);
+    test_fp8_gemv_chain(16, 4096, 1024);
     /* NVFP4 with scales that make the folded F16 weights subnormal. */
     test_fp4_gemv_scales(1, 1, 1, 272, 1152);
     test_fp4_gemv_scales(1, 1, 16, 272, 1152);
