@@ -23,6 +23,9 @@
 /* From this many activation rows on, a tile is packed into a panel. */
 #define QP_PANEL_MIN_M 3
 
+/* The most elements an apply() tensor may claim (check_2d). */
+#define QPLUG__MAX_ELEMS ((int64_t)1 << 40)
+
 _Static_assert(QPLUG__KC == QPLUG__FP8_BLOCK, "one kernel chunk must be one FP8 block");
 
 static int64_t ceil_div(int64_t a, int64_t b)
@@ -181,6 +184,13 @@ static qplug_status check_2d(const qplug_host *host, const char *what, const qpl
                                 (long long)(rows >= 0 ? rows : t->shape[0]), (long long)cols);
     if (!t->data && t->shape[0] > 0)
         return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: %s has no data", what);
+    /* No real host tensor holds 2^40 elements (4 TiB of F32); a larger row
+     * count is a bad shape, and refusing it keeps the drivers' scratch
+     * sizes (rows times widths, times top_k) far from int64 overflow. */
+    if (cols > 0 && t->shape[0] > QPLUG__MAX_ELEMS / cols)
+        return host->api->error(host->ctx, QPLUG_ERR_SHAPE,
+                                "apply: %s has %lld rows of %lld, more than any host tensor holds",
+                                what, (long long)t->shape[0], (long long)cols);
     return QPLUG_OK;
 }
 
@@ -294,9 +304,10 @@ qplug_status qplug__moe_forward(const qplug_host *host, const qplug_layer_desc *
                                         "apply: topk_ids[%lld][%d] = %d is outside [-1, %d)",
                                         (long long)t, (int)j, (int)e, (int)E);
         }
-    memset(y, 0, (size_t)(m * D) * sizeof(float));
+    /* With no tokens y may have no data at all: nothing to clear. */
     if (m == 0)
         return QPLUG_OK;
+    memset(y, 0, (size_t)(m * D) * sizeof(float));
 
     int64_t R = m * K, kbD = ceil_div(D, QPLUG__FP8_BLOCK), kbI = ceil_div(I, QPLUG__FP8_BLOCK);
     size_t floats = (size_t)(R * D * 3 + R * kbD + R * I * 3 + R * kbI + R);

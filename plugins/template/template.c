@@ -149,10 +149,16 @@ static qplug_status template_apply(const qplug_host *host, void *state, const qp
 {
     const qplug_host_api *api = host->api;
     const template_state *s = state;
+    if (!s || !args)
+        return api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: no state or arguments");
     if (args->op != QPLUG_OP_FORWARD)
         return api->error(host->ctx, QPLUG_ERR_UNSUPPORTED, "only forward is supported");
     const qplug_tensor *x = args->x;
     qplug_tensor *y = args->y;
+    /* Every field below is read through x and y, so their absence is the
+     * first thing to refuse. */
+    if (!x || !y)
+        return api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: x or y is missing");
     if (x->device != QPLUG_DEVICE_CPU || y->device != QPLUG_DEVICE_CPU)
         return api->error(host->ctx, QPLUG_ERR_UNSUPPORTED, "x and y must be CPU tensors");
     if (x->dtype != QPLUG_DT_F32 || y->dtype != QPLUG_DT_F32)
@@ -163,6 +169,8 @@ static qplug_status template_apply(const qplug_host *host, void *state, const qp
         return api->error(host->ctx, QPLUG_ERR_SHAPE,
                           "x must be [m, %lld] and y [m, %lld] with the same m", (long long)s->k,
                           (long long)s->n);
+    if (x->shape[0] > 0 && (!x->data || !y->data))
+        return api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: x or y has no data");
     template_task t = {s, x->data, y->data, x->shape[0]};
     if (t.m > 0)
         api->parallel_for(host->ctx, s->n, template_matmul_range, &t);

@@ -106,6 +106,10 @@ static qplug_status forward_fp4(const qplug_host *host, qplug_w4a4_megamoe__stat
         return r;
     int64_t m = args->x->shape[0], D = l->k;
     int32_t K = l->top_k, E = l->num_experts;
+    /* No tokens: nothing to pack or route, and the tensors may have no
+     * data to copy from. */
+    if (m == 0)
+        return QPLUG_OK;
     size_t bytes = qplug_w4a4_megamoe__dispatch_bytes(m, D, K, st->group);
     size_t bpt = qplug__fp4_packed_bytes_per_token(D, st->group);
     uint8_t *buf = host->api->alloc(host->ctx, bytes ? bytes : 1, QPLUG_DEVICE_CPU);

@@ -1043,6 +1043,40 @@ static void run_forward(conf_run *r, const qplug_plugin *p, const qplug_host *ho
             tx.ndim = 3;
             EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK, "a 3-D x accepted");
             tx.ndim = 2;
+            /* Missing tensors and a tensor without data must be refused,
+             * never dereferenced. */
+            a.x = NULL;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK, "a NULL x accepted");
+            a.x = &tx;
+            a.y = NULL;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK, "a NULL y accepted");
+            a.y = &ty;
+            tx.data = NULL;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+                   "an x of %lld rows without data accepted", (long long)m);
+            tx.data = x;
+            /* No tokens at all (m = 0, no data) is a valid call that
+             * computes nothing. */
+            {
+                qplug_tensor x0 = mk(QPLUG_DT_F32, 0, in, NULL), y0 = mk(QPLUG_DT_F32, 0, out, NULL);
+                qplug_tensor i0 = mk(QPLUG_DT_I32, 0, c->top_k, NULL);
+                qplug_tensor w0 = mk(QPLUG_DT_F32, 0, c->top_k, NULL);
+                qplug_apply_args a0 = a;
+                a0.x = &x0;
+                a0.y = &y0;
+                a0.topk_ids = moe ? &i0 : NULL;
+                a0.topk_weights = moe ? &w0 : NULL;
+                qplug_status st0 = call_apply(r, p, host, state, &a0);
+                EXPECT(r, st0 == QPLUG_OK, "apply with m = 0 failed: %s: %s",
+                       qplug_status_name(st0), ((host_ctx *)host->ctx)->errmsg);
+            }
+            if (moe) {
+                int32_t keep = ids[0];
+                ids[0] = -2;
+                EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+                       "topk_ids holding expert -2 accepted");
+                ids[0] = keep;
+            }
             if (moe) {
                 int32_t keep = ids[0];
                 ids[0] = c->experts;

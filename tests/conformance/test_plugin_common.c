@@ -202,8 +202,46 @@ static void test_nvfp4_to_fp8(void)
     free(deq);
 }
 
+/* A tensor claiming 2^62 rows of 4 makes rows * width wrap int64 in the
+ * scratch sizes; apply must refuse the shape before any size math. */
+static void test_huge_rows(void)
+{
+    float x[4] = {1, 2, 3, 4}, y[4], w[16] = {0};
+    qplug_layer_desc l;
+    memset(&l, 0, sizeof l);
+    l.struct_size = sizeof l;
+    l.kind = QPLUG_LAYER_LINEAR;
+    l.n = 4;
+    l.k = 4;
+    qplug__wmat wm = {QPLUG__W_F32, 4, 4, w, NULL, false, 1.0f, 1.0f};
+    qplug_tensor tx, ty;
+    memset(&tx, 0, sizeof tx);
+    tx.dtype = QPLUG_DT_F32;
+    tx.device = QPLUG_DEVICE_CPU;
+    tx.ndim = 2;
+    tx.shape[0] = (int64_t)1 << 62;
+    tx.shape[1] = 4;
+    tx.data = x;
+    ty = tx;
+    ty.data = y;
+    qplug_apply_args a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.op = QPLUG_OP_FORWARD;
+    a.x = &tx;
+    a.y = &ty;
+    CHECKF(qplug__linear_forward(&HOST, &l, &wm, QPLUG__ACT_NONE, false, &a) == QPLUG_ERR_SHAPE,
+           "2^62 rows accepted");
+    /* One row still works: y = W x with W = 0. */
+    tx.shape[0] = ty.shape[0] = 1;
+    CHECKF(qplug__linear_forward(&HOST, &l, &wm, QPLUG__ACT_NONE, false, &a) == QPLUG_OK,
+           "one row refused");
+    CHECKF(y[0] == 0.0f && y[3] == 0.0f, "y %g %g", y[0], y[3]);
+}
+
 int main(void)
 {
+    test_huge_rows();
     test_sizes();
     test_pack();
     test_fp8_act_scale();
