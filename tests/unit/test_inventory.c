@@ -594,33 +594,8 @@ static int score_any(const qplug_layer_desc *l)
     (void)l;
     return 1;
 }
-static qplug_status stub_create(const qplug_host *h, const qplug_layer_desc *l)
-{
-    (void)h;
-    (void)l;
-    return QPLUG_ERR_UNSUPPORTED;
-}
-static qplug_status stub_pal(const qplug_host *h, const qplug_layer_desc *l, void **s)
-{
-    (void)h;
-    (void)l;
-    *s = NULL;
-    return QPLUG_ERR_UNSUPPORTED;
-}
-static qplug_status stub_apply(const qplug_host *h, void *s, const qplug_apply_args *a)
-{
-    (void)h;
-    (void)s;
-    (void)a;
-    return QPLUG_ERR_UNSUPPORTED;
-}
-static void stub_destroy(const qplug_host *h, void *s)
-{
-    (void)h;
-    (void)s;
-}
 static const qplug_plugin p_any = {QPLUG_ABI_VERSION, sizeof(qplug_plugin), "any", "stub", 1u,
-                                   score_any, stub_create, stub_pal, stub_apply, stub_destroy,
+                                   score_any, test_stub_create, test_stub_process, test_stub_apply, test_stub_destroy,
                                    NULL};
 
 static void test_resolve_flags(void)

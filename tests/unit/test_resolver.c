@@ -13,35 +13,6 @@
 
 /* ---- stub plugins ------------------------------------------------------ */
 
-static qplug_status stub_create(const qplug_host *h, const qplug_layer_desc *l)
-{
-    (void)h;
-    (void)l;
-    return QPLUG_ERR_UNSUPPORTED;
-}
-
-static qplug_status stub_pal(const qplug_host *h, const qplug_layer_desc *l, void **state)
-{
-    (void)h;
-    (void)l;
-    *state = NULL;
-    return QPLUG_ERR_UNSUPPORTED;
-}
-
-static qplug_status stub_apply(const qplug_host *h, void *s, const qplug_apply_args *a)
-{
-    (void)h;
-    (void)s;
-    (void)a;
-    return QPLUG_ERR_UNSUPPORTED;
-}
-
-static void stub_destroy(const qplug_host *h, void *s)
-{
-    (void)h;
-    (void)s;
-}
-
 static int score_unq(const qplug_layer_desc *l)
 {
     return l->quant == QPLUG_QUANT_NONE ? 10 : 0;
@@ -81,7 +52,7 @@ static int score_tie(const qplug_layer_desc *l)
 
 #define STUB(var, nm, fn)                                                                          \
     static const qplug_plugin var = {QPLUG_ABI_VERSION, sizeof(qplug_plugin), nm, "stub", 1u,      \
-                                     fn, stub_create, stub_pal, stub_apply, stub_destroy, NULL}
+                                     fn, test_stub_create, test_stub_process, test_stub_apply, test_stub_destroy, NULL}
 
 STUB(p_unq, "unquantized", score_unq);
 STUB(p_fp8, "fp8_block", score_fp8);
@@ -395,8 +366,8 @@ static int score_old(const qplug_layer_desc *l)
 }
 
 static const qplug_plugin p_old = {(1u << 16) | 0u, sizeof(qplug_plugin), "old_plain", "stub",
-                                   1u, score_old, stub_create, stub_pal, stub_apply,
-                                   stub_destroy, NULL};
+                                   1u, score_old, test_stub_create, test_stub_process, test_stub_apply,
+                                   test_stub_destroy, NULL};
 
 static result resolve_sharded(const qplug_registry *reg, const qplug_policy *pol, bool sharded)
 {

@@ -39,3 +39,32 @@ const char *test_write_file(const char *name, const void *data, size_t len)
     fclose(f);
     return path;
 }
+
+qplug_status test_stub_create(const qplug_host *h, const qplug_layer_desc *l)
+{
+    (void)h;
+    (void)l;
+    return QPLUG_ERR_UNSUPPORTED;
+}
+
+qplug_status test_stub_process(const qplug_host *h, const qplug_layer_desc *l, void **state)
+{
+    (void)h;
+    (void)l;
+    *state = NULL;
+    return QPLUG_ERR_UNSUPPORTED;
+}
+
+qplug_status test_stub_apply(const qplug_host *h, void *state, const qplug_apply_args *a)
+{
+    (void)h;
+    (void)state;
+    (void)a;
+    return QPLUG_ERR_UNSUPPORTED;
+}
+
+void test_stub_destroy(const qplug_host *h, void *state)
+{
+    (void)h;
+    (void)state;
+}

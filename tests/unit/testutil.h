@@ -6,6 +6,8 @@
 
 #include <stdio.h>
 
+#include "qplug/plugin.h"
+
 extern int qplug_test_passed;
 extern int qplug_test_failed;
 
@@ -39,5 +41,12 @@ int test_done(void);
 const char *test_write_file(const char *name, const void *data, size_t len);
 /* A fresh empty temporary directory (created once per process). */
 const char *test_tmpdir(void);
+
+/* Plugin slots that refuse everything, for stub plugins whose score() is
+ * what a test exercises (resolver and inventory tests). */
+qplug_status test_stub_create(const qplug_host *h, const qplug_layer_desc *l);
+qplug_status test_stub_process(const qplug_host *h, const qplug_layer_desc *l, void **state);
+qplug_status test_stub_apply(const qplug_host *h, void *state, const qplug_apply_args *a);
+void test_stub_destroy(const qplug_host *h, void *state);
 
 #endif
