@@ -22,38 +22,8 @@
  * rounding alone is 2^-9 per element (about 2e-3 relative L2). */
 #define BOUND_BF16_OUT 5e-3
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rng_next(void)
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static double rng_uniform(void) { return (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0); }
-
-static double rng_normal(void)
-{
-    double u = rng_uniform() + 1e-300, v = rng_uniform();
-    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
-}
-
-static uint16_t bf16_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)(u >> 16);
-}
-
-static double bf16_value(uint16_t b)
-{
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+#define QPLUG_TEST_RNG_SEED 0x9e3779b97f4a7c15ull
+#include "gpu_test_random.h"
 
 /* A random finite E4M3 byte (NaN is 0x7F / 0xFF). */
 static uint8_t rand_e4m3(void)

@@ -36,38 +36,8 @@ static const float LIMIT = 10.0f;
 
 /* ------------------------------------------------------------ helpers */
 
-static uint64_t rng_state = 0x243f6a8885a308d3ull;
-
-static uint64_t rng_next(void)
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static double rng_uniform(void) { return (double)(rng_next() >> 11) * (1.0 / 9007199254740992.0); }
-
-static double rng_normal(void)
-{
-    double u = rng_uniform() + 1e-300, v = rng_uniform();
-    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
-}
-
-static uint16_t bf16_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)(u >> 16);
-}
-
-static float bf16_value(uint16_t b)
-{
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+#define QPLUG_TEST_RNG_SEED 0x243f6a8885a308d3ull
+#include "gpu_test_random.h"
 
 /* The E4M3 code nearest to v, ties to the even code, saturating at 448. */
 static uint8_t enc_e4m3(double v)
