@@ -294,6 +294,27 @@ static qplug_status qplug__check_config(const qplug_model_config *c, qplug_err *
         return qplug_err_set(err, QPLUG_ERR_CONFIG,
                              "%s: key o_groups: %lld does not divide num_attention_heads*head_dim",
                              c->source, (long long)c->o_groups);
+    /* Each key is bounded by the config parser, but their products size the
+     * plugins' allocations: refuse any layer above 2^40 elements (V4-Pro's
+     * largest, all routed experts of one layer, is about 2^35). Every factor
+     * is at most 2^31, so no product of two or three below overflows. */
+    int64_t qdim = c->num_attention_heads * c->head_dim;
+    const struct {
+        const char *what;
+        int64_t elems;
+    } big[] = {
+        {"vocab_size * hidden_size (embedding)", c->vocab_size * c->hidden_size},
+        {"num_attention_heads * head_dim * q_lora_rank (wq_b)", qdim * c->q_lora_rank},
+        {"num_attention_heads * head_dim * o_lora_rank (wo_a)", qdim * c->o_lora_rank},
+        {"hidden_size * o_groups * o_lora_rank (wo_b)", c->hidden_size * c->o_groups * c->o_lora_rank},
+        {"n_routed_experts * moe_intermediate_size * hidden_size (experts)",
+         c->n_routed_experts * c->moe_intermediate_size * c->hidden_size},
+    };
+    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++)
+        if (big[i].elems > (INT64_C(1) << 40) / 3)
+            return qplug_err_set(err, QPLUG_ERR_CONFIG,
+                                 "%s: %s = %lld elements exceeds the limit of 2^40 / 3 per layer",
+                                 c->source, big[i].what, (long long)big[i].elems);
     if (c->num_experts_per_tok > c->n_routed_experts)
         return qplug_err_set(err, QPLUG_ERR_CONFIG,
                              "%s: key num_experts_per_tok: %lld exceeds n_routed_experts %lld",

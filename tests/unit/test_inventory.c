@@ -587,6 +587,39 @@ static void test_config_only(void)
     qplug_config_free(&cfg);
 }
 
+/* Each key inside its own bound but the experts' product absurd
+ * (65536 x 2^20 x 2^20 elements): refused before any plugin sizes buffers
+ * from it, with the file and the product named. A real V4-Pro stays far
+ * below the cap. */
+static void test_absurd_dims(void)
+{
+    qplug_model_config cfg;
+    qplug_err err = {0};
+    if (qplug_config_load(FIXTURES "nvfp4", &cfg, &err) != QPLUG_OK) {
+        CHECKF(false, "%s", err.msg);
+        return;
+    }
+    qplug_inventory inv;
+    int64_t e = cfg.n_routed_experts, inter = cfg.moe_intermediate_size, d = cfg.hidden_size;
+    cfg.n_routed_experts = 65536;
+    cfg.moe_intermediate_size = 1 << 20;
+    cfg.hidden_size = 1 << 20;
+    qplug_status st = qplug_inventory_build(&cfg, NULL, QPLUG_DEVICE_CPU, &inv, &err);
+    CHECKF(st == QPLUG_ERR_CONFIG && strstr(err.msg, "experts") && strstr(err.msg, "config.json"),
+           "st %d: %s", (int)st, err.msg);
+    cfg.n_routed_experts = 384;
+    cfg.moe_intermediate_size = 3072;
+    cfg.hidden_size = 7168;
+    st = qplug_inventory_build(&cfg, NULL, QPLUG_DEVICE_CPU, &inv, &err);
+    CHECKF(st == QPLUG_OK, "V4-Pro sizes refused: %s", err.msg);
+    if (st == QPLUG_OK)
+        qplug_inventory_free(&inv);
+    cfg.n_routed_experts = e;
+    cfg.moe_intermediate_size = inter;
+    cfg.hidden_size = d;
+    qplug_config_free(&cfg);
+}
+
 /* A stub that takes every layer, so that resolving the inventory does not
  * depend on which real plugins are built. */
 static int score_any(const qplug_layer_desc *l)
@@ -644,6 +677,7 @@ int main(void)
     test_unused();
     test_unknown_naming();
     test_config_only();
+    test_absurd_dims();
     test_resolve_flags();
     return test_done();
 }
