@@ -161,6 +161,32 @@ qplug_status qplug_cuda__nvfp4_to_fp8_block(const uint8_t *w, const uint8_t *sca
                                             float global_scale, int64_t n, int64_t k, uint8_t *q,
                                             float *q_scale, void *stream, qplug_cuda__err *err);
 
+/* ---------------------------------------------------------------- (f) */
+
+/* Prefill GEMM on FP8 block weights that takes BF16 activations and
+ * quantizes them inside the kernel (wgmma, sm_90a): y = x . w^T with each
+ * 1x128 group of x quantized exactly as qplug_cuda__act_quant_fp8 does
+ * (same scales and codes for fmt), each 128-wide k-block summed in fp32,
+ * times its activation scale and weight tile scale, and the k-blocks summed
+ * in fp32; BF16 output.
+ * groups >= 1 runs a grouped linear in one launch: group g computes
+ *   y[:, g*n:(g+1)*n] = x[:, g*k:(g+1)*k] . w_g^T
+ * with w_g the rows g*n.. of w E4M3 [groups*n, k] and its scales, the rows
+ * g*(n/128).. of w_scale float [groups*n/128][k/128].
+ * x BF16 [m, ldx] (ldx >= groups*k, ldx % 8 == 0, 16-byte aligned);
+ * y BF16 [m, ldy] (ldy >= groups*n, even, 4-byte aligned); w 16-byte
+ * aligned. Shapes as qplug_cuda__fp8_gemm_bf16x_supported says. */
+qplug_status qplug_cuda__fp8_gemm_bf16x(const void *x, int64_t ldx, int64_t m, int64_t n,
+                                        int64_t k, int64_t groups, qplug_cuda__scale_fmt fmt,
+                                        const uint8_t *w, const float *w_scale, void *y,
+                                        int64_t ldy, void *stream, qplug_cuda__err *err);
+
+/* Pure host predicate: 1 when qplug_cuda__fp8_gemm_bf16x takes the shape
+ * (m >= 1, n and k positive multiples of 128, groups >= 1, and sizes that
+ * fit its grid and tensor map), else 0. Alignment and strides are checked
+ * by the call itself. */
+int qplug_cuda__fp8_gemm_bf16x_supported(int64_t m, int64_t n, int64_t k, int64_t groups);
+
 #ifdef __cplusplus
 }
 #endif

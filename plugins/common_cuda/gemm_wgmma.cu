@@ -1,0 +1,458 @@
+/* (f) FP8 block-scaled GEMM on Hopper wgmma that reads BF16 activations and
+ * quantizes them inside the kernel, so prefill needs no separate act_quant
+ * pass and no E4M3 copy of x in device memory.
+ *
+ * One CTA computes a 128 x 128 tile of y with three warpgroups:
+ *   warpgroup 0 (producer): thread 0 starts the TMA copy of the 128 x 128
+ *     E4M3 weight tile of each k-block (128-byte swizzle, completing on the
+ *     stage's "full" mbarrier); all 128 threads load the BF16 x tile with
+ *     16-byte loads, compute each row's 1x128 scale exactly as
+ *     qplug_cuda__act_quant_fp8 does, and write the E4M3 codes into shared
+ *     memory in the same 128-byte swizzled layout, plus the 128 row scales.
+ *   warpgroups 1 and 2 (consumers): 64 rows each; per k-block four wgmma
+ *     m64n128k32 (both operands from shared memory) into a scratch fp32
+ *     accumulator, then the promotion fin += acc * (x scale * w scale), so
+ *     every 128-wide k-block is summed in fp32 first and scaled once, like
+ *     the formula in qplug_cuda.h (and DeepGEMM's promotion).
+ * The stages form a ring of QPLUG_WG_STAGES slots: the producer waits for a
+ * slot's "empty" barrier (all 256 consumer threads arrived), the consumers
+ * for its "full" barrier (128 producer arrivals, one of them carrying the
+ * TMA byte count).
+ *
+ * The tile width 128 matches the weight scale tile, so one weight scale
+ * serves a whole k-block of the tile. The two accumulators of a 64 x 128
+ * consumer tile take 128 registers per thread, which fits the 168 that a
+ * 384-thread CTA gets without setmaxnreg; a wider tile would not fit.
+ *
+ * The producer keeps QPLUG_WG_DEPTH - 1 chunks of x loads in flight while it
+ * quantizes the current chunk (a chunk is half a k-block: 8 rows per
+ * thread), so the load latency overlaps the quantization. */
+#include <cuda.h>
+
+#include "internal.cuh"
+
+/* Tunables (gemm_wgmma_bench.sh builds variants with -D). */
+#ifndef QPLUG_WGMMA_STAGES
+#define QPLUG_WGMMA_STAGES 5
+#endif
+#ifndef QPLUG_WGMMA_DEPTH
+#define QPLUG_WGMMA_DEPTH 3
+#endif
+#ifndef QPLUG_WGMMA_RASTER
+#define QPLUG_WGMMA_RASTER 8
+#endif
+
+enum {
+    QPLUG_WG_BM = 128,
+    QPLUG_WG_BN = 128,
+    QPLUG_WG_BK = 128,
+    QPLUG_WG_STAGES = QPLUG_WGMMA_STAGES,
+    QPLUG_WG_THREADS = 384,
+    QPLUG_WG_TILE = QPLUG_WG_BM * QPLUG_WG_BK, /* bytes of one E4M3 tile */
+    QPLUG_WG_DEPTH = QPLUG_WGMMA_DEPTH,         /* producer load ring, in chunks */
+    QPLUG_WG_RASTER = QPLUG_WGMMA_RASTER,       /* m-tiles per rasterization band */
+    /* Dynamic shared memory: A and B rings, row scales, barriers, and the
+     * slack that aligns the base to the 1024 bytes the swizzle needs. */
+    QPLUG_WG_SMEM = 2 * QPLUG_WG_STAGES * QPLUG_WG_TILE + QPLUG_WG_STAGES * QPLUG_WG_BM * 4 +
+                    2 * QPLUG_WG_STAGES * 8 + 1024
+};
+
+__device__ __forceinline__ unsigned qplug__wg_smem_addr(const void *p)
+{
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void qplug__wg_bar_init(uint64_t *bar, unsigned count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(qplug__wg_smem_addr(bar)),
+                 "r"(count));
+}
+
+__device__ __forceinline__ void qplug__wg_bar_arrive(uint64_t *bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(qplug__wg_smem_addr(bar))
+                 : "memory");
+}
+
+__device__ __forceinline__ void qplug__wg_bar_arrive_tx(uint64_t *bar, unsigned bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+                     qplug__wg_smem_addr(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+
+/* Spins until the phase of the given parity has completed. */
+__device__ __forceinline__ void qplug__wg_bar_wait(uint64_t *bar, unsigned parity)
+{
+    asm volatile("{\n"
+                 ".reg .pred done;\n"
+                 "WAIT_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra WAIT_%=;\n"
+                 "}\n" ::"r"(qplug__wg_smem_addr(bar)),
+                 "r"(parity)
+                 : "memory");
+}
+
+/* TMA: the box at (k0, row0) of the weight tensor map into dst. */
+__device__ __forceinline__ void qplug__wg_tma_load(void *dst, const CUtensorMap *map, int k0,
+                                                   int row0, uint64_t *bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
+                 "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(qplug__wg_smem_addr(dst)),
+                 "l"((uint64_t)map), "r"(k0), "r"(row0), "r"(qplug__wg_smem_addr(bar))
+                 : "memory");
+}
+
+/* A wgmma shared-memory descriptor for a K-major tile of 128-byte rows in
+ * the 128-byte swizzle: stride between 8-row groups 1024 bytes, swizzle
+ * mode 1 in bits 62-63. */
+__device__ __forceinline__ uint64_t qplug__wg_desc(const void *p)
+{
+    uint64_t a = qplug__wg_smem_addr(p);
+    return ((a & 0x3ffffu) >> 4) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+/* Keeps the compiler from moving reads or writes of an accumulator register
+ * across the wgmma fence and wait instructions, which name no registers. */
+__device__ __forceinline__ void qplug__wg_pin(float d[64])
+{
+#pragma unroll
+    for (int i = 0; i < 64; i++)
+        asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define QPLUG__WG_R8(i)                                                                         \
+    "+f"(d[i + 0]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]),           \
+        "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+
+/* d (64 x 128 fp32 fragment) = a . b^T (+ d when accumulate), k = 32. */
+__device__ __forceinline__ void qplug__wg_mma(float d[64], uint64_t da, uint64_t db, int accumulate)
+{
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "%64, %65, p, 1, 1;\n"
+        "}\n"
+        : QPLUG__WG_R8(0), QPLUG__WG_R8(8), QPLUG__WG_R8(16), QPLUG__WG_R8(24), QPLUG__WG_R8(32),
+          QPLUG__WG_R8(40), QPLUG__WG_R8(48), QPLUG__WG_R8(56)
+        : "l"(da), "l"(db), "r"(accumulate));
+}
+
+/* The launch's shape, passed by value. */
+struct qplug__wg_args {
+    const __nv_bfloat16 *x;
+    const float *w_scale;
+    __nv_bfloat16 *y;
+    int64_t ldx, ldy, m, k;
+    int m_tiles, n_tiles_group, n_tiles_all, kt;
+};
+
+/* Loads chunk c of the x tile (k-block c / 2, rows hw + 8 i + 64 (c % 2) of
+ * the tile, i < 8) into r; rows past m read as zeros. */
+__device__ __forceinline__ void qplug__wg_load_chunk(uint4 r[8], const __nv_bfloat16 *xt,
+                                                     int64_t ldx, int rows_left, int c, int hw,
+                                                     int hl)
+{
+    int kb = c >> 1, base = hw + 64 * (c & 1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int rl = base + 8 * i;
+        if (rl < rows_left)
+            r[i] = qplug_cuda__ld_stream(xt + (int64_t)rl * ldx + kb * 128 + hl * 8);
+        else
+            r[i] = make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+/* Quantizes chunk c (see qplug__wg_load_chunk) into the stage's swizzled A
+ * tile and row scales. Same arithmetic as qplug_cuda__act_quant_kernel, so
+ * codes and scales are bit-identical to it: the maximum of the magnitude
+ * bits (here two BF16 halves at a time as 16-bit unsigned integers, which
+ * orders them like the float bits they become) joined with the 1e-4 floor,
+ * then s and the E4M3 codes. */
+template <bool UE8M0>
+__device__ __forceinline__ void qplug__wg_quant_chunk(const uint4 r[8], uint8_t *a, float *a_scale,
+                                                      int c, int hw, int hl)
+{
+    int base = hw + 64 * (c & 1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int rl = base + 8 * i;
+        unsigned w[4] = {r[i].x, r[i].y, r[i].z, r[i].w};
+        unsigned p = __vmaxu2(__vmaxu2(w[0] & 0x7fff7fffu, w[1] & 0x7fff7fffu),
+                              __vmaxu2(w[2] & 0x7fff7fffu, w[3] & 0x7fff7fffu));
+        for (int o = 8; o > 0; o >>= 1)
+            p = __vmaxu2(p, __shfl_xor_sync(0xffffffffu, p, o));
+        unsigned amax_bits = max(__float_as_uint(1e-4f), max(p << 16, p & 0xffff0000u));
+        float amax = __uint_as_float(amax_bits);
+        float s = UE8M0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
+        float inv = UE8M0 ? 1.0f / s : 0.0f;
+        unsigned q[2];
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            float2 f = make_float2(__uint_as_float(w[t] << 16), __uint_as_float(w[t] & 0xffff0000u));
+            if (UE8M0) {
+                f.x *= inv;
+                f.y *= inv;
+            } else {
+                f.x = __fdiv_rn(f.x, s);
+                f.y = __fdiv_rn(f.y, s);
+            }
+            unsigned pair = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+            if (t % 2 == 0)
+                q[t / 2] = pair;
+            else
+                q[t / 2] |= pair << 16;
+        }
+        /* The 128-byte swizzle: 16-byte chunk j of row r sits at chunk
+         * j ^ (r % 8) of that row (the base is 1024-byte aligned). */
+        int off = rl * 128 + (((hl >> 1) ^ (rl & 7)) << 4) + ((hl & 1) << 3);
+        *reinterpret_cast<uint2 *>(a + off) = make_uint2(q[0], q[1]);
+        if (hl == 0)
+            a_scale[rl] = s;
+    }
+}
+
+template <bool UE8M0>
+__global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
+    qplug__wg_kernel(const __grid_constant__ CUtensorMap wmap, const qplug__wg_args args)
+{
+    extern __shared__ uint8_t qplug__wg_smem_raw[];
+    uint8_t *smem = (uint8_t *)(((uintptr_t)qplug__wg_smem_raw + 1023) & ~(uintptr_t)1023);
+    uint8_t *sa = smem;
+    uint8_t *sb = smem + QPLUG_WG_STAGES * QPLUG_WG_TILE;
+    float *sscale = (float *)(smem + 2 * QPLUG_WG_STAGES * QPLUG_WG_TILE);
+    uint64_t *full = (uint64_t *)(sscale + QPLUG_WG_STAGES * QPLUG_WG_BM);
+    uint64_t *empty = full + QPLUG_WG_STAGES;
+
+    /* Rasterization: bands of QPLUG_WG_RASTER m-tiles, m fastest inside a
+     * band, so the CTAs resident together share weight tiles and x rows. */
+    int id = blockIdx.x;
+    int band = id / (QPLUG_WG_RASTER * args.n_tiles_all);
+    int first_m = band * QPLUG_WG_RASTER;
+    int band_m = min(QPLUG_WG_RASTER, args.m_tiles - first_m);
+    int in_band = id - band * QPLUG_WG_RASTER * args.n_tiles_all;
+    int m_tile = first_m + in_band % band_m;
+    int n_tile = in_band / band_m; /* over all groups: weight row / y column n_tile * 128 */
+    int group = n_tile / args.n_tiles_group;
+    int64_t m0 = (int64_t)m_tile * QPLUG_WG_BM;
+    int kt = args.kt;
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < QPLUG_WG_STAGES; s++) {
+            qplug__wg_bar_init(&full[s], 129);
+            qplug__wg_bar_init(&empty[s], 256);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&wmap) : "memory");
+    }
+    __syncthreads();
+
+    if (threadIdx.x < 128) {
+        /* Producer. */
+        int hw = threadIdx.x >> 4, hl = threadIdx.x & 15;
+        const __nv_bfloat16 *xt = args.x + m0 * args.ldx + (int64_t)group * args.k;
+        int rows_left = (int)min((int64_t)QPLUG_WG_BM, args.m - m0);
+        int nchunks = 2 * kt;
+        uint4 buf[QPLUG_WG_DEPTH][8];
+#pragma unroll
+        for (int d = 0; d < QPLUG_WG_DEPTH - 1; d++)
+            if (d < nchunks)
+                qplug__wg_load_chunk(buf[d], xt, args.ldx, rows_left, d, hw, hl);
+        for (int c0 = 0; c0 < nchunks; c0 += QPLUG_WG_DEPTH) {
+#pragma unroll
+            for (int d = 0; d < QPLUG_WG_DEPTH; d++) {
+                int c = c0 + d;
+                if (c + QPLUG_WG_DEPTH - 1 < nchunks)
+                    qplug__wg_load_chunk(buf[(d + QPLUG_WG_DEPTH - 1) % QPLUG_WG_DEPTH], xt,
+                                         args.ldx, rows_left, c + QPLUG_WG_DEPTH - 1, hw, hl);
+                if (c < nchunks) {
+                    int kb = c >> 1, s = kb % QPLUG_WG_STAGES;
+                    if ((c & 1) == 0) {
+                        qplug__wg_bar_wait(&empty[s], ((kb / QPLUG_WG_STAGES) & 1) ^ 1);
+                        if (threadIdx.x == 0) {
+                            qplug__wg_bar_arrive_tx(&full[s], QPLUG_WG_TILE);
+                            qplug__wg_tma_load(sb + s * QPLUG_WG_TILE, &wmap, kb * QPLUG_WG_BK,
+                                               n_tile * QPLUG_WG_BN, &full[s]);
+                        }
+                    }
+                    qplug__wg_quant_chunk<UE8M0>(buf[d], sa + s * QPLUG_WG_TILE,
+                                                 sscale + s * QPLUG_WG_BM, c, hw, hl);
+                    if ((c & 1) == 1) {
+                        /* The codes were written by ordinary stores and are
+                         * read next by the tensor cores (async proxy). */
+                        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                        qplug__wg_bar_arrive(&full[s]);
+                    }
+                }
+            }
+        }
+        return;
+    }
+
+    /* Consumers. */
+    int wg = (threadIdx.x >> 7) - 1, tid = threadIdx.x & 127;
+    int warp = tid >> 5, lane = tid & 31;
+    int row_a = wg * 64 + warp * 16 + (lane >> 2);
+    const float *wsc = args.w_scale + (int64_t)n_tile * kt;
+    float acc[64], fin[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) {
+        acc[i] = 0.0f;
+        fin[i] = 0.0f;
+    }
+    float wscale_next = wsc[0];
+    for (int kb = 0; kb < kt; kb++) {
+        int s = kb % QPLUG_WG_STAGES;
+        float wscale = wscale_next;
+        if (kb + 1 < kt)
+            wscale_next = wsc[kb + 1];
+        qplug__wg_bar_wait(&full[s], (kb / QPLUG_WG_STAGES) & 1);
+        const uint8_t *a = sa + s * QPLUG_WG_TILE + wg * 64 * 128;
+        const uint8_t *b = sb + s * QPLUG_WG_TILE;
+        uint64_t da = qplug__wg_desc(a), db = qplug__wg_desc(b);
+        qplug__wg_pin(acc);
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+            qplug__wg_mma(acc, da + 2 * kk, db + 2 * kk, kk > 0);
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        qplug__wg_pin(acc);
+        float s0 = sscale[s * QPLUG_WG_BM + row_a] * wscale;
+        float s1 = sscale[s * QPLUG_WG_BM + row_a + 8] * wscale;
+        qplug__wg_bar_arrive(&empty[s]);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            fin[4 * j + 0] += acc[4 * j + 0] * s0;
+            fin[4 * j + 1] += acc[4 * j + 1] * s0;
+            fin[4 * j + 2] += acc[4 * j + 2] * s1;
+            fin[4 * j + 3] += acc[4 * j + 3] * s1;
+        }
+    }
+
+    int64_t r0 = m0 + row_a, r1 = r0 + 8;
+    __nv_bfloat16 *y0 = args.y + r0 * args.ldy + (int64_t)n_tile * QPLUG_WG_BN + 2 * (lane & 3);
+    __nv_bfloat16 *y1 = y0 + 8 * args.ldy;
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        if (r0 < args.m)
+            *reinterpret_cast<__nv_bfloat162 *>(y0 + 8 * j) =
+                __floats2bfloat162_rn(fin[4 * j + 0], fin[4 * j + 1]);
+        if (r1 < args.m)
+            *reinterpret_cast<__nv_bfloat162 *>(y1 + 8 * j) =
+                __floats2bfloat162_rn(fin[4 * j + 2], fin[4 * j + 3]);
+    }
+}
+
+typedef CUresult (*qplug__wg_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                        const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                        const cuuint32_t *, CUtensorMapInterleave,
+                                        CUtensorMapSwizzle, CUtensorMapL2promotion,
+                                        CUtensorMapFloatOOBfill);
+
+extern "C" int qplug_cuda__fp8_gemm_bf16x_supported(int64_t m, int64_t n, int64_t k,
+                                                    int64_t groups)
+{
+    if (m < 1 || n < 128 || n % 128 != 0 || k < 128 || k % 128 != 0 || groups < 1)
+        return 0;
+    /* Tile counts fit the int grid arithmetic; the weight tensor map's
+     * dimensions stay below 2^31. */
+    int64_t m_tiles = (m + QPLUG_WG_BM - 1) / QPLUG_WG_BM;
+    if (groups > (int64_t)1 << 20 || n > ((int64_t)1 << 31) / groups || k > (int64_t)1 << 31 ||
+        m_tiles * (groups * n / QPLUG_WG_BN) > 0x7fffffff)
+        return 0;
+    return 1;
+}
+
+extern "C" qplug_status qplug_cuda__fp8_gemm_bf16x(const void *x, int64_t ldx, int64_t m,
+                                                   int64_t n, int64_t k, int64_t groups,
+                                                   qplug_cuda__scale_fmt fmt, const uint8_t *w,
+                                                   const float *w_scale, void *y, int64_t ldy,
+                                                   void *stream, qplug_cuda__err *err)
+{
+    if (!x || !w || !w_scale || !y)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "fp8_gemm_bf16x: NULL pointer");
+    if (!qplug_cuda__fp8_gemm_bf16x_supported(m, n, k, groups))
+        return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
+                                "fp8_gemm_bf16x: shape m %lld, n %lld, k %lld, groups %lld needs "
+                                "m >= 1, n and k multiples of 128, groups >= 1",
+                                (long long)m, (long long)n, (long long)k, (long long)groups);
+    if (ldx < groups * k || ldy < groups * n)
+        return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
+                                "fp8_gemm_bf16x: row strides x %lld, y %lld below groups * k "
+                                "(%lld), groups * n (%lld)",
+                                (long long)ldx, (long long)ldy, (long long)(groups * k),
+                                (long long)(groups * n));
+    if ((uintptr_t)x % 16 != 0 || ldx % 8 != 0 || (uintptr_t)y % 4 != 0 || ldy % 2 != 0 ||
+        (uintptr_t)w % 16 != 0 || (uintptr_t)w_scale % 4 != 0)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                "fp8_gemm_bf16x: alignment: x and w need 16 bytes, x row stride "
+                                "(%lld) a multiple of 8, y 4 bytes with an even row stride (%lld)",
+                                (long long)ldx, (long long)ldy);
+    if (fmt != QPLUG_CUDA_SCALE_F32 && fmt != QPLUG_CUDA_SCALE_UE8M0)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "fp8_gemm_bf16x: unknown scale format %d",
+                                (int)fmt);
+
+    /* The driver's tensor-map encoder, reached through the runtime so that
+     * the library needs no link against libcuda. */
+    void *fn = NULL;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess || !fn)
+        return qplug_cuda__fail(err, QPLUG_ERR_DEVICE,
+                                "fp8_gemm_bf16x: cuTensorMapEncodeTiled not available");
+    CUtensorMap map;
+    cuuint64_t dims[2] = {(cuuint64_t)k, (cuuint64_t)(groups * n)};
+    cuuint64_t strides[1] = {(cuuint64_t)k};
+    cuuint32_t box[2] = {QPLUG_WG_BK, QPLUG_WG_BN};
+    cuuint32_t estr[2] = {1, 1};
+    CUresult r = ((qplug__wg_encode_fn)fn)(
+        &map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)w, dims, strides, box, estr,
+        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return qplug_cuda__fail(err, QPLUG_ERR_DEVICE,
+                                "fp8_gemm_bf16x: weight tensor map refused (CUresult %d)", (int)r);
+
+    qplug__wg_args a;
+    a.x = (const __nv_bfloat16 *)x;
+    a.w_scale = w_scale;
+    a.y = (__nv_bfloat16 *)y;
+    a.ldx = ldx;
+    a.ldy = ldy;
+    a.m = m;
+    a.k = k;
+    a.m_tiles = (int)((m + QPLUG_WG_BM - 1) / QPLUG_WG_BM);
+    a.n_tiles_group = (int)(n / QPLUG_WG_BN);
+    a.n_tiles_all = (int)(groups * n / QPLUG_WG_BN);
+    a.kt = (int)(k / QPLUG_WG_BK);
+    unsigned blocks = (unsigned)a.m_tiles * (unsigned)a.n_tiles_all;
+    cudaStream_t st = (cudaStream_t)stream;
+    cudaError_t e;
+    if (fmt == QPLUG_CUDA_SCALE_UE8M0) {
+        e = cudaFuncSetAttribute(qplug__wg_kernel<true>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, QPLUG_WG_SMEM);
+        if (e == cudaSuccess)
+            qplug__wg_kernel<true><<<blocks, QPLUG_WG_THREADS, QPLUG_WG_SMEM, st>>>(map, a);
+    } else {
+        e = cudaFuncSetAttribute(qplug__wg_kernel<false>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, QPLUG_WG_SMEM);
+        if (e == cudaSuccess)
+            qplug__wg_kernel<false><<<blocks, QPLUG_WG_THREADS, QPLUG_WG_SMEM, st>>>(map, a);
+    }
+    if (e != cudaSuccess)
+        return qplug_cuda__fail(err, QPLUG_ERR_DEVICE,
+                                "fp8_gemm_bf16x: shared memory limit of %d bytes refused: %s",
+                                (int)QPLUG_WG_SMEM, cudaGetErrorString(e));
+    return qplug_cuda__check_launch(err, "fp8_gemm_bf16x");
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds and runs, on a machine with an NVIDIA Hopper GPU, the wgmma FP8
+# GEMM with in-kernel activation quantization (gemm_wgmma.cu) in variants
+# (-D tunables): for each variant its correctness test
+# (tests/gpu/test_gpu_wgmma.c, linked standalone, no CMake needed) and
+# gemm_wgmma_bench (gemm_wgmma_bench.cu) against act_quant + cuBLASLt and
+# cuBLASLt alone. Logs, ptxas reports and SASS counts go to OUTDIR.
+#
+#   plugins/common_cuda/gemm_wgmma_bench.sh [OUTDIR] [variant flags...]
+#
+# Each variant flag is a quoted list of -D options, e.g.
+# "-DQPLUG_WGMMA_STAGES=4 -DQPLUG_WGMMA_DEPTH=2"; with none, the defaults.
+# QUICK=1 times M = 4096 only for all but the first variant; TAG names the
+# version in the table header (default v1).
+set -eu -o pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OUT=${1:-/tmp/gemm_wgmma_bench}
+shift || true
+mkdir -p "$OUT"
+TAG=${TAG:-v1}
+QUICK=${QUICK:-0}
+B=$(mktemp -d)
+[ $# -gt 0 ] || set -- ""
+NV="nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I$ROOT/core/include -I$HERE"
+$NV -c "$HERE/act_quant.cu" -o "$B/act_quant.o" &
+$NV -c "$HERE/gemm_lt.cu" -o "$B/gemm_lt.o" &
+$NV -c "$HERE/gemm_wgmma_bench.cu" -o "$B/bench.o" &
+gcc -O2 -std=c11 -I"$ROOT/core/include" -I"$HERE" -I"$ROOT/tests/unit" -I"$ROOT/tests/gpu" \
+    -I/usr/local/cuda/include -c "$ROOT/tests/gpu/test_gpu_wgmma.c" -o "$B/test.o" &
+gcc -O2 -std=c11 -I"$ROOT/tests/unit" -c "$ROOT/tests/unit/testutil.c" -o "$B/testutil.o" &
+i=0
+for flags in "$@"; do
+    # shellcheck disable=SC2086
+    $NV $flags -Xptxas -v -c "$HERE/gemm_wgmma.cu" -o "$B/gw_$i.o" 2>"$OUT/ptxas_$i.log" &
+    i=$((i + 1))
+done
+wait
+i=0
+for flags in "$@"; do
+    if command -v cuobjdump >/dev/null; then
+        cuobjdump -sass "$B/gw_$i.o" >"$B/gw_$i.sass"
+        echo "variant $i [$flags]: QGMMA $(grep -c QGMMA "$B/gw_$i.sass" || true)," \
+            "LDL/STL $(grep -cE 'LDL|STL' "$B/gw_$i.sass" || true)" | tee -a "$OUT/sass.txt"
+    fi
+    grep -E "registers|spill" "$OUT/ptxas_$i.log" | sed "s/^/variant $i: /" >>"$OUT/sass.txt" || true
+    $NV "$B/gw_$i.o" "$B/act_quant.o" "$B/gemm_lt.o" "$B/bench.o" -lcublasLt -o "$B/bench_$i"
+    $NV "$B/test.o" "$B/testutil.o" "$B/gw_$i.o" -o "$B/test_$i"
+    i=$((i + 1))
+done
+i=0
+for flags in "$@"; do
+    echo "== test, variant $i [$flags]" | tee -a "$OUT/test.log"
+    timeout 120 "$B/test_$i" >>"$OUT/test.log" 2>&1 && echo "test $i: PASS" | tee -a "$OUT/test.log" ||
+        { echo "test $i: FAIL (rc $?)" | tee -a "$OUT/test.log"; tail -20 "$OUT/test.log"; }
+    i=$((i + 1))
+done
+i=0
+for flags in "$@"; do
+    q=""
+    [ "$QUICK" = 1 ] && [ $i -gt 0 ] && q=--quick
+    timeout 200 "$B/bench_$i" "$TAG${flags:+ [$flags]}" $q >"$OUT/bench_$i.md" 2>&1 || echo "bench $i failed" >>"$OUT/bench_$i.md"
+    i=$((i + 1))
+done
+cat "$OUT"/sass.txt
+for f in "$OUT"/bench_*.md; do cat "$f"; echo; done
