@@ -32,7 +32,7 @@ gcc -O2 -std=c11 -I"$ROOT/tests/unit" -c "$ROOT/tests/unit/testutil.c" -o "$B/te
 i=0
 for flags in "$@"; do
     # shellcheck disable=SC2086
-    $NV $flags -Xptxas -v -c "$HERE/gemm_wgmma.cu" -o "$B/gw_$i.o" 2>"$OUT/ptxas_$i.log" &
+    $NV $flags -Xptxas -v -c "$HERE/gemm_wgmma.cu" -o "$B/gw_$i.o" 2>"$B/ptxas_$i.log" &
     i=$((i + 1))
 done
 wait
@@ -43,24 +43,35 @@ for flags in "$@"; do
         echo "variant $i [$flags]: QGMMA $(grep -c QGMMA "$B/gw_$i.sass" || true)," \
             "LDL/STL $(grep -cE 'LDL|STL' "$B/gw_$i.sass" || true)" | tee -a "$OUT/sass.txt"
     fi
-    grep -E "registers|spill" "$OUT/ptxas_$i.log" | sed "s/^/variant $i: /" >>"$OUT/sass.txt" || true
+    grep -E "registers|spill" "$B/ptxas_$i.log" | sed "s/^/variant $i: /" >>"$OUT/sass.txt" || true
     $NV "$B/gw_$i.o" "$B/act_quant.o" "$B/gemm_lt.o" "$B/bench.o" -lcublasLt -o "$B/bench_$i"
     $NV "$B/test.o" "$B/testutil.o" "$B/gw_$i.o" -o "$B/test_$i"
     i=$((i + 1))
 done
 i=0
+ok=()
 for flags in "$@"; do
     echo "== test, variant $i [$flags]" | tee -a "$OUT/test.log"
-    timeout 120 "$B/test_$i" >>"$OUT/test.log" 2>&1 && echo "test $i: PASS" | tee -a "$OUT/test.log" ||
-        { echo "test $i: FAIL (rc $?)" | tee -a "$OUT/test.log"; tail -20 "$OUT/test.log"; }
+    if timeout 60 "$B/test_$i" >>"$OUT/test.log" 2>&1; then
+        echo "test $i: PASS" | tee -a "$OUT/test.log"
+        ok+=(1)
+    else
+        echo "test $i: FAIL (rc $?)" | tee -a "$OUT/test.log"
+        ok+=(0)
+    fi
     i=$((i + 1))
 done
 i=0
 for flags in "$@"; do
     q=""
     [ "$QUICK" = 1 ] && [ $i -gt 0 ] && q=--quick
-    timeout 200 "$B/bench_$i" "$TAG${flags:+ [$flags]}" $q >"$OUT/bench_$i.md" 2>&1 || echo "bench $i failed" >>"$OUT/bench_$i.md"
+    # A variant whose test failed (or hung) is not timed.
+    if [ "${ok[$i]}" = 1 ]; then
+        timeout 200 "$B/bench_$i" "$TAG${flags:+ [$flags]}" $q >"$OUT/bench_$i.md" 2>&1 ||
+            echo "bench $i failed (rc $?)" >>"$OUT/bench_$i.md"
+    fi
     i=$((i + 1))
 done
 cat "$OUT"/sass.txt
-for f in "$OUT"/bench_*.md; do cat "$f"; echo; done
+tail -40 "$OUT"/test.log
+for f in "$OUT"/bench_*.md; do [ -f "$f" ] && cat "$f"; echo; done
