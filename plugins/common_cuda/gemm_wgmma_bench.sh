@@ -28,7 +28,7 @@ $NV -c "$HERE/gemm_lt.cu" -o "$B/gemm_lt.o" &
 $NV -c "$HERE/gemm_wgmma_bench.cu" -o "$B/bench.o" &
 gcc -O2 -std=c11 -I"$ROOT/core/include" -I"$HERE" -I"$ROOT/tests/unit" -I"$ROOT/tests/gpu" \
     -I/usr/local/cuda/include -c "$ROOT/tests/gpu/test_gpu_wgmma.c" -o "$B/test.o" &
-gcc -O2 -std=c11 -I"$ROOT/tests/unit" -c "$ROOT/tests/unit/testutil.c" -o "$B/testutil.o" &
+gcc -O2 -std=c11 -I"$ROOT/core/include" -I"$ROOT/tests/unit" -c "$ROOT/tests/unit/testutil.c" -o "$B/testutil.o" &
 i=0
 for flags in "$@"; do
     # shellcheck disable=SC2086
