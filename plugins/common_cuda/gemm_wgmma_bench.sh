@@ -10,8 +10,9 @@
 #
 # Each variant flag is a quoted list of -D options, e.g.
 # "-DQPLUG_WGMMA_STAGES=4 -DQPLUG_WGMMA_DEPTH=2"; with none, the defaults.
-# QUICK=1 times M = 4096 only for all but the first variant; TAG names the
-# version in the table header (default v1).
+# QUICK=1 times M = 4096 only for all but the first variant; MEMCHECK=1 runs
+# the first variant's test under compute-sanitizer memcheck too; TAG names
+# the version in the table header (default v1).
 set -eu -o pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -28,7 +29,7 @@ $NV -c "$HERE/gemm_lt.cu" -o "$B/gemm_lt.o" &
 $NV -c "$HERE/gemm_wgmma_bench.cu" -o "$B/bench.o" &
 gcc -O2 -std=c11 -I"$ROOT/core/include" -I"$HERE" -I"$ROOT/tests/unit" -I"$ROOT/tests/gpu" \
     -I/usr/local/cuda/include -c "$ROOT/tests/gpu/test_gpu_wgmma.c" -o "$B/test.o" &
-gcc -O2 -std=c11 -I"$ROOT/core/include" -I"$ROOT/tests/unit" -c "$ROOT/tests/unit/testutil.c" -o "$B/testutil.o" &
+gcc -O2 -std=gnu11 -I"$ROOT/core/include" -I"$ROOT/tests/unit" -c "$ROOT/tests/unit/testutil.c" -o "$B/testutil.o" &
 i=0
 for flags in "$@"; do
     # shellcheck disable=SC2086
@@ -61,6 +62,11 @@ for flags in "$@"; do
     fi
     i=$((i + 1))
 done
+if [ "${MEMCHECK:-0}" = 1 ] && [ "${ok[0]}" = 1 ]; then
+    timeout 120 compute-sanitizer --tool memcheck "$B/test_0" >"$OUT/memcheck.log" 2>&1 ||
+        echo "memcheck: rc $?" >>"$OUT/memcheck.log"
+    tail -3 "$OUT/memcheck.log"
+fi
 i=0
 for flags in "$@"; do
     q=""
