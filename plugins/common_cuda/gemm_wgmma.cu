@@ -38,6 +38,9 @@
 #ifndef QPLUG_WGMMA_DEPTH
 #define QPLUG_WGMMA_DEPTH 3
 #endif
+#ifndef QPLUG_WGMMA_LPR
+#define QPLUG_WGMMA_LPR 16
+#endif
 #ifndef QPLUG_WGMMA_RASTER
 #define QPLUG_WGMMA_RASTER 8
 #endif
@@ -155,20 +158,36 @@ struct qplug__wg_args {
     int m_tiles, n_tiles_group, n_tiles_all, kt;
 };
 
-/* Loads chunk c of the x tile (k-block c / 2, rows hw + 8 i + 64 (c % 2) of
- * the tile, i < 8) into r; rows past m read as zeros. */
+/* Producer work split. A chunk is half a k-block (64 rows x 128 columns)
+ * and each producer thread holds 8 x 16 bytes of it. QPLUG_WG_LPR lanes
+ * share a row: each loads QPLUG_WG_LOADS 16-byte pieces of the row's 256
+ * bytes (pieces q, q + LPR, ...) for QPLUG_WG_RPC rows of the chunk. Fewer
+ * lanes per row mean fewer shuffles and scale computations per value. */
+enum {
+    QPLUG_WG_LPR = QPLUG_WGMMA_LPR,
+    QPLUG_WG_LOADS = 16 / QPLUG_WG_LPR,
+    QPLUG_WG_RPC = 8 / QPLUG_WG_LOADS,
+    QPLUG_WG_ROW_STEP = 128 / QPLUG_WG_LPR
+};
+
+/* Loads chunk c of the x tile (k-block c / 2, rows rt + ROW_STEP i +
+ * 64 (c % 2) of the tile) into r; rows past m read as zeros. */
 __device__ __forceinline__ void qplug__wg_load_chunk(uint4 r[8], const __nv_bfloat16 *xt,
-                                                     int64_t ldx, int rows_left, int c, int hw,
-                                                     int hl)
+                                                     int64_t ldx, int rows_left, int c, int rt,
+                                                     int q)
 {
-    int kb = c >> 1, base = hw + 64 * (c & 1);
+    int kb = c >> 1, base = rt + 64 * (c & 1);
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        int rl = base + 8 * i;
-        if (rl < rows_left)
-            r[i] = qplug_cuda__ld_stream(xt + (int64_t)rl * ldx + kb * 128 + hl * 8);
-        else
-            r[i] = make_uint4(0u, 0u, 0u, 0u);
+    for (int i = 0; i < QPLUG_WG_RPC; i++) {
+        int rl = base + QPLUG_WG_ROW_STEP * i;
+#pragma unroll
+        for (int j = 0; j < QPLUG_WG_LOADS; j++) {
+            if (rl < rows_left)
+                r[i * QPLUG_WG_LOADS + j] = qplug_cuda__ld_stream(
+                    xt + (int64_t)rl * ldx + kb * 128 + (q + QPLUG_WG_LPR * j) * 8);
+            else
+                r[i * QPLUG_WG_LOADS + j] = make_uint4(0u, 0u, 0u, 0u);
+        }
     }
 }
 
@@ -180,43 +199,55 @@ __device__ __forceinline__ void qplug__wg_load_chunk(uint4 r[8], const __nv_bflo
  * then s and the E4M3 codes. */
 template <bool UE8M0>
 __device__ __forceinline__ void qplug__wg_quant_chunk(const uint4 r[8], uint8_t *a, float *a_scale,
-                                                      int c, int hw, int hl)
+                                                      int c, int rt, int q)
 {
-    int base = hw + 64 * (c & 1);
+    int base = rt + 64 * (c & 1);
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        int rl = base + 8 * i;
-        unsigned w[4] = {r[i].x, r[i].y, r[i].z, r[i].w};
-        unsigned p = __vmaxu2(__vmaxu2(w[0] & 0x7fff7fffu, w[1] & 0x7fff7fffu),
-                              __vmaxu2(w[2] & 0x7fff7fffu, w[3] & 0x7fff7fffu));
-        for (int o = 8; o > 0; o >>= 1)
+    for (int i = 0; i < QPLUG_WG_RPC; i++) {
+        int rl = base + QPLUG_WG_ROW_STEP * i;
+        unsigned p = 0u;
+#pragma unroll
+        for (int j = 0; j < QPLUG_WG_LOADS; j++) {
+            const uint4 &v = r[i * QPLUG_WG_LOADS + j];
+            p = __vmaxu2(p, __vmaxu2(__vmaxu2(v.x & 0x7fff7fffu, v.y & 0x7fff7fffu),
+                                     __vmaxu2(v.z & 0x7fff7fffu, v.w & 0x7fff7fffu)));
+        }
+#pragma unroll
+        for (int o = QPLUG_WG_LPR / 2; o > 0; o >>= 1)
             p = __vmaxu2(p, __shfl_xor_sync(0xffffffffu, p, o));
         unsigned amax_bits = max(__float_as_uint(1e-4f), max(p << 16, p & 0xffff0000u));
         float amax = __uint_as_float(amax_bits);
         float s = UE8M0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
         float inv = UE8M0 ? 1.0f / s : 0.0f;
-        unsigned q[2];
 #pragma unroll
-        for (int t = 0; t < 4; t++) {
-            float2 f = make_float2(__uint_as_float(w[t] << 16), __uint_as_float(w[t] & 0xffff0000u));
-            if (UE8M0) {
-                f.x *= inv;
-                f.y *= inv;
-            } else {
-                f.x = __fdiv_rn(f.x, s);
-                f.y = __fdiv_rn(f.y, s);
+        for (int j = 0; j < QPLUG_WG_LOADS; j++) {
+            const uint4 &v = r[i * QPLUG_WG_LOADS + j];
+            unsigned w[4] = {v.x, v.y, v.z, v.w};
+            unsigned qq[2];
+#pragma unroll
+            for (int t = 0; t < 4; t++) {
+                float2 f = make_float2(__uint_as_float(w[t] << 16),
+                                       __uint_as_float(w[t] & 0xffff0000u));
+                if (UE8M0) {
+                    f.x *= inv;
+                    f.y *= inv;
+                } else {
+                    f.x = __fdiv_rn(f.x, s);
+                    f.y = __fdiv_rn(f.y, s);
+                }
+                unsigned pair = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+                if (t % 2 == 0)
+                    qq[t / 2] = pair;
+                else
+                    qq[t / 2] |= pair << 16;
             }
-            unsigned pair = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
-            if (t % 2 == 0)
-                q[t / 2] = pair;
-            else
-                q[t / 2] |= pair << 16;
+            /* The 128-byte swizzle: 16-byte chunk h of row r sits at chunk
+             * h ^ (r % 8) of that row (the base is 1024-byte aligned). */
+            int piece = q + QPLUG_WG_LPR * j;
+            int off = rl * 128 + (((piece >> 1) ^ (rl & 7)) << 4) + ((piece & 1) << 3);
+            *reinterpret_cast<uint2 *>(a + off) = make_uint2(qq[0], qq[1]);
         }
-        /* The 128-byte swizzle: 16-byte chunk j of row r sits at chunk
-         * j ^ (r % 8) of that row (the base is 1024-byte aligned). */
-        int off = rl * 128 + (((hl >> 1) ^ (rl & 7)) << 4) + ((hl & 1) << 3);
-        *reinterpret_cast<uint2 *>(a + off) = make_uint2(q[0], q[1]);
-        if (hl == 0)
+        if (q == 0)
             a_scale[rl] = s;
     }
 }
@@ -258,7 +289,7 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
 
     if (threadIdx.x < 128) {
         /* Producer. */
-        int hw = threadIdx.x >> 4, hl = threadIdx.x & 15;
+        int rt = threadIdx.x / QPLUG_WG_LPR, q = threadIdx.x % QPLUG_WG_LPR;
         const __nv_bfloat16 *xt = args.x + m0 * args.ldx + (int64_t)group * args.k;
         int rows_left = (int)min((int64_t)QPLUG_WG_BM, args.m - m0);
         int nchunks = 2 * kt;
@@ -266,14 +297,14 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
 #pragma unroll
         for (int d = 0; d < QPLUG_WG_DEPTH - 1; d++)
             if (d < nchunks)
-                qplug__wg_load_chunk(buf[d], xt, args.ldx, rows_left, d, hw, hl);
+                qplug__wg_load_chunk(buf[d], xt, args.ldx, rows_left, d, rt, q);
         for (int c0 = 0; c0 < nchunks; c0 += QPLUG_WG_DEPTH) {
 #pragma unroll
             for (int d = 0; d < QPLUG_WG_DEPTH; d++) {
                 int c = c0 + d;
                 if (c + QPLUG_WG_DEPTH - 1 < nchunks)
                     qplug__wg_load_chunk(buf[(d + QPLUG_WG_DEPTH - 1) % QPLUG_WG_DEPTH], xt,
-                                         args.ldx, rows_left, c + QPLUG_WG_DEPTH - 1, hw, hl);
+                                         args.ldx, rows_left, c + QPLUG_WG_DEPTH - 1, rt, q);
                 if (c < nchunks) {
                     int kb = c >> 1, s = kb % QPLUG_WG_STAGES;
                     if ((c & 1) == 0) {
@@ -285,7 +316,7 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
                         }
                     }
                     qplug__wg_quant_chunk<UE8M0>(buf[d], sa + s * QPLUG_WG_TILE,
-                                                 sscale + s * QPLUG_WG_BM, c, hw, hl);
+                                                 sscale + s * QPLUG_WG_BM, c, rt, q);
                     if ((c & 1) == 1) {
                         /* The codes were written by ordinary stores and are
                          * read next by the tensor cores (async proxy). */

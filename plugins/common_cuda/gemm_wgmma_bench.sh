@@ -10,7 +10,8 @@
 #
 # Each variant flag is a quoted list of -D options, e.g.
 # "-DQPLUG_WGMMA_STAGES=4 -DQPLUG_WGMMA_DEPTH=2"; with none, the defaults.
-# QUICK=1 times M = 4096 only for all but the first variant; MEMCHECK=1 runs
+# QUICK=1 times M = 4096 only for all but the first variant (QUICK=all: for
+# all); MEMCHECK=1 runs
 # the first variant's test under compute-sanitizer memcheck too; TAG names
 # the version in the table header (default v1).
 set -eu -o pipefail
@@ -71,6 +72,7 @@ i=0
 for flags in "$@"; do
     q=""
     [ "$QUICK" = 1 ] && [ $i -gt 0 ] && q=--quick
+    [ "$QUICK" = all ] && q=--quick
     # A variant whose test failed (or hung) is not timed.
     if [ "${ok[$i]}" = 1 ]; then
         timeout 200 "$B/bench_$i" "$TAG${flags:+ [$flags]}" $q >"$OUT/bench_$i.md" 2>&1 ||
