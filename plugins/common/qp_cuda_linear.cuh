@@ -6,11 +6,15 @@
  * Included by exactly one .cu per plugin, so every function here is static
  * and each plugin carries its own copy with hidden visibility.
  *
- * Dispatch of one native call with BF16 x and y (per group):
- *   m <= 16 and the decode GEMV accepts the shape  -> qplug_cuda__gemv_*
+ * Dispatch of one native call with BF16 x and y:
+ *   m <= 16 and the decode GEMV accepts the shape  -> qplug_cuda__gemv_bf16:
+ *                                                     activation quantization
+ *                                                     fused in, all groups in
+ *                                                     one launch, in place
  *   otherwise, when cuBLASLt accepts the shape     -> FP8 block-scaled GEMM
  *                                                     (FP4: its FP8 copy)
  *   otherwise                                      -> the simple kernel here
+ *                                                     (per group)
  * cuBLASLt block-scaled FP8 is only used for n % 128 == 0 and k % 512 == 0:
  * it gave wrong results on H200 when k/128 is not a multiple of 4.
  * On the cuBLASLt path all groups' activations are quantized in one pass
@@ -21,8 +25,17 @@
  * Reference precision, and F32 y (the fast kernels write BF16 only), always
  * take the simple kernel: exact weights, fp32 math.
  *
- * No host synchronisation happens in apply: scratch comes from
- * cudaMallocAsync on the call's stream and goes back with cudaFreeAsync.
+ * No host synchronisation happens in apply. The decode path (m <= 16, BF16
+ * x and y, x 16-byte aligned) needs no scratch at all: the GEMV reads x and
+ * writes y in place. That is the answer to the per-call cost of scratch
+ * (about 3 us of cudaMallocAsync/cudaFreeAsync per decode call on H200,
+ * bench h200_v7) and sidesteps the question of a persistent per-layer
+ * buffer, which consecutive calls on different streams could race on
+ * without an event per use. The other paths (cuBLASLt above m = 16, where a
+ * call takes 20 us and more, and the rare fallbacks: F32 x or y, unaligned
+ * x) still take stream-ordered scratch from cudaMallocAsync on the call's
+ * stream and give it back with cudaFreeAsync, which is safe on any stream
+ * and inside graph capture.
  * A NaN or Inf in x cannot be reported as QPLUG_ERR_NUMERIC without waiting
  * for the device, so on CUDA it propagates: the rows it touches come out NaN.
  */
@@ -516,6 +529,27 @@ static qplug_status qp_cl_fast_group(const qplug_host *host, qp_cuda_lin *L, int
     return qp_cl_launch_status(host, "simple kernel");
 }
 
+/* The decode path (BF16 x and y, x 16-byte aligned, m <= 16): one fused
+ * launch for all groups, reading x [m, G*k] and writing y [m, G*n] in
+ * place. */
+static qplug_status qp_cl_apply_gemv(const qplug_host *host, qp_cuda_lin *L,
+                                     const qplug_apply_args *a, cudaStream_t s)
+{
+    int64_t m = a->x->shape[0], G = L->groups;
+    qplug_cuda__err e;
+    const void *w = L->fmt == QP_CL_FP8 ? (const void *)L->w : (const void *)L->w4r;
+    const void *ws = L->fmt == QP_CL_FP8 ? (const void *)L->w_scale : (const void *)L->s4;
+    qplug_cuda__gemv_fmt f = L->fmt == QP_CL_FP8     ? QPLUG_CUDA_GEMV_FP8
+                             : L->fmt == QP_CL_MXFP4 ? QPLUG_CUDA_GEMV_MXFP4
+                                                     : QPLUG_CUDA_GEMV_NVFP4;
+    return qp_cl_kernel_status(
+        host,
+        qplug_cuda__gemv_bf16(f, w, ws, L->global, a->x->data, G * L->k,
+                              L->ue8m0_act ? QPLUG_CUDA_SCALE_UE8M0 : QPLUG_CUDA_SCALE_F32, m,
+                              L->n, L->k, G, a->y->data, G * L->n, s, &e),
+        &e, "apply");
+}
+
 /* The prefill path (BF16 x and y, cuBLASLt shape, m above the GEMV range):
  * one activation quantization over all groups, then one batched cuBLASLt
  * call or one per group, reading xq and writing y in place. */
@@ -570,6 +604,8 @@ static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qp
     /* The fast quantization reads x with 16-byte loads; a less aligned x
      * (a view into a larger buffer) takes the generic quantization kernel. */
     bool x_al = (uintptr_t)a->x->data % 16 == 0;
+    if (native && x_bf16 && x_al && y_bf16 && L->gemv_ok && m <= QPLUG_CUDA_GEMV_MAX_M)
+        return qp_cl_apply_gemv(host, L, a, s);
     if (native && x_bf16 && x_al && y_bf16 && L->lt_ok && m > QPLUG_CUDA_GEMV_MAX_M)
         return qp_cl_apply_lt(host, L, a, s);
     if (!native) {

@@ -28,6 +28,7 @@
  * a 128-block, so two F16 mmas cover exactly one MXFP4 group; the FP4 codes are decoded exactly to F16 in registers, with the
  * NVFP4 scale folded in (see qplug_cuda__gemv_fp4_step). */
 #include <cooperative_groups.h>
+#include <string.h>
 
 #include "internal.cuh"
 
@@ -51,12 +52,21 @@ enum {
 };
 
 /* The arguments of one launch; `post` multiplies the fp32 result (FP4 only:
- * 2^14 undoes the decode's offset, times the NVFP4 global scale). */
+ * 2^14 undoes the decode's offset, times the NVFP4 global scale). The
+ * activations are either quantized (xq E4M3 [m, k], x_scale [k/128][m]) or,
+ * for the fused kernels, BF16 x with row stride ldx that the kernel
+ * quantizes itself. Group z of the grid (blockIdx.z) reads the weights at
+ * w + z * w_gstride bytes and their scales at z * s_gstride elements (floats
+ * for FP8, bytes for FP4), x from column z * k and writes y from column
+ * z * n (row stride ldy). */
 struct qplug_cuda__gemv_args {
     const uint8_t *w;
     const void *w_scale;
     const uint8_t *xq;
     const float *x_scale;
+    const __nv_bfloat16 *x;
+    int64_t ldx, ldy, w_gstride, s_gstride;
+    int ue8m0;
     float post;
     int m;
     int64_t n, k;
@@ -86,24 +96,15 @@ static __device__ __forceinline__ void qplug_cuda__gemv_sa(float sa[NT][2], cons
         }
 }
 
-/* One FP8 k-block: a holds rows g, g+8 (r) and halves h of this lane. */
+/* One FP8 k-block: a holds rows g, g+8 (r) and halves h of this lane, xw
+ * its activation words (qplug_cuda__gemv_acts) and sa the scales of its two
+ * output columns per token tile. */
 template <int NT>
-static __device__ __forceinline__ void qplug_cuda__gemv_fp8_step(
-    float tot[NT][4], const unsigned a[2][2][4], const uint8_t *const xrow[NT],
-    const bool xvalid[NT], const float *xscale, float sw, int kb, int m, int t)
+static __device__ __forceinline__ void qplug_cuda__gemv_fp8_step(float tot[NT][4],
+                                                                 const unsigned a[2][2][4],
+                                                                 const unsigned xw[NT][8],
+                                                                 const float sa[NT][2], float sw)
 {
-    unsigned b[NT][2][4];
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (xvalid[nt])
-                v = __ldg(reinterpret_cast<const uint4 *>(xrow[nt] + (int64_t)kb * 128 + h * 64));
-            qplug_cuda__u4(b[nt][h], v);
-        }
-    float sa[NT][2];
-    qplug_cuda__gemv_sa<NT>(sa, xscale, kb, m, t);
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -112,13 +113,163 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp8_step(
 #pragma unroll
             for (int i = 0; i < 2; i++)
                 qplug_cuda__mma_e4m3(c, a[0][h][2 * i], a[1][h][2 * i], a[0][h][2 * i + 1],
-                                     a[1][h][2 * i + 1], b[nt][h][2 * i], b[nt][h][2 * i + 1]);
+                                     a[1][h][2 * i + 1], xw[nt][4 * h + 2 * i],
+                                     xw[nt][4 * h + 2 * i + 1]);
         tot[nt][0] += c[0] * sw * sa[nt][0];
         tot[nt][1] += c[1] * sw * sa[nt][1];
         tot[nt][2] += c[2] * sw * sa[nt][0];
         tot[nt][3] += c[3] * sw * sa[nt][1];
     }
 }
+
+/* The element offset, within a k-block, of activation word i (4 E4M3
+ * codes) of lane t: the FP8 kernel's lane holds bytes 16t..16t+15 of each
+ * 64-byte half, the FP4 kernel's bytes 4t..4t+3 and 16+4t..16+4t+3 of each
+ * 32-slot (the orders of qplug_cuda__gemv_fp8_step and _fp4_step). The four
+ * lanes t = 0..3 of a row g together hold all 128. */
+template <int F>
+static __device__ __forceinline__ int qplug_cuda__gemv_xoff(int i, int t)
+{
+    if (F == QPLUG_GEMV_FMT_FP8)
+        return 64 * (i >> 2) + 4 * (i & 3) + 16 * t;
+    return 32 * (i >> 1) + 16 * (i & 1) + 4 * t;
+}
+
+/* v / s rounded to nearest even, as the division in act_quant's F32 path
+ * computes it, in three instructions: with inv = 1/s correctly rounded, q0 =
+ * v * inv is within one ulp of v / s, the residual v - q0 * s is exact in an
+ * FMA, and q0 + r * inv is then the correctly rounded quotient (Markstein's
+ * correction theorem). Underflow can break that only where |v / s| < 2^-100,
+ * far below the E4M3 range, whose code is then 0 with v's sign either way.
+ * A non-finite s takes the division itself. */
+static __device__ __forceinline__ float qplug_cuda__div_rn(float v, float s, float inv, bool fin)
+{
+    if (!fin)
+        return __fdiv_rn(v, s);
+    float q0 = v * inv;
+    float r = __fmaf_rn(-q0, s, v);
+    return __fmaf_rn(r, inv, q0);
+}
+
+/* The fused half of qplug_cuda__gemv_acts. */
+template <int NT, int F>
+static __device__ __forceinline__ void qplug_cuda__gemv_quant(unsigned xw[NT][8], float sa[NT][2],
+                                                              const qplug_cuda__gemv_args &p,
+                                                              const __nv_bfloat16 *const xbrow[NT],
+                                                              const bool xvalid[NT], int kb, int t)
+{
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        /* rb[2i], rb[2i+1]: the four BF16 values of word i. */
+        unsigned rb[16];
+        const __nv_bfloat16 *xb = xbrow[nt] + (int64_t)kb * 128;
+        if (F == QPLUG_GEMV_FMT_FP8) {
+#pragma unroll
+            for (int h = 0; h < 4; h++) {
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (xvalid[nt])
+                    v = __ldg(reinterpret_cast<const uint4 *>(xb + 64 * (h >> 1) + 8 * (h & 1)));
+                qplug_cuda__u4(&rb[4 * h], v);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                uint2 v = make_uint2(0, 0);
+                if (xvalid[nt])
+                    v = __ldg(reinterpret_cast<const uint2 *>(xb + qplug_cuda__gemv_xoff<F>(i, 0)));
+                rb[2 * i] = v.x;
+                rb[2 * i + 1] = v.y;
+            }
+        }
+        unsigned amax_bits = __float_as_uint(1e-4f);
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            unsigned a = rb[i] & 0x7fff7fffu;
+            amax_bits = max(amax_bits, max(a << 16, a & 0xffff0000u));
+        }
+        amax_bits = max(amax_bits, __shfl_xor_sync(0xffffffffu, amax_bits, 1));
+        amax_bits = max(amax_bits, __shfl_xor_sync(0xffffffffu, amax_bits, 2));
+        float amax = __uint_as_float(amax_bits);
+        float s, inv;
+        bool fin = true;
+        if (p.ue8m0) {
+            s = qplug_cuda__pow2_scale(amax);
+            inv = 1.0f / s;
+        } else {
+            s = amax / 448.0f;
+            fin = fabsf(s) < INFINITY;
+            inv = __frcp_rn(s);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            unsigned word = 0;
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                unsigned b = rb[2 * i + e];
+                float2 f = make_float2(__uint_as_float(b << 16), __uint_as_float(b & 0xffff0000u));
+                if (p.ue8m0) {
+                    f.x *= inv;
+                    f.y *= inv;
+                } else {
+                    f.x = qplug_cuda__div_rn(f.x, s, inv, fin);
+                    f.y = qplug_cuda__div_rn(f.y, s, inv, fin);
+                }
+                word |= (unsigned)__nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3) << (16 * e);
+            }
+            xw[nt][i] = word;
+        }
+        sa[nt][0] = __shfl_sync(0xffffffffu, s, 8 * t);
+        sa[nt][1] = __shfl_sync(0xffffffffu, s, 8 * t + 4);
+    }
+}
+
+/*
+ * This lane's activation words of k-block kb for each token tile (xw: the
+ * E4M3 codes, 4 per word, in the order of format F) and the activation
+ * scales of its two output columns (sa; 0 for tokens past m when read from
+ * x_scale). Unfused (FQ false): loaded from xq / x_scale, which
+ * qplug_cuda__act_quant_fp8 wrote. Fused: the lane loads its 32 BF16 values
+ * of token g's k-block, the four lanes of row g reduce the maximum of |x|,
+ * and each lane quantizes its values by act_quant's rule (amax =
+ * max(|x|, 1e-4); UE8M0 s = 2^ceil(log2(amax/448)) and x * (1/s), exact; F32
+ * s = amax / 448 and x / s correctly rounded; E4M3 round to nearest even,
+ * saturating), so the codes and scales equal act_quant's bit for bit. The
+ * scales of columns 2t, 2t+1 then come from lanes 8t and 8t + 4.
+ */
+template <int NT, int F, bool FQ>
+static __device__ __forceinline__ void qplug_cuda__gemv_acts(
+    unsigned xw[NT][8], float sa[NT][2], const qplug_cuda__gemv_args &p,
+    const uint8_t *const xrow[NT], const __nv_bfloat16 *const xbrow[NT], const bool xvalid[NT],
+    int kb, int t)
+{
+    if constexpr (!FQ) {
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            if (F == QPLUG_GEMV_FMT_FP8) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    uint4 v = make_uint4(0, 0, 0, 0);
+                    if (xvalid[nt])
+                        v = __ldg(reinterpret_cast<const uint4 *>(xrow[nt] + (int64_t)kb * 128 +
+                                                                  h * 64));
+                    qplug_cuda__u4(&xw[nt][4 * h], v);
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    xw[nt][i] = 0;
+                    if (xvalid[nt])
+                        xw[nt][i] = __ldg(reinterpret_cast<const unsigned *>(
+                            xrow[nt] + (int64_t)kb * 128 + 32 * (i >> 1) + 16 * (i & 1)));
+                }
+            }
+        }
+        qplug_cuda__gemv_sa<NT>(sa, p.x_scale, kb, p.m, t);
+    } else {
+        qplug_cuda__gemv_quant<NT, F>(xw, sa, p, xbrow, xvalid, kb, t);
+    }
+}
+
 
 /* Eight packed E2M1 codes (nibble j of w is element j) to four F16x2
  * registers holding e2m1 * 2^-14 exactly: register j gets element j in its
@@ -195,27 +346,12 @@ static __device__ __forceinline__ float qplug_cuda__e8m0_sel(unsigned b)
  * accumulator. MXFP4 scales (E8M0, out of F16 range) multiply the fp32
  * result of each slot. */
 template <int NT, bool NV>
-static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(
-    float tot[NT][4], const unsigned a[2][4], const uint2 sc[2], const uint8_t *const xrow[NT],
-    const bool xvalid[NT], const float *xscale, int kb, int m, int t)
+static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[NT][4],
+                                                                 const unsigned a[2][4],
+                                                                 const uint2 sc[2],
+                                                                 const unsigned xw[NT][8],
+                                                                 const float sa[NT][2])
 {
-    /* The raw E4M3 words are loaded first and converted slot by slot, which
-     * keeps a quarter of the F16 activations live at a time. */
-    unsigned xr[NT][4][2];
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-        for (int s = 0; s < 4; s++) {
-            xr[nt][s][0] = 0;
-            xr[nt][s][1] = 0;
-            if (xvalid[nt]) {
-                const uint8_t *p = xrow[nt] + (int64_t)kb * 128 + 32 * s;
-                xr[nt][s][0] = __ldg(reinterpret_cast<const unsigned *>(p));
-                xr[nt][s][1] = __ldg(reinterpret_cast<const unsigned *>(p + 16));
-            }
-        }
-    float sa[NT][2];
-    qplug_cuda__gemv_sa<NT>(sa, xscale, kb, m, t);
     float acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -227,8 +363,8 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(
         unsigned b[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
-            unsigned lo = __byte_perm(xr[nt][s][0], xr[nt][s][1], 0x5140);
-            unsigned hi = __byte_perm(xr[nt][s][0], xr[nt][s][1], 0x7362);
+            unsigned lo = __byte_perm(xw[nt][2 * s], xw[nt][2 * s + 1], 0x5140);
+            unsigned hi = __byte_perm(xw[nt][2 * s], xw[nt][2 * s + 1], 0x7362);
             b[nt][0] = qplug_cuda__e4m3x2_to_f16x2(lo);
             b[nt][1] = qplug_cuda__e4m3x2_to_f16x2(lo >> 16);
             b[nt][2] = qplug_cuda__e4m3x2_to_f16x2(hi);
@@ -309,10 +445,11 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(
 #endif
 
 /* At most 128 registers (16 warps per multiprocessor at least): fewer
- * resident warps leave too few loads in flight. */
-template <int NT, int F, bool CL, int W>
+ * resident warps leave too few loads in flight. FQ: the fused kernel, which
+ * reads BF16 x and quantizes it itself (qplug_cuda__gemv_acts). */
+template <int NT, int F, bool CL, int W, bool FQ>
 __global__ void __launch_bounds__(W * 32, 16 / W)
-    qplug_cuda__gemv_kernel(const qplug_cuda__gemv_args p)
+    qplug_cuda__gemv_kernel(qplug_cuda__gemv_args p)
 {
     constexpr int U = F == QPLUG_GEMV_FMT_FP8 ? QPLUG_GEMV_U_FP8 : QPLUG_GEMV_U_FP4;
     constexpr bool NV = F == QPLUG_GEMV_FMT_NV;
@@ -322,6 +459,14 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     int64_t n0 = (int64_t)blockIdx.x * 16, k = p.k;
     int m = p.m;
     int kbn = (int)(k / 128);
+    /* This block's group: its weights, scales, activation and output
+     * columns. */
+    int64_t grp = blockIdx.z;
+    p.w += grp * p.w_gstride;
+    p.w_scale = F == QPLUG_GEMV_FMT_FP8
+                    ? (const void *)((const float *)p.w_scale + grp * p.s_gstride)
+                    : (const void *)((const uint8_t *)p.w_scale + grp * p.s_gstride);
+    p.y += grp * p.n;
     /* This warp's contiguous slice of the row tile's k-blocks. */
     int slices = (int)gridDim.y * W;
     int slice = (int)blockIdx.y * W + warp;
@@ -329,13 +474,20 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     int kb1 = (int)((int64_t)kbn * (slice + 1) / slices);
 
     const uint8_t *xrow[NT];
+    const __nv_bfloat16 *xbrow[NT];
     bool xvalid[NT];
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         int j = nt * 8 + g;
         xvalid[nt] = j < m;
-        xrow[nt] = p.xq + (int64_t)(xvalid[nt] ? j : 0) * k +
-                   (F == QPLUG_GEMV_FMT_FP8 ? 16 * t : 4 * t);
+        int64_t jr = xvalid[nt] ? j : 0;
+        if (FQ) {
+            xrow[nt] = NULL;
+            xbrow[nt] = p.x + jr * p.ldx + grp * k + qplug_cuda__gemv_xoff<F>(0, t);
+        } else {
+            xbrow[nt] = NULL;
+            xrow[nt] = p.xq + jr * k + (F == QPLUG_GEMV_FMT_FP8 ? 16 * t : 4 * t);
+        }
     }
     float tot[NT][4];
 #pragma unroll
@@ -374,9 +526,12 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
             }
 #pragma unroll
             for (int u = 0; u < U; u++)
-                if (kb + u < kb1)
-                    qplug_cuda__gemv_fp8_step<NT>(tot, a[u], xrow, xvalid, p.x_scale, sw[u],
-                                                  kb + u, m, t);
+                if (kb + u < kb1) {
+                    unsigned xw[NT][8];
+                    float sa[NT][2];
+                    qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb + u, t);
+                    qplug_cuda__gemv_fp8_step<NT>(tot, a[u], xw, sa, sw[u]);
+                }
         }
     } else {
         const int sb = NV ? 8 : 4; /* scale bytes per row and 128-block */
@@ -410,9 +565,12 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
             }
 #pragma unroll
             for (int u = 0; u < U; u++)
-                if (kb + u < kb1)
-                    qplug_cuda__gemv_fp4_step<NT, NV>(tot, a[u], sc[u], xrow, xvalid, p.x_scale,
-                                                      kb + u, m, t);
+                if (kb + u < kb1) {
+                    unsigned xw[NT][8];
+                    float sa[NT][2];
+                    qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb + u, t);
+                    qplug_cuda__gemv_fp4_step<NT, NV>(tot, a[u], sc[u], xw, sa);
+                }
         }
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
@@ -442,7 +600,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
         for (int w = 0; w < W; w++)
             s += red[w][row][tok];
         if (!CL)
-            p.y[(int64_t)tok * p.n + n0 + row] = __float2bfloat16_rn(s);
+            p.y[(int64_t)tok * p.ldy + n0 + row] = __float2bfloat16_rn(s);
         else
             part[idx] = s;
     }
@@ -460,7 +618,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
 #pragma unroll
             for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
                 s += v[r];
-            p.y[(int64_t)(idx / 16) * p.n + n0 + idx % 16] = __float2bfloat16_rn(s);
+            p.y[(int64_t)(idx / 16) * p.ldy + n0 + idx % 16] = __float2bfloat16_rn(s);
         }
         cluster.sync();
     }
@@ -514,9 +672,27 @@ static bool qplug_cuda__gemv_pdl(int64_t n, int m, bool wide, int c, int sms)
     return n / 16 * 10 >= (int64_t)2 * sms * 9;
 }
 
+/* The kernel instance for a launch: token tiles, block shape, fused
+ * quantization. */
+template <int F, bool FQ>
+static void *qplug_cuda__gemv_pick(int m, bool wide, int c)
+{
+    if (m <= 8)
+        return wide    ? (void *)qplug_cuda__gemv_kernel<1, F, false, 4, FQ>
+               : c > 1 ? (void *)qplug_cuda__gemv_kernel<1, F, true, 8, FQ>
+                       : (void *)qplug_cuda__gemv_kernel<1, F, false, 8, FQ>;
+    return wide    ? (void *)qplug_cuda__gemv_kernel<2, F, false, 4, FQ>
+           : c > 1 ? (void *)qplug_cuda__gemv_kernel<2, F, true, 8, FQ>
+                   : (void *)qplug_cuda__gemv_kernel<2, F, false, 8, FQ>;
+}
+
+/* Launches `groups` groups of the GEMV in one grid (blockIdx.z = group).
+ * The geometry (block size, cluster split, PDL) is chosen from the rows of
+ * all groups together, since they share the multiprocessors. */
 template <int F>
-static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, void *stream,
-                                            const char *what, qplug_cuda__err *err)
+static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, int64_t groups,
+                                            bool fused, void *stream, const char *what,
+                                            qplug_cuda__err *err)
 {
     int dev = 0, sms = 0;
     cudaError_t e = cudaGetDevice(&dev);
@@ -525,10 +701,11 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, void
     if (e != cudaSuccess)
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: no device: %s", what,
                                 cudaGetErrorString(e));
+    int64_t rows = a.n * groups;
     /* Wide layers have row tiles enough to fill every multiprocessor
      * several times over, so they never split k over a cluster. */
-    bool wide = a.n / 16 >= (int64_t)QPLUG_GEMV_WIDE * sms;
-    int c = wide ? 1 : qplug_cuda__gemv_cluster(a.n, a.k, sms, 8);
+    bool wide = rows / 16 >= (int64_t)QPLUG_GEMV_WIDE * sms;
+    int c = wide ? 1 : qplug_cuda__gemv_cluster(rows, a.k, sms, 8);
     cudaLaunchAttribute attr[2];
     unsigned nattr = 0;
     if (c > 1) {
@@ -538,7 +715,7 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, void
         attr[nattr].val.clusterDim.z = 1;
         nattr++;
     }
-    if (qplug_cuda__gemv_pdl(a.n, a.m, wide, c, sms)) {
+    if (qplug_cuda__gemv_pdl(rows, a.m, wide, c, sms)) {
         /* The kernel's first global load follows griddepcontrol.wait, so it
          * may start while the previous kernel of the stream finishes. */
         attr[nattr].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -546,26 +723,43 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, void
         nattr++;
     }
     cudaLaunchConfig_t cfg;
-    cfg.gridDim = dim3((unsigned)(a.n / 16), (unsigned)c);
+    cfg.gridDim = dim3((unsigned)(a.n / 16), (unsigned)c, (unsigned)groups);
     cfg.blockDim = dim3(wide ? 4 * 32 : 8 * 32);
     cfg.dynamicSmemBytes = 0;
     cfg.stream = (cudaStream_t)stream;
     cfg.attrs = attr;
     cfg.numAttrs = nattr;
-    if (a.m <= 8)
-        e = cudaLaunchKernelEx(&cfg, wide    ? qplug_cuda__gemv_kernel<1, F, false, 4>
-                                     : c > 1 ? qplug_cuda__gemv_kernel<1, F, true, 8>
-                                             : qplug_cuda__gemv_kernel<1, F, false, 8>, a);
-    else
-        e = cudaLaunchKernelEx(&cfg, wide    ? qplug_cuda__gemv_kernel<2, F, false, 4>
-                                     : c > 1 ? qplug_cuda__gemv_kernel<2, F, true, 8>
-                                             : qplug_cuda__gemv_kernel<2, F, false, 8>, a);
+    void *fn = fused ? qplug_cuda__gemv_pick<F, true>(a.m, wide, c)
+                     : qplug_cuda__gemv_pick<F, false>(a.m, wide, c);
+    void *args[1] = {(void *)&a};
+    e = cudaLaunchKernelExC(&cfg, fn, args);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: kernel launch failed: %s", what,
                                 cudaGetErrorString(e));
     }
     return qplug_cuda__check_launch(err, what);
+}
+
+/* The arguments of an unfused single-group launch. */
+static qplug_cuda__gemv_args qplug_cuda__gemv_plain(const void *w, const void *ws, const void *xq,
+                                                    const float *xs, float post, int64_t m,
+                                                    int64_t n, int64_t k, void *y)
+{
+    qplug_cuda__gemv_args a;
+    memset(&a, 0, sizeof a);
+    a.w = (const uint8_t *)w;
+    a.w_scale = ws;
+    a.xq = (const uint8_t *)xq;
+    a.x_scale = xs;
+    a.ldx = k;
+    a.ldy = n;
+    a.post = post;
+    a.m = (int)m;
+    a.n = n;
+    a.k = k;
+    a.y = (__nv_bfloat16 *)y;
+    return a;
 }
 
 extern "C" qplug_status qplug_cuda__gemv_fp8(const void *w, const float *w_scale, const void *xq,
@@ -576,9 +770,8 @@ extern "C" qplug_status qplug_cuda__gemv_fp8(const void *w, const float *w_scale
     qplug_status s = qplug_cuda__gemv_check("gemv_fp8", w, w_scale, xq, x_scale, m, n, k, y, err);
     if (s != QPLUG_OK)
         return s;
-    qplug_cuda__gemv_args a = {(const uint8_t *)w, w_scale, (const uint8_t *)xq, x_scale, 1.0f,
-                               (int)m, n, k, (__nv_bfloat16 *)y};
-    return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_FP8>(a, stream, "gemv_fp8", err);
+    qplug_cuda__gemv_args a = qplug_cuda__gemv_plain(w, w_scale, xq, x_scale, 1.0f, m, n, k, y);
+    return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_FP8>(a, 1, false, stream, "gemv_fp8", err);
 }
 
 extern "C" qplug_status qplug_cuda__gemv_mxfp4(const uint8_t *w_packed, const uint8_t *w_scale,
@@ -590,9 +783,9 @@ extern "C" qplug_status qplug_cuda__gemv_mxfp4(const uint8_t *w_packed, const ui
         qplug_cuda__gemv_check("gemv_mxfp4", w_packed, w_scale, xq, x_scale, m, n, k, y, err);
     if (s != QPLUG_OK)
         return s;
-    qplug_cuda__gemv_args a = {w_packed, w_scale, (const uint8_t *)xq, x_scale, 16384.0f,
-                               (int)m, n, k, (__nv_bfloat16 *)y};
-    return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_MX>(a, stream, "gemv_mxfp4", err);
+    qplug_cuda__gemv_args a =
+        qplug_cuda__gemv_plain(w_packed, w_scale, xq, x_scale, 16384.0f, m, n, k, y);
+    return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_MX>(a, 1, false, stream, "gemv_mxfp4", err);
 }
 
 extern "C" qplug_status qplug_cuda__gemv_nvfp4(const uint8_t *w_packed, const uint8_t *w_scale,
@@ -605,7 +798,65 @@ extern "C" qplug_status qplug_cuda__gemv_nvfp4(const uint8_t *w_packed, const ui
         qplug_cuda__gemv_check("gemv_nvfp4", w_packed, w_scale, xq, x_scale, m, n, k, y, err);
     if (s != QPLUG_OK)
         return s;
-    qplug_cuda__gemv_args a = {w_packed, w_scale, (const uint8_t *)xq, x_scale,
-                               16384.0f * global_scale, (int)m, n, k, (__nv_bfloat16 *)y};
-    return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_NV>(a, stream, "gemv_nvfp4", err);
+    qplug_cuda__gemv_args a = qplug_cuda__gemv_plain(w_packed, w_scale, xq, x_scale,
+                                                     16384.0f * global_scale, m, n, k, y);
+    return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_NV>(a, 1, false, stream, "gemv_nvfp4", err);
+}
+
+extern "C" qplug_status qplug_cuda__gemv_bf16(qplug_cuda__gemv_fmt fmt, const void *w,
+                                              const void *w_scale, float global_scale,
+                                              const void *x, int64_t ldx,
+                                              qplug_cuda__scale_fmt act, int64_t m, int64_t n,
+                                              int64_t k, int64_t groups, void *y, int64_t ldy,
+                                              void *stream, qplug_cuda__err *err)
+{
+    const char *what = fmt == QPLUG_CUDA_GEMV_FP8     ? "gemv_bf16 (fp8)"
+                       : fmt == QPLUG_CUDA_GEMV_MXFP4 ? "gemv_bf16 (mxfp4)"
+                                                      : "gemv_bf16 (nvfp4)";
+    if (fmt != QPLUG_CUDA_GEMV_FP8 && fmt != QPLUG_CUDA_GEMV_MXFP4 && fmt != QPLUG_CUDA_GEMV_NVFP4)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "gemv_bf16: unknown weight format %d",
+                                (int)fmt);
+    if (act != QPLUG_CUDA_SCALE_F32 && act != QPLUG_CUDA_SCALE_UE8M0)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "%s: unknown scale format %d", what,
+                                (int)act);
+    /* x_scale is unused here; w_scale stands in for it in the NULL check. */
+    qplug_status s = qplug_cuda__gemv_check(what, w, w_scale, x, (const float *)w_scale, m, n, k,
+                                            y, err);
+    if (s != QPLUG_OK)
+        return s;
+    if (groups < 1 || groups > 65535 || ldx < groups * k || ldy < groups * n ||
+        (fmt == QPLUG_CUDA_GEMV_FP8 && groups > 1 && n % 128 != 0))
+        return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
+                                "%s: groups=%lld ldx=%lld ldy=%lld for n=%lld k=%lld needs "
+                                "1 <= groups <= 65535, ldx >= groups*k, ldy >= groups*n "
+                                "(and n %% 128 == 0 for grouped FP8)",
+                                what, (long long)groups, (long long)ldx, (long long)ldy,
+                                (long long)n, (long long)k);
+    if ((uintptr_t)x % 16 != 0 || ldx % 8 != 0)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                "%s: x must be 16-byte aligned with a row stride multiple of 8 "
+                                "(stride %lld)",
+                                what, (long long)ldx);
+    qplug_cuda__gemv_args a = qplug_cuda__gemv_plain(w, w_scale, NULL, NULL, 1.0f, m, n, k, y);
+    a.x = (const __nv_bfloat16 *)x;
+    a.ldx = ldx;
+    a.ldy = ldy;
+    a.ue8m0 = act == QPLUG_CUDA_SCALE_UE8M0;
+    int64_t kbn = k / 128;
+    switch (fmt) {
+    case QPLUG_CUDA_GEMV_FP8:
+        a.w_gstride = n * k;
+        a.s_gstride = (n / 128) * kbn;
+        return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_FP8>(a, groups, true, stream, what, err);
+    case QPLUG_CUDA_GEMV_MXFP4:
+        a.post = 16384.0f;
+        a.w_gstride = n * k / 2;
+        a.s_gstride = n * kbn * 4;
+        return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_MX>(a, groups, true, stream, what, err);
+    default:
+        a.post = 16384.0f * global_scale;
+        a.w_gstride = n * k / 2;
+        a.s_gstride = n * kbn * 8;
+        return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_NV>(a, groups, true, stream, what, err);
+    }
 }

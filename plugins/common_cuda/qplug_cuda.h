@@ -123,6 +123,30 @@ qplug_status qplug_cuda__gemv_fp8(const void *w, const float *w_scale, const voi
                                   const float *x_scale, int64_t m, int64_t n, int64_t k, void *y,
                                   void *stream, qplug_cuda__err *err);
 
+/* The weight formats of qplug_cuda__gemv_bf16. */
+typedef enum qplug_cuda__gemv_fmt {
+    QPLUG_CUDA_GEMV_FP8 = 0,   /* E4M3 [rows, k], float [rows/128][k/128] */
+    QPLUG_CUDA_GEMV_MXFP4 = 1, /* repacked E2M1 [rows, k/2], E8M0 [rows, k/32] */
+    QPLUG_CUDA_GEMV_NVFP4 = 2  /* repacked E2M1 [rows, k/2], E4M3 [rows, k/16], global */
+} qplug_cuda__gemv_fmt;
+
+/* Decode GEMV on BF16 activations with the activation quantization fused
+ * in: the kernel quantizes x per 1x128 group in registers by the rule of
+ * qplug_cuda__act_quant_fp8 (same codes, same scales), so y is bit-identical
+ * to act_quant followed by qplug_cuda__gemv_fp8/_mxfp4/_nvfp4, in one launch
+ * and without scratch. `groups` independent groups run in the same launch:
+ * group g computes y[:, g*n:(g+1)*n] = x[:, g*k:(g+1)*k] . W_g^T, where W_g
+ * is rows g*n..(g+1)*n-1 of the weight (the layouts above over rows =
+ * groups*n; grouped FP8 needs n % 128 == 0). x is BF16 [m, >= groups*k] with
+ * row stride ldx (multiple of 8, x 16-byte aligned), y BF16 with row stride
+ * ldy >= groups*n. w_scale is float for FP8, bytes for FP4; global_scale is
+ * used by NVFP4 only. 1 <= m <= 16, n % 16 == 0, k % 128 == 0. */
+qplug_status qplug_cuda__gemv_bf16(qplug_cuda__gemv_fmt fmt, const void *w, const void *w_scale,
+                                   float global_scale, const void *x, int64_t ldx,
+                                   qplug_cuda__scale_fmt act, int64_t m, int64_t n, int64_t k,
+                                   int64_t groups, void *y, int64_t ldy, void *stream,
+                                   qplug_cuda__err *err);
+
 /* ---------------------------------------------------------------- (d) */
 
 /* The FP4 decode kernels read weights in a repacked order (same bytes,
