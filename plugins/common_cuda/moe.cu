@@ -237,6 +237,13 @@ struct qplug_cuda__moe_gemm_args {
     int64_t n, k;
     float limit;
     float *out; /* F32 [rows, n] */
+    /* The tile table's tiles are split into `sub` tiles of BM rows (0 or 1:
+     * no split); the W4A4 fallback runs 64-row tiles over the 128-row
+     * table of the wgmma path. */
+    int sub;
+    /* Device flags that make a launch exit at once: the wgmma kernel when
+     * *skip_if != 0, the mma.sync kernel when *run_if == 0 (NULL: run). */
+    const int32_t *skip_if, *run_if;
 };
 
 /* Four 32-bit words of packed E2M1 (32 values) to 32 E4M3 bytes (value *
@@ -313,10 +320,17 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
     __shared__ __align__(16) float bs_s[NM][4][MOE_BN];
     __shared__ int64_t arow[BM];
 
-    int tile = blockIdx.x;
+    if (p.run_if && *p.run_if == 0)
+        return;
+    int sub = p.sub > 1 ? p.sub : 1;
+    int tile = blockIdx.x / sub;
     if (tile >= *p.ntiles)
         return;
     int e = p.tile_e[tile], r0 = p.tile_r0[tile], r1 = p.tile_r1[tile];
+    r0 += (int)(blockIdx.x % sub) * BM;
+    if (r0 >= r1)
+        return;
+    r1 = min(r1, r0 + BM);
     int64_t n0 = (int64_t)blockIdx.y * MOE_BN;
     int64_t n = p.n, k = p.k;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tq = lane & 3;
@@ -524,6 +538,8 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
         }
 }
 
+#include "moe_wgmma.cuh"
+
 /* h F32 [R, I] -> E4M3 [R, I] and scales [I/128][R] for the rows that exist
  * (offsets of the tile table: rows below the last tile's end). One warp per
  * (row, 128-group), the rule of qplug_cuda__act_quant_fp8. */
@@ -586,7 +602,7 @@ __global__ void __launch_bounds__(256)
 /* ------------------------------------------------------------ workspace */
 
 struct qplug_cuda__moe_ws {
-    int32_t *ntiles, *tile_e, *tile_r0, *tile_r1, *perm_tok, *inv;
+    int32_t *ntiles, *tile_e, *tile_r0, *tile_r1, *perm_tok, *inv, *flag;
     uint8_t *xq, *hq;
     float *xs, *h, *hs, *o;
 };
@@ -597,7 +613,7 @@ static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t
 {
     int64_t R = m * K, tmax = (R + MOE_BM_SMALL - 1) / MOE_BM_SMALL + E;
     size_t at = 0;
-    size_t sz[12] = {
+    size_t sz[13] = {
         4,
         (size_t)tmax * 4,
         (size_t)tmax * 4,
@@ -610,9 +626,10 @@ static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t
         (size_t)(R * I),
         (size_t)(I / 128 * R) * 4,
         (size_t)(R * D) * 4,
+        4,
     };
-    void *ptr[12];
-    for (int i = 0; i < 12; i++) {
+    void *ptr[13];
+    for (int i = 0; i < 13; i++) {
         ptr[i] = base ? base + at : NULL;
         at += moe_align(sz[i]);
     }
@@ -629,6 +646,7 @@ static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t
         ws->hq = (uint8_t *)ptr[9];
         ws->hs = (float *)ptr[10];
         ws->o = (float *)ptr[11];
+        ws->flag = (int32_t *)ptr[12];
     }
     return at;
 }
@@ -680,7 +698,7 @@ template <int BM, int AF, int WF, bool DUAL>
 static void qplug_cuda__moe_gemm_launch(const qplug_cuda__moe_gemm_args &a, int64_t tmax,
                                         cudaStream_t s)
 {
-    dim3 grid((unsigned)tmax, (unsigned)(a.n / MOE_BN));
+    dim3 grid((unsigned)(tmax * (a.sub > 1 ? a.sub : 1)), (unsigned)(a.n / MOE_BN));
     qplug_cuda__moe_gemm_kernel<BM, AF, WF, DUAL><<<grid, MOE_THREADS, 0, s>>>(a);
 }
 
@@ -712,6 +730,67 @@ static void qplug_cuda__moe_gemm_up(int af, int wf, const qplug_cuda__moe_gemm_a
         qplug_cuda__moe_gemm_launch<BM, MOE_F_NV, MOE_F_NV, true>(a, tmax, s);
 }
 
+/* The wgmma GEMM: grid (weight-row blocks, tile bound). */
+template <int WF, bool DUAL>
+static void qplug_cuda__moe_wg_launch(const qplug_cuda__moe_gemm_args &a, int64_t tmax,
+                                      cudaStream_t s)
+{
+    dim3 grid((unsigned)(a.n / (DUAL ? 64 : 128)), (unsigned)tmax);
+    qplug_cuda__moe_wg_kernel<WF, DUAL>
+        <<<grid, WG_THREADS, qplug_cuda__moe_wg_smem<WF>::BYTES, s>>>(a);
+}
+
+template <bool DUAL>
+static void qplug_cuda__moe_wg_wf(int wf, const qplug_cuda__moe_gemm_args &a, int64_t tmax,
+                                  cudaStream_t s)
+{
+    if (wf == QPLUG_CUDA_MOE_FP8)
+        qplug_cuda__moe_wg_launch<MOE_F_FP8, DUAL>(a, tmax, s);
+    else
+        qplug_cuda__moe_wg_launch<MOE_F_MX, DUAL>(a, tmax, s);
+}
+
+/* Packed MXFP4 activations (the w4a4 buffer rows) to E4M3 [m, D] and F32
+ * scales [D/128][m] by the fold of moe_wgmma.cuh: one thread per token and
+ * 128-block. A block that cannot be folded exactly (an exponent more than 11
+ * below the block's maximum in a group with non-zero codes, or a NaN scale)
+ * sets *flag. */
+__global__ void __launch_bounds__(256)
+    qplug_cuda__moe_w4a4_unpack_kernel(const uint8_t *__restrict__ buf, int64_t m, int64_t D,
+                                       uint8_t *__restrict__ xq, float *__restrict__ xs,
+                                       int32_t *__restrict__ flag)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, kbn = D / 128;
+    if (i >= m * kbn)
+        return;
+    int64_t t = i / kbn, kb = i % kbn, bpt = D / 2 + D / 32;
+    const uint8_t *row = buf + t * bpt;
+    unsigned sw = *reinterpret_cast<const unsigned *>(row + D / 2 + kb * 4);
+    int emax = qplug_cuda__moe_wg_emax(sw);
+    bool bad = emax == 255;
+    uint8_t *dst = xq + t * D + kb * 128;
+#pragma unroll
+    for (int g = 0; g < 4; g++) {
+        const unsigned *src = reinterpret_cast<const unsigned *>(row + kb * 64 + g * 16);
+        unsigned v[4] = {src[0], src[1], src[2], src[3]};
+        int tp = (int)((sw >> (8 * g)) & 0xffu) - emax + 12;
+        if (tp < 1) {
+            bad |= ((v[0] | v[1] | v[2] | v[3]) & 0x77777777u) != 0;
+            tp = 1;
+        }
+        unsigned lo, hi, o[8];
+        qplug_cuda__moe_wg_fp4_table(tp, &lo, &hi);
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            qplug_cuda__moe_wg_fp4_decode(v[j], lo, hi, &o[2 * j], &o[2 * j + 1]);
+        reinterpret_cast<uint4 *>(dst + g * 32)[0] = make_uint4(o[0], o[1], o[2], o[3]);
+        reinterpret_cast<uint4 *>(dst + g * 32)[1] = make_uint4(o[4], o[5], o[6], o[7]);
+    }
+    xs[kb * m + t] = qplug_cuda__e8m0_dev((unsigned)emax) * 0.015625f;
+    if (bad)
+        atomicOr(flag, 1);
+}
+
 /* Permutation, both GEMMs, h quantization and the combine; `a1` carries the
  * first GEMM's activation operand (FP8 x or the packed FP4 buffer), `af` its
  * format. */
@@ -724,8 +803,14 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     int32_t E = w->num_experts;
     int64_t D = w->hidden, I = w->intermediate, R = m * K;
     /* Small tiles when the experts get 16 rows or fewer on average (decode),
-     * so that the tensor cores do not multiply mostly empty rows. */
-    int bm = R <= (int64_t)MOE_BM_SMALL * E ? MOE_BM_SMALL : MOE_BM_LARGE;
+     * so that the tensor cores do not multiply mostly empty rows; above that
+     * the wgmma kernels with 128-row tiles when prepare accepted the
+     * experts (and the activations are FP8 or MXFP4 like the weights). */
+    int64_t twg = (R + WG_BN - 1) / WG_BN + E;
+    bool wg = w->wgmma_ready && R > (int64_t)MOE_BM_SMALL * E && twg <= 65535 &&
+              (w->fmt == QPLUG_CUDA_MOE_FP8 || w->fmt == QPLUG_CUDA_MOE_MXFP4) &&
+              (af == MOE_F_FP8 || (af == MOE_F_MX && w->fmt == QPLUG_CUDA_MOE_MXFP4));
+    int bm = wg ? (int)WG_BN : R <= (int64_t)MOE_BM_SMALL * E ? (int)MOE_BM_SMALL : (int)MOE_BM_LARGE;
     int64_t tmax = (R + bm - 1) / bm + E;
 
     qplug_cuda__moe_permute_kernel<<<1, 1024, 0, s>>>(ids, R, K, E, bm, ws->ntiles, ws->tile_e,
@@ -746,10 +831,31 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a1.k = D;
     a1.limit = w->swiglu_limit;
     a1.out = ws->h;
-    if (bm == MOE_BM_SMALL)
+    if (wg && af == MOE_F_MX) {
+        /* W4A4: unpack to E4M3 (flagging blocks that do not fold exactly),
+         * then the wgmma GEMM, or, when flagged, the mma.sync one on the
+         * packed rows in 64-row halves of the 128-row tiles. */
+        cudaMemsetAsync(ws->flag, 0, 4, s);
+        int64_t th = m * (D / 128);
+        qplug_cuda__moe_w4a4_unpack_kernel<<<(unsigned)((th + 255) / 256), 256, 0, s>>>(
+            a1.a, m, D, ws->xq, ws->xs, ws->flag);
+        qplug_cuda__moe_gemm_args f = a1;
+        a1.a = ws->xq;
+        a1.a_ld = D;
+        a1.a_scale = ws->xs;
+        a1.a_sld = m;
+        a1.skip_if = ws->flag;
+        qplug_cuda__moe_wg_launch<MOE_F_MX, true>(a1, tmax, s);
+        f.sub = WG_BN / MOE_BM_LARGE;
+        f.run_if = ws->flag;
+        qplug_cuda__moe_gemm_launch<MOE_BM_LARGE, MOE_F_MX, MOE_F_MX, true>(f, tmax, s);
+    } else if (wg) {
+        qplug_cuda__moe_wg_wf<true>(w->fmt, a1, tmax, s);
+    } else if (bm == MOE_BM_SMALL) {
         qplug_cuda__moe_gemm_up<MOE_BM_SMALL>(af, w->fmt, a1, tmax, s);
-    else
+    } else {
         qplug_cuda__moe_gemm_up<MOE_BM_LARGE>(af, w->fmt, a1, tmax, s);
+    }
 
     int64_t groups = R * (I / 128);
     qplug_cuda__moe_hquant_kernel<<<(unsigned)((groups + 7) / 8), 256, 0, s>>>(
@@ -773,7 +879,9 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a2.n = D;
     a2.k = I;
     a2.out = ws->o;
-    if (bm == MOE_BM_SMALL)
+    if (wg)
+        qplug_cuda__moe_wg_wf<false>(w->fmt, a2, tmax, s);
+    else if (bm == MOE_BM_SMALL)
         qplug_cuda__moe_gemm_wf<MOE_BM_SMALL, MOE_F_FP8, false>(w->fmt, a2, tmax, s);
     else
         qplug_cuda__moe_gemm_wf<MOE_BM_LARGE, MOE_F_FP8, false>(w->fmt, a2, tmax, s);
@@ -782,6 +890,84 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     qplug_cuda__moe_combine_kernel<<<cgrid, 256, 0, s>>>(ws->o, ws->inv, wts, K, D,
                                                          (__nv_bfloat16 *)y);
     return qplug_cuda__check_launch(err, fn);
+}
+
+/* Sets *bad when some word of four E8M0 bytes (one row's 128-block) has a
+ * byte of 255 or one more than 11 below the word's maximum. */
+__global__ void __launch_bounds__(256)
+    qplug_cuda__moe_fold_check_kernel(const unsigned *__restrict__ sc, int64_t words,
+                                      int32_t *__restrict__ bad)
+{
+    bool b = false;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < words;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        unsigned v = sc[i];
+        int emax = qplug_cuda__moe_wg_emax(v);
+        int emin = min(min((int)(v & 0xffu), (int)((v >> 8) & 0xffu)),
+                       min((int)((v >> 16) & 0xffu), (int)(v >> 24)));
+        b |= emax == 255 || emax - emin > 11;
+    }
+    if (__syncthreads_or(b) && threadIdx.x == 0)
+        atomicOr(bad, 1);
+}
+
+extern "C" qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void *stream,
+                                               qplug_cuda__err *err)
+{
+    if (!w)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "moe_prepare: NULL weights");
+    w->wgmma_ready = 0;
+    if (w->fmt != QPLUG_CUDA_MOE_FP8 && w->fmt != QPLUG_CUDA_MOE_MXFP4)
+        return QPLUG_OK;
+    int64_t D = w->hidden, I = w->intermediate;
+    if (w->num_experts < 1 || D < 128 || D % 128 || I < 128 || I % 128 || !w->s1 || !w->s3 ||
+        !w->s2)
+        return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
+                                "moe_prepare: unsupported expert set (E=%d D=%lld I=%lld)",
+                                (int)w->num_experts, (long long)D, (long long)I);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_FP8, true>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             qplug_cuda__moe_wg_smem<MOE_F_FP8>::BYTES) != cudaSuccess ||
+        cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_FP8, false>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             qplug_cuda__moe_wg_smem<MOE_F_FP8>::BYTES) != cudaSuccess ||
+        cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_MX, true>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             qplug_cuda__moe_wg_smem<MOE_F_MX>::BYTES) != cudaSuccess ||
+        cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_MX, false>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             qplug_cuda__moe_wg_smem<MOE_F_MX>::BYTES) != cudaSuccess) {
+        /* A device without that much shared memory (not Hopper) keeps the
+         * mma.sync kernels. */
+        cudaGetLastError();
+        return QPLUG_OK;
+    }
+    if (w->fmt == QPLUG_CUDA_MOE_FP8) {
+        w->wgmma_ready = 1;
+        return QPLUG_OK;
+    }
+    int32_t *bad = NULL, hbad = 0;
+    if (cudaMalloc((void **)&bad, 4) != cudaSuccess)
+        return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "moe_prepare: cudaMalloc of 4 bytes failed");
+    cudaError_t ce = cudaMemsetAsync(bad, 0, 4, s);
+    const void *sc[3] = {w->s1, w->s3, w->s2};
+    int64_t words = (int64_t)w->num_experts * D * I / 128;
+    for (int i = 0; i < 3 && ce == cudaSuccess; i++) {
+        qplug_cuda__moe_fold_check_kernel<<<1024, 256, 0, s>>>((const unsigned *)sc[i], words,
+                                                               bad);
+        ce = cudaGetLastError();
+    }
+    if (ce == cudaSuccess)
+        ce = cudaMemcpyAsync(&hbad, bad, 4, cudaMemcpyDeviceToHost, s);
+    if (ce == cudaSuccess)
+        ce = cudaStreamSynchronize(s);
+    cudaFree(bad);
+    if (ce != cudaSuccess)
+        return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "moe_prepare: scale check failed: %s",
+                                cudaGetErrorString(ce));
+    w->wgmma_ready = hbad == 0;
+    return QPLUG_OK;
 }
 
 extern "C" qplug_status qplug_cuda__moe_forward(const qplug_cuda__moe_weights *w, const void *x,

@@ -23,11 +23,22 @@
  * fp32, then quantized to E4M3 per row per 128 with the same scale rule as x
  * before the down GEMM; the down GEMM's output is fp32; y is BF16.
  *
- * The tensor-core kernel is a plain tiled one (64 x 128 tiles, 16 x 128 when
+ * The mma.sync kernel is a plain tiled one (64 x 128 tiles, 16 x 128 when
  * the experts average 16 rows or fewer; k steps of 64 through shared memory,
- * the next step's global loads in flight during the current step's mmas; no
- * TMA or wgmma): correct first, far from the Hopper peak (see
- * bench/results/h200_moe_v*.md).
+ * the next step's global loads in flight during the current step's mmas).
+ * When the experts average more than 16 rows and qplug_cuda__moe_prepare
+ * accepted the weights (FP8, MXFP4), both GEMMs run on wgmma instead
+ * (moe_wgmma.cuh): 128 weight rows x up to 128 routed rows per block, a
+ * 4-stage cp.async pipeline, FP4 decoded to E4M3 in shared memory with each
+ * row's four E8M0 exponents of a 128-block folded into the E4M3 values
+ * (exact, checked at prepare), and every 128 products summed in fp32 and
+ * scaled by activation scale * weight scale (per 128 instead of per 32: the
+ * same values, summed in a different order). The W4A4 MXFP4 path then first
+ * unpacks the FP4 activations to E4M3 with the same fold; if some token's
+ * 128-block cannot be folded exactly (an exponent more than 11 below the
+ * block's maximum with non-zero codes), a device flag sends that layer's
+ * gate/up GEMM to the mma.sync kernel (both are launched, one exits at
+ * once), so the results stay exact without a host sync.
  */
 #ifndef QPLUG_CUDA_MOE_H
 #define QPLUG_CUDA_MOE_H
@@ -89,7 +100,24 @@ typedef struct qplug_cuda__moe_weights {
     const void *s1, *s3, *s2;
     const float *g1, *g3, *g2;
     float swiglu_limit; /* L; <= 0 disables the clamp */
+    /* Set by qplug_cuda__moe_prepare when the wgmma kernels take these
+     * experts (0, e.g. from a zeroed struct: the mma.sync kernels). */
+    int32_t wgmma_ready;
 } qplug_cuda__moe_weights;
+
+/*
+ * Prepare-time check of an expert set for the Hopper wgmma kernels (used
+ * for m * top_k > 16 * E): FP8 experts always qualify; MXFP4 experts when,
+ * for every weight row and 128-block of k, each of its four E8M0 exponents
+ * is within 11 of their maximum and none is 255 (then folding the E8M0
+ * scales into E4M3 values with one power-of-two scale per 128-block is
+ * exact); NVFP4 experts never (an E4M3 x E2M1 product does not fit E4M3).
+ * Sets w->wgmma_ready and the kernels' shared-memory limits on the current
+ * device. Synchronises the stream and allocates 4 bytes of device memory,
+ * so it is for prepare time, not for inside a captured layer.
+ */
+qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void *stream,
+                                     qplug_cuda__err *err);
 
 /* Device workspace bytes for up to m tokens with top_k slots (either path). */
 size_t qplug_cuda__moe_workspace_bytes(int64_t m, int32_t top_k, int32_t num_experts,

@@ -220,13 +220,21 @@ static void make_experts(experts *ex, qplug_cuda__moe_wfmt fmt)
     make_matrix(ex, 2, D_, I_);
     qplug_cuda__moe_weights d = {fmt,       E_,        D_,        I_,        ex->dw[0],
                                  ex->dw[1], ex->dw[2], ex->ds[0], ex->ds[1], ex->ds[2],
-                                 NULL,      NULL,      NULL,      LIMIT};
+                                 NULL,      NULL,      NULL,      LIMIT,     0};
     if (fmt == QPLUG_CUDA_MOE_NVFP4) {
         d.g1 = ex->dg[0];
         d.g3 = ex->dg[1];
         d.g2 = ex->dg[2];
     }
     ex->desc = d;
+    /* The wgmma kernels take FP8 and these MXFP4 experts (E8M0 exponents
+     * 123..125, within 11 of each other), never NVFP4. */
+    qplug_cuda__err err = {{0}};
+    CHECKF(qplug_cuda__moe_prepare(&ex->desc, NULL, &err) == QPLUG_OK, "moe_prepare: %s",
+           err.msg);
+    CHECKF(ex->desc.wgmma_ready == (fmt != QPLUG_CUDA_MOE_NVFP4), "moe_prepare %s: wgmma_ready %d",
+           fmt == QPLUG_CUDA_MOE_FP8 ? "fp8" : fmt == QPLUG_CUDA_MOE_MXFP4 ? "mxfp4" : "nvfp4",
+           (int)ex->desc.wgmma_ready);
 }
 
 static void free_experts(experts *ex)
@@ -296,6 +304,19 @@ static void make_routing(int64_t m, int32_t *ids, float *wts)
             ids[t * K_ + j] = rng_uniform() < 0.05 ? -1 : e;
             wts[t * K_ + j] = (float)(0.1 + 0.9 * rng_uniform());
         }
+}
+
+/* Routing of the edge cases: mode 1 puts every token's slot 0 on expert
+ * E_ - 1 and slot 1 at -1 (one expert with all rows, the others none, tiles
+ * of 128 + a partial one); mode 2 uses experts 1 and 4 only (experts with
+ * 0 rows between experts with rows); mode 0 is make_routing. */
+static void make_routing_mode(int64_t m, int mode, int32_t *ids, float *wts)
+{
+    make_routing(m, ids, wts);
+    for (int64_t t = 0; t < m && mode; t++) {
+        ids[t * K_] = mode == 1 ? E_ - 1 : (t & 1) ? 1 : 4;
+        ids[t * K_ + 1] = mode == 1 ? -1 : (t & 1) ? 4 : 1;
+    }
 }
 
 /* ------------------------------------------------------------- routing */
@@ -398,12 +419,12 @@ static const char *fmt_name(qplug_cuda__moe_wfmt f)
     return f == QPLUG_CUDA_MOE_FP8 ? "fp8" : f == QPLUG_CUDA_MOE_MXFP4 ? "mxfp4" : "nvfp4";
 }
 
-static void test_moe(experts *ex, int64_t m, int ue8m0)
+static void test_moe(experts *ex, int64_t m, int ue8m0, int mode)
 {
     uint16_t *x = make_x(m, D_, 1.0);
     int32_t *ids = malloc((size_t)(m * K_) * 4);
     float *wts = malloc((size_t)(m * K_) * 4);
-    make_routing(m, ids, wts);
+    make_routing_mode(m, mode, ids, wts);
 
     double *act = malloc((size_t)(m * D_) * sizeof(double));
     float *xf = malloc((size_t)(m * D_) * sizeof(float));
@@ -429,10 +450,11 @@ static void test_moe(experts *ex, int64_t m, int ue8m0)
     CHECKF(st == QPLUG_OK, "moe %s m=%lld: %s", fmt_name(ex->fmt), (long long)m, err.msg);
     download(y, dy, (size_t)(m * D_) * 2);
     double e = rel_l2_bf16(y, yref, (size_t)(m * D_));
-    CHECKF(e <= BOUND_MOE, "moe %s m=%lld ue8m0=%d: rel L2 %g > %g", fmt_name(ex->fmt),
-           (long long)m, ue8m0, e, BOUND_MOE);
-    printf("moe %-5s m=%3lld ue8m0=%d: rel L2 %.3g\n", fmt_name(ex->fmt), (long long)m, ue8m0,
-           e);
+    CHECKF(e <= BOUND_MOE, "moe %s m=%lld ue8m0=%d routing %d wgmma %d: rel L2 %g > %g",
+           fmt_name(ex->fmt), (long long)m, ue8m0, mode, (int)ex->desc.wgmma_ready, e,
+           BOUND_MOE);
+    printf("moe %-5s m=%3lld ue8m0=%d routing %d wgmma %d: rel L2 %.3g\n", fmt_name(ex->fmt),
+           (long long)m, ue8m0, mode, (int)ex->desc.wgmma_ready, e);
 
     /* A second run into a poisoned output must give the same bits. */
     cudaMemset(dy, 0xff, (size_t)(m * D_) * 2);
@@ -500,7 +522,7 @@ static void ref_pack_row(const float *x, int group, float gscale, uint8_t *row, 
     }
 }
 
-static void test_w4a4(experts *ex, int64_t m)
+static void test_w4a4(experts *ex, int64_t m, int spread)
 {
     int group = ex->fmt == QPLUG_CUDA_MOE_NVFP4 ? 16 : 32;
     float gscale = group == 16 ? 1.0f / 448.0f : 1.0f;
@@ -515,6 +537,11 @@ static void test_w4a4(experts *ex, int64_t m)
     x[3] = bf16_bits(0.0f); /* an exact zero and a group of zeros */
     for (int i = 0; i < group && m > 1; i++)
         x[D_ + i] = bf16_bits(0.0f);
+    /* spread: one token's second group 2^-14 times smaller, so its E8M0
+     * exponent is more than 11 below its 128-block's maximum and the
+     * wgmma path must hand the gate/up GEMM to the exact fallback. */
+    for (int i = group; i < 2 * group && spread; i++)
+        x[(m - 1) * D_ + i] = bf16_bits(ldexpf(bf16_value(x[(m - 1) * D_ + i]), -14));
     int32_t *ids = malloc((size_t)(m * K_) * 4);
     float *wts = malloc((size_t)(m * K_) * 4);
     make_routing(m, ids, wts);
@@ -557,9 +584,10 @@ static void test_w4a4(experts *ex, int64_t m)
     CHECKF(st == QPLUG_OK, "w4a4 moe: %s", err.msg);
     download(y, dy, (size_t)(m * D_) * 2);
     double e = rel_l2_bf16(y, yref, (size_t)(m * D_));
-    CHECKF(e <= BOUND_MOE, "w4a4 moe %s m=%lld: rel L2 %g > %g", fmt_name(ex->fmt), (long long)m,
-           e, BOUND_MOE);
-    printf("w4a4  %-5s m=%3lld: rel L2 %.3g\n", fmt_name(ex->fmt), (long long)m, e);
+    CHECKF(e <= BOUND_MOE, "w4a4 moe %s m=%lld spread %d: rel L2 %g > %g", fmt_name(ex->fmt),
+           (long long)m, spread, e, BOUND_MOE);
+    printf("w4a4  %-5s m=%3lld spread %d: rel L2 %.3g\n", fmt_name(ex->fmt), (long long)m,
+           spread, e);
     CHECK(qplug_cuda__moe_forward_w4a4(&ex->desc, dbuf, bytes, m, K_, group == 16 ? 32 : 16,
                                        gscale, QPLUG_CUDA_SCALE_F32, dy, ws, wsb, NULL,
                                        &err) == QPLUG_ERR_ARGUMENT);
@@ -578,6 +606,30 @@ static void test_w4a4(experts *ex, int64_t m)
     free(act);
     free(yref);
     free(y);
+}
+
+/* prepare refuses the wgmma path for MXFP4 experts with one row's 128-block
+ * exponents 12 apart (the fold would not be exact), accepts 11. */
+static void test_fold_check(const experts *ex)
+{
+    for (int spread = 11; spread <= 12; spread++) {
+        uint8_t *sc = malloc(ex->sbytes[2]);
+        memcpy(sc, ex->s[2], ex->sbytes[2]);
+        size_t at = ex->sbytes[2] - 3;
+        sc[at - 1] = 124;
+        sc[at + 1] = 124;
+        sc[at + 2] = 124;
+        sc[at] = (uint8_t)(124 - spread);
+        void *d = dev_upload(sc, ex->sbytes[2]);
+        qplug_cuda__moe_weights w = ex->desc;
+        w.s2 = d;
+        qplug_cuda__err err = {{0}};
+        CHECKF(qplug_cuda__moe_prepare(&w, NULL, &err) == QPLUG_OK, "moe_prepare: %s", err.msg);
+        CHECKF(w.wgmma_ready == (spread <= 11), "moe_prepare: spread %d gives wgmma_ready %d",
+               spread, (int)w.wgmma_ready);
+        cudaFree(d);
+        free(sc);
+    }
 }
 
 /* --------------------------------------------------------- graph capture */
@@ -760,9 +812,18 @@ static int bench(void)
             return 1;
         }
         qplug_cuda__moe_weights desc = {fmt, E,     D,     I,     w[0], w[1], w[2], sc[0],
-                                        sc[1], sc[2], g, g, g, 10.0f};
-        for (int mi = 0; mi < 2; mi++) {
-            int64_t m = ms[mi];
+                                        sc[1], sc[2], g, g, g, 10.0f, 0};
+        qplug_cuda__err perr = {{0}};
+        if (qplug_cuda__moe_prepare(&desc, NULL, &perr) != QPLUG_OK) {
+            fprintf(stderr, "bench: moe_prepare: %s\n", perr.msg);
+            return 1;
+        }
+        int ready = desc.wgmma_ready;
+        /* Runs: 64 tokens, 4096 tokens, and 4096 tokens on the mma.sync
+         * kernels when the wgmma ones took the experts. */
+        for (int mi = 0; mi < (ready ? 3 : 2); mi++) {
+            int64_t m = ms[mi < 2 ? mi : 1];
+            desc.wgmma_ready = mi < 2 ? ready : 0;
             uint16_t *x = make_x(m, D, 1.0);
             int32_t *ids = malloc((size_t)(m * K) * 4);
             float *wts = malloc((size_t)(m * K) * 4);
@@ -822,9 +883,9 @@ static int bench(void)
             double sec = t[10] * 1e-3;
             double flops = 2.0 * (double)(m * K) * 3.0 * (double)D * (double)I;
             double ebytes = (double)nt * 3.0 * ((double)wb / E + (double)sbb / E);
-            printf("| %s%s | %lld | %d | %.3f | %.1f | %.0f | %.1f%% |\n", w4a4 ? "w4a4 " : "",
-                   fmt_name(fmt), (long long)m, nt, t[10], flops / sec / 1e12, ebytes / sec / 1e9,
-                   100.0 * (ebytes / sec / 1e9) / copy_gbs);
+            printf("| %s%s%s | %lld | %d | %.3f | %.1f | %.0f | %.1f%% |\n", w4a4 ? "w4a4 " : "",
+                   fmt_name(fmt), desc.wgmma_ready ? " wgmma" : "", (long long)m, nt, t[10],
+                   flops / sec / 1e12, ebytes / sec / 1e9, 100.0 * (ebytes / sec / 1e9) / copy_gbs);
             fflush(stdout);
             cudaFree(dx);
             cudaFree(dids);
@@ -863,12 +924,25 @@ int main(int argc, char **argv)
         experts ex;
         make_experts(&ex, (qplug_cuda__moe_wfmt)f);
         for (int i = 0; i < 4; i++)
-            test_moe(&ex, ms[i], 0);
-        test_moe(&ex, 129, 1);
+            test_moe(&ex, ms[i], 0, 0);
+        test_moe(&ex, 129, 1, 0);
+        test_moe(&ex, 300, 0, 1);
+        test_moe(&ex, 300, 1, 2);
+        test_moe(&ex, 65, 0, 0);
+        /* The same shapes on the mma.sync kernels (what experts that fail
+         * the prepare check get). */
+        int ready = ex.desc.wgmma_ready;
+        ex.desc.wgmma_ready = 0;
+        test_moe(&ex, 300, 0, 0);
+        test_moe(&ex, 300, 0, 1);
+        ex.desc.wgmma_ready = ready;
         if (f != QPLUG_CUDA_MOE_FP8) {
-            test_w4a4(&ex, 1);
-            test_w4a4(&ex, 300);
+            test_w4a4(&ex, 1, 0);
+            test_w4a4(&ex, 300, 0);
+            test_w4a4(&ex, 300, 1);
         }
+        if (f == QPLUG_CUDA_MOE_MXFP4)
+            test_fold_check(&ex);
         if (f == QPLUG_CUDA_MOE_MXFP4)
             test_graph(&ex);
         free_experts(&ex);

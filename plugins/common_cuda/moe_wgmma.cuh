@@ -1,0 +1,514 @@
+/* moe_wgmma.cuh - the Hopper grouped expert GEMM of the fused MoE (included
+ * by moe.cu only, after its argument struct and format enums).
+ *
+ * One block computes 128 weight rows (64 per warpgroup) x up to 128 routed
+ * rows of one expert's tile. The weights are the wgmma A operand (M side),
+ * the routed tokens the B operand (N side), both K-major E4M3 in shared
+ * memory without swizzle (8-row x 16-byte core matrices, the 16-byte chunks
+ * of a core matrix row-contiguous: LBO 128 bytes between chunks along k,
+ * SBO 1024 bytes between groups of 8 rows). k runs in blocks of 128:
+ *
+ *   - every 128-block's tokens, token scales and raw weights (E4M3, or
+ *     packed E2M1 with its E8M0 scale word) arrive with cp.async, WG_S
+ *     stages deep;
+ *   - the raw weights of the next block are decoded into one of two A
+ *     buffers while the tensor cores run the current one;
+ *   - the four m64nNk32 wgmmas of a 128-block sum into a scratch
+ *     accumulator, which is then added to the result times weight scale x
+ *     token scale (both are constant over a 128-block).
+ *
+ * MXFP4 weights are folded per row and 128-block: with emax the largest of
+ * the block's four E8M0 exponents, group g's values e2m1 * 2^(e_g - 127) are
+ * stored as the E4M3 values e2m1 * 2^(e_g - emax + 6) and the row's scale is
+ * 2^(emax - 133). That is exact when every E4M3 result is a normal number,
+ * i.e. when e_g >= emax - 11 for all four groups; qplug_cuda__moe_prepare
+ * checks this once per weight set and the kernel is used only when it holds
+ * (w->mx_fold). The same fold turns packed MXFP4 activations into E4M3 +
+ * per-128 scales (qplug_cuda__moe_w4a4_unpack_kernel), which flags the
+ * tokens it cannot fold exactly.
+ *
+ * The N of the wgmma follows the tile's row count (64, 96 or 128), so a tile
+ * of 70 rows does not multiply 58 empty ones. */
+#ifndef QPLUG_CUDA_MOE_WGMMA_CUH
+#define QPLUG_CUDA_MOE_WGMMA_CUH
+
+enum {
+    WG_BN = 128,     /* routed rows per tile */
+    WG_BMW = 128,    /* weight rows per block (two warpgroups of 64) */
+    WG_BK = 128,     /* k per stage */
+    WG_S = 4,        /* cp.async stages */
+    WG_THREADS = 256,
+    WG_TILE = 16384, /* bytes of one 128 x 128 E4M3 operand tile */
+    WG_RS_MX = 80,   /* raw FP4 row stride: 64 bytes + 16 of padding (no bank conflicts) */
+    WG_RS_FP8 = 144  /* raw FP8 row stride: 128 + 16 */
+};
+
+/* Shared-memory layout of one block, in bytes from the dynamic base. */
+template <int WF> struct qplug_cuda__moe_wg_smem {
+    static constexpr int RS = WF == MOE_F_FP8 ? WG_RS_FP8 : WG_RS_MX;
+    static constexpr int B = 0;                               /* WG_S token tiles */
+    static constexpr int R = B + WG_S * WG_TILE;              /* WG_S raw weight tiles */
+    static constexpr int WS = R + WG_S * WG_BMW * RS;         /* WG_S x 128 E8M0 words */
+    static constexpr int AS = WS + WG_S * WG_BMW * 4;         /* WG_S x 128 token scales */
+    static constexpr int A = AS + WG_S * WG_BN * 4;           /* 2 decoded weight tiles */
+    static constexpr int ROW = A + 2 * WG_TILE;               /* 128 token row indices */
+    static constexpr int BYTES = ROW + WG_BN * 8;
+};
+
+/* Byte offset of 16-byte chunk c (k bytes 16c..16c+15) of row r in a
+ * core-matrix tile. */
+static __device__ __forceinline__ int qplug_cuda__moe_wg_off(int r, int c)
+{
+    return (r >> 3) * 1024 + c * 128 + (r & 7) * 16;
+}
+
+/* wgmma shared-memory descriptor of a K-major tile without swizzle:
+ * start address, LBO = 128 bytes (next chunk along k), SBO = 1024 bytes
+ * (next 8 rows). */
+static __device__ __forceinline__ uint64_t qplug_cuda__moe_wg_desc(const void *p)
+{
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    return (uint64_t)((a & 0x3ffffu) >> 4) | ((uint64_t)(128 >> 4) << 16) |
+           ((uint64_t)(1024 >> 4) << 32);
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_cp16(void *dst, const void *src,
+                                                               bool valid)
+{
+    uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_cp4(void *dst, const void *src,
+                                                              bool valid)
+{
+    uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    int n = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(n)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N> static __device__ __forceinline__ void qplug_cuda__moe_wg_cpwait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Makes this thread's generic-proxy shared-memory writes visible to the
+ * tensor cores (async proxy) once a barrier follows. */
+static __device__ __forceinline__ void qplug_cuda__moe_wg_fence_async()
+{
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_fence()
+{
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_commit_mma()
+{
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_mma_n64(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, %32, %33, p, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_mma_n96(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n96k32.f32.e4m3.e4m3 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+                 "}, %48, %49, p, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_mma_n128(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                 "}, %64, %65, p, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+/* Wait for this thread's wgmma groups; the accumulators are operands so
+ * that no read of them is moved above the wait. */
+static __device__ __forceinline__ void qplug_cuda__moe_wg_wait32(float *d)
+{
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 :
+                 : "memory");
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_wait48(float *d)
+{
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+                 :
+                 : "memory");
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_wait64(float *d)
+{
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 :
+                 : "memory");
+}
+
+/* The E4M3 bytes of the eight E2M1 magnitudes times 2^(tp - 6), tp in
+ * [1, 12] (every result a normal number): code 1 (0.5) has exponent field
+ * tp, codes 2..7 have (e + tp) with their mantissa bit at bit 2. */
+static __device__ __forceinline__ void qplug_cuda__moe_wg_fp4_table(int tp, unsigned *lo,
+                                                                    unsigned *hi)
+{
+    unsigned b = (unsigned)tp << 3;
+    *lo = 0x0c080000u + b * 0x01010100u;
+    *hi = 0x1c181410u + b * 0x01010101u;
+}
+
+/* Eight E2M1 codes (element i in nibble i) to eight E4M3 bytes through the
+ * table: the magnitudes select table bytes (prmt), the signs move from bit
+ * 3 of each nibble to bit 7 of each byte. */
+static __device__ __forceinline__ void qplug_cuda__moe_wg_fp4_decode(unsigned w, unsigned lo,
+                                                                     unsigned hi, unsigned *o0,
+                                                                     unsigned *o1)
+{
+    unsigned mag = w & 0x77777777u, a = w << 4;
+    unsigned s0 = __byte_perm(a, w, 0x5140) & 0x80808080u;
+    unsigned s1 = __byte_perm(a, w, 0x7362) & 0x80808080u;
+    *o0 = __byte_perm(lo, hi, mag & 0xffffu) | s0;
+    *o1 = __byte_perm(lo, hi, mag >> 16) | s1;
+}
+
+/* The largest of the four E8M0 bytes of a word. */
+static __device__ __forceinline__ int qplug_cuda__moe_wg_emax(unsigned w)
+{
+    int a = max((int)(w & 0xffu), (int)((w >> 8) & 0xffu));
+    int b = max((int)((w >> 16) & 0xffu), (int)(w >> 24));
+    return max(a, b);
+}
+
+/*
+ * The grouped GEMM on wgmma: grid (n / 64 for the gate/up pair, n / 128
+ * otherwise; tile count bound), 256 threads, WF = MOE_F_FP8 or MOE_F_MX
+ * weights, FP8 activations (a, a_scale in the act_quant layout). DUAL: the
+ * block's 64 rows n0.. of w1 (warpgroup 0) and of w3 (warpgroup 1), then
+ * out = silu(min(g, L)) * clamp(u, -L, L); otherwise 128 rows of w[0].
+ * out is F32 [rows, n].
+ */
+template <int WF, bool DUAL, int NC>
+static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda__moe_gemm_args &p)
+{
+    typedef qplug_cuda__moe_wg_smem<WF> L;
+    extern __shared__ __align__(1024) uint8_t qplug_cuda__moe_wg_sm[];
+    uint8_t *sm = qplug_cuda__moe_wg_sm;
+
+    int tile = blockIdx.y;
+    int e = p.tile_e[tile], r0 = p.tile_r0[tile], r1 = p.tile_r1[tile];
+    int nrows = r1 - r0;
+    int64_t n = p.n, k = p.k;
+    int64_t n0 = (int64_t)blockIdx.x * (DUAL ? 64 : 128);
+    int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127;
+    int64_t *arow = reinterpret_cast<int64_t *>(sm + L::ROW);
+    if (tid < WG_BN) {
+        int r = r0 + tid;
+        arow[tid] = r < r1 ? (p.perm_tok ? (int64_t)p.perm_tok[r] : (int64_t)r) : -1;
+    }
+
+    /* Weight rows 0..63 of the block (h = 0) and 64..127 (h = 1): their
+     * first row and scales. */
+    const uint8_t *wrow_base[2];
+    const uint8_t *srow_base[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int mi = DUAL ? h : 0;
+        int64_t row0 = n0 + (DUAL ? 0 : 64 * h);
+        if (WF == MOE_F_FP8) {
+            wrow_base[h] = p.w[mi] + (int64_t)e * n * k + row0 * k;
+            srow_base[h] = p.ws[mi] + ((int64_t)e * (n / 128) + row0 / 128) * (k / 128) * 4;
+        } else {
+            wrow_base[h] = p.w[mi] + (int64_t)e * n * (k / 2) + row0 * (k / 2);
+            srow_base[h] = p.ws[mi] + ((int64_t)e * n + row0) * (k / 32);
+        }
+    }
+    /* Selects instead of a run-time index (which would put the array in
+     * local memory). */
+    auto wbase = [&](int h) { return h ? wrow_base[1] : wrow_base[0]; };
+    auto sbase = [&](int h) { return h ? srow_base[1] : srow_base[0]; };
+    __syncthreads();
+
+    /* cp.async of k-block kb into stage slot s. */
+    auto issue = [&](int64_t kb, int s) {
+        uint8_t *bt = sm + L::B + s * WG_TILE;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int q = tid + i * WG_THREADS, r = q >> 3, c = q & 7;
+            int64_t ar = arow[r];
+            const uint8_t *src = p.a + (ar >= 0 ? ar : 0) * p.a_ld + kb * 128 + c * 16;
+            qplug_cuda__moe_wg_cp16(bt + qplug_cuda__moe_wg_off(r, c), src, ar >= 0);
+        }
+        uint8_t *rt = sm + L::R + s * WG_BMW * L::RS;
+        if (WF == MOE_F_FP8) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int q = tid + i * WG_THREADS, r = q >> 3, c = q & 7;
+                const uint8_t *src = wbase(r >> 6) + (int64_t)(r & 63) * k + kb * 128 + c * 16;
+                qplug_cuda__moe_wg_cp16(rt + r * L::RS + c * 16, src, true);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                int q = tid + i * WG_THREADS, r = q >> 2, c = q & 3;
+                const uint8_t *src =
+                    wbase(r >> 6) + (int64_t)(r & 63) * (k / 2) + kb * 64 + c * 16;
+                qplug_cuda__moe_wg_cp16(rt + r * L::RS + c * 16, src, true);
+            }
+        }
+        if (tid < WG_BN) {
+            int64_t ar = arow[tid];
+            const float *src = p.a_scale + kb * p.a_sld + (ar >= 0 ? ar : 0);
+            qplug_cuda__moe_wg_cp4(sm + L::AS + (s * WG_BN + tid) * 4, src, ar >= 0);
+        } else if (WF == MOE_F_MX) {
+            int r = tid - WG_BN;
+            const uint8_t *src = sbase(r >> 6) + (int64_t)(r & 63) * (k / 32) + kb * 4;
+            qplug_cuda__moe_wg_cp4(sm + L::WS + (s * WG_BMW + r) * 4, src, true);
+        }
+    };
+
+    /* Raw weights of slot s into decoded tile buffer ab: thread = (row,
+     * half of the 128 k). */
+    auto decode = [&](int s, int ab) {
+        int r = tid & 127, half = tid >> 7;
+        const uint8_t *rt = sm + L::R + s * WG_BMW * L::RS + r * L::RS;
+        uint8_t *at = sm + L::A + ab * WG_TILE;
+        if (WF == MOE_F_FP8) {
+#pragma unroll
+            for (int c = 4 * half; c < 4 * half + 4; c++)
+                *reinterpret_cast<uint4 *>(at + qplug_cuda__moe_wg_off(r, c)) =
+                    *reinterpret_cast<const uint4 *>(rt + c * 16);
+        } else {
+            unsigned sw = *reinterpret_cast<const unsigned *>(sm + L::WS + (s * WG_BMW + r) * 4);
+            int emax = qplug_cuda__moe_wg_emax(sw);
+#pragma unroll
+            for (int gi = 0; gi < 2; gi++) {
+                int g = 2 * half + gi;
+                int tp = (int)((sw >> (8 * g)) & 0xffu) - emax + 12;
+                tp = max(1, tp);
+                unsigned lo, hi;
+                qplug_cuda__moe_wg_fp4_table(tp, &lo, &hi);
+                uint4 v = *reinterpret_cast<const uint4 *>(rt + g * 16);
+                unsigned o[8];
+                qplug_cuda__moe_wg_fp4_decode(v.x, lo, hi, &o[0], &o[1]);
+                qplug_cuda__moe_wg_fp4_decode(v.y, lo, hi, &o[2], &o[3]);
+                qplug_cuda__moe_wg_fp4_decode(v.z, lo, hi, &o[4], &o[5]);
+                qplug_cuda__moe_wg_fp4_decode(v.w, lo, hi, &o[6], &o[7]);
+                *reinterpret_cast<uint4 *>(at + qplug_cuda__moe_wg_off(r, 2 * g)) =
+                    make_uint4(o[0], o[1], o[2], o[3]);
+                *reinterpret_cast<uint4 *>(at + qplug_cuda__moe_wg_off(r, 2 * g + 1)) =
+                    make_uint4(o[4], o[5], o[6], o[7]);
+            }
+        }
+    };
+
+    /* This thread's accumulator elements: rows m0, m0 + 8 of its
+     * warpgroup's 64, columns (tokens) 8j + c0, +1. */
+    int warp_in = wt >> 5, lane = tid & 31;
+    int m0 = warp_in * 16 + (lane >> 2), c0 = (lane & 3) * 2;
+    float acc[NC / 2], tmp[NC / 2];
+#pragma unroll
+    for (int i = 0; i < NC / 2; i++)
+        acc[i] = tmp[i] = 0.0f;
+
+    int64_t nk = k / WG_BK;
+#pragma unroll
+    for (int s = 0; s < WG_S - 1; s++) {
+        if (s < nk)
+            issue(s, s);
+        qplug_cuda__moe_wg_commit();
+    }
+    qplug_cuda__moe_wg_cpwait<WG_S - 2>();
+    __syncthreads();
+    decode(0, 0);
+    qplug_cuda__moe_wg_fence_async();
+    __syncthreads();
+
+    for (int64_t kb = 0; kb < nk; kb++) {
+        int s = (int)(kb % WG_S), ab = (int)(kb & 1);
+        const uint8_t *at = sm + L::A + ab * WG_TILE + wg * 8192;
+        const uint8_t *bt = sm + L::B + s * WG_TILE;
+        /* k step ks starts 256 bytes (16 descriptor units) further. */
+        uint64_t da = qplug_cuda__moe_wg_desc(at), db = qplug_cuda__moe_wg_desc(bt);
+        qplug_cuda__moe_wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) {
+            if (NC == 64)
+                qplug_cuda__moe_wg_mma_n64(tmp, da + 16 * ks, db + 16 * ks, ks);
+            else if (NC == 96)
+                qplug_cuda__moe_wg_mma_n96(tmp, da + 16 * ks, db + 16 * ks, ks);
+            else
+                qplug_cuda__moe_wg_mma_n128(tmp, da + 16 * ks, db + 16 * ks, ks);
+        }
+        qplug_cuda__moe_wg_commit_mma();
+
+        if (kb + WG_S - 1 < nk)
+            issue(kb + WG_S - 1, (int)((kb + WG_S - 1) % WG_S));
+        qplug_cuda__moe_wg_commit();
+        if (kb + 1 < nk) {
+            qplug_cuda__moe_wg_cpwait<WG_S - 2>();
+            __syncthreads();
+            decode((int)((kb + 1) % WG_S), ab ^ 1);
+            qplug_cuda__moe_wg_fence_async();
+        }
+        if (NC == 64)
+            qplug_cuda__moe_wg_wait32(tmp);
+        else if (NC == 96)
+            qplug_cuda__moe_wg_wait48(tmp);
+        else
+            qplug_cuda__moe_wg_wait64(tmp);
+
+        /* Scales of this k-block: weight rows m0, m0 + 8 and the tokens. */
+        float w0, w1;
+        if (WF == MOE_F_FP8) {
+            w0 = w1 = __ldg(reinterpret_cast<const float *>(sbase(wg)) + kb);
+        } else {
+            const unsigned *ws = reinterpret_cast<const unsigned *>(sm + L::WS) + s * WG_BMW;
+            w0 = qplug_cuda__e8m0_dev((unsigned)qplug_cuda__moe_wg_emax(ws[wg * 64 + m0])) *
+                 0.015625f;
+            w1 = qplug_cuda__e8m0_dev((unsigned)qplug_cuda__moe_wg_emax(ws[wg * 64 + m0 + 8])) *
+                 0.015625f;
+        }
+        const float *as = reinterpret_cast<const float *>(sm + L::AS) + s * WG_BN;
+#pragma unroll
+        for (int j = 0; j < NC / 8; j++) {
+            {
+                float2 t = *reinterpret_cast<const float2 *>(as + j * 8 + c0);
+                acc[4 * j + 0] = fmaf(tmp[4 * j + 0] * t.x, w0, acc[4 * j + 0]);
+                acc[4 * j + 1] = fmaf(tmp[4 * j + 1] * t.y, w0, acc[4 * j + 1]);
+                acc[4 * j + 2] = fmaf(tmp[4 * j + 2] * t.x, w1, acc[4 * j + 2]);
+                acc[4 * j + 3] = fmaf(tmp[4 * j + 3] * t.y, w1, acc[4 * j + 3]);
+            }
+        }
+        __syncthreads();
+    }
+    qplug_cuda__moe_wg_cpwait<0>();
+
+    if (DUAL) {
+        /* Warpgroup 1 hands u over through shared memory (thread-major
+         * columns, conflict-free); warpgroup 0 writes h. */
+        float *u = reinterpret_cast<float *>(sm + L::B);
+        if (wg == 1) {
+#pragma unroll
+            for (int i = 0; i < NC / 2; i++)
+                u[i * 128 + wt] = acc[i];
+        }
+        __syncthreads();
+        if (wg == 1)
+            return;
+        float lim = p.limit;
+#pragma unroll
+        for (int i = 0; i < NC / 2; i++) {
+            int col = (i >> 2) * 8 + c0 + (i & 1);
+            if (col >= nrows)
+                continue;
+            int row = m0 + ((i & 2) ? 8 : 0);
+            float g = acc[i], uu = u[i * 128 + wt];
+            if (lim > 0.0f) {
+                g = fminf(g, lim);
+                uu = fminf(fmaxf(uu, -lim), lim);
+            }
+            p.out[(int64_t)(r0 + col) * n + n0 + row] = g / (1.0f + expf(-g)) * uu;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < NC / 2; i++) {
+            int col = (i >> 2) * 8 + c0 + (i & 1);
+            if (col >= nrows)
+                continue;
+            int row = wg * 64 + m0 + ((i & 2) ? 8 : 0);
+            p.out[(int64_t)(r0 + col) * n + n0 + row] = acc[i];
+        }
+    }
+}
+
+/*
+ * The grouped GEMM on wgmma: grid (n / 64 for the gate/up pair, n / 128
+ * otherwise; tile count bound), 256 threads, WF = MOE_F_FP8 or MOE_F_MX
+ * weights, FP8 activations (a, a_scale in the act_quant layout). DUAL: the
+ * block's 64 rows n0.. of w1 (warpgroup 0) and of w3 (warpgroup 1), then
+ * out = silu(min(g, L)) * clamp(u, -L, L); otherwise 128 rows of w[0].
+ * out is F32 [rows, n]. The wgmma N is picked per tile (one instantiation
+ * of the body each, so no wgmma sequence mixes register sets).
+ */
+template <int WF, bool DUAL>
+__global__ void __launch_bounds__(WG_THREADS, 1)
+    qplug_cuda__moe_wg_kernel(const qplug_cuda__moe_gemm_args p)
+{
+    if (p.skip_if && *p.skip_if != 0)
+        return;
+    int tile = blockIdx.y;
+    if (tile >= *p.ntiles)
+        return;
+    int nrows = p.tile_r1[tile] - p.tile_r0[tile];
+    if (nrows <= 64)
+        qplug_cuda__moe_wg_body<WF, DUAL, 64>(p);
+    else if (nrows <= 96)
+        qplug_cuda__moe_wg_body<WF, DUAL, 96>(p);
+    else
+        qplug_cuda__moe_wg_body<WF, DUAL, 128>(p);
+}
+
+#endif
