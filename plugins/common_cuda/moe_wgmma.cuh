@@ -64,12 +64,19 @@ static __device__ __forceinline__ int qplug_cuda__moe_wg_off(int r, int c)
 
 /* wgmma shared-memory descriptor of a K-major tile without swizzle:
  * start address, LBO = 128 bytes (next chunk along k), SBO = 1024 bytes
- * (next 8 rows). */
+ * (next 8 rows). The macros exist only so that a bench build can check the
+ * two offsets' roles against the hardware. */
+#ifndef QPLUG_MOE_WG_LBO
+#define QPLUG_MOE_WG_LBO 128
+#endif
+#ifndef QPLUG_MOE_WG_SBO
+#define QPLUG_MOE_WG_SBO 1024
+#endif
 static __device__ __forceinline__ uint64_t qplug_cuda__moe_wg_desc(const void *p)
 {
     uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    return (uint64_t)((a & 0x3ffffu) >> 4) | ((uint64_t)(128 >> 4) << 16) |
-           ((uint64_t)(1024 >> 4) << 32);
+    return (uint64_t)((a & 0x3ffffu) >> 4) | ((uint64_t)(QPLUG_MOE_WG_LBO >> 4) << 16) |
+           ((uint64_t)(QPLUG_MOE_WG_SBO >> 4) << 32);
 }
 
 static __device__ __forceinline__ void qplug_cuda__moe_wg_cp16(void *dst, const void *src,
