@@ -12,7 +12,8 @@
 # "-DQPLUG_WGMMA_STAGES=4 -DQPLUG_WGMMA_DEPTH=2"; with none, the defaults.
 # QUICK=1 times M = 4096 only for all but the first variant (QUICK=all: for
 # all); MEMCHECK=1 runs
-# the first variant's test under compute-sanitizer memcheck too; TAG names
+# the first variant's test under compute-sanitizer memcheck too; BEST=1 and
+# NCU=1 see the end of the script; TAG names
 # the version in the table header (default v1).
 set -eu -o pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -64,9 +65,10 @@ for flags in "$@"; do
     i=$((i + 1))
 done
 if [ "${MEMCHECK:-0}" = 1 ] && [ "${ok[0]}" = 1 ]; then
-    timeout 120 compute-sanitizer --tool memcheck "$B/test_0" >"$OUT/memcheck.log" 2>&1 ||
-        echo "memcheck: rc $?" >>"$OUT/memcheck.log"
-    tail -3 "$OUT/memcheck.log"
+    echo "== memcheck, variant 0" >>"$OUT/test.log"
+    timeout 120 compute-sanitizer --tool memcheck "$B/test_0" >>"$OUT/test.log" 2>&1 ||
+        echo "memcheck: rc $?" >>"$OUT/test.log"
+    tail -2 "$OUT/test.log"
 fi
 i=0
 for flags in "$@"; do
@@ -80,6 +82,23 @@ for flags in "$@"; do
     fi
     i=$((i + 1))
 done
+# BEST=1: the variant with the smallest sum of "ours us" over its table is
+# timed again at every M (bench_full.md); NCU=1 profiles its first kernel.
+if [ "${BEST:-0}" = 1 ]; then
+    best=$(for f in "$OUT"/bench_[0-9]*.md; do
+        awk -F'|' -v f="$f" '/^\| (flash|pro) /{s += $9} END {if (s > 0) print s, f}' "$f"
+    done | sort -n | head -1 | sed 's/.*bench_\([0-9]*\)\.md/\1/')
+    if [ -n "$best" ]; then
+        echo "best variant: $best" | tee -a "$OUT/sass.txt"
+        timeout 200 "$B/bench_$best" "$TAG (variant $best)" >"$OUT/bench_full.md" 2>&1 ||
+            echo "full bench failed (rc $?)" >>"$OUT/bench_full.md"
+        if [ "${NCU:-0}" = 1 ]; then
+            timeout 120 ncu --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+                --section MemoryWorkloadAnalysis -k regex:qplug__wg_kernel -c 1 \
+                "$B/bench_$best" ncu --quick >"$OUT/ncu.log" 2>&1 || echo "ncu: rc $?" >>"$OUT/ncu.log"
+        fi
+    fi
+fi
 cat "$OUT"/sass.txt
 tail -40 "$OUT"/test.log
 for f in "$OUT"/bench_*.md; do [ -f "$f" ] && cat "$f"; echo; done
