@@ -521,9 +521,11 @@ int qplug_bench_main(int argc, char **argv)
                    "the GEMV/GEMM alone. TFLOP/s, GB/s and %%copy are of the abi time. wt%%copy = "
                    "weight+scale bytes / core time / copy bandwidth. vs X = time of X / abi time "
                    "(> 1: the plugin is faster). err = rel L2 of the abi output against the same "
-                   "layer in reference precision (M <= %lld; - = not checked). grouped wo_a: the "
-                   "abi path stages each group through contiguous copies, direct uses contiguous "
-                   "slices.\n\n",
+                   "layer in reference precision (M <= %lld; - = not checked). At M <= 16 the abi "
+                   "path is one fused launch (activation quantization inside the GEMV, all groups "
+                   "of a grouped layer at once, in place); direct is act quant + GEMV per group on "
+                   "contiguous slices. \"not claimed\": the plugin does not take the layer kind "
+                   "(mxfp4 claims no grouped linear).\n\n",
                 copy_bw, (long long)check_max_m);
         fprintf(f, "| model | layer | plugin | M | N | K | G | path | abi us | direct us | core us | "
                    "TFLOP/s | GB/s | %%copy | wt%%copy core | BF16 us | FP8-LT us | vs BF16 | "
@@ -598,8 +600,11 @@ int qplug_bench_main(int argc, char **argv)
                 for (int p = 0; p < PL_COUNT; p++) {
                     if (!want[p])
                         continue;
-                    double ta = time_op(&c, OP_ABI, (bench_plugin)p, reps, ev);
-                    if (isnan(ta))
+                    /* A plugin that does not claim the layer kind gets no abi
+                     * timing: its row says so instead of printing nan. */
+                    bool unclaimed = !c.abi[p];
+                    double ta = unclaimed ? NAN : time_op(&c, OP_ABI, (bench_plugin)p, reps, ev);
+                    if (isnan(ta) && !unclaimed)
                         fprintf(stderr, "qplug bench: %s %s m=%lld abi: %s\n", sh->layer,
                                 plugin_names[p], (long long)c.m, c.err.msg);
                     double err = c.abi[p] && c.m <= check_max_m ? abi_check(&c, (bench_plugin)p)
@@ -617,7 +622,7 @@ int qplug_bench_main(int argc, char **argv)
                     double gbps = bytes / (ta * 1e-6) / 1e9;
                     double wt_core = wb / (tc * 1e-6) / 1e9;
                     const char *path = c.m <= QPLUG_CUDA_GEMV_MAX_M
-                                           ? (p == PL_FP8 ? "gemv_fp8" : p == PL_MXFP4 ? "gemv_mxfp4" : "gemv_nvfp4")
+                                           ? (p == PL_FP8 ? "fused_gemv_fp8" : p == PL_MXFP4 ? "fused_gemv_mxfp4" : "fused_gemv_nvfp4")
                                            : (p == PL_FP8 ? "lt_fp8" : "fp8copy+lt_fp8");
                     for (int o = 0; o < 2; o++) {
                         FILE *f = outs[o];
@@ -628,6 +633,17 @@ int qplug_bench_main(int argc, char **argv)
                             snprintf(eb, sizeof eb, "-");
                         else
                             snprintf(eb, sizeof eb, "%.3g", err);
+                        if (unclaimed) {
+                            fprintf(f, "| %s | %s | %s | %lld | %lld | %lld | %lld | %s | not "
+                                       "claimed | %.1f | %.1f | - | - | - | %.0f%% | %.1f | %.1f "
+                                       "| - | - | - |\n",
+                                    model ? "pro" : "flash", sh->layer, plugin_names[p],
+                                    (long long)c.m, (long long)c.n, (long long)c.k,
+                                    (long long)c.groups, path, to, tc,
+                                    100.0 * wt_core / copy_bw, t16, t8);
+                            fflush(f);
+                            continue;
+                        }
                         fprintf(f, "| %s | %s | %s | %lld | %lld | %lld | %lld | %s | %.1f | %.1f | "
                                    "%.1f | %.0f | %.0f | %.0f%% | %.0f%% | %.1f | %.1f | %.2f | "
                                    "%.2f | %s |\n",

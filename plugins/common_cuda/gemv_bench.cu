@@ -1,17 +1,21 @@
-/* gemv_bench: times the decode GEMV kernels of gemv.cu at the DeepSeek V4
- * Flash and Pro layer shapes for m = 1 and 16, against an older version of
- * the same kernels linked in under the prefix qplug_v2__ (gemv_bench.sh
- * makes it from git history), in one process on one GPU.
+/* gemv_bench: times the decode path of gemv.cu at the DeepSeek V4 Flash and
+ * Pro layer shapes for m = 1 and 16, three ways, in one process on one GPU:
+ *   q+gemv  act_quant_fp8 then the unfused GEMV, once per group (the v5
+ *           decode path; the plugins' ABI path also staged grouped y),
+ *   fused   qplug_cuda__gemv_bf16: quantization fused, all groups in one
+ *           launch (v6),
+ *   gemv    the unfused GEMV alone on pre-quantized activations (v5 "core").
+ * Activation scales: UE8M0 for fp8_block and mxfp4, F32 for nvfp4 (what the
+ * plugins use).
  *
  * Method (docs/performance.md): random operands in pools of rotating sets
  * over >= 160 MB, so weights come from HBM; warm-up first; two timings per
- * point: (1) CUDA events around each call, median of 20, as the project
- * bench times its "core" column, launch gaps included; (2) the median of 5
- * replays of a CUDA graph of one call per set of the pool, per call, which is
- * how a decode step runs. Bytes counted: weights and their scales. The copy
- * bandwidth is a 1 GiB device-to-device copy (read + write) in this run.
- * It also reports the relative L2 difference between the two versions'
- * outputs (both are checked against float64 in tests/gpu). */
+ * point: (1) CUDA events around each call, median of 20, launch gaps
+ * included; (2) the median of 5 replays of a CUDA graph of one call per set
+ * of the pool, per call, which is how a decode step runs. Bytes counted:
+ * weights and their scales. The copy bandwidth is a 1 GiB device-to-device
+ * copy (read + write) in this run. "diff" is the relative L2 difference
+ * between the fused and the q+gemv outputs (0 when bit-identical). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -24,16 +28,6 @@
 
 #include "qplug_cuda.h"
 
-extern "C" {
-qplug_status qplug_v2__gemv_fp8(const void *, const float *, const void *, const float *, int64_t,
-                                int64_t, int64_t, void *, void *, qplug_cuda__err *);
-qplug_status qplug_v2__gemv_mxfp4(const uint8_t *, const uint8_t *, const void *, const float *,
-                                  int64_t, int64_t, int64_t, void *, void *, qplug_cuda__err *);
-qplug_status qplug_v2__gemv_nvfp4(const uint8_t *, const uint8_t *, float, const void *,
-                                  const float *, int64_t, int64_t, int64_t, void *, void *,
-                                  qplug_cuda__err *);
-}
-
 #define CK(x)                                                                                    \
     do {                                                                                         \
         cudaError_t e_ = (x);                                                                    \
@@ -45,7 +39,7 @@ qplug_status qplug_v2__gemv_nvfp4(const uint8_t *, const uint8_t *, float, const
     } while (0)
 
 /* Random bytes by kind: 0 raw, 1 E4M3 without NaN, 2 float scale in
- * [2^-10, 2^-4), 3 E8M0 in 2^-6..2^5, 4 positive E4M3 scale. */
+ * [2^-10, 2^-4), 3 E8M0 in 2^-6..2^5, 4 positive E4M3 scale, 5 BF16. */
 __global__ void bench_fill(uint8_t *p, size_t bytes, int kind, unsigned seed)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -59,6 +53,13 @@ __global__ void bench_fill(uint8_t *p, size_t bytes, int kind, unsigned seed)
         if (kind == 2) {
             if (i % 4 == 0)
                 ((float *)p)[i / 4] = exp2f(-10.0f + 6.0f * (float)(h & 0xffff) / 65536.0f);
+            continue;
+        }
+        if (kind == 5) {
+            /* BF16 values of magnitude 2^-4..2^4, random sign. */
+            if (i % 2 == 0)
+                ((uint16_t *)p)[i / 2] =
+                    (uint16_t)(0x3d80u + (h & 0x3ffu) + ((h >> 16) & 0x8000u));
             continue;
         }
         unsigned b = h & 0xffu;
@@ -109,41 +110,49 @@ static const shape shapes[] = {
 struct point {
     int64_t m, n, k, g;
     int fmt; /* 0 fp8, 1 mxfp4, 2 nvfp4 */
-    pool w, s, xq, xs, y;
+    pool w, s, x, xq, xs, y;
 };
 
+/* One call of way `ver` (0 q+gemv, 1 fused, 2 gemv alone) on set i. */
 static bool call(const point &p, int ver, int i, cudaStream_t st)
 {
     qplug_cuda__err err = {{0}};
-    for (int64_t g = 0; g < p.g; g++) {
-        const void *xq = p.xq.at(i, (size_t)(g * p.m * p.k));
-        const float *xs = (const float *)p.xs.at(i, (size_t)(g * p.m * (p.k / 128) * 4));
+    qplug_cuda__scale_fmt af = p.fmt == 2 ? QPLUG_CUDA_SCALE_F32 : QPLUG_CUDA_SCALE_UE8M0;
+    qplug_status s = QPLUG_OK;
+    if (ver == 1) {
+        s = qplug_cuda__gemv_bf16((qplug_cuda__gemv_fmt)p.fmt, p.w.at(i, 0), p.s.at(i, 0), 0.0123f,
+                                  p.x.at(i, 0), p.g * p.k, af, p.m, p.n, p.k, p.g, p.y.at(0, 0),
+                                  p.g * p.n, st, &err);
+        if (s != QPLUG_OK)
+            fprintf(stderr, "gemv_bench: %s\n", err.msg);
+        return s == QPLUG_OK;
+    }
+    for (int64_t g = 0; g < p.g && s == QPLUG_OK; g++) {
+        void *xq = p.xq.at(i, (size_t)(g * p.m * p.k));
+        float *xs = (float *)p.xs.at(i, (size_t)(g * p.m * (p.k / 128) * 4));
         void *y = p.y.at(0, (size_t)(g * p.m * p.n * 2));
-        qplug_status s;
+        if (ver == 0)
+            s = qplug_cuda__act_quant_fp8_ld((const uint16_t *)p.x.at(i, 0) + g * p.k, p.g * p.k,
+                                             p.m, p.k, af, xq, xs, st, &err);
+        if (s != QPLUG_OK)
+            break;
         if (p.fmt == 0) {
             const void *w = p.w.at(i, (size_t)(g * p.n * p.k));
             const float *ws = (const float *)p.s.at(i, (size_t)(g * (p.n / 128) * (p.k / 128) * 4));
-            s = ver ? qplug_cuda__gemv_fp8(w, ws, xq, xs, p.m, p.n, p.k, y, st, &err)
-                    : qplug_v2__gemv_fp8(w, ws, xq, xs, p.m, p.n, p.k, y, st, &err);
+            s = qplug_cuda__gemv_fp8(w, ws, xq, xs, p.m, p.n, p.k, y, st, &err);
         } else {
             const uint8_t *w = (const uint8_t *)p.w.at(i, (size_t)(g * p.n * p.k / 2));
             const uint8_t *ws =
                 (const uint8_t *)p.s.at(i, (size_t)(g * p.n * p.k / (p.fmt == 1 ? 32 : 16)));
             if (p.fmt == 1)
-                s = ver ? qplug_cuda__gemv_mxfp4(w, ws, xq, xs, p.m, p.n, p.k, y, st, &err)
-                        : qplug_v2__gemv_mxfp4(w, ws, xq, xs, p.m, p.n, p.k, y, st, &err);
+                s = qplug_cuda__gemv_mxfp4(w, ws, xq, xs, p.m, p.n, p.k, y, st, &err);
             else
-                s = ver ? qplug_cuda__gemv_nvfp4(w, ws, 0.0123f, xq, xs, p.m, p.n, p.k, y, st,
-                                                 &err)
-                        : qplug_v2__gemv_nvfp4(w, ws, 0.0123f, xq, xs, p.m, p.n, p.k, y, st,
-                                               &err);
-        }
-        if (s != QPLUG_OK) {
-            fprintf(stderr, "gemv_bench: %s\n", err.msg);
-            return false;
+                s = qplug_cuda__gemv_nvfp4(w, ws, 0.0123f, xq, xs, p.m, p.n, p.k, y, st, &err);
         }
     }
-    return true;
+    if (s != QPLUG_OK)
+        fprintf(stderr, "gemv_bench: %s\n", err.msg);
+    return s == QPLUG_OK;
 }
 
 static double median(std::vector<float> v)
@@ -215,10 +224,7 @@ static double bf16f(uint16_t b)
 
 int main(int argc, char **argv)
 {
-    bool with_v2 = !(argc > 1 && !strcmp(argv[1], "--no-v2"));
-    const char *tag = argc > 2 ? argv[2] : "new";
-    /* The name of the version linked in as qplug_v2__ (gemv_bench.sh). */
-    const char *old = argc > 3 ? argv[3] : "v2";
+    const char *tag = argc > 1 ? argv[1] : "v6";
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     /* Copy bandwidth. */
@@ -243,10 +249,9 @@ int main(int argc, char **argv)
     CK(cudaFree(cbuf));
     printf("# gemv_bench %s on %s (%d SMs), copy %.0f GB/s\n", tag, prop.name,
            prop.multiProcessorCount, copy);
-    printf("| model | layer | fmt | M | G | floor us | %s ev us | %s ev us | %s ev %%copy | %s graph us "
-           "| %s graph us | %s graph %%copy | %s graph %%copy | rel diff |\n",
-           old, tag, tag, old, tag, old, tag);
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| model | layer | fmt | M | G | floor us | q+gemv graph us | fused graph us | gemv graph "
+           "us | q+gemv %%copy | fused %%copy | gemv %%copy | q+gemv ev us | fused ev us | diff |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     const char *fname[3] = {"fp8_block", "mxfp4", "nvfp4"};
     const int64_t ms[2] = {1, 16};
     for (const shape &sh : shapes)
@@ -270,39 +275,39 @@ int main(int argc, char **argv)
             p.s = make_pool(ssz, sets, fmt == 0 ? 2 : fmt == 1 ? 3 : 4, 21 + fmt);
             for (int64_t m : ms) {
                 p.m = m;
+                p.x = make_pool((size_t)(sh.g * m * sh.k * 2), sets, 5, 61);
                 p.xq = make_pool((size_t)(sh.g * m * sh.k), sets, 1, 31);
                 p.xs = make_pool((size_t)(sh.g * m * (sh.k / 128) * 4), sets, 2, 41);
                 p.y = make_pool((size_t)(sh.g * m * sh.n * 2), 1, 0, 51);
                 CK(cudaDeviceSynchronize());
-                double t2[2] = {NAN, NAN}, t3[2];
-                double diff = NAN;
+                double t[3][2];
                 size_t ny = (size_t)(sh.g * m * sh.n);
-                std::vector<uint16_t> y2(ny), y3(ny);
-                if (with_v2) {
-                    call(p, 0, 0, NULL);
-                    CK(cudaMemcpy(y2.data(), p.y.base, ny * 2, cudaMemcpyDeviceToHost));
-                    time_point(p, 0, t2);
-                }
+                std::vector<uint16_t> y0(ny), y1(ny);
                 CK(cudaMemset(p.y.base, 0xff, ny * 2));
-                call(p, 1, 0, NULL);
-                CK(cudaMemcpy(y3.data(), p.y.base, ny * 2, cudaMemcpyDeviceToHost));
-                time_point(p, 1, t3);
-                if (with_v2) {
-                    double num = 0, den = 0;
-                    for (size_t i = 0; i < ny; i++) {
-                        double a = bf16f(y3[i]), b = bf16f(y2[i]);
-                        num += (a - b) * (a - b);
-                        den += b * b;
-                    }
-                    diff = sqrt(num / den);
+                if (!call(p, 0, 0, NULL))
+                    exit(1);
+                CK(cudaMemcpy(y0.data(), p.y.base, ny * 2, cudaMemcpyDeviceToHost));
+                CK(cudaMemset(p.y.base, 0xff, ny * 2));
+                if (!call(p, 1, 0, NULL))
+                    exit(1);
+                CK(cudaMemcpy(y1.data(), p.y.base, ny * 2, cudaMemcpyDeviceToHost));
+                for (int v = 0; v < 3; v++)
+                    time_point(p, v, t[v]);
+                double num = 0, den = 0;
+                for (size_t i = 0; i < ny; i++) {
+                    double a = bf16f(y1[i]), b = bf16f(y0[i]);
+                    num += (a - b) * (a - b);
+                    den += b * b;
                 }
-                double floor_us = wb / (copy * 1e3);
-                printf("| %s | %s | %s | %lld | %lld | %.1f | %.1f | %.1f | %.0f%% | %.1f | %.1f | "
-                       "%.0f%% | %.0f%% | %.1e |\n",
-                       sh.model, sh.layer, fname[fmt], (long long)m, (long long)sh.g, floor_us,
-                       t2[0], t3[0], 100.0 * floor_us / t3[0], t2[1], t3[1],
-                       100.0 * floor_us / t2[1], 100.0 * floor_us / t3[1], diff);
+                double diff = sqrt(num / den);
+                double fl = wb / (copy * 1e3);
+                printf("| %s | %s | %s | %lld | %lld | %.1f | %.1f | %.1f | %.1f | %.0f%% | %.0f%% | "
+                       "%.0f%% | %.1f | %.1f | %.1e |\n",
+                       sh.model, sh.layer, fname[fmt], (long long)m, (long long)sh.g, fl, t[0][1],
+                       t[1][1], t[2][1], 100.0 * fl / t[0][1], 100.0 * fl / t[1][1],
+                       100.0 * fl / t[2][1], t[0][0], t[1][0], diff);
                 fflush(stdout);
+                CK(cudaFree(p.x.base));
                 CK(cudaFree(p.xq.base));
                 CK(cudaFree(p.xs.base));
                 CK(cudaFree(p.y.base));
