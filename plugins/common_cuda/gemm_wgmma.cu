@@ -41,6 +41,22 @@
 #ifndef QPLUG_WGMMA_LPR
 #define QPLUG_WGMMA_LPR 2
 #endif
+/* Two producer warpgroups (512 threads, which start at 128 registers each)
+ * move registers with setmaxnreg: producers give up what the consumers
+ * take, 2 x 128 x PROD + 2 x 128 x CONS = 65536. */
+#ifndef QPLUG_WGMMA_PRODUCERS
+#define QPLUG_WGMMA_PRODUCERS 1
+#endif
+#ifndef QPLUG_WGMMA_PROD_REGS
+#define QPLUG_WGMMA_PROD_REGS 88
+#endif
+#ifndef QPLUG_WGMMA_CONS_REGS
+#define QPLUG_WGMMA_CONS_REGS 168
+#endif
+static_assert(QPLUG_WGMMA_PROD_REGS + QPLUG_WGMMA_CONS_REGS == 256,
+              "two producer and two consumer warpgroups share 65536 registers");
+#define QPLUG__WG_STR2(x) #x
+#define QPLUG__WG_STR(x) QPLUG__WG_STR2(x)
 #ifndef QPLUG_WGMMA_RASTER
 #define QPLUG_WGMMA_RASTER 8
 #endif
@@ -50,7 +66,9 @@ enum {
     QPLUG_WG_BN = 128,
     QPLUG_WG_BK = 128,
     QPLUG_WG_STAGES = QPLUG_WGMMA_STAGES,
-    QPLUG_WG_THREADS = 384,
+    QPLUG_WG_PRODUCERS = QPLUG_WGMMA_PRODUCERS,
+    QPLUG_WG_THREADS = 128 * (2 + QPLUG_WG_PRODUCERS),
+
     QPLUG_WG_TILE = QPLUG_WG_BM * QPLUG_WG_BK, /* bytes of one E4M3 tile */
     QPLUG_WG_DEPTH = QPLUG_WGMMA_DEPTH,         /* producer load ring, in chunks */
     QPLUG_WG_RASTER = QPLUG_WGMMA_RASTER,       /* m-tiles per rasterization band */
@@ -293,7 +311,7 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < QPLUG_WG_STAGES; s++) {
-            qplug__wg_bar_init(&full[s], 129);
+            qplug__wg_bar_init(&full[s], 128 * QPLUG_WG_PRODUCERS + 1);
             qplug__wg_bar_init(&empty[s], 256);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -301,27 +319,38 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
     }
     __syncthreads();
 
-    if (threadIdx.x < 128) {
-        /* Producer. */
-        int rt = threadIdx.x / QPLUG_WG_LPR, q = threadIdx.x % QPLUG_WG_LPR;
+    if (threadIdx.x < 128 * QPLUG_WG_PRODUCERS) {
+        /* Producer. With two producer warpgroups, warpgroup pw takes the
+         * chunks (row halves) 2 kb + pw and both arrive on each stage. */
+#if QPLUG_WGMMA_PRODUCERS > 1
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 " QPLUG__WG_STR(QPLUG_WGMMA_PROD_REGS) ";\n" ::
+                         : "memory");
+#endif
+        int pw = threadIdx.x >> 7, pt = threadIdx.x & 127;
+        int rt = pt / QPLUG_WG_LPR, q = pt % QPLUG_WG_LPR;
         const __nv_bfloat16 *xt = args.x + m0 * args.ldx + (int64_t)group * args.k;
         int rows_left = (int)min((int64_t)QPLUG_WG_BM, args.m - m0);
-        int nchunks = 2 * kt;
+        int nlocal = 2 * kt / QPLUG_WG_PRODUCERS;
         uint4 buf[QPLUG_WG_DEPTH][8];
 #pragma unroll
         for (int d = 0; d < QPLUG_WG_DEPTH - 1; d++)
-            if (d < nchunks)
-                qplug__wg_load_chunk(buf[d], xt, args.ldx, rows_left, d, rt, q);
-        for (int c0 = 0; c0 < nchunks; c0 += QPLUG_WG_DEPTH) {
+            if (d < nlocal)
+                qplug__wg_load_chunk(buf[d], xt, args.ldx, rows_left,
+                                     QPLUG_WG_PRODUCERS * d + pw, rt, q);
+        for (int l0 = 0; l0 < nlocal; l0 += QPLUG_WG_DEPTH) {
 #pragma unroll
             for (int d = 0; d < QPLUG_WG_DEPTH; d++) {
-                int c = c0 + d;
-                if (c + QPLUG_WG_DEPTH - 1 < nchunks)
+                int l = l0 + d;
+                int c = QPLUG_WG_PRODUCERS * l + pw;
+                if (l + QPLUG_WG_DEPTH - 1 < nlocal)
                     qplug__wg_load_chunk(buf[(d + QPLUG_WG_DEPTH - 1) % QPLUG_WG_DEPTH], xt,
-                                         args.ldx, rows_left, c + QPLUG_WG_DEPTH - 1, rt, q);
-                if (c < nchunks) {
+                                         args.ldx, rows_left,
+                                         c + QPLUG_WG_PRODUCERS * (QPLUG_WG_DEPTH - 1), rt, q);
+                if (l < nlocal) {
                     int kb = c >> 1, s = kb % QPLUG_WG_STAGES;
-                    if ((c & 1) == 0) {
+                    bool opens = QPLUG_WG_PRODUCERS > 1 || (c & 1) == 0;
+                    bool closes = QPLUG_WG_PRODUCERS > 1 || (c & 1) == 1;
+                    if (opens) {
                         qplug__wg_bar_wait(&empty[s], ((kb / QPLUG_WG_STAGES) & 1) ^ 1);
                         if (threadIdx.x == 0) {
                             qplug__wg_bar_arrive_tx(&full[s], QPLUG_WG_TILE);
@@ -331,7 +360,7 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
                     }
                     qplug__wg_quant_chunk<UE8M0>(buf[d], sa + s * QPLUG_WG_TILE,
                                                  sscale + s * QPLUG_WG_BM, c, rt, q);
-                    if ((c & 1) == 1) {
+                    if (closes) {
                         /* The codes were written by ordinary stores and are
                          * read next by the tensor cores (async proxy). */
                         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -344,7 +373,11 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
     }
 
     /* Consumers. */
-    int wg = (threadIdx.x >> 7) - 1, tid = threadIdx.x & 127;
+#if QPLUG_WGMMA_PRODUCERS > 1
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 " QPLUG__WG_STR(QPLUG_WGMMA_CONS_REGS) ";\n" ::
+                     : "memory");
+#endif
+    int wg = (threadIdx.x >> 7) - QPLUG_WG_PRODUCERS, tid = threadIdx.x & 127;
     int warp = tid >> 5, lane = tid & 31;
     int row_a = wg * 64 + warp * 16 + (lane >> 2);
     const float *wsc = args.w_scale + (int64_t)n_tile * kt;

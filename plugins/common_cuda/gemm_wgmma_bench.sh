@@ -93,8 +93,8 @@ if [ "${BEST:-0}" = 1 ]; then
         timeout 200 "$B/bench_$best" "$TAG (variant $best)" >"$OUT/bench_full.md" 2>&1 ||
             echo "full bench failed (rc $?)" >>"$OUT/bench_full.md"
         if [ "${NCU:-0}" = 1 ]; then
-            timeout 120 ncu --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
-                --section MemoryWorkloadAnalysis -k regex:qplug__wg_kernel -c 1 \
+            timeout 120 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+                --section MemoryWorkloadAnalysis -k regex:wg_kernel -c 1 \
                 "$B/bench_$best" ncu --quick >"$OUT/ncu.log" 2>&1 || echo "ncu: rc $?" >>"$OUT/ncu.log"
         fi
     fi
