@@ -90,6 +90,12 @@ if [ "${BEST:-0}" = 1 ]; then
     done | sort -n | head -1 | sed 's/.*bench_\([0-9]*\)\.md/\1/')
     if [ -n "$best" ]; then
         echo "best variant: $best" | tee -a "$OUT/sass.txt"
+        if [ "${MEMCHECK:-0}" = 1 ] && [ "$best" != 0 ]; then
+            echo "== memcheck, variant $best" >>"$OUT/test.log"
+            timeout 120 compute-sanitizer --tool memcheck "$B/test_$best" >>"$OUT/test.log" 2>&1 ||
+                echo "memcheck: rc $?" >>"$OUT/test.log"
+            tail -2 "$OUT/test.log"
+        fi
         timeout 200 "$B/bench_$best" "$TAG (variant $best)" >"$OUT/bench_full.md" 2>&1 ||
             echo "full bench failed (rc $?)" >>"$OUT/bench_full.md"
         if [ "${NCU:-0}" = 1 ]; then
