@@ -2,31 +2,38 @@
  * quantizes them inside the kernel, so prefill needs no separate act_quant
  * pass and no E4M3 copy of x in device memory.
  *
- * One CTA computes a 128 x 128 tile of y with three warpgroups:
- *   warpgroup 0 (producer): thread 0 starts the TMA copy of the 128 x 128
+ * One CTA computes a 128 x 128 tile of y with four warpgroups (defaults; the
+ * tunables below select the other layouts measured in bench/NOTES.md):
+ *   warpgroups 0-1 (producers): thread 0 starts the TMA copy of the 128 x 128
  *     E4M3 weight tile of each k-block (128-byte swizzle, completing on the
- *     stage's "full" mbarrier); all 128 threads load the BF16 x tile with
- *     16-byte loads, compute each row's 1x128 scale exactly as
- *     qplug_cuda__act_quant_fp8 does, and write the E4M3 codes into shared
- *     memory in the same 128-byte swizzled layout, plus the 128 row scales.
- *   warpgroups 1 and 2 (consumers): 64 rows each; per k-block four wgmma
+ *     stage's "full" mbarrier); warpgroup p loads rows 64 p .. 64 p + 63 of
+ *     the BF16 x tile with 16-byte loads, computes each row's 1x128 scale
+ *     exactly as qplug_cuda__act_quant_fp8 does, and writes the E4M3 codes
+ *     into shared memory in the same 128-byte swizzled layout, plus the row
+ *     scales.
+ *   warpgroups 2-3 (consumers): 64 rows each; per k-block four wgmma
  *     m64n128k32 (both operands from shared memory) into a scratch fp32
  *     accumulator, then the promotion fin += acc * (x scale * w scale), so
  *     every 128-wide k-block is summed in fp32 first and scaled once, like
- *     the formula in qplug_cuda.h (and DeepGEMM's promotion).
- * The stages form a ring of QPLUG_WG_STAGES slots: the producer waits for a
+ *     the formula in qplug_cuda.h (and DeepGEMM's promotion). On H200 the
+ *     outputs are bit-identical to act_quant + cuBLASLt's block-scaled GEMM.
+ * The stages form a ring of QPLUG_WG_STAGES slots: the producers wait for a
  * slot's "empty" barrier (all 256 consumer threads arrived), the consumers
- * for its "full" barrier (128 producer arrivals, one of them carrying the
- * TMA byte count).
+ * for its "full" barrier (all producer threads, plus one arrival carrying
+ * the TMA byte count).
  *
  * The tile width 128 matches the weight scale tile, so one weight scale
  * serves a whole k-block of the tile. The two accumulators of a 64 x 128
- * consumer tile take 128 registers per thread, which fits the 168 that a
- * 384-thread CTA gets without setmaxnreg; a wider tile would not fit.
+ * consumer tile take 128 registers per thread; setmaxnreg gives the
+ * consumers 168 and the producers 88.
  *
- * The producer keeps QPLUG_WG_DEPTH - 1 chunks of x loads in flight while it
- * quantizes the current chunk (a chunk is half a k-block: 8 rows per
- * thread), so the load latency overlaps the quantization. */
+ * Where it stands (H200, bench/results/h200_wgmma_v1_1.md): 295-381 TF/s at
+ * M = 4096, 0.29-0.36x the speed of cuBLASLt alone. Each CTA re-reads and
+ * re-quantizes its 128 x K slice of x for every 128-column tile of y, so
+ * x crosses L2 N/128 times; Nsight Compute shows L2 and L1TEX ~70% busy and
+ * half of the stalls on global loads. Only the grouped projection at small
+ * M (one launch instead of one cuBLASLt call per group) is faster than
+ * act_quant + cuBLASLt. */
 #include <cuda.h>
 
 #include "internal.cuh"
@@ -36,7 +43,7 @@
 #define QPLUG_WGMMA_STAGES 5
 #endif
 #ifndef QPLUG_WGMMA_DEPTH
-#define QPLUG_WGMMA_DEPTH 3
+#define QPLUG_WGMMA_DEPTH 1
 #endif
 #ifndef QPLUG_WGMMA_LPR
 #define QPLUG_WGMMA_LPR 2
@@ -45,7 +52,7 @@
  * move registers with setmaxnreg: producers give up what the consumers
  * take, 2 x 128 x PROD + 2 x 128 x CONS = 65536. */
 #ifndef QPLUG_WGMMA_PRODUCERS
-#define QPLUG_WGMMA_PRODUCERS 1
+#define QPLUG_WGMMA_PRODUCERS 2
 #endif
 #ifndef QPLUG_WGMMA_PROD_REGS
 #define QPLUG_WGMMA_PROD_REGS 88
