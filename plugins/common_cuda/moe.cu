@@ -331,7 +331,6 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
     if (r0 >= r1)
         return;
     r1 = min(r1, r0 + BM);
-    int64_t n0 = (int64_t)blockIdx.y * MOE_BN;
     int64_t n = p.n, k = p.k;
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tq = lane & 3;
     int wm = warp % WM, wn = warp / WM;
@@ -341,201 +340,208 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
         arow[tid] = r < r1 ? (p.perm_tok ? p.perm_tok[r] : r) : -1;
     }
 
-    /* Per-expert bases of the weights and their scales. */
-    const uint8_t *wb[NM];
-    const uint8_t *sb[NM];
-    float wgl[NM];
+    /* One n-block per block, except for the W4A4 fallback, which loops over
+     * them (grid.y = 1) so that its launch costs little when the flag leaves
+     * it idle. */
+    for (int64_t n0 = (int64_t)blockIdx.y * MOE_BN; n0 < p.n;
+         n0 += (int64_t)gridDim.y * MOE_BN) {
+        /* Per-expert bases of the weights and their scales. */
+        const uint8_t *wb[NM];
+        const uint8_t *sb[NM];
+        float wgl[NM];
 #pragma unroll
-    for (int mi = 0; mi < NM; mi++) {
-        if (WF == MOE_F_FP8) {
-            wb[mi] = p.w[mi] + (int64_t)e * n * k;
-            sb[mi] = p.ws[mi] + ((int64_t)e * (n / 128) * (k / 128) + (n0 / 128) * (k / 128)) * 4;
-        } else {
-            wb[mi] = p.w[mi] + (int64_t)e * n * (k / 2);
-            int64_t per = WF == MOE_F_MX ? k / 32 : k / 16;
-            sb[mi] = p.ws[mi] + (int64_t)e * n * per;
+        for (int mi = 0; mi < NM; mi++) {
+            if (WF == MOE_F_FP8) {
+                wb[mi] = p.w[mi] + (int64_t)e * n * k;
+                sb[mi] = p.ws[mi] + ((int64_t)e * (n / 128) * (k / 128) + (n0 / 128) * (k / 128)) * 4;
+            } else {
+                wb[mi] = p.w[mi] + (int64_t)e * n * (k / 2);
+                int64_t per = WF == MOE_F_MX ? k / 32 : k / 16;
+                sb[mi] = p.ws[mi] + (int64_t)e * n * per;
+            }
+            wgl[mi] = WF == MOE_F_NV ? p.wg[mi][e] : 1.0f;
         }
-        wgl[mi] = WF == MOE_F_NV ? p.wg[mi][e] : 1.0f;
-    }
 
-    float acc[NM][FR][4];
+        float acc[NM][FR][4];
 #pragma unroll
-    for (int mi = 0; mi < NM; mi++)
+        for (int mi = 0; mi < NM; mi++)
+#pragma unroll
+            for (int f = 0; f < FR; f++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    acc[mi][f][i] = 0.0f;
+        __syncthreads();
+
+        /* The staged chunk in registers: this thread's A piece and scale, its
+         * B pieces and (threads < 128) their row's scales. */
+        uint4 ra = make_uint4(0, 0, 0, 0);
+        float ras = 0.0f;
+        unsigned rasr = 0;
+        uint4 rb[NM][2];
+        float rbs[NM];
+        unsigned rbsr[NM];
+        int64_t arow_me = 0;
+
+        auto load = [&](int64_t k0) {
+            if (AF == MOE_F_FP8) {
+                int64_t ar = tid < 4 * BM ? arow[tid >> 2] : -1;
+                ra = make_uint4(0, 0, 0, 0);
+                if (ar >= 0)
+                    ra = __ldg(reinterpret_cast<const uint4 *>(p.a + ar * p.a_ld + k0 + (tid & 3) * 16));
+                if (tid < BM) {
+                    arow_me = arow[tid];
+                    ras = arow_me >= 0 ? __ldg(p.a_scale + (k0 / 128) * p.a_sld + arow_me) : 0.0f;
+                }
+            } else {
+                if (tid < 2 * BM) {
+                    int64_t ar = arow[tid >> 1];
+                    ra = make_uint4(0, 0, 0, 0);
+                    if (ar >= 0) {
+                        /* Packed rows are only 4-byte aligned (hidden/2 + scales). */
+                        const unsigned *src = reinterpret_cast<const unsigned *>(
+                            p.a + ar * p.a_ld + k0 / 2 + (tid & 1) * 16);
+                        ra = make_uint4(__ldg(src), __ldg(src + 1), __ldg(src + 2), __ldg(src + 3));
+                    }
+                } else if (tid < 3 * BM) {
+                    arow_me = arow[tid - 2 * BM];
+                    rasr = arow_me >= 0
+                               ? qplug_cuda__moe_fp4_scale_raw<AF>(p.a + arow_me * p.a_ld + k / 2, k0)
+                               : 0u;
+                }
+            }
+#pragma unroll
+            for (int mi = 0; mi < NM; mi++) {
+                if (WF == MOE_F_FP8) {
+#pragma unroll
+                    for (int it = 0; it < 2; it++) {
+                        int idx = tid + it * MOE_THREADS;
+                        rb[mi][it] = qplug_cuda__ld_stream(wb[mi] + (n0 + (idx >> 2)) * k + k0 +
+                                                           (idx & 3) * 16);
+                    }
+                    if (tid < MOE_BN)
+                        rbs[mi] = __ldg(reinterpret_cast<const float *>(sb[mi]) + k0 / 128);
+                } else {
+                    rb[mi][0] = qplug_cuda__ld_stream(wb[mi] + (n0 + (tid >> 1)) * (k / 2) + k0 / 2 +
+                                                      (tid & 1) * 16);
+                    if (tid < MOE_BN) {
+                        int64_t per = WF == MOE_F_MX ? k / 32 : k / 16;
+                        rbsr[mi] = qplug_cuda__moe_fp4_scale_raw<WF>(sb[mi] + (n0 + tid) * per, k0);
+                    }
+                }
+            }
+        };
+
+        auto store = [&]() {
+            if (AF == MOE_F_FP8) {
+                if (tid < 4 * BM)
+                    *reinterpret_cast<uint4 *>(&As[tid >> 2][(tid & 3) * 16]) = ra;
+                if (tid < BM)
+                    as_s[0][tid] = as_s[1][tid] = as_s[2][tid] = as_s[3][tid] = ras;
+            } else {
+                if (tid < 2 * BM) {
+                    qplug_cuda__moe_fp4_store(&As[tid >> 1][(tid & 1) * 32], ra);
+                } else if (tid < 3 * BM) {
+                    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    if (arow_me >= 0)
+                        qplug_cuda__moe_fp4_scales<AF>(rasr, p.a_gscale, s);
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        as_s[i][tid - 2 * BM] = s[i];
+                }
+            }
+#pragma unroll
+            for (int mi = 0; mi < NM; mi++) {
+                if (WF == MOE_F_FP8) {
+#pragma unroll
+                    for (int it = 0; it < 2; it++) {
+                        int idx = tid + it * MOE_THREADS;
+                        *reinterpret_cast<uint4 *>(&Bs[mi][idx >> 2][(idx & 3) * 16]) = rb[mi][it];
+                    }
+                    if (tid < MOE_BN)
+                        bs_s[mi][0][tid] = bs_s[mi][1][tid] = bs_s[mi][2][tid] = bs_s[mi][3][tid] =
+                            rbs[mi];
+                } else {
+                    qplug_cuda__moe_fp4_store(&Bs[mi][tid >> 1][(tid & 1) * 32], rb[mi][0]);
+                    if (tid < MOE_BN) {
+                        float s[4];
+                        qplug_cuda__moe_fp4_scales<WF>(rbsr[mi], wgl[mi], s);
+#pragma unroll
+                        for (int i = 0; i < 4; i++)
+                            bs_s[mi][i][tid] = s[i];
+                    }
+                }
+            }
+        };
+
+        load(0);
+        store();
+        __syncthreads();
+        for (int64_t k0 = 0; k0 < k; k0 += MOE_BK) {
+            bool more = k0 + MOE_BK < k;
+            if (more)
+                load(k0 + MOE_BK);
+
+#pragma unroll
+            for (int st = 0; st < 2; st++) {
+                int rr = wm * 16 + gid, kc = st * 32 + tq * 8;
+                uint2 alo = *reinterpret_cast<const uint2 *>(&As[rr][kc]);
+                uint2 ahi = *reinterpret_cast<const uint2 *>(&As[rr + 8][kc]);
+                float sa0[2], sa1[2];
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    sa0[h] = as_s[st * 2 + h][rr];
+                    sa1[h] = as_s[st * 2 + h][rr + 8];
+                }
+#pragma unroll
+                for (int mi = 0; mi < NM; mi++)
+#pragma unroll
+                    for (int f = 0; f < FR; f++) {
+                        int cb = wn * FR * 8 + f * 8;
+                        uint2 b = *reinterpret_cast<const uint2 *>(&Bs[mi][cb + gid][kc]);
+                        int c0 = cb + tq * 2;
+#pragma unroll
+                        for (int h = 0; h < (G16 ? 2 : 1); h++) {
+                            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                            bool mine = !G16 || (tq >> 1) == h;
+                            qplug_cuda__mma_e4m3(c, alo.x, ahi.x, alo.y, ahi.y, mine ? b.x : 0u,
+                                                 mine ? b.y : 0u);
+                            float2 sw = *reinterpret_cast<const float2 *>(&bs_s[mi][st * 2 + h][c0]);
+                            acc[mi][f][0] += c[0] * (sa0[h] * sw.x);
+                            acc[mi][f][1] += c[1] * (sa0[h] * sw.y);
+                            acc[mi][f][2] += c[2] * (sa1[h] * sw.x);
+                            acc[mi][f][3] += c[3] * (sa1[h] * sw.y);
+                        }
+                    }
+            }
+            __syncthreads();
+            if (more) {
+                store();
+                __syncthreads();
+            }
+        }
+
+        float L = p.limit;
 #pragma unroll
         for (int f = 0; f < FR; f++)
 #pragma unroll
-            for (int i = 0; i < 4; i++)
-                acc[mi][f][i] = 0.0f;
-    __syncthreads();
-
-    /* The staged chunk in registers: this thread's A piece and scale, its
-     * B pieces and (threads < 128) their row's scales. */
-    uint4 ra = make_uint4(0, 0, 0, 0);
-    float ras = 0.0f;
-    unsigned rasr = 0;
-    uint4 rb[NM][2];
-    float rbs[NM];
-    unsigned rbsr[NM];
-    int64_t arow_me = 0;
-
-    auto load = [&](int64_t k0) {
-        if (AF == MOE_F_FP8) {
-            int64_t ar = tid < 4 * BM ? arow[tid >> 2] : -1;
-            ra = make_uint4(0, 0, 0, 0);
-            if (ar >= 0)
-                ra = __ldg(reinterpret_cast<const uint4 *>(p.a + ar * p.a_ld + k0 + (tid & 3) * 16));
-            if (tid < BM) {
-                arow_me = arow[tid];
-                ras = arow_me >= 0 ? __ldg(p.a_scale + (k0 / 128) * p.a_sld + arow_me) : 0.0f;
-            }
-        } else {
-            if (tid < 2 * BM) {
-                int64_t ar = arow[tid >> 1];
-                ra = make_uint4(0, 0, 0, 0);
-                if (ar >= 0) {
-                    /* Packed rows are only 4-byte aligned (hidden/2 + scales). */
-                    const unsigned *src = reinterpret_cast<const unsigned *>(
-                        p.a + ar * p.a_ld + k0 / 2 + (tid & 1) * 16);
-                    ra = make_uint4(__ldg(src), __ldg(src + 1), __ldg(src + 2), __ldg(src + 3));
-                }
-            } else if (tid < 3 * BM) {
-                arow_me = arow[tid - 2 * BM];
-                rasr = arow_me >= 0
-                           ? qplug_cuda__moe_fp4_scale_raw<AF>(p.a + arow_me * p.a_ld + k / 2, k0)
-                           : 0u;
-            }
-        }
-#pragma unroll
-        for (int mi = 0; mi < NM; mi++) {
-            if (WF == MOE_F_FP8) {
-#pragma unroll
-                for (int it = 0; it < 2; it++) {
-                    int idx = tid + it * MOE_THREADS;
-                    rb[mi][it] = qplug_cuda__ld_stream(wb[mi] + (n0 + (idx >> 2)) * k + k0 +
-                                                       (idx & 3) * 16);
-                }
-                if (tid < MOE_BN)
-                    rbs[mi] = __ldg(reinterpret_cast<const float *>(sb[mi]) + k0 / 128);
-            } else {
-                rb[mi][0] = qplug_cuda__ld_stream(wb[mi] + (n0 + (tid >> 1)) * (k / 2) + k0 / 2 +
-                                                  (tid & 1) * 16);
-                if (tid < MOE_BN) {
-                    int64_t per = WF == MOE_F_MX ? k / 32 : k / 16;
-                    rbsr[mi] = qplug_cuda__moe_fp4_scale_raw<WF>(sb[mi] + (n0 + tid) * per, k0);
-                }
-            }
-        }
-    };
-
-    auto store = [&]() {
-        if (AF == MOE_F_FP8) {
-            if (tid < 4 * BM)
-                *reinterpret_cast<uint4 *>(&As[tid >> 2][(tid & 3) * 16]) = ra;
-            if (tid < BM)
-                as_s[0][tid] = as_s[1][tid] = as_s[2][tid] = as_s[3][tid] = ras;
-        } else {
-            if (tid < 2 * BM) {
-                qplug_cuda__moe_fp4_store(&As[tid >> 1][(tid & 1) * 32], ra);
-            } else if (tid < 3 * BM) {
-                float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                if (arow_me >= 0)
-                    qplug_cuda__moe_fp4_scales<AF>(rasr, p.a_gscale, s);
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    as_s[i][tid - 2 * BM] = s[i];
-            }
-        }
-#pragma unroll
-        for (int mi = 0; mi < NM; mi++) {
-            if (WF == MOE_F_FP8) {
-#pragma unroll
-                for (int it = 0; it < 2; it++) {
-                    int idx = tid + it * MOE_THREADS;
-                    *reinterpret_cast<uint4 *>(&Bs[mi][idx >> 2][(idx & 3) * 16]) = rb[mi][it];
-                }
-                if (tid < MOE_BN)
-                    bs_s[mi][0][tid] = bs_s[mi][1][tid] = bs_s[mi][2][tid] = bs_s[mi][3][tid] =
-                        rbs[mi];
-            } else {
-                qplug_cuda__moe_fp4_store(&Bs[mi][tid >> 1][(tid & 1) * 32], rb[mi][0]);
-                if (tid < MOE_BN) {
-                    float s[4];
-                    qplug_cuda__moe_fp4_scales<WF>(rbsr[mi], wgl[mi], s);
-#pragma unroll
-                    for (int i = 0; i < 4; i++)
-                        bs_s[mi][i][tid] = s[i];
-                }
-            }
-        }
-    };
-
-    load(0);
-    store();
-    __syncthreads();
-    for (int64_t k0 = 0; k0 < k; k0 += MOE_BK) {
-        bool more = k0 + MOE_BK < k;
-        if (more)
-            load(k0 + MOE_BK);
-
-#pragma unroll
-        for (int st = 0; st < 2; st++) {
-            int rr = wm * 16 + gid, kc = st * 32 + tq * 8;
-            uint2 alo = *reinterpret_cast<const uint2 *>(&As[rr][kc]);
-            uint2 ahi = *reinterpret_cast<const uint2 *>(&As[rr + 8][kc]);
-            float sa0[2], sa1[2];
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                sa0[h] = as_s[st * 2 + h][rr];
-                sa1[h] = as_s[st * 2 + h][rr + 8];
-            }
-#pragma unroll
-            for (int mi = 0; mi < NM; mi++)
-#pragma unroll
-                for (int f = 0; f < FR; f++) {
-                    int cb = wn * FR * 8 + f * 8;
-                    uint2 b = *reinterpret_cast<const uint2 *>(&Bs[mi][cb + gid][kc]);
-                    int c0 = cb + tq * 2;
-#pragma unroll
-                    for (int h = 0; h < (G16 ? 2 : 1); h++) {
-                        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                        bool mine = !G16 || (tq >> 1) == h;
-                        qplug_cuda__mma_e4m3(c, alo.x, ahi.x, alo.y, ahi.y, mine ? b.x : 0u,
-                                             mine ? b.y : 0u);
-                        float2 sw = *reinterpret_cast<const float2 *>(&bs_s[mi][st * 2 + h][c0]);
-                        acc[mi][f][0] += c[0] * (sa0[h] * sw.x);
-                        acc[mi][f][1] += c[1] * (sa0[h] * sw.y);
-                        acc[mi][f][2] += c[2] * (sa1[h] * sw.x);
-                        acc[mi][f][3] += c[3] * (sa1[h] * sw.y);
+            for (int i = 0; i < 4; i++) {
+                int rr = wm * 16 + gid + (i >= 2 ? 8 : 0);
+                int64_t col = n0 + wn * FR * 8 + f * 8 + tq * 2 + (i & 1);
+                if (r0 + rr >= r1)
+                    continue;
+                float v = acc[0][f][i];
+                if (DUAL) {
+                    float g = v, u = acc[NM - 1][f][i];
+                    if (L > 0.0f) {
+                        g = fminf(g, L);
+                        u = fminf(fmaxf(u, -L), L);
                     }
+                    v = g / (1.0f + expf(-g)) * u;
                 }
-        }
-        __syncthreads();
-        if (more) {
-            store();
-            __syncthreads();
-        }
-    }
-
-    float L = p.limit;
-#pragma unroll
-    for (int f = 0; f < FR; f++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            int rr = wm * 16 + gid + (i >= 2 ? 8 : 0);
-            int64_t col = n0 + wn * FR * 8 + f * 8 + tq * 2 + (i & 1);
-            if (r0 + rr >= r1)
-                continue;
-            float v = acc[0][f][i];
-            if (DUAL) {
-                float g = v, u = acc[NM - 1][f][i];
-                if (L > 0.0f) {
-                    g = fminf(g, L);
-                    u = fminf(fmaxf(u, -L), L);
-                }
-                v = g / (1.0f + expf(-g)) * u;
+                p.out[(int64_t)(r0 + rr) * n + col] = v;
             }
-            p.out[(int64_t)(r0 + rr) * n + col] = v;
-        }
+        __syncthreads();
+    }
 }
 
 #include "moe_wgmma.cuh"
@@ -698,7 +704,9 @@ template <int BM, int AF, int WF, bool DUAL>
 static void qplug_cuda__moe_gemm_launch(const qplug_cuda__moe_gemm_args &a, int64_t tmax,
                                         cudaStream_t s)
 {
-    dim3 grid((unsigned)(tmax * (a.sub > 1 ? a.sub : 1)), (unsigned)(a.n / MOE_BN));
+    /* A flag-gated launch (the W4A4 fallback) loops over the n-blocks in
+     * each block instead of launching one block per n-block. */
+    dim3 grid((unsigned)(tmax * (a.sub > 1 ? a.sub : 1)), a.run_if ? 1u : (unsigned)(a.n / MOE_BN));
     qplug_cuda__moe_gemm_kernel<BM, AF, WF, DUAL><<<grid, MOE_THREADS, 0, s>>>(a);
 }
 
@@ -802,12 +810,13 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
 {
     int32_t E = w->num_experts;
     int64_t D = w->hidden, I = w->intermediate, R = m * K;
-    /* Small tiles when the experts get 16 rows or fewer on average (decode),
-     * so that the tensor cores do not multiply mostly empty rows; above that
-     * the wgmma kernels with 128-row tiles when prepare accepted the
-     * experts (and the activations are FP8 or MXFP4 like the weights). */
+    /* The wgmma kernels (128-row tiles, the wgmma N fitted to each tile's
+     * rows) when prepare accepted the experts and the activations are FP8
+     * or MXFP4 like the weights; otherwise the mma.sync kernels, with small
+     * tiles when the experts get 16 rows or fewer on average (decode), so
+     * that the tensor cores do not multiply mostly empty rows. */
     int64_t twg = (R + WG_BN - 1) / WG_BN + E;
-    bool wg = w->wgmma_ready && R > (int64_t)MOE_BM_SMALL * E && twg <= 65535 &&
+    bool wg = w->wgmma_ready && twg <= 65535 &&
               (w->fmt == QPLUG_CUDA_MOE_FP8 || w->fmt == QPLUG_CUDA_MOE_MXFP4) &&
               (af == MOE_F_FP8 || (af == MOE_F_MX && w->fmt == QPLUG_CUDA_MOE_MXFP4));
     int bm = wg ? (int)WG_BN : R <= (int64_t)MOE_BM_SMALL * E ? (int)MOE_BM_SMALL : (int)MOE_BM_LARGE;
@@ -1040,15 +1049,17 @@ static __device__ __forceinline__ unsigned qplug_cuda__to_e2m1(float v)
     return sign | c;
 }
 
-/* One thread per group of `group` values; threads below m*top_k also copy
- * one routing slot. */
+/* One thread per group of G values; threads below m*top_k also copy one
+ * routing slot. VEC: x is 16-byte aligned, so a group is G / 8 16-byte
+ * loads (D % 128 == 0 keeps every group aligned). */
+template <int G, bool VEC>
 __global__ void __launch_bounds__(256)
     qplug_cuda__w4a4_pack_kernel(const __nv_bfloat16 *__restrict__ x, int64_t m, int64_t D,
-                                 int group, float gscale, const int32_t *__restrict__ ids,
+                                 float gscale, const int32_t *__restrict__ ids,
                                  const float *__restrict__ wts, int K, uint8_t *__restrict__ buf)
 {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int64_t gpt = D / group, bpt = D / 2 + gpt;
+    int64_t gpt = D / G, bpt = D / 2 + gpt;
     if (i < m * K) {
         int32_t *bid = reinterpret_cast<int32_t *>(buf + m * bpt);
         float *bw = reinterpret_cast<float *>(buf + m * bpt + m * K * 4);
@@ -1058,16 +1069,32 @@ __global__ void __launch_bounds__(256)
     if (i >= m * gpt)
         return;
     int64_t t = i / gpt, g = i % gpt;
-    const __nv_bfloat16 *xg = x + t * D + g * group;
-    float v[32];
-    float amax = 0.0f;
-    for (int j = 0; j < group; j++) {
-        v[j] = __bfloat162float(xg[j]);
-        amax = fmaxf(amax, fabsf(v[j]));
+    const __nv_bfloat16 *xg = x + t * D + g * G;
+    float v[G];
+    if (VEC) {
+#pragma unroll
+        for (int q = 0; q < G / 8; q++) {
+            uint4 u = __ldg(reinterpret_cast<const uint4 *>(xg) + q);
+            const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                float2 f = __bfloat1622float2(h[j]);
+                v[q * 8 + 2 * j] = f.x;
+                v[q * 8 + 2 * j + 1] = f.y;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < G; j++)
+            v[j] = __bfloat162float(xg[j]);
     }
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < G; j++)
+        amax = fmaxf(amax, fabsf(v[j]));
     uint8_t *row = buf + t * bpt;
-    float step;
-    if (group == 32) {
+    float step, inv = 0.0f;
+    if (G == 32) {
         int e = -127;
         if (amax > 0.0f) {
             int ex;
@@ -1077,16 +1104,21 @@ __global__ void __launch_bounds__(256)
         e = max(-127, min(127, e));
         row[D / 2 + g] = (uint8_t)(e + 127);
         step = ldexpf(1.0f, e);
+        /* v * 2^-e is v / 2^e exactly (one rounding of the same value). */
+        inv = ldexpf(1.0f, -e);
     } else {
         unsigned s8 = qplug_cuda__to_e4m3(__fdiv_rn(__fdiv_rn(amax, 6.0f), gscale));
         row[D / 2 + g] = (uint8_t)s8;
         step = qplug_cuda__e4m3_dev(s8) * gscale;
     }
-    unsigned *dst = reinterpret_cast<unsigned *>(row + g * (group / 2));
-    for (int wd = 0; wd < group / 8; wd++) {
+    unsigned *dst = reinterpret_cast<unsigned *>(row + g * (G / 2));
+#pragma unroll
+    for (int wd = 0; wd < G / 8; wd++) {
         unsigned word = 0;
+#pragma unroll
         for (int j = 0; j < 8; j++) {
-            unsigned c = step > 0.0f ? qplug_cuda__to_e2m1(__fdiv_rn(v[wd * 8 + j], step)) : 0u;
+            float q = G == 32 ? v[wd * 8 + j] * inv : __fdiv_rn(v[wd * 8 + j], step);
+            unsigned c = step > 0.0f ? qplug_cuda__to_e2m1(q) : 0u;
             word |= c << (4 * j);
         }
         dst[wd] = word;
@@ -1124,10 +1156,22 @@ extern "C" qplug_status qplug_cuda__w4a4_pack(const void *x, int64_t m, int64_t 
     int64_t threads = m * (hidden / group);
     if (m * top_k > threads)
         threads = m * top_k;
-    qplug_cuda__w4a4_pack_kernel<<<(unsigned)((threads + 255) / 256), 256, 0,
-                                   (cudaStream_t)stream>>>((const __nv_bfloat16 *)x, m, hidden,
-                                                           group, gscale, topk_ids, topk_weights,
-                                                           top_k, (uint8_t *)buf);
+    unsigned blocks = (unsigned)((threads + 255) / 256);
+    cudaStream_t s = (cudaStream_t)stream;
+    const __nv_bfloat16 *xb = (const __nv_bfloat16 *)x;
+    bool vec = ((uintptr_t)x & 15u) == 0;
+    if (group == 32 && vec)
+        qplug_cuda__w4a4_pack_kernel<32, true><<<blocks, 256, 0, s>>>(
+            xb, m, hidden, gscale, topk_ids, topk_weights, top_k, (uint8_t *)buf);
+    else if (group == 32)
+        qplug_cuda__w4a4_pack_kernel<32, false><<<blocks, 256, 0, s>>>(
+            xb, m, hidden, gscale, topk_ids, topk_weights, top_k, (uint8_t *)buf);
+    else if (vec)
+        qplug_cuda__w4a4_pack_kernel<16, true><<<blocks, 256, 0, s>>>(
+            xb, m, hidden, gscale, topk_ids, topk_weights, top_k, (uint8_t *)buf);
+    else
+        qplug_cuda__w4a4_pack_kernel<16, false><<<blocks, 256, 0, s>>>(
+            xb, m, hidden, gscale, topk_ids, topk_weights, top_k, (uint8_t *)buf);
     return qplug_cuda__check_launch(err, "w4a4_pack");
 }
 

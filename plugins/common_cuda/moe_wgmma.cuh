@@ -3,14 +3,15 @@
  *
  * One block computes 128 weight rows (64 per warpgroup) x up to 128 routed
  * rows of one expert's tile. The weights are the wgmma A operand (M side),
- * the routed tokens the B operand (N side), both K-major E4M3 in shared
- * memory without swizzle (8-row x 16-byte core matrices, the 16-byte chunks
- * of a core matrix row-contiguous: LBO 128 bytes between chunks along k,
- * SBO 1024 bytes between groups of 8 rows). k runs in blocks of 128:
+ * the routed tokens the B operand (N side), both K-major E4M3 tiles of
+ * 128 rows x 128 bytes in shared memory with the 128-byte swizzle. k runs
+ * in blocks of 128:
  *
  *   - every 128-block's tokens, token scales and raw weights (E4M3, or
- *     packed E2M1 with its E8M0 scale word) arrive with cp.async, WG_S
- *     stages deep;
+ *     packed E2M1 with its E8M0 scale word) arrive with cp.async, S stages
+ *     deep (6 for FP4, 5 for the larger FP8 stages: as many as fit the 227
+ *     KB of shared memory, since one block per multiprocessor must keep
+ *     enough bytes in flight to cover the memory latency);
  *   - the raw weights of the next block are decoded into one of two A
  *     buffers while the tensor cores run the current one;
  *   - the four m64nNk32 wgmmas of a 128-block sum into a scratch
@@ -23,12 +24,13 @@
  * 2^(emax - 133). That is exact when every E4M3 result is a normal number,
  * i.e. when e_g >= emax - 11 for all four groups; qplug_cuda__moe_prepare
  * checks this once per weight set and the kernel is used only when it holds
- * (w->mx_fold). The same fold turns packed MXFP4 activations into E4M3 +
+ * (w->wgmma_ready). The same fold turns packed MXFP4 activations into E4M3 +
  * per-128 scales (qplug_cuda__moe_w4a4_unpack_kernel), which flags the
  * tokens it cannot fold exactly.
  *
- * The N of the wgmma follows the tile's row count (64, 96 or 128), so a tile
- * of 70 rows does not multiply 58 empty ones. */
+ * The N of the wgmma follows the tile's row count (16, 32, 64, 96 or 128),
+ * so a tile of 70 rows does not multiply 58 empty ones, and decode (a few
+ * rows per expert) streams the weights with N = 16. */
 #ifndef QPLUG_CUDA_MOE_WGMMA_CUH
 #define QPLUG_CUDA_MOE_WGMMA_CUH
 
@@ -36,7 +38,6 @@ enum {
     WG_BN = 128,     /* routed rows per tile */
     WG_BMW = 128,    /* weight rows per block (two warpgroups of 64) */
     WG_BK = 128,     /* k per stage */
-    WG_S = 4,        /* cp.async stages */
     WG_THREADS = 256,
     WG_TILE = 16384, /* bytes of one 128 x 128 E4M3 operand tile */
     WG_RS_MX = 80,   /* raw FP4 row stride: 64 bytes + 16 of padding (no bank conflicts) */
@@ -44,39 +45,56 @@ enum {
 };
 
 /* Shared-memory layout of one block, in bytes from the dynamic base. */
+#ifndef QPLUG_MOE_WG_STAGES_MX
+#define QPLUG_MOE_WG_STAGES_MX 6
+#endif
+#ifndef QPLUG_MOE_WG_STAGES_FP8
+#define QPLUG_MOE_WG_STAGES_FP8 5
+#endif
 template <int WF> struct qplug_cuda__moe_wg_smem {
+    static constexpr int S = WF == MOE_F_FP8 ? QPLUG_MOE_WG_STAGES_FP8 : QPLUG_MOE_WG_STAGES_MX;
     static constexpr int RS = WF == MOE_F_FP8 ? WG_RS_FP8 : WG_RS_MX;
-    static constexpr int B = 0;                               /* WG_S token tiles */
-    static constexpr int R = B + WG_S * WG_TILE;              /* WG_S raw weight tiles */
-    static constexpr int WS = R + WG_S * WG_BMW * RS;         /* WG_S x 128 E8M0 words */
-    static constexpr int AS = WS + WG_S * WG_BMW * 4;         /* WG_S x 128 token scales */
-    static constexpr int A = AS + WG_S * WG_BN * 4;           /* 2 decoded weight tiles */
+    static constexpr int B = 0;                            /* S token tiles */
+    static constexpr int R = B + S * WG_TILE;              /* S raw weight tiles */
+    static constexpr int WS = R + S * WG_BMW * RS;         /* S x 128 E8M0 words */
+    static constexpr int AS = WS + S * WG_BMW * 4;         /* S x 128 token scales */
+    static constexpr int A = AS + S * WG_BN * 4;           /* 2 decoded weight tiles */
     static constexpr int ROW = A + 2 * WG_TILE;               /* 128 token row indices */
     static constexpr int BYTES = ROW + WG_BN * 8;
+    static_assert(BYTES <= 227 * 1024, "wgmma MoE stages exceed the shared memory of a block");
+    static_assert(A % 1024 == 0, "swizzled operand tiles must be 1024-byte aligned");
 };
 
-/* Byte offset of 16-byte chunk c (k bytes 16c..16c+15) of row r in a
- * core-matrix tile. */
+/*
+ * Operand tiles (128 rows x 128 bytes of k, K-major). Default: the 128-byte
+ * swizzle, row r's 16-byte chunk c at r * 128 + 16 * (c ^ (r & 7)), tiles
+ * 1024-byte aligned; the descriptor has SBO = 1024 (next 8 rows), LBO
+ * unused, and a k step of 32 bytes moves its start by 32 bytes.
+ * QPLUG_MOE_WG_SWIZZLE=0 (bench builds) gives the layout without swizzle:
+ * 8-row x 16-byte core matrices, chunk c of row r at (r / 8) * 1024 + c *
+ * 128 + (r % 8) * 16, LBO = 128 (next chunk along k), SBO = 1024, a k step
+ * 256 bytes further.
+ */
+#ifndef QPLUG_MOE_WG_SWIZZLE
+#define QPLUG_MOE_WG_SWIZZLE 1
+#endif
 static __device__ __forceinline__ int qplug_cuda__moe_wg_off(int r, int c)
 {
+    if (QPLUG_MOE_WG_SWIZZLE)
+        return r * 128 + ((c ^ (r & 7)) << 4);
     return (r >> 3) * 1024 + c * 128 + (r & 7) * 16;
 }
 
-/* wgmma shared-memory descriptor of a K-major tile without swizzle:
- * start address, LBO = 128 bytes (next chunk along k), SBO = 1024 bytes
- * (next 8 rows). The macros exist only so that a bench build can check the
- * two offsets' roles against the hardware. */
-#ifndef QPLUG_MOE_WG_LBO
-#define QPLUG_MOE_WG_LBO 128
-#endif
-#ifndef QPLUG_MOE_WG_SBO
-#define QPLUG_MOE_WG_SBO 1024
-#endif
+/* Descriptor units (16 bytes) between the k steps of 32 bytes. */
+enum { WG_KSTEP = QPLUG_MOE_WG_SWIZZLE ? 2 : 16 };
+
 static __device__ __forceinline__ uint64_t qplug_cuda__moe_wg_desc(const void *p)
 {
     uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    return (uint64_t)((a & 0x3ffffu) >> 4) | ((uint64_t)(QPLUG_MOE_WG_LBO >> 4) << 16) |
-           ((uint64_t)(QPLUG_MOE_WG_SBO >> 4) << 32);
+    uint64_t d = (uint64_t)((a & 0x3ffffu) >> 4) | ((uint64_t)(1024 >> 4) << 32);
+    if (QPLUG_MOE_WG_SWIZZLE)
+        return d | (1ull << 16) | (1ull << 62);
+    return d | ((uint64_t)(128 >> 4) << 16);
 }
 
 static __device__ __forceinline__ void qplug_cuda__moe_wg_cp16(void *dst, const void *src,
@@ -122,6 +140,27 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_fence()
 static __device__ __forceinline__ void qplug_cuda__moe_wg_commit_mma()
 {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_mma_n16(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7"
+                 "}, %8, %9, p, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_mma_n32(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+                 "}, %16, %17, p, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                 : "l"(da), "l"(db), "r"(acc));
 }
 
 static __device__ __forceinline__ void qplug_cuda__moe_wg_mma_n64(float *d, uint64_t da, uint64_t db, int acc)
@@ -177,6 +216,23 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_mma_n128(float *d, uin
 
 /* Wait for this thread's wgmma groups; the accumulators are operands so
  * that no read of them is moved above the wait. */
+static __device__ __forceinline__ void qplug_cuda__moe_wg_wait8(float *d)
+{
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                 :
+                 : "memory");
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_wait16(float *d)
+{
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                 :
+                 : "memory");
+}
+
 static __device__ __forceinline__ void qplug_cuda__moe_wg_wait32(float *d)
 {
     asm volatile("wgmma.wait_group.sync.aligned 0;\n"
@@ -301,9 +357,12 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
     /* cp.async of k-block kb into stage slot s. */
     auto issue = [&](int64_t kb, int s) {
         uint8_t *bt = sm + L::B + s * WG_TILE;
+        /* Only the NC token rows the wgmma reads. */
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < (NC * 8 + WG_THREADS - 1) / WG_THREADS; i++) {
             int q = tid + i * WG_THREADS, r = q >> 3, c = q & 7;
+            if (r >= NC)
+                break;
             int64_t ar = arow[r];
             const uint8_t *src = p.a + (ar >= 0 ? ar : 0) * p.a_ld + kb * 128 + c * 16;
             qplug_cuda__moe_wg_cp16(bt + qplug_cuda__moe_wg_off(r, c), src, ar >= 0);
@@ -325,11 +384,12 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
                 qplug_cuda__moe_wg_cp16(rt + r * L::RS + c * 16, src, true);
             }
         }
-        if (tid < WG_BN) {
+        if (tid < NC) {
             int64_t ar = arow[tid];
             const float *src = p.a_scale + kb * p.a_sld + (ar >= 0 ? ar : 0);
             qplug_cuda__moe_wg_cp4(sm + L::AS + (s * WG_BN + tid) * 4, src, ar >= 0);
-        } else if (WF == MOE_F_MX) {
+        }
+        if (WF == MOE_F_MX && tid >= WG_BN) {
             int r = tid - WG_BN;
             const uint8_t *src = sbase(r >> 6) + (int64_t)(r & 63) * (k / 32) + kb * 4;
             qplug_cuda__moe_wg_cp4(sm + L::WS + (s * WG_BMW + r) * 4, src, true);
@@ -382,45 +442,52 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
 
     int64_t nk = k / WG_BK;
 #pragma unroll
-    for (int s = 0; s < WG_S - 1; s++) {
+    for (int s = 0; s < L::S - 1; s++) {
         if (s < nk)
             issue(s, s);
         qplug_cuda__moe_wg_commit();
     }
-    qplug_cuda__moe_wg_cpwait<WG_S - 2>();
+    qplug_cuda__moe_wg_cpwait<L::S - 2>();
     __syncthreads();
     decode(0, 0);
     qplug_cuda__moe_wg_fence_async();
     __syncthreads();
 
     for (int64_t kb = 0; kb < nk; kb++) {
-        int s = (int)(kb % WG_S), ab = (int)(kb & 1);
+        int s = (int)(kb % L::S), ab = (int)(kb & 1);
         const uint8_t *at = sm + L::A + ab * WG_TILE + wg * 8192;
         const uint8_t *bt = sm + L::B + s * WG_TILE;
-        /* k step ks starts 256 bytes (16 descriptor units) further. */
         uint64_t da = qplug_cuda__moe_wg_desc(at), db = qplug_cuda__moe_wg_desc(bt);
         qplug_cuda__moe_wg_fence();
 #pragma unroll
         for (int ks = 0; ks < 4; ks++) {
-            if (NC == 64)
-                qplug_cuda__moe_wg_mma_n64(tmp, da + 16 * ks, db + 16 * ks, ks);
+            if (NC == 16)
+                qplug_cuda__moe_wg_mma_n16(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
+            else if (NC == 32)
+                qplug_cuda__moe_wg_mma_n32(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
+            else if (NC == 64)
+                qplug_cuda__moe_wg_mma_n64(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
             else if (NC == 96)
-                qplug_cuda__moe_wg_mma_n96(tmp, da + 16 * ks, db + 16 * ks, ks);
+                qplug_cuda__moe_wg_mma_n96(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
             else
-                qplug_cuda__moe_wg_mma_n128(tmp, da + 16 * ks, db + 16 * ks, ks);
+                qplug_cuda__moe_wg_mma_n128(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
         }
         qplug_cuda__moe_wg_commit_mma();
 
-        if (kb + WG_S - 1 < nk)
-            issue(kb + WG_S - 1, (int)((kb + WG_S - 1) % WG_S));
+        if (kb + L::S - 1 < nk)
+            issue(kb + L::S - 1, (int)((kb + L::S - 1) % L::S));
         qplug_cuda__moe_wg_commit();
         if (kb + 1 < nk) {
-            qplug_cuda__moe_wg_cpwait<WG_S - 2>();
+            qplug_cuda__moe_wg_cpwait<L::S - 2>();
             __syncthreads();
-            decode((int)((kb + 1) % WG_S), ab ^ 1);
+            decode((int)((kb + 1) % L::S), ab ^ 1);
             qplug_cuda__moe_wg_fence_async();
         }
-        if (NC == 64)
+        if (NC == 16)
+            qplug_cuda__moe_wg_wait8(tmp);
+        else if (NC == 32)
+            qplug_cuda__moe_wg_wait16(tmp);
+        else if (NC == 64)
             qplug_cuda__moe_wg_wait32(tmp);
         else if (NC == 96)
             qplug_cuda__moe_wg_wait48(tmp);
@@ -510,7 +577,11 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     if (tile >= *p.ntiles)
         return;
     int nrows = p.tile_r1[tile] - p.tile_r0[tile];
-    if (nrows <= 64)
+    if (nrows <= 16)
+        qplug_cuda__moe_wg_body<WF, DUAL, 16>(p);
+    else if (nrows <= 32)
+        qplug_cuda__moe_wg_body<WF, DUAL, 32>(p);
+    else if (nrows <= 64)
         qplug_cuda__moe_wg_body<WF, DUAL, 64>(p);
     else if (nrows <= 96)
         qplug_cuda__moe_wg_body<WF, DUAL, 96>(p);

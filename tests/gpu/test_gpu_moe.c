@@ -572,6 +572,19 @@ static void test_w4a4(experts *ex, int64_t m, int spread)
            (long long)m, diff, bytes);
     CHECK(qplug_cuda__w4a4_pack(dx, m, D_, group, gscale, dids, dwts, K_, dbuf, bytes + 1, NULL,
                                 &err) == QPLUG_ERR_ARGUMENT);
+    /* x only 2-byte aligned takes the scalar-load kernel: same bytes. */
+    uint16_t *xu = malloc((size_t)(m * D_ + 1) * 2);
+    xu[0] = 0;
+    memcpy(xu + 1, x, (size_t)(m * D_) * 2);
+    uint16_t *dxu = dev_upload(xu, (size_t)(m * D_ + 1) * 2);
+    cudaMemset(dbuf, 0xff, bytes);
+    st = qplug_cuda__w4a4_pack(dxu + 1, m, D_, group, gscale, dids, dwts, K_, dbuf, bytes, NULL,
+                               &err);
+    download(got, dbuf, bytes);
+    CHECKF(st == QPLUG_OK && memcmp(got, want, bytes) == 0,
+           "w4a4 pack %s m=%lld from unaligned x differs", fmt_name(ex->fmt), (long long)m);
+    cudaFree(dxu);
+    free(xu);
 
     double *yref = malloc((size_t)(m * D_) * sizeof(double));
     ref_moe(ex, act, m, ids, wts, 0, yref);
@@ -933,6 +946,7 @@ int main(int argc, char **argv)
          * the prepare check get). */
         int ready = ex.desc.wgmma_ready;
         ex.desc.wgmma_ready = 0;
+        test_moe(&ex, 7, 0, 0);
         test_moe(&ex, 300, 0, 0);
         test_moe(&ex, 300, 0, 1);
         ex.desc.wgmma_ready = ready;
