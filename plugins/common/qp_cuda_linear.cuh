@@ -25,17 +25,19 @@
  * Reference precision, and F32 y (the fast kernels write BF16 only), always
  * take the simple kernel: exact weights, fp32 math.
  *
- * No host synchronisation happens in apply. The decode path (m <= 16, BF16
- * x and y, x 16-byte aligned) needs no scratch at all: the GEMV reads x and
- * writes y in place. That is the answer to the per-call cost of scratch
- * (about 3 us of cudaMallocAsync/cudaFreeAsync per decode call on H200,
- * bench h200_v7) and sidesteps the question of a persistent per-layer
- * buffer, which consecutive calls on different streams could race on
- * without an event per use. The other paths (cuBLASLt above m = 16, where a
- * call takes 20 us and more, and the rare fallbacks: F32 x or y, unaligned
- * x) still take stream-ordered scratch from cudaMallocAsync on the call's
- * stream and give it back with cudaFreeAsync, which is safe on any stream
- * and inside graph capture.
+ * No host synchronisation happens in apply. Scratch: the decode path (m <=
+ * 16, BF16 x and y, x 16-byte aligned) on small layers runs the fused GEMV
+ * and needs none, which removes the per-call cost of cudaMallocAsync /
+ * cudaFreeAsync (about 3 us per call on H200, bench h200_v7) where it
+ * showed. Wide decode layers and the other paths (cuBLASLt above m = 16,
+ * the rare fallbacks: F32 x or y, unaligned x) take stream-ordered scratch
+ * from cudaMallocAsync on the call's stream and give it back with
+ * cudaFreeAsync: those calls take 15 us and more, so the host cost hides
+ * behind the GPU, and stream-ordered memory is safe whichever stream each
+ * call uses and inside graph capture. A persistent per-layer buffer was not
+ * taken: consecutive calls on different streams could race on it unless
+ * each use were fenced by an event, which graph capture across streams
+ * does not allow from outside the capture.
  * A NaN or Inf in x cannot be reported as QPLUG_ERR_NUMERIC without waiting
  * for the device, so on CUDA it propagates: the rows it touches come out NaN.
  */
@@ -529,9 +531,11 @@ static qplug_status qp_cl_fast_group(const qplug_host *host, qp_cuda_lin *L, int
     return qp_cl_launch_status(host, "simple kernel");
 }
 
-/* The decode path (BF16 x and y, x 16-byte aligned, m <= 16): one fused
- * launch for all groups, reading x [m, G*k] and writing y [m, G*n] in
- * place. */
+/* The decode path (BF16 x and y, x 16-byte aligned, m <= 16): all groups
+ * in one GEMV launch, reading x [m, G*k] and writing y [m, G*n] in place.
+ * Small layers run fused (no scratch); where the GEMV prefers x quantized
+ * once beforehand (wide layers, m > 8), the quantized x lives in
+ * stream-ordered scratch for the call. */
 static qplug_status qp_cl_apply_gemv(const qplug_host *host, qp_cuda_lin *L,
                                      const qplug_apply_args *a, cudaStream_t s)
 {
@@ -542,12 +546,20 @@ static qplug_status qp_cl_apply_gemv(const qplug_host *host, qp_cuda_lin *L,
     qplug_cuda__gemv_fmt f = L->fmt == QP_CL_FP8     ? QPLUG_CUDA_GEMV_FP8
                              : L->fmt == QP_CL_MXFP4 ? QPLUG_CUDA_GEMV_MXFP4
                                                      : QPLUG_CUDA_GEMV_NVFP4;
-    return qp_cl_kernel_status(
+    qplug_cuda__scale_fmt af = L->ue8m0_act ? QPLUG_CUDA_SCALE_UE8M0 : QPLUG_CUDA_SCALE_F32;
+    size_t bytes = qplug_cuda__gemv_bf16_scratch(f, af, m, L->n, L->k, G, QPLUG_CUDA_GEMV_AUTO);
+    void *scratch = NULL;
+    if (bytes && cudaMallocAsync(&scratch, bytes, s) != cudaSuccess)
+        return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
+                                "cuda apply: no %zu bytes of scratch on the stream", bytes);
+    qplug_status st = qp_cl_kernel_status(
         host,
-        qplug_cuda__gemv_bf16(f, w, ws, L->global, a->x->data, G * L->k,
-                              L->ue8m0_act ? QPLUG_CUDA_SCALE_UE8M0 : QPLUG_CUDA_SCALE_F32, m,
-                              L->n, L->k, G, a->y->data, G * L->n, s, &e),
+        qplug_cuda__gemv_bf16(f, w, ws, L->global, a->x->data, G * L->k, af, m, L->n, L->k, G,
+                              a->y->data, G * L->n, QPLUG_CUDA_GEMV_AUTO, scratch, s, &e),
         &e, "apply");
+    if (scratch)
+        cudaFreeAsync(scratch, s);
+    return st;
 }
 
 /* The prefill path (BF16 x and y, cuBLASLt shape, m above the GEMV range):

@@ -53,12 +53,13 @@ enum {
 
 /* The arguments of one launch; `post` multiplies the fp32 result (FP4 only:
  * 2^14 undoes the decode's offset, times the NVFP4 global scale). The
- * activations are either quantized (xq E4M3 [m, k], x_scale [k/128][m]) or,
- * for the fused kernels, BF16 x with row stride ldx that the kernel
- * quantizes itself. Group z of the grid (blockIdx.z) reads the weights at
- * w + z * w_gstride bytes and their scales at z * s_gstride elements (floats
- * for FP8, bytes for FP4), x from column z * k and writes y from column
- * z * n (row stride ldy). */
+ * activations are either quantized (xq E4M3 with row stride ldx, x_scale
+ * [groups*k/128][m]) or, for the fused kernels, BF16 x with row stride ldx
+ * that the kernel quantizes itself. Group z of the grid (blockIdx.z) reads
+ * the weights at w + z * w_gstride bytes and their scales at z * s_gstride
+ * elements (floats for FP8, bytes for FP4), x or xq from column z * k (and
+ * the activation scales from z * (k/128) * m) and writes y from column z * n
+ * (row stride ldy). */
 struct qplug_cuda__gemv_args {
     const uint8_t *w;
     const void *w_scale;
@@ -467,6 +468,8 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
                     ? (const void *)((const float *)p.w_scale + grp * p.s_gstride)
                     : (const void *)((const uint8_t *)p.w_scale + grp * p.s_gstride);
     p.y += grp * p.n;
+    if (!FQ)
+        p.x_scale += grp * kbn * m;
     /* This warp's contiguous slice of the row tile's k-blocks. */
     int slices = (int)gridDim.y * W;
     int slice = (int)blockIdx.y * W + warp;
@@ -486,7 +489,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
             xbrow[nt] = p.x + jr * p.ldx + grp * k + qplug_cuda__gemv_xoff<F>(0, t);
         } else {
             xbrow[nt] = NULL;
-            xrow[nt] = p.xq + jr * k + (F == QPLUG_GEMV_FMT_FP8 ? 16 * t : 4 * t);
+            xrow[nt] = p.xq + jr * p.ldx + grp * k + (F == QPLUG_GEMV_FMT_FP8 ? 16 * t : 4 * t);
         }
     }
     float tot[NT][4];
@@ -689,23 +692,59 @@ static void *qplug_cuda__gemv_pick(int m, bool wide, int c)
 /* Launches `groups` groups of the GEMV in one grid (blockIdx.z = group).
  * The geometry (block size, cluster split, PDL) is chosen from the rows of
  * all groups together, since they share the multiprocessors. */
+static cudaError_t qplug_cuda__sms(int *sms)
+{
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+    return e;
+}
+
+/* The launch shape for `rows` rows of all groups: 4-warp blocks without a
+ * cluster for wide layers (row tiles enough to fill every multiprocessor
+ * several times over), else 8-warp blocks in clusters of *c. */
+static void qplug_cuda__gemv_geom(int64_t rows, int64_t k, int sms, bool *wide, int *c)
+{
+    *wide = rows / 16 >= (int64_t)QPLUG_GEMV_WIDE * sms;
+    *c = *wide ? 1 : qplug_cuda__gemv_cluster(rows, k, sms, 8);
+}
+
+/* The largest quantization load per multiprocessor (row tiles x k-blocks x
+ * token tiles, F32 scales weighted 5, over the multiprocessors the grid
+ * occupies) at which the fused kernel runs: fitted to the H200 run of GEMV
+ * v6, where fusion won up to about 60-80 (Flash wq_a, wkv, w2, w13 at m = 1)
+ * and lost from about 110 (Pro wq_a at m = 16, Pro w13 at m = 1: re-quantizing
+ * x in every block then costs more than the launch it saves). A tunable. */
+#ifndef QPLUG_GEMV_FUSE_MAX
+#define QPLUG_GEMV_FUSE_MAX 100
+#endif
+
+static bool qplug_cuda__gemv_fuses(int64_t rows, int64_t k, int m, bool ue8m0, int sms)
+{
+    bool wide;
+    int c;
+    qplug_cuda__gemv_geom(rows, k, sms, &wide, &c);
+    int64_t tiles = rows / 16, blocks = tiles * c;
+    int64_t busy = blocks < sms ? blocks : sms;
+    int64_t load = tiles * (k / 128) * (m <= 8 ? 1 : 2) * (ue8m0 ? 1 : 5);
+    return load <= (int64_t)QPLUG_GEMV_FUSE_MAX * busy;
+}
+
 template <int F>
 static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, int64_t groups,
                                             bool fused, void *stream, const char *what,
                                             qplug_cuda__err *err)
 {
-    int dev = 0, sms = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e == cudaSuccess)
-        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    int sms = 0;
+    cudaError_t e = qplug_cuda__sms(&sms);
     if (e != cudaSuccess)
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: no device: %s", what,
                                 cudaGetErrorString(e));
     int64_t rows = a.n * groups;
-    /* Wide layers have row tiles enough to fill every multiprocessor
-     * several times over, so they never split k over a cluster. */
-    bool wide = rows / 16 >= (int64_t)QPLUG_GEMV_WIDE * sms;
-    int c = wide ? 1 : qplug_cuda__gemv_cluster(rows, a.k, sms, 8);
+    bool wide;
+    int c;
+    qplug_cuda__gemv_geom(rows, a.k, sms, &wide, &c);
     cudaLaunchAttribute attr[2];
     unsigned nattr = 0;
     if (c > 1) {
@@ -803,11 +842,48 @@ extern "C" qplug_status qplug_cuda__gemv_nvfp4(const uint8_t *w_packed, const ui
     return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_NV>(a, 1, false, stream, "gemv_nvfp4", err);
 }
 
+/* The bytes of the unfused path's xq [m, groups*k] and scales, each part
+ * 256-byte aligned. */
+static size_t qplug_cuda__gemv_xq_bytes(int64_t m, int64_t k, int64_t groups, size_t *off_xs)
+{
+    size_t xq = (size_t)(m * groups * k);
+    *off_xs = (xq + 255) & ~(size_t)255;
+    return *off_xs + (size_t)(m * groups * (k / 128)) * sizeof(float);
+}
+
+/* Whether a call runs unfused: UNFUSED, or AUTO where fusion is predicted
+ * slower; false when the device cannot be queried (fused is always
+ * correct). */
+static bool qplug_cuda__gemv_unfused(qplug_cuda__scale_fmt act, int64_t m, int64_t n, int64_t k,
+                                     int64_t groups, qplug_cuda__gemv_path path)
+{
+    if (path != QPLUG_CUDA_GEMV_AUTO)
+        return path == QPLUG_CUDA_GEMV_UNFUSED;
+    int sms = 0;
+    if (qplug_cuda__sms(&sms) != cudaSuccess || sms < 1)
+        return false;
+    return !qplug_cuda__gemv_fuses(n * groups, k, (int)m, act == QPLUG_CUDA_SCALE_UE8M0, sms);
+}
+
+extern "C" size_t qplug_cuda__gemv_bf16_scratch(qplug_cuda__gemv_fmt fmt,
+                                                qplug_cuda__scale_fmt act, int64_t m, int64_t n,
+                                                int64_t k, int64_t groups,
+                                                qplug_cuda__gemv_path path)
+{
+    (void)fmt;
+    if (m < 1 || m > QPLUG_CUDA_GEMV_MAX_M || n < 16 || k < 128 || groups < 1 ||
+        !qplug_cuda__gemv_unfused(act, m, n, k, groups, path))
+        return 0;
+    size_t off;
+    return qplug_cuda__gemv_xq_bytes(m, k, groups, &off);
+}
+
 extern "C" qplug_status qplug_cuda__gemv_bf16(qplug_cuda__gemv_fmt fmt, const void *w,
                                               const void *w_scale, float global_scale,
                                               const void *x, int64_t ldx,
                                               qplug_cuda__scale_fmt act, int64_t m, int64_t n,
                                               int64_t k, int64_t groups, void *y, int64_t ldy,
+                                              qplug_cuda__gemv_path path, void *scratch,
                                               void *stream, qplug_cuda__err *err)
 {
     const char *what = fmt == QPLUG_CUDA_GEMV_FP8     ? "gemv_bf16 (fp8)"
@@ -819,6 +895,9 @@ extern "C" qplug_status qplug_cuda__gemv_bf16(qplug_cuda__gemv_fmt fmt, const vo
     if (act != QPLUG_CUDA_SCALE_F32 && act != QPLUG_CUDA_SCALE_UE8M0)
         return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "%s: unknown scale format %d", what,
                                 (int)act);
+    if (path != QPLUG_CUDA_GEMV_AUTO && path != QPLUG_CUDA_GEMV_FUSED &&
+        path != QPLUG_CUDA_GEMV_UNFUSED)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "%s: unknown path %d", what, (int)path);
     /* x_scale is unused here; w_scale stands in for it in the NULL check. */
     qplug_status s = qplug_cuda__gemv_check(what, w, w_scale, x, (const float *)w_scale, m, n, k,
                                             y, err);
@@ -837,26 +916,48 @@ extern "C" qplug_status qplug_cuda__gemv_bf16(qplug_cuda__gemv_fmt fmt, const vo
                                 "%s: x must be 16-byte aligned with a row stride multiple of 8 "
                                 "(stride %lld)",
                                 what, (long long)ldx);
+    bool unfused = qplug_cuda__gemv_unfused(act, m, n, k, groups, path);
+    if (unfused && (!scratch || (uintptr_t)scratch % 16 != 0)) {
+        if (path == QPLUG_CUDA_GEMV_UNFUSED)
+            return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                    "%s: the unfused path needs 16-byte aligned scratch", what);
+        unfused = false;
+    }
     qplug_cuda__gemv_args a = qplug_cuda__gemv_plain(w, w_scale, NULL, NULL, 1.0f, m, n, k, y);
     a.x = (const __nv_bfloat16 *)x;
     a.ldx = ldx;
     a.ldy = ldy;
     a.ue8m0 = act == QPLUG_CUDA_SCALE_UE8M0;
+    if (unfused) {
+        /* All groups' activations in one pass: group g's scales are then the
+         * block at g * (k/128) * m, which the kernel reads. */
+        size_t off_xs;
+        qplug_cuda__gemv_xq_bytes(m, k, groups, &off_xs);
+        uint8_t *xq = (uint8_t *)scratch;
+        float *xs = (float *)(xq + off_xs);
+        s = qplug_cuda__act_quant_fp8_ld(x, ldx, m, groups * k, act, xq, xs, stream, err);
+        if (s != QPLUG_OK)
+            return s;
+        a.x = NULL;
+        a.xq = xq;
+        a.x_scale = xs;
+        a.ldx = groups * k;
+    }
     int64_t kbn = k / 128;
     switch (fmt) {
     case QPLUG_CUDA_GEMV_FP8:
         a.w_gstride = n * k;
         a.s_gstride = (n / 128) * kbn;
-        return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_FP8>(a, groups, true, stream, what, err);
+        return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_FP8>(a, groups, !unfused, stream, what, err);
     case QPLUG_CUDA_GEMV_MXFP4:
         a.post = 16384.0f;
         a.w_gstride = n * k / 2;
         a.s_gstride = n * kbn * 4;
-        return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_MX>(a, groups, true, stream, what, err);
+        return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_MX>(a, groups, !unfused, stream, what, err);
     default:
         a.post = 16384.0f * global_scale;
         a.w_gstride = n * k / 2;
         a.s_gstride = n * kbn * 8;
-        return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_NV>(a, groups, true, stream, what, err);
+        return qplug_cuda__gemv_launch<QPLUG_GEMV_FMT_NV>(a, groups, !unfused, stream, what, err);
     }
 }

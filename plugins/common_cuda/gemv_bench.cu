@@ -1,10 +1,12 @@
 /* gemv_bench: times the decode path of gemv.cu at the DeepSeek V4 Flash and
- * Pro layer shapes for m = 1 and 16, three ways, in one process on one GPU:
- *   q+gemv  act_quant_fp8 then the unfused GEMV, once per group (the v5
- *           decode path; the plugins' ABI path also staged grouped y),
- *   fused   qplug_cuda__gemv_bf16: quantization fused, all groups in one
- *           launch (v6),
- *   gemv    the unfused GEMV alone on pre-quantized activations (v5 "core").
+ * Pro layer shapes for m = 1 and 16, in one process on one GPU, five ways:
+ *   q+gemv      act_quant_fp8 then the unfused GEMV, once per group (the v5
+ *               decode path; the plugins' ABI path also staged grouped y),
+ *   gemv alone  the unfused GEMV on pre-quantized activations (v5 "core"),
+ *   v6 auto     qplug_cuda__gemv_bf16 as the plugins call it (it picks),
+ *   fused       the same, forced to quantize inside the GEMV,
+ *   unfused     the same, forced to quantize once into scratch first;
+ * the last three run all groups of a grouped layer in one GEMV launch.
  * Activation scales: UE8M0 for fp8_block and mxfp4, F32 for nvfp4 (what the
  * plugins use).
  *
@@ -15,7 +17,8 @@
  * of the pool, per call, which is how a decode step runs. Bytes counted:
  * weights and their scales. The copy bandwidth is a 1 GiB device-to-device
  * copy (read + write) in this run. "diff" is the relative L2 difference
- * between the fused and the q+gemv outputs (0 when bit-identical). */
+ * between the fused and the unfused outputs (0 when bit-identical; one
+ * launch geometry, so the same order of additions). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -113,16 +116,21 @@ struct point {
     pool w, s, x, xq, xs, y;
 };
 
-/* One call of way `ver` (0 q+gemv, 1 fused, 2 gemv alone) on set i. */
+/* One call of way `ver` on set i: 0 q+gemv per group, 1 gemv alone, and
+ * qplug_cuda__gemv_bf16 with 2 AUTO, 3 FUSED, 4 UNFUSED (scratch from the
+ * xq/xs pools, which are large enough for it). */
 static bool call(const point &p, int ver, int i, cudaStream_t st)
 {
     qplug_cuda__err err = {{0}};
     qplug_cuda__scale_fmt af = p.fmt == 2 ? QPLUG_CUDA_SCALE_F32 : QPLUG_CUDA_SCALE_UE8M0;
     qplug_status s = QPLUG_OK;
-    if (ver == 1) {
+    if (ver >= 2) {
+        qplug_cuda__gemv_path path = ver == 2   ? QPLUG_CUDA_GEMV_AUTO
+                                     : ver == 3 ? QPLUG_CUDA_GEMV_FUSED
+                                                : QPLUG_CUDA_GEMV_UNFUSED;
         s = qplug_cuda__gemv_bf16((qplug_cuda__gemv_fmt)p.fmt, p.w.at(i, 0), p.s.at(i, 0), 0.0123f,
                                   p.x.at(i, 0), p.g * p.k, af, p.m, p.n, p.k, p.g, p.y.at(0, 0),
-                                  p.g * p.n, st, &err);
+                                  p.g * p.n, path, p.xq.at(i, 0), st, &err);
         if (s != QPLUG_OK)
             fprintf(stderr, "gemv_bench: %s\n", err.msg);
         return s == QPLUG_OK;
@@ -249,9 +257,10 @@ int main(int argc, char **argv)
     CK(cudaFree(cbuf));
     printf("# gemv_bench %s on %s (%d SMs), copy %.0f GB/s\n", tag, prop.name,
            prop.multiProcessorCount, copy);
-    printf("| model | layer | fmt | M | G | floor us | q+gemv graph us | fused graph us | gemv graph "
-           "us | q+gemv %%copy | fused %%copy | gemv %%copy | q+gemv ev us | fused ev us | diff |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| model | layer | fmt | M | G | floor us | q+gemv graph us | gemv alone graph us | "
+           "v6 auto graph us | fused graph us | unfused graph us | auto picks | q+gemv %%copy | "
+           "v6 auto %%copy | gemv alone %%copy | q+gemv ev us | v6 auto ev us | diff |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     const char *fname[3] = {"fp8_block", "mxfp4", "nvfp4"};
     const int64_t ms[2] = {1, 16};
     for (const shape &sh : shapes)
@@ -276,22 +285,24 @@ int main(int argc, char **argv)
             for (int64_t m : ms) {
                 p.m = m;
                 p.x = make_pool((size_t)(sh.g * m * sh.k * 2), sets, 5, 61);
-                p.xq = make_pool((size_t)(sh.g * m * sh.k), sets, 1, 31);
+                p.xq = make_pool((size_t)(sh.g * m * sh.k) + 256 + (size_t)(sh.g * m * (sh.k / 128) * 4),
+                                 sets, 1, 31);
                 p.xs = make_pool((size_t)(sh.g * m * (sh.k / 128) * 4), sets, 2, 41);
                 p.y = make_pool((size_t)(sh.g * m * sh.n * 2), 1, 0, 51);
                 CK(cudaDeviceSynchronize());
-                double t[3][2];
+                /* Ways: 0 q+gemv, 1 gemv alone, 2 auto, 3 fused, 4 unfused. */
+                double t[5][2];
                 size_t ny = (size_t)(sh.g * m * sh.n);
                 std::vector<uint16_t> y0(ny), y1(ny);
                 CK(cudaMemset(p.y.base, 0xff, ny * 2));
-                if (!call(p, 0, 0, NULL))
+                if (!call(p, 4, 0, NULL))
                     exit(1);
                 CK(cudaMemcpy(y0.data(), p.y.base, ny * 2, cudaMemcpyDeviceToHost));
                 CK(cudaMemset(p.y.base, 0xff, ny * 2));
-                if (!call(p, 1, 0, NULL))
+                if (!call(p, 3, 0, NULL))
                     exit(1);
                 CK(cudaMemcpy(y1.data(), p.y.base, ny * 2, cudaMemcpyDeviceToHost));
-                for (int v = 0; v < 3; v++)
+                for (int v = 0; v < 5; v++)
                     time_point(p, v, t[v]);
                 double num = 0, den = 0;
                 for (size_t i = 0; i < ny; i++) {
@@ -301,11 +312,15 @@ int main(int argc, char **argv)
                 }
                 double diff = sqrt(num / den);
                 double fl = wb / (copy * 1e3);
-                printf("| %s | %s | %s | %lld | %lld | %.1f | %.1f | %.1f | %.1f | %.0f%% | %.0f%% | "
-                       "%.0f%% | %.1f | %.1f | %.1e |\n",
+                size_t sb = qplug_cuda__gemv_bf16_scratch(
+                    (qplug_cuda__gemv_fmt)fmt, fmt == 2 ? QPLUG_CUDA_SCALE_F32 : QPLUG_CUDA_SCALE_UE8M0,
+                    m, sh.n, sh.k, sh.g, QPLUG_CUDA_GEMV_AUTO);
+                printf("| %s | %s | %s | %lld | %lld | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %s "
+                       "| %.0f%% | %.0f%% | %.0f%% | %.1f | %.1f | %.1e |\n",
                        sh.model, sh.layer, fname[fmt], (long long)m, (long long)sh.g, fl, t[0][1],
-                       t[1][1], t[2][1], 100.0 * fl / t[0][1], 100.0 * fl / t[1][1],
-                       100.0 * fl / t[2][1], t[0][0], t[1][0], diff);
+                       t[1][1], t[2][1], t[3][1], t[4][1], sb ? "unfused" : "fused",
+                       100.0 * fl / t[0][1], 100.0 * fl / t[2][1], 100.0 * fl / t[1][1], t[0][0],
+                       t[2][0], diff);
                 fflush(stdout);
                 CK(cudaFree(p.x.base));
                 CK(cudaFree(p.xq.base));

@@ -130,22 +130,42 @@ typedef enum qplug_cuda__gemv_fmt {
     QPLUG_CUDA_GEMV_NVFP4 = 2  /* repacked E2M1 [rows, k/2], E4M3 [rows, k/16], global */
 } qplug_cuda__gemv_fmt;
 
-/* Decode GEMV on BF16 activations with the activation quantization fused
- * in: the kernel quantizes x per 1x128 group in registers by the rule of
- * qplug_cuda__act_quant_fp8 (same codes, same scales), so y is bit-identical
- * to act_quant followed by qplug_cuda__gemv_fp8/_mxfp4/_nvfp4, in one launch
- * and without scratch. `groups` independent groups run in the same launch:
- * group g computes y[:, g*n:(g+1)*n] = x[:, g*k:(g+1)*k] . W_g^T, where W_g
- * is rows g*n..(g+1)*n-1 of the weight (the layouts above over rows =
- * groups*n; grouped FP8 needs n % 128 == 0). x is BF16 [m, >= groups*k] with
- * row stride ldx (multiple of 8, x 16-byte aligned), y BF16 with row stride
- * ldy >= groups*n. w_scale is float for FP8, bytes for FP4; global_scale is
- * used by NVFP4 only. 1 <= m <= 16, n % 16 == 0, k % 128 == 0. */
+/* How qplug_cuda__gemv_bf16 treats the activations: quantize them inside
+ * the GEMV (FUSED), or quantize them first with qplug_cuda__act_quant_fp8
+ * into caller scratch and run the GEMV on the result (UNFUSED: two launches,
+ * each x value quantized once), or let it choose (AUTO). The fused kernel
+ * re-quantizes x in every block of rows, which costs more than the saved
+ * launch on wide layers and at m > 8 (bench/NOTES.md, GEMV v6). */
+typedef enum qplug_cuda__gemv_path {
+    QPLUG_CUDA_GEMV_AUTO = 0,
+    QPLUG_CUDA_GEMV_FUSED = 1,
+    QPLUG_CUDA_GEMV_UNFUSED = 2
+} qplug_cuda__gemv_path;
+
+/* Decode GEMV on BF16 activations, one launch for `groups` independent
+ * groups: group g computes y[:, g*n:(g+1)*n] = x[:, g*k:(g+1)*k] . W_g^T,
+ * where W_g is rows g*n..(g+1)*n-1 of the weight (the layouts above over
+ * rows = groups*n; grouped FP8 needs n % 128 == 0). x is BF16 [m, >= groups*k]
+ * with row stride ldx (multiple of 8, x 16-byte aligned), y BF16 with row
+ * stride ldy >= groups*n. w_scale is float for FP8, bytes for FP4;
+ * global_scale is used by NVFP4 only. 1 <= m <= 16, n % 16 == 0,
+ * k % 128 == 0. Both paths quantize by the rule of qplug_cuda__act_quant_fp8
+ * (the fused kernel in registers, with the same codes and scales), so y is
+ * bit-identical to act_quant followed by qplug_cuda__gemv_fp8/_mxfp4/_nvfp4.
+ * scratch: device memory of qplug_cuda__gemv_bf16_scratch(...) bytes for the
+ * same arguments (16-byte aligned), or NULL when that is 0; with AUTO and
+ * NULL scratch the fused path runs. */
 qplug_status qplug_cuda__gemv_bf16(qplug_cuda__gemv_fmt fmt, const void *w, const void *w_scale,
                                    float global_scale, const void *x, int64_t ldx,
                                    qplug_cuda__scale_fmt act, int64_t m, int64_t n, int64_t k,
-                                   int64_t groups, void *y, int64_t ldy, void *stream,
+                                   int64_t groups, void *y, int64_t ldy,
+                                   qplug_cuda__gemv_path path, void *scratch, void *stream,
                                    qplug_cuda__err *err);
+/* The scratch bytes qplug_cuda__gemv_bf16 needs for these arguments on the
+ * current device: 0 when it runs fused. */
+size_t qplug_cuda__gemv_bf16_scratch(qplug_cuda__gemv_fmt fmt, qplug_cuda__scale_fmt act,
+                                     int64_t m, int64_t n, int64_t k, int64_t groups,
+                                     qplug_cuda__gemv_path path);
 
 /* ---------------------------------------------------------------- (d) */
 

@@ -242,8 +242,8 @@ static qplug_status unfused(const wset *W, const uint16_t *dx, int64_t ldx, int6
 
 /* One case: format f, m tokens, G groups of n x k, x row stride G*k + xpad,
  * y row stride G*n + ypad. */
-static void run_case(qplug_cuda__gemv_fmt f, int ue8m0, int64_t m, int64_t n, int64_t k,
-                     int64_t G, int64_t xpad, int64_t ypad)
+static void run_case_path(qplug_cuda__gemv_fmt f, int ue8m0, int64_t m, int64_t n, int64_t k,
+                          int64_t G, int64_t xpad, int64_t ypad, qplug_cuda__gemv_path path)
 {
     int64_t ldx = G * k + xpad, ldy = G * n + ypad;
     wset W;
@@ -252,11 +252,15 @@ static void run_case(qplug_cuda__gemv_fmt f, int ue8m0, int64_t m, int64_t n, in
     uint16_t *dx = dev_upload(x, (size_t)(m * ldx) * 2);
     uint16_t *dy = dev_alloc((size_t)(m * ldy) * 2);
     qplug_cuda__err err = {{0}};
-    qplug_status s = qplug_cuda__gemv_bf16(
-        f, W.dw, W.dsc, W.global, dx, ldx, ue8m0 ? QPLUG_CUDA_SCALE_UE8M0 : QPLUG_CUDA_SCALE_F32, m,
-        n, k, G, dy, ldy, NULL, &err);
-    CHECKF(s == QPLUG_OK, "gemv_bf16 %s m=%lld n=%lld k=%lld G=%lld: %s", fmt_name(f),
-           (long long)m, (long long)n, (long long)k, (long long)G, err.msg);
+    qplug_cuda__scale_fmt af = ue8m0 ? QPLUG_CUDA_SCALE_UE8M0 : QPLUG_CUDA_SCALE_F32;
+    size_t sb = qplug_cuda__gemv_bf16_scratch(f, af, m, n, k, G, path);
+    CHECKF(path != QPLUG_CUDA_GEMV_UNFUSED || sb >= (size_t)(m * G * k),
+           "gemv_bf16_scratch: %zu bytes for the unfused path", sb);
+    void *scratch = sb ? dev_alloc(sb) : NULL;
+    qplug_status s = qplug_cuda__gemv_bf16(f, W.dw, W.dsc, W.global, dx, ldx, af, m, n, k, G, dy,
+                                           ldy, path, scratch, NULL, &err);
+    CHECKF(s == QPLUG_OK, "gemv_bf16 %s m=%lld n=%lld k=%lld G=%lld path %d: %s", fmt_name(f),
+           (long long)m, (long long)n, (long long)k, (long long)G, (int)path, err.msg);
     uint16_t *y = malloc((size_t)(m * ldy) * 2);
     download(y, dy, (size_t)(m * ldy) * 2);
 
@@ -314,11 +318,21 @@ static void run_case(qplug_cuda__gemv_fmt f, int ue8m0, int64_t m, int64_t n, in
         free(y2);
         cudaFree(dy2);
     }
-    printf("gemv_bf16 %-5s %-5s m=%-3lld n=%-5lld k=%-5lld G=%-2lld rel L2 %.3g\n", fmt_name(f),
-           ue8m0 ? "ue8m0" : "f32", (long long)m, (long long)n, (long long)k, (long long)G, rel);
+    printf("gemv_bf16 %-5s %-5s %s m=%-3lld n=%-5lld k=%-5lld G=%-2lld rel L2 %.3g\n",
+           fmt_name(f), ue8m0 ? "ue8m0" : "f32", sb ? "unfused" : "fused  ", (long long)m,
+           (long long)n, (long long)k, (long long)G, rel);
     free(x), free(y), free(xd), free(ref), free(wrow);
-    cudaFree(dx), cudaFree(dy);
+    cudaFree(dx), cudaFree(dy), cudaFree(scratch);
     free_w(&W);
+}
+
+/* Every case runs both ways: fused in the GEMV, and quantized once into
+ * scratch before a GEMV launch over all groups. */
+static void run_case(qplug_cuda__gemv_fmt f, int ue8m0, int64_t m, int64_t n, int64_t k,
+                     int64_t G, int64_t xpad, int64_t ypad)
+{
+    run_case_path(f, ue8m0, m, n, k, G, xpad, ypad, QPLUG_CUDA_GEMV_FUSED);
+    run_case_path(f, ue8m0, m, n, k, G, xpad, ypad, QPLUG_CUDA_GEMV_UNFUSED);
 }
 
 /* Inf in x: the group's scale is Inf and the fused path divides as act_quant
@@ -334,8 +348,9 @@ static void test_inf(qplug_cuda__gemv_fmt f)
     uint16_t *dx = dev_upload(x, (size_t)(m * k) * 2);
     uint16_t *dy = dev_alloc((size_t)(m * n) * 2), *dy2 = dev_alloc((size_t)(m * n) * 2);
     qplug_cuda__err err = {{0}};
-    qplug_status s = qplug_cuda__gemv_bf16(f, W.dw, W.dsc, W.global, dx, k, QPLUG_CUDA_SCALE_F32,
-                                           m, n, k, 1, dy, n, NULL, &err);
+    qplug_status s =
+        qplug_cuda__gemv_bf16(f, W.dw, W.dsc, W.global, dx, k, QPLUG_CUDA_SCALE_F32, m, n, k, 1,
+                              dy, n, QPLUG_CUDA_GEMV_FUSED, NULL, NULL, &err);
     CHECKF(s == QPLUG_OK, "gemv_bf16 inf: %s", err.msg);
     s = unfused(&W, dx, k, 0, m, n, k, 0, dy2, &err);
     CHECKF(s == QPLUG_OK, "unfused inf: %s", err.msg);
@@ -353,39 +368,49 @@ static void test_inf(qplug_cuda__gemv_fmt f)
     free_w(&W);
 }
 
+/* One call with the fused path, no scratch and the default stream. */
+static qplug_status call_fused(qplug_cuda__gemv_fmt f, const void *w, const void *x, int64_t ldx,
+                               qplug_cuda__scale_fmt af, int64_t m, int64_t n, int64_t k,
+                               int64_t G, void *y, int64_t ldy)
+{
+    qplug_cuda__err err = {{0}};
+    return qplug_cuda__gemv_bf16(f, w, w, 1.0f, x, ldx, af, m, n, k, G, y, ldy,
+                                 QPLUG_CUDA_GEMV_FUSED, NULL, NULL, &err);
+}
+
 static void test_bad_args(void)
 {
     void *d = dev_alloc(1 << 16);
-    qplug_cuda__err err = {{0}};
     qplug_cuda__gemv_fmt fp8 = QPLUG_CUDA_GEMV_FP8;
     qplug_cuda__scale_fmt f32 = QPLUG_CUDA_SCALE_F32;
     /* m out of range, n not a multiple of 16, k not a multiple of 128. */
-    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 128, f32, 17, 16, 128, 1, d, 16, NULL, &err) ==
-          QPLUG_ERR_SHAPE);
-    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 128, f32, 1, 24, 128, 1, d, 24, NULL, &err) ==
-          QPLUG_ERR_SHAPE);
-    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 192, f32, 1, 16, 192, 1, d, 16, NULL, &err) ==
-          QPLUG_ERR_SHAPE);
+    CHECK(call_fused(fp8, d, d, 128, f32, 17, 16, 128, 1, d, 16) == QPLUG_ERR_SHAPE);
+    CHECK(call_fused(fp8, d, d, 128, f32, 0, 16, 128, 1, d, 16) == QPLUG_ERR_SHAPE);
+    CHECK(call_fused(fp8, d, d, 128, f32, 1, 24, 128, 1, d, 24) == QPLUG_ERR_SHAPE);
+    CHECK(call_fused(fp8, d, d, 192, f32, 1, 16, 192, 1, d, 16) == QPLUG_ERR_SHAPE);
     /* Strides below the groups' width, no groups, grouped FP8 with n % 128. */
-    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 128, f32, 1, 128, 128, 2, d, 256, NULL,
-                                &err) == QPLUG_ERR_SHAPE);
-    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 256, f32, 1, 128, 128, 2, d, 128, NULL,
-                                &err) == QPLUG_ERR_SHAPE);
-    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 128, f32, 1, 128, 128, 0, d, 128, NULL,
-                                &err) == QPLUG_ERR_SHAPE);
-    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 256, f32, 1, 64, 128, 2, d, 128, NULL, &err) ==
-          QPLUG_ERR_SHAPE);
-    /* Misaligned x or stride, NULL pointers, unknown formats. */
-    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, (char *)d + 2, 128, f32, 1, 16, 128, 1, d, 16,
-                                NULL, &err) == QPLUG_ERR_ARGUMENT);
-    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 132, f32, 1, 16, 128, 1, d, 16, NULL, &err) ==
+    CHECK(call_fused(fp8, d, d, 128, f32, 1, 128, 128, 2, d, 256) == QPLUG_ERR_SHAPE);
+    CHECK(call_fused(fp8, d, d, 256, f32, 1, 128, 128, 2, d, 128) == QPLUG_ERR_SHAPE);
+    CHECK(call_fused(fp8, d, d, 128, f32, 1, 128, 128, 0, d, 128) == QPLUG_ERR_SHAPE);
+    CHECK(call_fused(fp8, d, d, 256, f32, 1, 64, 128, 2, d, 128) == QPLUG_ERR_SHAPE);
+    /* Misaligned x or stride, NULL pointers, unknown formats and paths. */
+    CHECK(call_fused(fp8, d, (char *)d + 2, 128, f32, 1, 16, 128, 1, d, 16) ==
           QPLUG_ERR_ARGUMENT);
-    CHECK(qplug_cuda__gemv_bf16(fp8, NULL, d, 1.0f, d, 128, f32, 1, 16, 128, 1, d, 16, NULL,
-                                &err) == QPLUG_ERR_ARGUMENT);
-    CHECK(qplug_cuda__gemv_bf16((qplug_cuda__gemv_fmt)7, d, d, 1.0f, d, 128, f32, 1, 16, 128, 1, d,
-                                16, NULL, &err) == QPLUG_ERR_ARGUMENT);
-    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 128, (qplug_cuda__scale_fmt)5, 1, 16, 128, 1,
-                                d, 16, NULL, &err) == QPLUG_ERR_ARGUMENT);
+    CHECK(call_fused(fp8, d, d, 132, f32, 1, 16, 128, 1, d, 16) == QPLUG_ERR_ARGUMENT);
+    CHECK(call_fused(fp8, NULL, d, 128, f32, 1, 16, 128, 1, d, 16) == QPLUG_ERR_ARGUMENT);
+    CHECK(call_fused((qplug_cuda__gemv_fmt)7, d, d, 128, f32, 1, 16, 128, 1, d, 16) ==
+          QPLUG_ERR_ARGUMENT);
+    CHECK(call_fused(fp8, d, d, 128, (qplug_cuda__scale_fmt)5, 1, 16, 128, 1, d, 16) ==
+          QPLUG_ERR_ARGUMENT);
+    qplug_cuda__err err = {{0}};
+    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 128, f32, 1, 16, 128, 1, d, 16,
+                                (qplug_cuda__gemv_path)9, NULL, NULL, &err) == QPLUG_ERR_ARGUMENT);
+    /* The unfused path without scratch is refused, not run. */
+    CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 128, f32, 1, 16, 128, 1, d, 16,
+                                QPLUG_CUDA_GEMV_UNFUSED, NULL, NULL, &err) == QPLUG_ERR_ARGUMENT);
+    CHECK(qplug_cuda__gemv_bf16_scratch(fp8, f32, 4, 256, 512, 3, QPLUG_CUDA_GEMV_FUSED) == 0);
+    CHECK(qplug_cuda__gemv_bf16_scratch(fp8, f32, 4, 256, 512, 3, QPLUG_CUDA_GEMV_UNFUSED) >=
+          (size_t)(4 * 3 * 512 + 4 * 3 * 4 * 4));
     cudaFree(d);
 }
 
