@@ -169,14 +169,18 @@ extern "C" qplug_status qplug_cuda__moe_route(const void *x, const void *gate, c
 
 /* One block: counts per expert, prefix sums, the tile table, then every
  * valid (token, slot) pair gets its row; inv maps the pair back to it (or
- * -1). */
+ * -1). Also clears the W4A4 fallback flag. */
 __global__ void __launch_bounds__(1024)
     qplug_cuda__moe_permute_kernel(const int32_t *__restrict__ ids, int64_t R, int K, int E, int bm,
                                    int32_t *__restrict__ ntiles, int32_t *__restrict__ tile_e,
                                    int32_t *__restrict__ tile_r0, int32_t *__restrict__ tile_r1,
-                                   int32_t *__restrict__ perm_tok, int32_t *__restrict__ inv)
+                                   int32_t *__restrict__ perm_tok, int32_t *__restrict__ inv,
+                                   int32_t *__restrict__ flag)
 {
     __shared__ int cnt[MOE_MAX_E];
+    /* The W4A4 unpack, later on the stream, only ever sets the flag. */
+    if (flag && threadIdx.x == 0)
+        *flag = 0;
     __shared__ int cur[MOE_MAX_E];
     __shared__ int tstart[MOE_MAX_E];
     for (int e = threadIdx.x; e < E; e += blockDim.x)
@@ -745,7 +749,7 @@ static void qplug_cuda__moe_wg_launch(const qplug_cuda__moe_gemm_args &a, int64_
 {
     dim3 grid((unsigned)(a.n / (DUAL ? 64 : 128)), (unsigned)tmax);
     qplug_cuda__moe_wg_kernel<WF, DUAL>
-        <<<grid, WG_THREADS, qplug_cuda__moe_wg_smem<WF>::BYTES, s>>>(a);
+        <<<grid, WG_THREADS, qplug_cuda__moe_wg_smem<WF>::LAUNCH, s>>>(a);
 }
 
 template <bool DUAL>
@@ -824,7 +828,7 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
 
     qplug_cuda__moe_permute_kernel<<<1, 1024, 0, s>>>(ids, R, K, E, bm, ws->ntiles, ws->tile_e,
                                                       ws->tile_r0, ws->tile_r1, ws->perm_tok,
-                                                      ws->inv);
+                                                      ws->inv, ws->flag);
     a1.ntiles = ws->ntiles;
     a1.tile_e = ws->tile_e;
     a1.tile_r0 = ws->tile_r0;
@@ -844,7 +848,6 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
         /* W4A4: unpack to E4M3 (flagging blocks that do not fold exactly),
          * then the wgmma GEMM, or, when flagged, the mma.sync one on the
          * packed rows in 64-row halves of the 128-row tiles. */
-        cudaMemsetAsync(ws->flag, 0, 4, s);
         int64_t th = m * (D / 128);
         qplug_cuda__moe_w4a4_unpack_kernel<<<(unsigned)((th + 255) / 256), 256, 0, s>>>(
             a1.a, m, D, ws->xq, ws->xs, ws->flag);
@@ -937,16 +940,16 @@ extern "C" qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void
     cudaStream_t s = (cudaStream_t)stream;
     if (cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_FP8, true>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             qplug_cuda__moe_wg_smem<MOE_F_FP8>::BYTES) != cudaSuccess ||
+                             qplug_cuda__moe_wg_smem<MOE_F_FP8>::LAUNCH) != cudaSuccess ||
         cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_FP8, false>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             qplug_cuda__moe_wg_smem<MOE_F_FP8>::BYTES) != cudaSuccess ||
+                             qplug_cuda__moe_wg_smem<MOE_F_FP8>::LAUNCH) != cudaSuccess ||
         cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_MX, true>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             qplug_cuda__moe_wg_smem<MOE_F_MX>::BYTES) != cudaSuccess ||
+                             qplug_cuda__moe_wg_smem<MOE_F_MX>::LAUNCH) != cudaSuccess ||
         cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_MX, false>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             qplug_cuda__moe_wg_smem<MOE_F_MX>::BYTES) != cudaSuccess) {
+                             qplug_cuda__moe_wg_smem<MOE_F_MX>::LAUNCH) != cudaSuccess) {
         /* A device without that much shared memory (not Hopper) keeps the
          * mma.sync kernels. */
         cudaGetLastError();

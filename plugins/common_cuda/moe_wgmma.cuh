@@ -61,7 +61,8 @@ template <int WF> struct qplug_cuda__moe_wg_smem {
     static constexpr int A = AS + S * WG_BN * 4;           /* 2 decoded weight tiles */
     static constexpr int ROW = A + 2 * WG_TILE;               /* 128 token row indices */
     static constexpr int BYTES = ROW + WG_BN * 8;
-    static_assert(BYTES <= 227 * 1024, "wgmma MoE stages exceed the shared memory of a block");
+    static constexpr int LAUNCH = BYTES + 1024; /* room to align the base */
+    static_assert(LAUNCH <= 227 * 1024, "wgmma MoE stages exceed the shared memory of a block");
     static_assert(A % 1024 == 0, "swizzled operand tiles must be 1024-byte aligned");
 };
 
@@ -318,7 +319,11 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
 {
     typedef qplug_cuda__moe_wg_smem<WF> L;
     extern __shared__ __align__(1024) uint8_t qplug_cuda__moe_wg_sm[];
-    uint8_t *sm = qplug_cuda__moe_wg_sm;
+    /* The swizzle pattern follows the absolute shared address, so the
+     * tiles start at a 1024-byte boundary whatever the base (LAUNCH has
+     * the slack). */
+    uint32_t base = (uint32_t)__cvta_generic_to_shared(qplug_cuda__moe_wg_sm);
+    uint8_t *sm = qplug_cuda__moe_wg_sm + ((1024u - (base & 1023u)) & 1023u);
 
     int tile = blockIdx.y;
     int e = p.tile_e[tile], r0 = p.tile_r0[tile], r1 = p.tile_r1[tile];
