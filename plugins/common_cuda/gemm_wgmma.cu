@@ -6,9 +6,10 @@
  * tunables below select the other layouts measured in bench/NOTES.md):
  *   warpgroups 0-1 (producers): thread 0 starts the TMA copy of the 128 x 128
  *     E4M3 weight tile of each k-block (128-byte swizzle, completing on the
- *     stage's "full" mbarrier); warpgroup p loads rows 64 p .. 64 p + 63 of
- *     the BF16 x tile with 16-byte loads, computes each row's 1x128 scale
- *     exactly as qplug_cuda__act_quant_fp8 does, and writes the E4M3 codes
+ *     stage's "full" mbarrier); the 256 threads load the rows of the BF16
+ *     x tile (the CTA's slice of them, see v2) with 16-byte loads, compute
+ *     each row's 1x128 scale
+ *     exactly as qplug_cuda__act_quant_fp8 does, and write the E4M3 codes
  *     into shared memory in the same 128-byte swizzled layout, plus the row
  *     scales.
  *   warpgroups 2-3 (consumers): 64 rows each; per k-block four wgmma
@@ -18,22 +19,22 @@
  *     the formula in qplug_cuda.h (and DeepGEMM's promotion). On H200 the
  *     outputs are bit-identical to act_quant + cuBLASLt's block-scaled GEMM.
  * The stages form a ring of QPLUG_WG_STAGES slots: the producers wait for a
- * slot's "empty" barrier (all 256 consumer threads arrived), the consumers
- * for its "full" barrier (all producer threads, plus one arrival carrying
- * the TMA byte count).
+ * slot's "empty" barrier, the consumers for its "full" barrier.
+ *
+ * v2: CTAs on neighbouring n-tiles of one m-tile run as a cluster of C = 4
+ * (or 2, or 1: the largest that divides the n-tiles of a group). Their x
+ * tiles are the same, so each CTA loads and quantizes only 128 / C rows of
+ * each k-block and copies the codes and scales into its peers' stages
+ * through distributed shared memory (bulk copies completing on the peers'
+ * "full" barriers). This divides the L2 -> SM traffic for x and the
+ * quantization work by C, which bound v1.1 (each CTA re-read and
+ * re-quantized its 128 x K slice of x for every 128-column tile of y:
+ * 295-381 TF/s at M = 4096, 0.29-0.36x cuBLASLt alone, L2 ~70% busy).
  *
  * The tile width 128 matches the weight scale tile, so one weight scale
  * serves a whole k-block of the tile. The two accumulators of a 64 x 128
  * consumer tile take 128 registers per thread; setmaxnreg gives the
- * consumers 168 and the producers 88.
- *
- * Where it stands (H200, bench/results/h200_wgmma_v1_1.md): 295-381 TF/s at
- * M = 4096, 0.29-0.36x the speed of cuBLASLt alone. Each CTA re-reads and
- * re-quantizes its 128 x K slice of x for every 128-column tile of y, so
- * x crosses L2 N/128 times; Nsight Compute shows L2 and L1TEX ~70% busy and
- * half of the stalls on global loads. Only the grouped projection at small
- * M (one launch instead of one cuBLASLt call per group) is faster than
- * act_quant + cuBLASLt. */
+ * consumers 168 and the producers 88. */
 #include <cuda.h>
 
 #include "internal.cuh"
@@ -45,8 +46,9 @@
 #ifndef QPLUG_WGMMA_DEPTH
 #define QPLUG_WGMMA_DEPTH 1
 #endif
-#ifndef QPLUG_WGMMA_LPR
-#define QPLUG_WGMMA_LPR 2
+/* Largest cluster of CTAs that share one quantized x tile (1, 2 or 4). */
+#ifndef QPLUG_WGMMA_CLUSTER
+#define QPLUG_WGMMA_CLUSTER 4
 #endif
 /* Two producer warpgroups (512 threads, which start at 128 registers each)
  * move registers with setmaxnreg: producers give up what the consumers
@@ -77,7 +79,7 @@ enum {
     QPLUG_WG_THREADS = 128 * (2 + QPLUG_WG_PRODUCERS),
 
     QPLUG_WG_TILE = QPLUG_WG_BM * QPLUG_WG_BK, /* bytes of one E4M3 tile */
-    QPLUG_WG_DEPTH = QPLUG_WGMMA_DEPTH,         /* producer load ring, in chunks */
+    QPLUG_WG_DEPTH = QPLUG_WGMMA_DEPTH,         /* producer load ring, in k-blocks per C */
     QPLUG_WG_RASTER = QPLUG_WGMMA_RASTER,       /* m-tiles per rasterization band */
     /* Dynamic shared memory: A and B rings, row scales, barriers, and the
      * slack that aligns the base to the 1024 bytes the swizzle needs. */
@@ -174,6 +176,58 @@ __device__ __forceinline__ void qplug__wg_mma(float d[64], uint64_t da, uint64_t
         : "l"(da), "l"(db), "r"(accumulate));
 }
 
+/* Cluster helpers. A cluster of C CTAs shares the quantized x tile: every
+ * CTA quantizes 128 / C rows of each k-block and copies them into the
+ * others' shared memory (see the kernel comment). */
+__device__ __forceinline__ unsigned qplug__wg_cluster_rank(void)
+{
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+
+/* The shared::cluster address of the same object in CTA rank of the
+ * cluster. */
+__device__ __forceinline__ unsigned qplug__wg_mapa(const void *p, unsigned rank)
+{
+    unsigned r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+                 : "=r"(r)
+                 : "r"(qplug__wg_smem_addr(p)), "r"(rank));
+    return r;
+}
+
+__device__ __forceinline__ void qplug__wg_cluster_sync(void)
+{
+    asm volatile("barrier.cluster.arrive.release;\n"
+                 "barrier.cluster.wait.acquire;\n" ::
+                     : "memory");
+}
+
+/* Arrives on an mbarrier given by its shared::cluster address (possibly in
+ * another CTA). The default (CTA-scope) release: the only accesses it must
+ * order are this warp's reads of the stage, and those of the tensor cores
+ * are complete at wgmma.wait_group; a cluster-scope release costs two
+ * memory barriers (MEMBAR.ALL.GPU in SASS) per arrival. */
+__device__ __forceinline__ void qplug__wg_bar_arrive_cluster(unsigned cluster_addr)
+{
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(
+                     cluster_addr)
+                 : "memory");
+}
+
+/* Bulk copy of bytes (a multiple of 16, both ends 16-byte aligned) from
+ * this CTA's shared memory to another CTA's, completing on that CTA's
+ * mbarrier (dst and bar are shared::cluster addresses). */
+__device__ __forceinline__ void qplug__wg_copy_to_peer(unsigned dst, const void *src,
+                                                       unsigned bytes, unsigned bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes "
+                 "[%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "r"(qplug__wg_smem_addr(src)), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+
 /* The launch's shape, passed by value. */
 struct qplug__wg_args {
     const __nv_bfloat16 *x;
@@ -183,118 +237,124 @@ struct qplug__wg_args {
     int m_tiles, n_tiles_group, n_tiles_all, kt;
 };
 
-/* Producer work split. A chunk is half a k-block (64 rows x 128 columns)
- * and each producer thread holds 8 x 16 bytes of it. QPLUG_WG_LPR lanes
- * share a row: each loads QPLUG_WG_LOADS 16-byte pieces of the row's 256
- * bytes (pieces q, q + LPR, ...) for QPLUG_WG_RPC rows of the chunk. Fewer
- * lanes per row mean fewer shuffles and scale computations per value. */
-enum {
-    QPLUG_WG_LPR = QPLUG_WGMMA_LPR,
-    QPLUG_WG_LOADS = 16 / QPLUG_WG_LPR,
-    QPLUG_WG_RPC = 8 / QPLUG_WG_LOADS,
-    QPLUG_WG_ROW_STEP = 128 / QPLUG_WG_LPR
+/* Producer work split for a cluster of C CTAs. Per k-block a CTA quantizes
+ * the SR = 128 / C rows rank * SR .. of the tile (its slice); its 256
+ * producer threads each take 8 / C 16-byte pieces of one row (LPR = 2 C
+ * lanes share a row; lane q loads pieces q, q + LPR, ...). A thread keeps
+ * the loads of KD = C * QPLUG_WGMMA_DEPTH k-blocks in flight, so the
+ * registers held for loads (8 x 16 bytes per depth step) do not depend on
+ * C while smaller slices get more k-blocks of latency hiding. */
+template <int C> struct qplug__wg_split {
+    static constexpr int SR = 128 / C;
+    static constexpr int LPR = 2 * C;
+    static constexpr int P = 8 / C;
+    static constexpr int KD = C * QPLUG_WG_DEPTH;
+    /* Rows per producer warp, and the bytes one warp sends to each peer. */
+    static constexpr int WROWS = 32 / LPR;
+    static constexpr unsigned PEER_BYTES = (unsigned)(SR * (QPLUG_WG_BK + 4));
 };
 
-/* Loads chunk c of the x tile (k-block c / 2, rows rt + ROW_STEP i +
- * 64 (c % 2) of the tile) into r; rows past m read as zeros. */
-__device__ __forceinline__ void qplug__wg_load_chunk(uint4 r[8], const __nv_bfloat16 *xt,
-                                                     int64_t ldx, int rows_left, int c, int rt,
-                                                     int q)
+/* Loads the thread's pieces of k-block kb (row rl of the tile; rows past
+ * the matrix read as zeros). */
+template <int C>
+__device__ __forceinline__ void qplug__wg_load(uint4 r[8 / C], const __nv_bfloat16 *xt,
+                                               int64_t ldx, int rows_left, int kb, int rl, int q)
 {
-    int kb = c >> 1, base = rt + 64 * (c & 1);
+    typedef qplug__wg_split<C> S;
 #pragma unroll
-    for (int i = 0; i < QPLUG_WG_RPC; i++) {
-        int rl = base + QPLUG_WG_ROW_STEP * i;
-#pragma unroll
-        for (int j = 0; j < QPLUG_WG_LOADS; j++) {
-            if (rl < rows_left)
-                r[i * QPLUG_WG_LOADS + j] = qplug_cuda__ld_stream(
-                    xt + (int64_t)rl * ldx + kb * 128 + (q + QPLUG_WG_LPR * j) * 8);
-            else
-                r[i * QPLUG_WG_LOADS + j] = make_uint4(0u, 0u, 0u, 0u);
-        }
+    for (int j = 0; j < S::P; j++) {
+        if (rl < rows_left)
+            r[j] = qplug_cuda__ld_stream(xt + (int64_t)rl * ldx + kb * 128 + (q + S::LPR * j) * 8);
+        else
+            r[j] = make_uint4(0u, 0u, 0u, 0u);
     }
 }
 
-/* Quantizes chunk c (see qplug__wg_load_chunk) into the stage's swizzled A
- * tile and row scales. Same arithmetic as qplug_cuda__act_quant_kernel, so
- * codes and scales are bit-identical to it: the maximum of the magnitude
- * bits (here two BF16 halves at a time as 16-bit unsigned integers, which
- * orders them like the float bits they become) joined with the 1e-4 floor,
- * then s and the E4M3 codes. */
-template <bool UE8M0>
-__device__ __forceinline__ void qplug__wg_quant_chunk(const uint4 r[8], uint8_t *a, float *a_scale,
-                                                      int c, int rt, int q)
+/* Quantizes the thread's pieces of row rl into the stage's swizzled A tile
+ * and row scales. Same arithmetic as qplug_cuda__act_quant_kernel, so codes
+ * and scales are bit-identical to it: the maximum of the magnitude bits
+ * (two BF16 halves at a time as 16-bit unsigned integers, which orders them
+ * like the float bits they become) joined with the 1e-4 floor, then s and
+ * the E4M3 codes. */
+template <bool UE8M0, int C>
+__device__ __forceinline__ void qplug__wg_quant(const uint4 r[8 / C], uint8_t *a, float *a_scale,
+                                                int rl, int q)
 {
-    int base = rt + 64 * (c & 1);
+    typedef qplug__wg_split<C> S;
+    unsigned p = 0u;
 #pragma unroll
-    for (int i = 0; i < QPLUG_WG_RPC; i++) {
-        int rl = base + QPLUG_WG_ROW_STEP * i;
-        unsigned p = 0u;
+    for (int j = 0; j < S::P; j++) {
+        const uint4 &v = r[j];
+        p = __vmaxu2(p, __vmaxu2(__vmaxu2(v.x & 0x7fff7fffu, v.y & 0x7fff7fffu),
+                                 __vmaxu2(v.z & 0x7fff7fffu, v.w & 0x7fff7fffu)));
+    }
 #pragma unroll
-        for (int j = 0; j < QPLUG_WG_LOADS; j++) {
-            const uint4 &v = r[i * QPLUG_WG_LOADS + j];
-            p = __vmaxu2(p, __vmaxu2(__vmaxu2(v.x & 0x7fff7fffu, v.y & 0x7fff7fffu),
-                                     __vmaxu2(v.z & 0x7fff7fffu, v.w & 0x7fff7fffu)));
-        }
+    for (int o = S::LPR / 2; o > 0; o >>= 1)
+        p = __vmaxu2(p, __shfl_xor_sync(0xffffffffu, p, o));
+    unsigned amax_bits = max(__float_as_uint(1e-4f), max(p << 16, p & 0xffff0000u));
+    float s, inv = 0.0f;
+    if (UE8M0) {
+        /* qplug_cuda__pow2_scale(amax) and 1/s without a division: with
+         * amax = 1.m * 2^E, fl(amax / 448) is a power of two only for
+         * 1.m = 1.75, so s = 2^(E-8) when 1.m <= 1.75 and 2^(E-7)
+         * otherwise (checked equal for every float amax >= 1e-4 and
+         * NaN/Inf). Divisions cost more than the rest of the row: their
+         * slow-path branches also kept the compiler from interleaving rows
+         * (v1 measured ~0.26 us per row per k-block). */
+        unsigned e = amax_bits >> 23;
+        unsigned es = e - 8u + ((amax_bits & 0x7fffffu) > 0x600000u ? 1u : 0u);
+        bool nonfinite = e == 0xffu;
+        s = nonfinite ? __uint_as_float(0x7fc00000u) : __uint_as_float(es << 23);
+        inv = nonfinite ? __uint_as_float(0x7fc00000u) : __uint_as_float((254u - es) << 23);
+    } else {
+        s = __uint_as_float(amax_bits) / 448.0f;
+    }
 #pragma unroll
-        for (int o = QPLUG_WG_LPR / 2; o > 0; o >>= 1)
-            p = __vmaxu2(p, __shfl_xor_sync(0xffffffffu, p, o));
-        unsigned amax_bits = max(__float_as_uint(1e-4f), max(p << 16, p & 0xffff0000u));
-        float s, inv = 0.0f;
-        if (UE8M0) {
-            /* qplug_cuda__pow2_scale(amax) and 1/s without a division:
-             * with amax = 1.m * 2^E, fl(amax / 448) is a power of two only
-             * for 1.m = 1.75, so s = 2^(E-8) when 1.m <= 1.75 and 2^(E-7)
-             * otherwise (checked equal for every float amax >= 1e-4 and
-             * NaN/Inf). Divisions here cost more than the rest of the row:
-             * their slow-path branches also kept the compiler from
-             * interleaving rows (v1 measured ~0.26 us per row per k-block). */
-            unsigned e = amax_bits >> 23;
-            unsigned es = e - 8u + ((amax_bits & 0x7fffffu) > 0x600000u ? 1u : 0u);
-            bool nonfinite = e == 0xffu;
-            s = nonfinite ? __uint_as_float(0x7fc00000u) : __uint_as_float(es << 23);
-            inv = nonfinite ? __uint_as_float(0x7fc00000u) : __uint_as_float((254u - es) << 23);
-        } else {
-            s = __uint_as_float(amax_bits) / 448.0f;
-        }
+    for (int j = 0; j < S::P; j++) {
+        const uint4 &v = r[j];
+        unsigned w[4] = {v.x, v.y, v.z, v.w};
+        unsigned qq[2];
 #pragma unroll
-        for (int j = 0; j < QPLUG_WG_LOADS; j++) {
-            const uint4 &v = r[i * QPLUG_WG_LOADS + j];
-            unsigned w[4] = {v.x, v.y, v.z, v.w};
-            unsigned qq[2];
-#pragma unroll
-            for (int t = 0; t < 4; t++) {
-                float2 f = make_float2(__uint_as_float(w[t] << 16),
-                                       __uint_as_float(w[t] & 0xffff0000u));
-                if (UE8M0) {
-                    f.x *= inv;
-                    f.y *= inv;
-                } else {
-                    f.x = __fdiv_rn(f.x, s);
-                    f.y = __fdiv_rn(f.y, s);
-                }
-                unsigned pair = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
-                if (t % 2 == 0)
-                    qq[t / 2] = pair;
-                else
-                    qq[t / 2] |= pair << 16;
+        for (int t = 0; t < 4; t++) {
+            float2 f = make_float2(__uint_as_float(w[t] << 16), __uint_as_float(w[t] & 0xffff0000u));
+            if (UE8M0) {
+                f.x *= inv;
+                f.y *= inv;
+            } else {
+                f.x = __fdiv_rn(f.x, s);
+                f.y = __fdiv_rn(f.y, s);
             }
-            /* The 128-byte swizzle: 16-byte chunk h of row r sits at chunk
-             * h ^ (r % 8) of that row (the base is 1024-byte aligned). */
-            int piece = q + QPLUG_WG_LPR * j;
-            int off = rl * 128 + (((piece >> 1) ^ (rl & 7)) << 4) + ((piece & 1) << 3);
-            *reinterpret_cast<uint2 *>(a + off) = make_uint2(qq[0], qq[1]);
+            unsigned pair = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+            if (t % 2 == 0)
+                qq[t / 2] = pair;
+            else
+                qq[t / 2] |= pair << 16;
         }
-        if (q == 0)
-            a_scale[rl] = s;
+        /* The 128-byte swizzle: 16-byte chunk h of row r sits at chunk
+         * h ^ (r % 8) of that row (the base is 1024-byte aligned). */
+        int piece = q + S::LPR * j;
+        int off = rl * 128 + (((piece >> 1) ^ (rl & 7)) << 4) + ((piece & 1) << 3);
+        *reinterpret_cast<uint2 *>(a + off) = make_uint2(qq[0], qq[1]);
     }
+    if (q == 0)
+        a_scale[rl] = s;
 }
 
-template <bool UE8M0>
+/* One CTA of a cluster of C (1, 2 or 4) CTAs on neighbouring n-tiles of the
+ * same m-tile. The x tile is the same for all of them, so each quantizes
+ * only its slice of 128 / C rows per k-block, into its own stage and, by
+ * bulk copies (one per producer warp and peer, for the warp's rows and
+ * their scales), into the same place of every peer's stage. A stage's
+ * "full" barrier expects its own producers (256 arrivals), one arrival
+ * carrying the bytes of the weight TMA and of the C - 1 peer slices; its
+ * "empty" barrier takes one arrival per consumer warp of every CTA of the
+ * cluster (8 C), since a producer overwrites that stage in all of them.
+ * C = 1 is the plain kernel of v1.1. */
+template <bool UE8M0, int C>
 __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
     qplug__wg_kernel(const __grid_constant__ CUtensorMap wmap, const qplug__wg_args args)
 {
+    typedef qplug__wg_split<C> S;
     extern __shared__ uint8_t qplug__wg_smem_raw[];
     uint8_t *smem = (uint8_t *)(((uintptr_t)qplug__wg_smem_raw + 1023) & ~(uintptr_t)1023);
     uint8_t *sa = smem;
@@ -303,139 +363,171 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
     uint64_t *full = (uint64_t *)(sscale + QPLUG_WG_STAGES * QPLUG_WG_BM);
     uint64_t *empty = full + QPLUG_WG_STAGES;
 
-    /* Rasterization: bands of QPLUG_WG_RASTER m-tiles, m fastest inside a
-     * band, so the CTAs resident together share weight tiles and x rows. */
-    int id = blockIdx.x;
-    int band = id / (QPLUG_WG_RASTER * args.n_tiles_all);
+    /* Rasterization over clusters (C neighbouring n-tiles): bands of
+     * QPLUG_WG_RASTER m-tiles, m fastest inside a band, so the CTAs
+     * resident together share weight tiles and x rows. The launch makes
+     * the rank of a CTA in its cluster blockIdx.x % C. */
+    unsigned rank = C > 1 ? qplug__wg_cluster_rank() : 0u;
+    int id = blockIdx.x / C;
+    int n_super = args.n_tiles_all / C;
+    int band = id / (QPLUG_WG_RASTER * n_super);
     int first_m = band * QPLUG_WG_RASTER;
     int band_m = min(QPLUG_WG_RASTER, args.m_tiles - first_m);
-    int in_band = id - band * QPLUG_WG_RASTER * args.n_tiles_all;
+    int in_band = id - band * QPLUG_WG_RASTER * n_super;
     int m_tile = first_m + in_band % band_m;
-    int n_tile = in_band / band_m; /* over all groups: weight row / y column n_tile * 128 */
-    int group = n_tile / args.n_tiles_group;
+    int n_tile = (in_band / band_m) * C + (int)rank; /* over all groups */
+    int group = n_tile / args.n_tiles_group;        /* the same in the whole cluster */
     int64_t m0 = (int64_t)m_tile * QPLUG_WG_BM;
     int kt = args.kt;
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < QPLUG_WG_STAGES; s++) {
             qplug__wg_bar_init(&full[s], 128 * QPLUG_WG_PRODUCERS + 1);
-            qplug__wg_bar_init(&empty[s], 256);
+            qplug__wg_bar_init(&empty[s], 8 * C);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&wmap) : "memory");
     }
-    __syncthreads();
+    /* Peers arrive on and copy into this CTA's barriers and stages only
+     * after they are initialised. */
+    if (C > 1)
+        qplug__wg_cluster_sync();
+    else
+        __syncthreads();
 
     if (threadIdx.x < 128 * QPLUG_WG_PRODUCERS) {
-        /* Producer. With two producer warpgroups, warpgroup pw takes the
-         * chunks (row halves) 2 kb + pw and both arrive on each stage. */
 #if QPLUG_WGMMA_PRODUCERS > 1
         asm volatile("setmaxnreg.dec.sync.aligned.u32 " QPLUG__WG_STR(QPLUG_WGMMA_PROD_REGS) ";\n" ::
                          : "memory");
 #endif
-        int pw = threadIdx.x >> 7, pt = threadIdx.x & 127;
-        int rt = pt / QPLUG_WG_LPR, q = pt % QPLUG_WG_LPR;
+        static_assert(QPLUG_WG_PRODUCERS == 2, "the slice split assumes 256 producer threads");
+        int pt = threadIdx.x, lane = pt & 31, warp = pt >> 5;
+        int q = pt % S::LPR;
+        int rl = (int)rank * S::SR + pt / S::LPR; /* row of the tile */
         const __nv_bfloat16 *xt = args.x + m0 * args.ldx + (int64_t)group * args.k;
         int rows_left = (int)min((int64_t)QPLUG_WG_BM, args.m - m0);
-        int nlocal = 2 * kt / QPLUG_WG_PRODUCERS;
-        uint4 buf[QPLUG_WG_DEPTH][8];
+        /* The warp's rows, as sent to the peers. */
+        int wrow = (int)rank * S::SR + warp * S::WROWS;
+        uint4 buf[S::KD][S::P];
 #pragma unroll
-        for (int d = 0; d < QPLUG_WG_DEPTH - 1; d++)
-            if (d < nlocal)
-                qplug__wg_load_chunk(buf[d], xt, args.ldx, rows_left,
-                                     QPLUG_WG_PRODUCERS * d + pw, rt, q);
-        for (int l0 = 0; l0 < nlocal; l0 += QPLUG_WG_DEPTH) {
+        for (int d = 0; d < S::KD - 1; d++)
+            if (d < kt)
+                qplug__wg_load<C>(buf[d], xt, args.ldx, rows_left, d, rl, q);
+        for (int kb0 = 0; kb0 < kt; kb0 += S::KD) {
 #pragma unroll
-            for (int d = 0; d < QPLUG_WG_DEPTH; d++) {
-                int l = l0 + d;
-                int c = QPLUG_WG_PRODUCERS * l + pw;
-                if (l + QPLUG_WG_DEPTH - 1 < nlocal)
-                    qplug__wg_load_chunk(buf[(d + QPLUG_WG_DEPTH - 1) % QPLUG_WG_DEPTH], xt,
-                                         args.ldx, rows_left,
-                                         c + QPLUG_WG_PRODUCERS * (QPLUG_WG_DEPTH - 1), rt, q);
-                if (l < nlocal) {
-                    int kb = c >> 1, s = kb % QPLUG_WG_STAGES;
-                    bool opens = QPLUG_WG_PRODUCERS > 1 || (c & 1) == 0;
-                    bool closes = QPLUG_WG_PRODUCERS > 1 || (c & 1) == 1;
-                    if (opens) {
-                        qplug__wg_bar_wait(&empty[s], ((kb / QPLUG_WG_STAGES) & 1) ^ 1);
-                        if (threadIdx.x == 0) {
-                            qplug__wg_bar_arrive_tx(&full[s], QPLUG_WG_TILE);
-                            qplug__wg_tma_load(sb + s * QPLUG_WG_TILE, &wmap, kb * QPLUG_WG_BK,
-                                               n_tile * QPLUG_WG_BN, &full[s]);
-                        }
+            for (int d = 0; d < S::KD; d++) {
+                int kb = kb0 + d;
+                if (kb + S::KD - 1 < kt)
+                    qplug__wg_load<C>(buf[(d + S::KD - 1) % S::KD], xt, args.ldx, rows_left,
+                                      kb + S::KD - 1, rl, q);
+                if (kb < kt) {
+                    int s = kb % QPLUG_WG_STAGES;
+                    uint8_t *a = sa + s * QPLUG_WG_TILE;
+                    float *asc = sscale + s * QPLUG_WG_BM;
+                    /* Free in every CTA of the cluster. A CTA-scope
+                     * acquire, as for the arrivals: at cluster scope every
+                     * wait also invalidates L1 (CCTL.IVALL). */
+                    qplug__wg_bar_wait(&empty[s], ((kb / QPLUG_WG_STAGES) & 1) ^ 1);
+                    if (threadIdx.x == 0) {
+                        qplug__wg_bar_arrive_tx(&full[s],
+                                                QPLUG_WG_TILE + (C - 1) * S::PEER_BYTES);
+                        qplug__wg_tma_load(sb + s * QPLUG_WG_TILE, &wmap, kb * QPLUG_WG_BK,
+                                           n_tile * QPLUG_WG_BN, &full[s]);
                     }
-                    qplug__wg_quant_chunk<UE8M0>(buf[d], sa + s * QPLUG_WG_TILE,
-                                                 sscale + s * QPLUG_WG_BM, c, rt, q);
-                    if (closes) {
-                        /* The codes were written by ordinary stores and are
-                         * read next by the tensor cores (async proxy). */
-                        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-                        qplug__wg_bar_arrive(&full[s]);
+                    qplug__wg_quant<UE8M0, C>(buf[d], a, asc, rl, q);
+                    /* The codes were written by ordinary stores and are
+                     * read next by the tensor cores and the bulk copies
+                     * (async proxy). */
+                    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                    if (C > 1) {
+                        __syncwarp();
+                        if (lane == 0)
+                            for (int j = 1; j < C; j++) {
+                                unsigned peer = (rank + (unsigned)j) % C;
+                                unsigned bar = qplug__wg_mapa(&full[s], peer);
+                                qplug__wg_copy_to_peer(qplug__wg_mapa(a + wrow * 128, peer),
+                                                       a + wrow * 128, S::WROWS * 128, bar);
+                                qplug__wg_copy_to_peer(qplug__wg_mapa(asc + wrow, peer),
+                                                       asc + wrow, S::WROWS * 4, bar);
+                            }
                     }
+                    qplug__wg_bar_arrive(&full[s]);
                 }
             }
         }
-        return;
-    }
-
-    /* Consumers. */
+    } else {
+        /* Consumers. */
 #if QPLUG_WGMMA_PRODUCERS > 1
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 " QPLUG__WG_STR(QPLUG_WGMMA_CONS_REGS) ";\n" ::
-                     : "memory");
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 " QPLUG__WG_STR(QPLUG_WGMMA_CONS_REGS) ";\n" ::
+                         : "memory");
 #endif
-    int wg = (threadIdx.x >> 7) - QPLUG_WG_PRODUCERS, tid = threadIdx.x & 127;
-    int warp = tid >> 5, lane = tid & 31;
-    int row_a = wg * 64 + warp * 16 + (lane >> 2);
-    const float *wsc = args.w_scale + (int64_t)n_tile * kt;
-    float acc[64], fin[64];
+        int wg = (threadIdx.x >> 7) - QPLUG_WG_PRODUCERS, tid = threadIdx.x & 127;
+        int warp = tid >> 5, lane = tid & 31;
+        int row_a = wg * 64 + warp * 16 + (lane >> 2);
+        const float *wsc = args.w_scale + (int64_t)n_tile * kt;
+        float acc[64], fin[64];
 #pragma unroll
-    for (int i = 0; i < 64; i++) {
-        acc[i] = 0.0f;
-        fin[i] = 0.0f;
-    }
-    float wscale_next = wsc[0];
-    for (int kb = 0; kb < kt; kb++) {
-        int s = kb % QPLUG_WG_STAGES;
-        float wscale = wscale_next;
-        if (kb + 1 < kt)
-            wscale_next = wsc[kb + 1];
-        qplug__wg_bar_wait(&full[s], (kb / QPLUG_WG_STAGES) & 1);
-        const uint8_t *a = sa + s * QPLUG_WG_TILE + wg * 64 * 128;
-        const uint8_t *b = sb + s * QPLUG_WG_TILE;
-        uint64_t da = qplug__wg_desc(a), db = qplug__wg_desc(b);
-        qplug__wg_pin(acc);
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        for (int i = 0; i < 64; i++) {
+            acc[i] = 0.0f;
+            fin[i] = 0.0f;
+        }
+        float wscale_next = wsc[0];
+        for (int kb = 0; kb < kt; kb++) {
+            int s = kb % QPLUG_WG_STAGES;
+            float wscale = wscale_next;
+            if (kb + 1 < kt)
+                wscale_next = wsc[kb + 1];
+            qplug__wg_bar_wait(&full[s], (kb / QPLUG_WG_STAGES) & 1);
+            const uint8_t *a = sa + s * QPLUG_WG_TILE + wg * 64 * 128;
+            const uint8_t *b = sb + s * QPLUG_WG_TILE;
+            uint64_t da = qplug__wg_desc(a), db = qplug__wg_desc(b);
+            qplug__wg_pin(acc);
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-            qplug__wg_mma(acc, da + 2 * kk, db + 2 * kk, kk > 0);
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        qplug__wg_pin(acc);
-        float s0 = sscale[s * QPLUG_WG_BM + row_a] * wscale;
-        float s1 = sscale[s * QPLUG_WG_BM + row_a + 8] * wscale;
-        qplug__wg_bar_arrive(&empty[s]);
+            for (int kk = 0; kk < 4; kk++)
+                qplug__wg_mma(acc, da + 2 * kk, db + 2 * kk, kk > 0);
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+            qplug__wg_pin(acc);
+            float s0 = sscale[s * QPLUG_WG_BM + row_a] * wscale;
+            float s1 = sscale[s * QPLUG_WG_BM + row_a + 8] * wscale;
+            /* One arrival per warp on the stage's "empty" barrier of every
+             * CTA of the cluster, once all its lanes are done reading. */
+            __syncwarp();
+            if (lane == 0) {
+                if (C > 1) {
+                    for (int j = 0; j < C; j++)
+                        qplug__wg_bar_arrive_cluster(qplug__wg_mapa(&empty[s], (unsigned)j));
+                } else {
+                    qplug__wg_bar_arrive(&empty[s]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                fin[4 * j + 0] += acc[4 * j + 0] * s0;
+                fin[4 * j + 1] += acc[4 * j + 1] * s0;
+                fin[4 * j + 2] += acc[4 * j + 2] * s1;
+                fin[4 * j + 3] += acc[4 * j + 3] * s1;
+            }
+        }
+
+        int64_t r0 = m0 + row_a, r1 = r0 + 8;
+        __nv_bfloat16 *y0 =
+            args.y + r0 * args.ldy + (int64_t)n_tile * QPLUG_WG_BN + 2 * (lane & 3);
+        __nv_bfloat16 *y1 = y0 + 8 * args.ldy;
 #pragma unroll
         for (int j = 0; j < 16; j++) {
-            fin[4 * j + 0] += acc[4 * j + 0] * s0;
-            fin[4 * j + 1] += acc[4 * j + 1] * s0;
-            fin[4 * j + 2] += acc[4 * j + 2] * s1;
-            fin[4 * j + 3] += acc[4 * j + 3] * s1;
+            if (r0 < args.m)
+                *reinterpret_cast<__nv_bfloat162 *>(y0 + 8 * j) =
+                    __floats2bfloat162_rn(fin[4 * j + 0], fin[4 * j + 1]);
+            if (r1 < args.m)
+                *reinterpret_cast<__nv_bfloat162 *>(y1 + 8 * j) =
+                    __floats2bfloat162_rn(fin[4 * j + 2], fin[4 * j + 3]);
         }
     }
-
-    int64_t r0 = m0 + row_a, r1 = r0 + 8;
-    __nv_bfloat16 *y0 = args.y + r0 * args.ldy + (int64_t)n_tile * QPLUG_WG_BN + 2 * (lane & 3);
-    __nv_bfloat16 *y1 = y0 + 8 * args.ldy;
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-        if (r0 < args.m)
-            *reinterpret_cast<__nv_bfloat162 *>(y0 + 8 * j) =
-                __floats2bfloat162_rn(fin[4 * j + 0], fin[4 * j + 1]);
-        if (r1 < args.m)
-            *reinterpret_cast<__nv_bfloat162 *>(y1 + 8 * j) =
-                __floats2bfloat162_rn(fin[4 * j + 2], fin[4 * j + 3]);
-    }
+    /* No CTA may exit while peers can still arrive on its barriers. */
+    if (C > 1)
+        qplug__wg_cluster_sync();
 }
 
 typedef CUresult (*qplug__wg_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
@@ -443,6 +535,42 @@ typedef CUresult (*qplug__wg_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuui
                                         const cuuint32_t *, CUtensorMapInterleave,
                                         CUtensorMapSwizzle, CUtensorMapL2promotion,
                                         CUtensorMapFloatOOBfill);
+
+/* The cluster size for a shape: the largest of QPLUG_WGMMA_CLUSTER, 2, 1
+ * that divides the n-tiles of one group, so a cluster never straddles two
+ * groups (which read different columns of x). */
+static int qplug__wg_cluster_for(int n_tiles_group)
+{
+    for (int c = QPLUG_WGMMA_CLUSTER; c > 1; c /= 2)
+        if (n_tiles_group % c == 0)
+            return c;
+    return 1;
+}
+
+/* Launches the kernel for cluster size C (blocks is a multiple of C). */
+template <bool UE8M0, int C>
+static cudaError_t qplug__wg_launch(const CUtensorMap &map, const qplug__wg_args &a,
+                                    unsigned blocks, void *stream)
+{
+    cudaError_t e = cudaFuncSetAttribute(qplug__wg_kernel<UE8M0, C>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         QPLUG_WG_SMEM);
+    if (e != cudaSuccess)
+        return e;
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = C;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3(blocks, 1, 1);
+    cfg.blockDim = dim3(QPLUG_WG_THREADS, 1, 1);
+    cfg.dynamicSmemBytes = QPLUG_WG_SMEM;
+    cfg.stream = (cudaStream_t)stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = C > 1 ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, qplug__wg_kernel<UE8M0, C>, map, a);
+}
 
 extern "C" int qplug_cuda__fp8_gemm_bf16x_supported(int64_t m, int64_t n, int64_t k,
                                                     int64_t groups)
@@ -522,22 +650,27 @@ extern "C" qplug_status qplug_cuda__fp8_gemm_bf16x(const void *x, int64_t ldx, i
     a.n_tiles_all = (int)(groups * n / QPLUG_WG_BN);
     a.kt = (int)(k / QPLUG_WG_BK);
     unsigned blocks = (unsigned)a.m_tiles * (unsigned)a.n_tiles_all;
-    cudaStream_t st = (cudaStream_t)stream;
-    cudaError_t e;
+    int c = qplug__wg_cluster_for(a.n_tiles_group);
+    cudaError_t e = cudaSuccess;
     if (fmt == QPLUG_CUDA_SCALE_UE8M0) {
-        e = cudaFuncSetAttribute(qplug__wg_kernel<true>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, QPLUG_WG_SMEM);
-        if (e == cudaSuccess)
-            qplug__wg_kernel<true><<<blocks, QPLUG_WG_THREADS, QPLUG_WG_SMEM, st>>>(map, a);
+        if (c == 4)
+            e = qplug__wg_launch<true, 4>(map, a, blocks, stream);
+        else if (c == 2)
+            e = qplug__wg_launch<true, 2>(map, a, blocks, stream);
+        else
+            e = qplug__wg_launch<true, 1>(map, a, blocks, stream);
     } else {
-        e = cudaFuncSetAttribute(qplug__wg_kernel<false>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, QPLUG_WG_SMEM);
-        if (e == cudaSuccess)
-            qplug__wg_kernel<false><<<blocks, QPLUG_WG_THREADS, QPLUG_WG_SMEM, st>>>(map, a);
+        if (c == 4)
+            e = qplug__wg_launch<false, 4>(map, a, blocks, stream);
+        else if (c == 2)
+            e = qplug__wg_launch<false, 2>(map, a, blocks, stream);
+        else
+            e = qplug__wg_launch<false, 1>(map, a, blocks, stream);
     }
     if (e != cudaSuccess)
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE,
-                                "fp8_gemm_bf16x: shared memory limit of %d bytes refused: %s",
-                                (int)QPLUG_WG_SMEM, cudaGetErrorString(e));
+                                "fp8_gemm_bf16x: launch (cluster of %d, %d bytes of shared "
+                                "memory) refused: %s",
+                                c, (int)QPLUG_WG_SMEM, cudaGetErrorString(e));
     return qplug_cuda__check_launch(err, "fp8_gemm_bf16x");
 }

@@ -391,6 +391,11 @@ int main(void)
     test_bad_args();
     test_identity(200, 256, QPLUG_CUDA_SCALE_UE8M0);
     test_identity(131, 384, QPLUG_CUDA_SCALE_F32);
+    /* n = k = 512 runs in clusters of 4 CTAs that share the quantized x
+     * tile through distributed shared memory: codes and scales quantized by
+     * one CTA must reach the other three unchanged. */
+    test_identity(200, 512, QPLUG_CUDA_SCALE_UE8M0);
+    test_identity(70, 1024, QPLUG_CUDA_SCALE_F32);
     const struct gcase cases[] = {
         {17, 128, 128, 1, 128, 128, QPLUG_CUDA_SCALE_UE8M0, -1},
         {17, 128, 128, 1, 128, 128, QPLUG_CUDA_SCALE_F32, -1},
@@ -401,6 +406,11 @@ int main(void)
         {77, 128, 256, 3, 3 * 256 + 64, 3 * 128 + 32, QPLUG_CUDA_SCALE_F32, 76},
         {256, 256, 1280, 2, 2 * 1280, 2 * 256, QPLUG_CUDA_SCALE_UE8M0, 200},
         {1, 256, 256, 1, 256, 256, QPLUG_CUDA_SCALE_F32, -1},
+        /* Clusters of 4 (n / 128 divisible by 4) and 2, grouped, over
+         * several m-tiles with a partial last one. */
+        {300, 512, 640, 2, 2 * 640 + 64, 2 * 512 + 32, QPLUG_CUDA_SCALE_UE8M0, 257},
+        {129, 256, 384, 3, 3 * 384, 3 * 256, QPLUG_CUDA_SCALE_F32, -1},
+        {520, 1024, 1152, 1, 1152, 1024, QPLUG_CUDA_SCALE_UE8M0, -1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         test_case(cases[i]);
