@@ -137,19 +137,99 @@ static __device__ __forceinline__ int qplug_cuda__gemv_xoff(int i, int t)
 }
 
 /* v / s rounded to nearest even, as the division in act_quant's F32 path
- * computes it, in three instructions: with inv = 1/s correctly rounded, q0 =
+ * computes it, without a division: with inv = 1/s correctly rounded, q0 =
  * v * inv is within one ulp of v / s, the residual v - q0 * s is exact in an
  * FMA, and q0 + r * inv is then the correctly rounded quotient (Markstein's
  * correction theorem). Underflow can break that only where |v / s| < 2^-100,
  * far below the E4M3 range, whose code is then 0 with v's sign either way.
- * A non-finite s takes the division itself. */
-static __device__ __forceinline__ float qplug_cuda__div_rn(float v, float s, float inv, bool fin)
+ * For s = +Inf (finite is false, inv = 0) v / s is q0 itself (a zero of v's
+ * sign, or NaN for an infinite v), and the correction, NaN there, is not
+ * taken; s = NaN gives NaN through q0. No branch: an inlined IEEE division
+ * per value (its slow path) made the F32 kernels several times slower. */
+static __device__ __forceinline__ float qplug_cuda__div_rn(float v, float s, float inv,
+                                                           bool finite)
 {
-    if (!fin)
-        return __fdiv_rn(v, s);
     float q0 = v * inv;
-    float r = __fmaf_rn(-q0, s, v);
-    return __fmaf_rn(r, inv, q0);
+    float q = __fmaf_rn(__fmaf_rn(-q0, s, v), inv, q0);
+    return finite ? q : q0;
+}
+
+/* The largest m whose fused quantization is shared by the whole warp
+ * (qplug_cuda__gemv_quant_coop); above it each lane quantizes its own 32
+ * values of its token. A tunable. */
+#ifndef QPLUG_GEMV_COOP_M
+#define QPLUG_GEMV_COOP_M 3
+#endif
+
+/* The fused quantization for m <= QPLUG_GEMV_COOP_M (one token tile): with
+ * one lane per (token, 32-slot) pair most lanes of a warp would quantize
+ * padding, so instead the warp takes the valid tokens one at a time, each
+ * lane quantizing 4 consecutive values (one coalesced 8-byte load), reduces
+ * max |x| over the warp, and shuffles each E4M3 word to the lanes of row
+ * g = token that hold it as a fragment. About 50 instructions per token and
+ * k-block against about 180 for the per-lane quantization. */
+template <int F>
+static __device__ __forceinline__ void qplug_cuda__gemv_quant_coop(unsigned xw[8], float sa[2],
+                                                                   const qplug_cuda__gemv_args &p,
+                                                                   int kb, int g, int t)
+{
+    int lane = g * 4 + t;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        xw[i] = 0;
+    sa[0] = 0.0f;
+    sa[1] = 0.0f;
+    for (int j = 0; j < p.m; j++) {
+        uint2 v = __ldg(reinterpret_cast<const uint2 *>(p.x + (int64_t)j * p.ldx +
+                                                        (int64_t)kb * 128 + 4 * lane));
+        unsigned rb[2] = {v.x, v.y};
+        unsigned amax_bits = __float_as_uint(1e-4f);
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            unsigned a = rb[e] & 0x7fff7fffu;
+            amax_bits = max(amax_bits, max(a << 16, a & 0xffff0000u));
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+            amax_bits = max(amax_bits, __shfl_xor_sync(0xffffffffu, amax_bits, o));
+        float amax = __uint_as_float(amax_bits);
+        float s, inv;
+        bool fin = true;
+        if (p.ue8m0) {
+            s = qplug_cuda__pow2_scale(amax);
+            inv = 1.0f / s;
+        } else {
+            s = amax / 448.0f;
+            fin = fabsf(s) < INFINITY;
+            inv = __frcp_rn(s);
+        }
+        unsigned word = 0;
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float2 f = make_float2(__uint_as_float(rb[e] << 16),
+                                   __uint_as_float(rb[e] & 0xffff0000u));
+            if (p.ue8m0) {
+                f.x *= inv;
+                f.y *= inv;
+            } else {
+                f.x = qplug_cuda__div_rn(f.x, s, inv, fin);
+                f.y = qplug_cuda__div_rn(f.y, s, inv, fin);
+            }
+            word |= (unsigned)__nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3) << (16 * e);
+        }
+        /* Word i of lane t holds elements xoff(i, t)..+3, made by lane
+         * xoff(i, t) / 4; only the lanes of row g == j keep it. */
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            unsigned w = __shfl_sync(0xffffffffu, word, qplug_cuda__gemv_xoff<F>(i, t) / 4);
+            if (g == j)
+                xw[i] = w;
+        }
+        if (2 * t == j)
+            sa[0] = s;
+        if (2 * t + 1 == j)
+            sa[1] = s;
+    }
 }
 
 /* The fused half of qplug_cuda__gemv_acts. */
@@ -267,7 +347,10 @@ static __device__ __forceinline__ void qplug_cuda__gemv_acts(
         }
         qplug_cuda__gemv_sa<NT>(sa, p.x_scale, kb, p.m, t);
     } else {
-        qplug_cuda__gemv_quant<NT, F>(xw, sa, p, xbrow, xvalid, kb, t);
+        if (NT == 1 && p.m <= QPLUG_GEMV_COOP_M)
+            qplug_cuda__gemv_quant_coop<F>(xw[0], sa[0], p, kb, (int)(threadIdx.x & 31) >> 2, t);
+        else
+            qplug_cuda__gemv_quant<NT, F>(xw, sa, p, xbrow, xvalid, kb, t);
     }
 }
 
@@ -468,7 +551,9 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
                     ? (const void *)((const float *)p.w_scale + grp * p.s_gstride)
                     : (const void *)((const uint8_t *)p.w_scale + grp * p.s_gstride);
     p.y += grp * p.n;
-    if (!FQ)
+    if (FQ)
+        p.x += grp * k;
+    else
         p.x_scale += grp * kbn * m;
     /* This warp's contiguous slice of the row tile's k-blocks. */
     int slices = (int)gridDim.y * W;
@@ -486,7 +571,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
         int64_t jr = xvalid[nt] ? j : 0;
         if (FQ) {
             xrow[nt] = NULL;
-            xbrow[nt] = p.x + jr * p.ldx + grp * k + qplug_cuda__gemv_xoff<F>(0, t);
+            xbrow[nt] = p.x + jr * p.ldx + qplug_cuda__gemv_xoff<F>(0, t);
         } else {
             xbrow[nt] = NULL;
             xrow[nt] = p.xq + jr * p.ldx + grp * k + (F == QPLUG_GEMV_FMT_FP8 ? 16 * t : 4 * t);
@@ -710,12 +795,15 @@ static void qplug_cuda__gemv_geom(int64_t rows, int64_t k, int sms, bool *wide, 
     *c = *wide ? 1 : qplug_cuda__gemv_cluster(rows, k, sms, 8);
 }
 
-/* The largest quantization load per multiprocessor (row tiles x k-blocks x
- * token tiles, F32 scales weighted 5, over the multiprocessors the grid
- * occupies) at which the fused kernel runs: fitted to the H200 run of GEMV
- * v6, where fusion won up to about 60-80 (Flash wq_a, wkv, w2, w13 at m = 1)
- * and lost from about 110 (Pro wq_a at m = 16, Pro w13 at m = 1: re-quantizing
- * x in every block then costs more than the launch it saves). A tunable. */
+/* The largest quantization load per multiprocessor at which the fused
+ * kernel runs. The load is row tiles x k-blocks x the quantization work per
+ * k-block (3 units per token tile of the per-lane quantization, 1 per token
+ * of the cooperative one, F32 scales weighted 5), over the multiprocessors
+ * the grid occupies. Fitted to the first H200 run of GEMV v6 (per-lane
+ * quantization only), where fusion won up to a load of about 60-80 (Flash
+ * wq_a, wkv, w2, w13 at m = 1) and lost from about 110 (Pro wq_a at m = 16,
+ * Pro w13 at m = 1): re-quantizing x in every block of rows then costs more
+ * than the launch it saves. A tunable. */
 #ifndef QPLUG_GEMV_FUSE_MAX
 #define QPLUG_GEMV_FUSE_MAX 100
 #endif
@@ -727,8 +815,9 @@ static bool qplug_cuda__gemv_fuses(int64_t rows, int64_t k, int m, bool ue8m0, i
     qplug_cuda__gemv_geom(rows, k, sms, &wide, &c);
     int64_t tiles = rows / 16, blocks = tiles * c;
     int64_t busy = blocks < sms ? blocks : sms;
-    int64_t load = tiles * (k / 128) * (m <= 8 ? 1 : 2) * (ue8m0 ? 1 : 5);
-    return load <= (int64_t)QPLUG_GEMV_FUSE_MAX * busy;
+    int64_t units = m <= QPLUG_GEMV_COOP_M ? m : m <= 8 ? 3 : 6;
+    int64_t load = tiles * (k / 128) * units * (ue8m0 ? 1 : 5);
+    return load <= (int64_t)QPLUG_GEMV_FUSE_MAX * 3 * busy;
 }
 
 template <int F>

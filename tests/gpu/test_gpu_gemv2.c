@@ -10,8 +10,10 @@
  *    output rounding alone is about 2e-3).
  * 2. Bit-identical to the unfused path for one group: act_quant_fp8_ld
  *    followed by gemv_fp8/_mxfp4/_nvfp4 (both are checked against float64
- *    in test_gpu_kernels), which proves the fused quantization gives the
- *    same codes and scales.
+ *    in test_gpu_kernels), which proves the fused quantization (per lane
+ *    for m > 3, shared by the warp for m <= 3) gives the same codes and
+ *    scales. Every case runs with the fused and with the unfused path of
+ *    qplug_cuda__gemv_bf16.
  * 3. y is poisoned with 0xFF (NaN) over a row stride wider than the groups'
  *    columns: every output must be written and the gap columns untouched.
  * Inputs are random (seeded); activations span 14 octaves per group with
@@ -441,6 +443,7 @@ int main(void)
         /* Grouped, strided: wo_a-like groups of n = 256 and 1024. */
         run_case(f, fi == 2 ? 0 : 1, 1, 256, 512, 3, 64, 16);
         run_case(f, fi == 2 ? 0 : 1, 7, 256, 512, 3, 0, 0);
+        run_case(f, fi == 2 ? 1 : 0, 3, 256, 512, 3, 8, 16);
         run_case(f, fi == 2 ? 0 : 1, 16, 128, 1024, 4, 8, 8);
         run_case(f, fi == 2 ? 0 : 1, 2, 1024, 512, 8, 0, 0);
         test_inf(f);
