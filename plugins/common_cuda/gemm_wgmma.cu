@@ -46,7 +46,11 @@
 #ifndef QPLUG_WGMMA_DEPTH
 #define QPLUG_WGMMA_DEPTH 1
 #endif
-/* Largest cluster of CTAs that share one quantized x tile (1, 2 or 4). */
+/* Largest cluster of CTAs that share one quantized x tile (1, 2 or 4),
+ * and the CTAs along m that share weight tiles (1 or 2). */
+#ifndef QPLUG_WGMMA_CLUSTER_M
+#define QPLUG_WGMMA_CLUSTER_M 1
+#endif
 #ifndef QPLUG_WGMMA_CLUSTER
 #define QPLUG_WGMMA_CLUSTER 4
 #endif
@@ -132,6 +136,20 @@ __device__ __forceinline__ void qplug__wg_tma_load(void *dst, const CUtensorMap 
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
                  "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(qplug__wg_smem_addr(dst)),
                  "l"((uint64_t)map), "r"(k0), "r"(row0), "r"(qplug__wg_smem_addr(bar))
+                 : "memory");
+}
+
+/* TMA multicast: the box at (k0, row0) into dst of every CTA of the
+ * cluster named in mask, completing on the barrier at the same offset in
+ * each. */
+__device__ __forceinline__ void qplug__wg_tma_load_mc(void *dst, const CUtensorMap *map, int k0,
+                                                      int row0, uint64_t *bar, uint16_t mask)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(
+                     qplug__wg_smem_addr(dst)),
+                 "l"((uint64_t)map), "r"(k0), "r"(row0), "r"(qplug__wg_smem_addr(bar)),
+                 "h"(mask)
                  : "memory");
 }
 
@@ -340,8 +358,10 @@ __device__ __forceinline__ void qplug__wg_quant(const uint4 r[8 / C], uint8_t *a
         a_scale[rl] = s;
 }
 
-/* One CTA of a cluster of C (1, 2 or 4) CTAs on neighbouring n-tiles of the
- * same m-tile. The x tile is the same for all of them, so each quantizes
+/* One CTA of a cluster of C x CM CTAs: C (1, 2 or 4) on neighbouring
+ * n-tiles of the same m-tile, times CM (1 or 2) neighbouring m-tiles. The
+ * CM CTAs of one n-tile share the weight tile: each loads 128 / CM of its
+ * rows by TMA multicast into all of them. Along n, The x tile is the same for all of them, so each quantizes
  * only its slice of 128 / C rows per k-block, into its own stage and, by
  * bulk copies (one per producer warp and peer, for the warp's rows and
  * their scales), into the same place of every peer's stage. A stage's
@@ -349,8 +369,10 @@ __device__ __forceinline__ void qplug__wg_quant(const uint4 r[8 / C], uint8_t *a
  * carrying the bytes of the weight TMA and of the C - 1 peer slices; its
  * "empty" barrier takes one arrival per consumer warp of every CTA of the
  * cluster (8 C), since a producer overwrites that stage in all of them.
- * C = 1 is the plain kernel of v1.1. */
-template <bool UE8M0, int C>
+ * With CM = 2 the "empty" barrier takes the consumer warps of the CTAs that
+ * write into this one: the C of its m-tile and the other CTA of its
+ * n-tile, 8 (C + CM - 1) arrivals. C = CM = 1 is the kernel of v1.1. */
+template <bool UE8M0, int C, int CM>
 __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
     qplug__wg_kernel(const __grid_constant__ CUtensorMap wmap, const qplug__wg_args args)
 {
@@ -363,19 +385,24 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
     uint64_t *full = (uint64_t *)(sscale + QPLUG_WG_STAGES * QPLUG_WG_BM);
     uint64_t *empty = full + QPLUG_WG_STAGES;
 
-    /* Rasterization over clusters (C neighbouring n-tiles): bands of
-     * QPLUG_WG_RASTER m-tiles, m fastest inside a band, so the CTAs
-     * resident together share weight tiles and x rows. The launch makes
-     * the rank of a CTA in its cluster blockIdx.x % C. */
-    unsigned rank = C > 1 ? qplug__wg_cluster_rank() : 0u;
-    int id = blockIdx.x / C;
+    /* Rasterization over clusters (CM x C tiles): bands of
+     * QPLUG_WG_RASTER / CM cluster rows, m fastest inside a band, so the
+     * CTAs resident together share weight tiles and x rows. The rank of a
+     * CTA in its cluster is blockIdx.x % (C CM): n-rank = rank % C,
+     * m-rank = rank / C. The m-tiles are padded to a multiple of CM; a CTA
+     * of a padding m-tile reads zeros and writes nothing. */
+    const int RM = QPLUG_WG_RASTER / CM;
+    unsigned rank = C * CM > 1 ? qplug__wg_cluster_rank() : 0u;
+    unsigned nrank = rank % C, mrank = rank / C;
+    int id = blockIdx.x / (C * CM);
     int n_super = args.n_tiles_all / C;
-    int band = id / (QPLUG_WG_RASTER * n_super);
-    int first_m = band * QPLUG_WG_RASTER;
-    int band_m = min(QPLUG_WG_RASTER, args.m_tiles - first_m);
-    int in_band = id - band * QPLUG_WG_RASTER * n_super;
-    int m_tile = first_m + in_band % band_m;
-    int n_tile = (in_band / band_m) * C + (int)rank; /* over all groups */
+    int m_super = (args.m_tiles + CM - 1) / CM;
+    int band = id / (RM * n_super);
+    int first_m = band * RM;
+    int band_m = min(RM, m_super - first_m);
+    int in_band = id - band * RM * n_super;
+    int m_tile = (first_m + in_band % band_m) * CM + (int)mrank;
+    int n_tile = (in_band / band_m) * C + (int)nrank; /* over all groups */
     int group = n_tile / args.n_tiles_group;        /* the same in the whole cluster */
     int64_t m0 = (int64_t)m_tile * QPLUG_WG_BM;
     int kt = args.kt;
@@ -383,14 +410,14 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
     if (threadIdx.x == 0) {
         for (int s = 0; s < QPLUG_WG_STAGES; s++) {
             qplug__wg_bar_init(&full[s], 128 * QPLUG_WG_PRODUCERS + 1);
-            qplug__wg_bar_init(&empty[s], 8 * C);
+            qplug__wg_bar_init(&empty[s], 8 * (C + CM - 1));
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&wmap) : "memory");
     }
     /* Peers arrive on and copy into this CTA's barriers and stages only
      * after they are initialised. */
-    if (C > 1)
+    if (C * CM > 1)
         qplug__wg_cluster_sync();
     else
         __syncthreads();
@@ -403,11 +430,15 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
         static_assert(QPLUG_WG_PRODUCERS == 2, "the slice split assumes 256 producer threads");
         int pt = threadIdx.x, lane = pt & 31, warp = pt >> 5;
         int q = pt % S::LPR;
-        int rl = (int)rank * S::SR + pt / S::LPR; /* row of the tile */
+        int rl = (int)nrank * S::SR + pt / S::LPR; /* row of the tile */
         const __nv_bfloat16 *xt = args.x + m0 * args.ldx + (int64_t)group * args.k;
-        int rows_left = (int)min((int64_t)QPLUG_WG_BM, args.m - m0);
+        int rows_left = (int)max((int64_t)0, min((int64_t)QPLUG_WG_BM, args.m - m0));
         /* The warp's rows, as sent to the peers. */
-        int wrow = (int)rank * S::SR + warp * S::WROWS;
+        int wrow = (int)nrank * S::SR + warp * S::WROWS;
+        /* The CTAs of this n-tile (same n-rank), for the weight multicast. */
+        uint16_t wmask = 0;
+        for (int j = 0; j < CM; j++)
+            wmask |= (uint16_t)(1u << (nrank + C * j));
         uint4 buf[S::KD][S::P];
 #pragma unroll
         for (int d = 0; d < S::KD - 1; d++)
@@ -431,8 +462,15 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
                     if (threadIdx.x == 0) {
                         qplug__wg_bar_arrive_tx(&full[s],
                                                 QPLUG_WG_TILE + (C - 1) * S::PEER_BYTES);
-                        qplug__wg_tma_load(sb + s * QPLUG_WG_TILE, &wmap, kb * QPLUG_WG_BK,
-                                           n_tile * QPLUG_WG_BN, &full[s]);
+                        if (CM > 1)
+                            qplug__wg_tma_load_mc(
+                                sb + s * QPLUG_WG_TILE + mrank * (QPLUG_WG_TILE / CM), &wmap,
+                                kb * QPLUG_WG_BK,
+                                n_tile * QPLUG_WG_BN + (int)mrank * (QPLUG_WG_BN / CM), &full[s],
+                                wmask);
+                        else
+                            qplug__wg_tma_load(sb + s * QPLUG_WG_TILE, &wmap, kb * QPLUG_WG_BK,
+                                               n_tile * QPLUG_WG_BN, &full[s]);
                     }
                     qplug__wg_quant<UE8M0, C>(buf[d], a, asc, rl, q);
                     /* The codes were written by ordinary stores and are
@@ -443,7 +481,7 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
                         __syncwarp();
                         if (lane == 0)
                             for (int j = 1; j < C; j++) {
-                                unsigned peer = (rank + (unsigned)j) % C;
+                                unsigned peer = mrank * C + (nrank + (unsigned)j) % C;
                                 unsigned bar = qplug__wg_mapa(&full[s], peer);
                                 qplug__wg_copy_to_peer(qplug__wg_mapa(a + wrow * 128, peer),
                                                        a + wrow * 128, S::WROWS * 128, bar);
@@ -492,12 +530,17 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
             float s0 = sscale[s * QPLUG_WG_BM + row_a] * wscale;
             float s1 = sscale[s * QPLUG_WG_BM + row_a + 8] * wscale;
             /* One arrival per warp on the stage's "empty" barrier of every
-             * CTA of the cluster, once all its lanes are done reading. */
+             * CTA that writes into this one's stages (this CTA, its x peers
+             * and its weight partner), once all its lanes are done reading. */
             __syncwarp();
             if (lane == 0) {
-                if (C > 1) {
+                if (C * CM > 1) {
                     for (int j = 0; j < C; j++)
-                        qplug__wg_bar_arrive_cluster(qplug__wg_mapa(&empty[s], (unsigned)j));
+                        qplug__wg_bar_arrive_cluster(
+                            qplug__wg_mapa(&empty[s], mrank * C + (unsigned)j));
+                    for (int j = 1; j < CM; j++)
+                        qplug__wg_bar_arrive_cluster(qplug__wg_mapa(
+                            &empty[s], ((mrank + (unsigned)j) % CM) * C + nrank));
                 } else {
                     qplug__wg_bar_arrive(&empty[s]);
                 }
@@ -526,7 +569,7 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
         }
     }
     /* No CTA may exit while peers can still arrive on its barriers. */
-    if (C > 1)
+    if (C * CM > 1)
         qplug__wg_cluster_sync();
 }
 
@@ -547,12 +590,22 @@ static int qplug__wg_cluster_for(int n_tiles_group)
     return 1;
 }
 
-/* Launches the kernel for cluster size C (blocks is a multiple of C). */
-template <bool UE8M0, int C>
-static cudaError_t qplug__wg_launch(const CUtensorMap &map, const qplug__wg_args &a,
-                                    unsigned blocks, void *stream)
+/* CTAs per cluster along m (sharing weight tiles by TMA multicast): 2
+ * when QPLUG_WGMMA_CLUSTER_M allows it and there are at least 4 m-tiles,
+ * so that padding m-tiles cost at most an eighth of the work. */
+static int qplug__wg_cluster_m_for(int m_tiles)
 {
-    cudaError_t e = cudaFuncSetAttribute(qplug__wg_kernel<UE8M0, C>,
+    return QPLUG_WGMMA_CLUSTER_M > 1 && m_tiles >= 4 ? 2 : 1;
+}
+
+/* Launches the kernel for a cluster of C x CM CTAs over the m-tiles padded
+ * to a multiple of CM. */
+template <bool UE8M0, int C, int CM>
+static cudaError_t qplug__wg_launch(const CUtensorMap &map, const qplug__wg_args &a,
+                                    void *stream)
+{
+    unsigned blocks = (unsigned)((a.m_tiles + CM - 1) / CM * CM) * (unsigned)a.n_tiles_all;
+    cudaError_t e = cudaFuncSetAttribute(qplug__wg_kernel<UE8M0, C, CM>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          QPLUG_WG_SMEM);
     if (e != cudaSuccess)
@@ -560,7 +613,7 @@ static cudaError_t qplug__wg_launch(const CUtensorMap &map, const qplug__wg_args
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = C;
+    attr[0].val.clusterDim.x = C * CM;
     attr[0].val.clusterDim.y = 1;
     attr[0].val.clusterDim.z = 1;
     cfg.gridDim = dim3(blocks, 1, 1);
@@ -568,8 +621,26 @@ static cudaError_t qplug__wg_launch(const CUtensorMap &map, const qplug__wg_args
     cfg.dynamicSmemBytes = QPLUG_WG_SMEM;
     cfg.stream = (cudaStream_t)stream;
     cfg.attrs = attr;
-    cfg.numAttrs = C > 1 ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, qplug__wg_kernel<UE8M0, C>, map, a);
+    cfg.numAttrs = C * CM > 1 ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, qplug__wg_kernel<UE8M0, C, CM>, map, a);
+}
+
+template <bool UE8M0>
+static cudaError_t qplug__wg_dispatch(const CUtensorMap &map, const qplug__wg_args &a, int c,
+                                      int cm, void *stream)
+{
+    if (cm == 2) {
+        if (c == 4)
+            return qplug__wg_launch<UE8M0, 4, 2>(map, a, stream);
+        if (c == 2)
+            return qplug__wg_launch<UE8M0, 2, 2>(map, a, stream);
+        return qplug__wg_launch<UE8M0, 1, 2>(map, a, stream);
+    }
+    if (c == 4)
+        return qplug__wg_launch<UE8M0, 4, 1>(map, a, stream);
+    if (c == 2)
+        return qplug__wg_launch<UE8M0, 2, 1>(map, a, stream);
+    return qplug__wg_launch<UE8M0, 1, 1>(map, a, stream);
 }
 
 extern "C" int qplug_cuda__fp8_gemm_bf16x_supported(int64_t m, int64_t n, int64_t k,
@@ -627,7 +698,8 @@ extern "C" qplug_status qplug_cuda__fp8_gemm_bf16x(const void *x, int64_t ldx, i
     CUtensorMap map;
     cuuint64_t dims[2] = {(cuuint64_t)k, (cuuint64_t)(groups * n)};
     cuuint64_t strides[1] = {(cuuint64_t)k};
-    cuuint32_t box[2] = {QPLUG_WG_BK, QPLUG_WG_BN};
+    int cm = qplug__wg_cluster_m_for((int)((m + QPLUG_WG_BM - 1) / QPLUG_WG_BM));
+    cuuint32_t box[2] = {QPLUG_WG_BK, (cuuint32_t)(QPLUG_WG_BN / cm)};
     cuuint32_t estr[2] = {1, 1};
     CUresult r = ((qplug__wg_encode_fn)fn)(
         &map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)w, dims, strides, box, estr,
@@ -649,28 +721,16 @@ extern "C" qplug_status qplug_cuda__fp8_gemm_bf16x(const void *x, int64_t ldx, i
     a.n_tiles_group = (int)(n / QPLUG_WG_BN);
     a.n_tiles_all = (int)(groups * n / QPLUG_WG_BN);
     a.kt = (int)(k / QPLUG_WG_BK);
-    unsigned blocks = (unsigned)a.m_tiles * (unsigned)a.n_tiles_all;
     int c = qplug__wg_cluster_for(a.n_tiles_group);
     cudaError_t e = cudaSuccess;
-    if (fmt == QPLUG_CUDA_SCALE_UE8M0) {
-        if (c == 4)
-            e = qplug__wg_launch<true, 4>(map, a, blocks, stream);
-        else if (c == 2)
-            e = qplug__wg_launch<true, 2>(map, a, blocks, stream);
-        else
-            e = qplug__wg_launch<true, 1>(map, a, blocks, stream);
-    } else {
-        if (c == 4)
-            e = qplug__wg_launch<false, 4>(map, a, blocks, stream);
-        else if (c == 2)
-            e = qplug__wg_launch<false, 2>(map, a, blocks, stream);
-        else
-            e = qplug__wg_launch<false, 1>(map, a, blocks, stream);
-    }
+    if (fmt == QPLUG_CUDA_SCALE_UE8M0)
+        e = qplug__wg_dispatch<true>(map, a, c, cm, stream);
+    else
+        e = qplug__wg_dispatch<false>(map, a, c, cm, stream);
     if (e != cudaSuccess)
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE,
-                                "fp8_gemm_bf16x: launch (cluster of %d, %d bytes of shared "
-                                "memory) refused: %s",
-                                c, (int)QPLUG_WG_SMEM, cudaGetErrorString(e));
+                                "fp8_gemm_bf16x: launch (cluster of %d x %d, %d bytes of "
+                                "shared memory) refused: %s",
+                                cm, c, (int)QPLUG_WG_SMEM, cudaGetErrorString(e));
     return qplug_cuda__check_launch(err, "fp8_gemm_bf16x");
 }

@@ -10,8 +10,8 @@
 #
 # Each variant flag is a quoted list of -D options, e.g.
 # "-DQPLUG_WGMMA_STAGES=4 -DQPLUG_WGMMA_DEPTH=2"; with none, the defaults.
-# QUICK=1 times M = 4096 only for all but the first variant (QUICK=all: for
-# all); MEMCHECK=1 runs
+# QUICK=1 times M = 512 and 4096 only for all but the first variant
+# (QUICK=all: for all); MEMCHECK=1 runs
 # the first variant's test under compute-sanitizer memcheck too; BEST=1 and
 # NCU=1 see the end of the script; TAG names
 # the version in the table header (default v1).
@@ -21,7 +21,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 OUT=${1:-/tmp/gemm_wgmma_bench}
 shift || true
 mkdir -p "$OUT"
-TAG=${TAG:-v1}
+TAG=${TAG:-v2}
 QUICK=${QUICK:-0}
 B=$(mktemp -d)
 [ $# -gt 0 ] || set -- ""
@@ -51,6 +51,7 @@ for flags in "$@"; do
     $NV "$B/test.o" "$B/testutil.o" "$B/gw_$i.o" -o "$B/test_$i"
     i=$((i + 1))
 done
+echo "built at ${SECONDS}s" >>"$OUT/sass.txt"
 i=0
 ok=()
 for flags in "$@"; do
@@ -96,15 +97,34 @@ if [ "${BEST:-0}" = 1 ]; then
                 echo "memcheck: rc $?" >>"$OUT/test.log"
             tail -2 "$OUT/test.log"
         fi
-        timeout 200 "$B/bench_$best" "$TAG (variant $best)" >"$OUT/bench_full.md" 2>&1 ||
-            echo "full bench failed (rc $?)" >>"$OUT/bench_full.md"
+        # Variant 0 was already timed at every M unless QUICK=all.
+        if [ "$best" != 0 ] || [ "$QUICK" = all ]; then
+            timeout 200 "$B/bench_$best" "$TAG (variant $best)" >"$OUT/bench_full.md" 2>&1 ||
+                echo "full bench failed (rc $?)" >>"$OUT/bench_full.md"
+        fi
         if [ "${NCU:-0}" = 1 ]; then
+            # --quick times M = 512 first (24 launches), then M = 4096.
             timeout 120 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
-                --section MemoryWorkloadAnalysis -k regex:wg_kernel -c 1 \
+                --section MemoryWorkloadAnalysis -k regex:wg_kernel --launch-skip 24 -c 1 \
                 "$B/bench_$best" ncu --quick >"$OUT/ncu.log" 2>&1 || echo "ncu: rc $?" >>"$OUT/ncu.log"
         fi
     fi
 fi
+echo "done at ${SECONDS}s" >>"$OUT/sass.txt"
 cat "$OUT"/sass.txt
 tail -40 "$OUT"/test.log
 for f in "$OUT"/bench_*.md; do [ -f "$f" ] && cat "$f"; echo; done
+# Summary last: per table and M, the geometric means over the shapes of
+# LT/ours and (aq+LT)/ours, the shapes where ours beats aq+LT, the largest
+# rel diff.
+echo "| table | M | shapes | LT/ours gmean | (aq+LT)/ours gmean | ours faster than aq+LT | max rel diff |"
+echo "|---|---|---|---|---|---|---|"
+for f in "$OUT"/bench_*.md; do
+    [ -f "$f" ] || continue
+    awk -F'|' -v f="$(basename "$f" .md)" '/^\| (flash|pro) /{
+            m = $4 + 0; n[m]++; a[m] += log($13); b[m] += log($14);
+            if ($14 + 0 > 1) w[m] = w[m] " " substr($2, 2, 1) ":" substr($3, 2, length($3) - 2);
+            if ($15 + 0 > d[m]) d[m] = $15 + 0 }
+        END { for (m in n) printf "| %s | %d | %d | %.2f | %.2f |%s | %.1e |\n", f, m, n[m],
+              exp(a[m] / n[m]), exp(b[m] / n[m]), w[m], d[m] }' "$f" | sort -t'|' -k3n
+done

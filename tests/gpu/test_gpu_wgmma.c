@@ -411,6 +411,9 @@ int main(void)
         {300, 512, 640, 2, 2 * 640 + 64, 2 * 512 + 32, QPLUG_CUDA_SCALE_UE8M0, 257},
         {129, 256, 384, 3, 3 * 384, 3 * 256, QPLUG_CUDA_SCALE_F32, -1},
         {520, 1024, 1152, 1, 1152, 1024, QPLUG_CUDA_SCALE_UE8M0, -1},
+        /* Five m-tiles: with pairs of m-tiles sharing weight tiles
+         * (QPLUG_WGMMA_CLUSTER_M=2) the last pair has a padding tile. */
+        {600, 256, 512, 2, 2 * 512, 2 * 256 + 8, QPLUG_CUDA_SCALE_F32, 599},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         test_case(cases[i]);
