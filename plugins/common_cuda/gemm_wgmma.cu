@@ -648,11 +648,11 @@ extern "C" int qplug_cuda__fp8_gemm_bf16x_supported(int64_t m, int64_t n, int64_
 {
     if (m < 1 || n < 128 || n % 128 != 0 || k < 128 || k % 128 != 0 || groups < 1)
         return 0;
-    /* Tile counts fit the int grid arithmetic; the weight tensor map's
-     * dimensions stay below 2^31. */
+    /* Tile counts (m-tiles padded to pairs) fit the int grid arithmetic;
+     * the weight tensor map's dimensions stay below 2^31. */
     int64_t m_tiles = (m + QPLUG_WG_BM - 1) / QPLUG_WG_BM;
     if (groups > (int64_t)1 << 20 || n > ((int64_t)1 << 31) / groups || k > (int64_t)1 << 31 ||
-        m_tiles * (groups * n / QPLUG_WG_BN) > 0x7fffffff)
+        (m_tiles + 1) * (groups * n / QPLUG_WG_BN) > 0x7fffffff)
         return 0;
     return 1;
 }

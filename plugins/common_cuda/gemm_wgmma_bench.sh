@@ -104,7 +104,7 @@ if [ "${BEST:-0}" = 1 ]; then
         fi
         if [ "${NCU:-0}" = 1 ]; then
             # --quick times M = 512 first (24 launches), then M = 4096.
-            timeout 120 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+            timeout 90 ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
                 --section MemoryWorkloadAnalysis -k regex:wg_kernel --launch-skip 24 -c 1 \
                 "$B/bench_$best" ncu --quick >"$OUT/ncu.log" 2>&1 || echo "ncu: rc $?" >>"$OUT/ncu.log"
         fi
