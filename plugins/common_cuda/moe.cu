@@ -357,7 +357,8 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
         for (int mi = 0; mi < NM; mi++) {
             if (WF == MOE_F_FP8) {
                 wb[mi] = p.w[mi] + (int64_t)e * n * k;
-                sb[mi] = p.ws[mi] + ((int64_t)e * (n / 128) * (k / 128) + (n0 / 128) * (k / 128)) * 4;
+                sb[mi] = p.ws[mi] +
+                         ((int64_t)e * (n / 128) * (k / 128) + (n0 / 128) * (k / 128)) * 4;
             } else {
                 wb[mi] = p.w[mi] + (int64_t)e * n * (k / 2);
                 int64_t per = WF == MOE_F_MX ? k / 32 : k / 16;
@@ -391,7 +392,8 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
                 int64_t ar = tid < 4 * BM ? arow[tid >> 2] : -1;
                 ra = make_uint4(0, 0, 0, 0);
                 if (ar >= 0)
-                    ra = __ldg(reinterpret_cast<const uint4 *>(p.a + ar * p.a_ld + k0 + (tid & 3) * 16));
+                    ra = __ldg(reinterpret_cast<const uint4 *>(p.a + ar * p.a_ld + k0 +
+                                                               (tid & 3) * 16));
                 if (tid < BM) {
                     arow_me = arow[tid];
                     ras = arow_me >= 0 ? __ldg(p.a_scale + (k0 / 128) * p.a_sld + arow_me) : 0.0f;
@@ -409,7 +411,8 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
                 } else if (tid < 3 * BM) {
                     arow_me = arow[tid - 2 * BM];
                     rasr = arow_me >= 0
-                               ? qplug_cuda__moe_fp4_scale_raw<AF>(p.a + arow_me * p.a_ld + k / 2, k0)
+                               ? qplug_cuda__moe_fp4_scale_raw<AF>(
+                                     p.a + arow_me * p.a_ld + k / 2, k0)
                                : 0u;
                 }
             }
@@ -425,8 +428,8 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
                     if (tid < MOE_BN)
                         rbs[mi] = __ldg(reinterpret_cast<const float *>(sb[mi]) + k0 / 128);
                 } else {
-                    rb[mi][0] = qplug_cuda__ld_stream(wb[mi] + (n0 + (tid >> 1)) * (k / 2) + k0 / 2 +
-                                                      (tid & 1) * 16);
+                    rb[mi][0] = qplug_cuda__ld_stream(wb[mi] + (n0 + (tid >> 1)) * (k / 2) +
+                                                      k0 / 2 + (tid & 1) * 16);
                     if (tid < MOE_BN) {
                         int64_t per = WF == MOE_F_MX ? k / 32 : k / 16;
                         rbsr[mi] = qplug_cuda__moe_fp4_scale_raw<WF>(sb[mi] + (n0 + tid) * per, k0);
@@ -509,7 +512,8 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
                             bool mine = !G16 || (tq >> 1) == h;
                             qplug_cuda__mma_e4m3(c, alo.x, ahi.x, alo.y, ahi.y, mine ? b.x : 0u,
                                                  mine ? b.y : 0u);
-                            float2 sw = *reinterpret_cast<const float2 *>(&bs_s[mi][st * 2 + h][c0]);
+                            float2 sw =
+                                *reinterpret_cast<const float2 *>(&bs_s[mi][st * 2 + h][c0]);
                             acc[mi][f][0] += c[0] * (sa0[h] * sw.x);
                             acc[mi][f][1] += c[1] * (sa0[h] * sw.y);
                             acc[mi][f][2] += c[2] * (sa1[h] * sw.x);
@@ -823,7 +827,8 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     bool wg = w->wgmma_ready && twg <= 65535 &&
               (w->fmt == QPLUG_CUDA_MOE_FP8 || w->fmt == QPLUG_CUDA_MOE_MXFP4) &&
               (af == MOE_F_FP8 || (af == MOE_F_MX && w->fmt == QPLUG_CUDA_MOE_MXFP4));
-    int bm = wg ? (int)WG_BN : R <= (int64_t)MOE_BM_SMALL * E ? (int)MOE_BM_SMALL : (int)MOE_BM_LARGE;
+    int bm = wg ? (int)WG_BN
+                : R <= (int64_t)MOE_BM_SMALL * E ? (int)MOE_BM_SMALL : (int)MOE_BM_LARGE;
     int64_t tmax = (R + bm - 1) / bm + E;
 
     qplug_cuda__moe_permute_kernel<<<1, 1024, 0, s>>>(ids, R, K, E, bm, ws->ntiles, ws->tile_e,

@@ -8,10 +8,9 @@
  * in blocks of 128:
  *
  *   - every 128-block's tokens, token scales and raw weights (E4M3, or
- *     packed E2M1 with its E8M0 scale word) arrive with cp.async, S stages
- *     deep (6 for FP4, 5 for the larger FP8 stages: as many as fit the 227
- *     KB of shared memory, since one block per multiprocessor must keep
- *     enough bytes in flight to cover the memory latency);
+ *     packed E2M1 with its E8M0 scale word) arrive with cp.async, 4 stages
+ *     deep (measured on H200: 4 beats 6 for FP4 and 5 for FP8 by 4-5% at
+ *     4096 tokens and 5% at 64, bench/results/h200_moe_v3.md);
  *   - the raw weights of the next block are decoded into one of two A
  *     buffers while the tensor cores run the current one;
  *   - the four m64nNk32 wgmmas of a 128-block sum into a scratch
@@ -45,11 +44,12 @@ enum {
 };
 
 /* Shared-memory layout of one block, in bytes from the dynamic base. */
+/* Stage counts; the macros exist so that bench builds can compare. */
 #ifndef QPLUG_MOE_WG_STAGES_MX
-#define QPLUG_MOE_WG_STAGES_MX 6
+#define QPLUG_MOE_WG_STAGES_MX 4
 #endif
 #ifndef QPLUG_MOE_WG_STAGES_FP8
-#define QPLUG_MOE_WG_STAGES_FP8 5
+#define QPLUG_MOE_WG_STAGES_FP8 4
 #endif
 template <int WF> struct qplug_cuda__moe_wg_smem {
     static constexpr int S = WF == MOE_F_FP8 ? QPLUG_MOE_WG_STAGES_FP8 : QPLUG_MOE_WG_STAGES_MX;
