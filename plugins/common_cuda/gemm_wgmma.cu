@@ -54,6 +54,16 @@
 #ifndef QPLUG_WGMMA_CLUSTER
 #define QPLUG_WGMMA_CLUSTER 4
 #endif
+/* 1: the producers' BF16 x rows arrive by TMA into a shared-memory ring
+ * (and the weight scales by cp.async next to them), several k-blocks
+ * ahead; 0: each producer thread loads its pieces into registers. */
+#ifndef QPLUG_WGMMA_XTMA
+#define QPLUG_WGMMA_XTMA 1
+#endif
+/* Bytes of the x ring (XTMA = 1). */
+#ifndef QPLUG_WGMMA_XRING
+#define QPLUG_WGMMA_XRING 49152
+#endif
 /* Two producer warpgroups (512 threads, which start at 128 registers each)
  * move registers with setmaxnreg: producers give up what the consumers
  * take, 2 x 128 x PROD + 2 x 128 x CONS = 65536. */
@@ -85,10 +95,6 @@ enum {
     QPLUG_WG_TILE = QPLUG_WG_BM * QPLUG_WG_BK, /* bytes of one E4M3 tile */
     QPLUG_WG_DEPTH = QPLUG_WGMMA_DEPTH,         /* producer load ring, in k-blocks per C */
     QPLUG_WG_RASTER = QPLUG_WGMMA_RASTER,       /* m-tiles per rasterization band */
-    /* Dynamic shared memory: A and B rings, row scales, barriers, and the
-     * slack that aligns the base to the 1024 bytes the swizzle needs. */
-    QPLUG_WG_SMEM = 2 * QPLUG_WG_STAGES * QPLUG_WG_TILE + QPLUG_WG_STAGES * QPLUG_WG_BM * 4 +
-                    2 * QPLUG_WG_STAGES * 8 + 1024
 };
 
 __device__ __forceinline__ unsigned qplug__wg_smem_addr(const void *p)
@@ -137,6 +143,32 @@ __device__ __forceinline__ void qplug__wg_tma_load(void *dst, const CUtensorMap 
                  "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(qplug__wg_smem_addr(dst)),
                  "l"((uint64_t)map), "r"(k0), "r"(row0), "r"(qplug__wg_smem_addr(bar))
                  : "memory");
+}
+
+/* cp.async of one float, and an arrival on bar once this thread's earlier
+ * cp.async copies are complete (counted in the barrier's arrivals). */
+__device__ __forceinline__ void qplug__wg_cp_async4(void *dst, const void *src)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(qplug__wg_smem_addr(dst)),
+                 "l"(src)
+                 : "memory");
+}
+
+__device__ __forceinline__ void qplug__wg_cp_async_arrive(uint64_t *bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
+                     qplug__wg_smem_addr(bar))
+                 : "memory");
+}
+
+__device__ __forceinline__ uint4 qplug__wg_lds16(const void *p)
+{
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(qplug__wg_smem_addr(p))
+                 : "memory");
+    return v;
 }
 
 /* TMA multicast: the box at (k0, row0) into dst of every CTA of the
@@ -270,6 +302,21 @@ template <int C> struct qplug__wg_split {
     /* Rows per producer warp, and the bytes one warp sends to each peer. */
     static constexpr int WROWS = 32 / LPR;
     static constexpr unsigned PEER_BYTES = (unsigned)(SR * (QPLUG_WG_BK + 4));
+    /* The x ring (XTMA): XS slots of the slice's BF16 rows of one k-block. */
+    static constexpr int XB = SR * QPLUG_WG_BK * 2;
+    static constexpr int XS =
+        QPLUG_WGMMA_XTMA ? (QPLUG_WGMMA_XRING / XB > 1 ? QPLUG_WGMMA_XRING / XB : 1) : 0;
+    /* Dynamic shared memory, from a 1024-byte aligned base (the swizzle
+     * needs it; the slack is in SMEM): A and B stage rings, the x ring,
+     * row scales per stage, the weight scale per stage and per x slot,
+     * then the barriers full, empty (per stage), xfull, xempty (per x
+     * slot). */
+    static constexpr int OFF_X = 2 * QPLUG_WG_STAGES * QPLUG_WG_TILE;
+    static constexpr int OFF_SCALE = OFF_X + XS * XB;
+    static constexpr int OFF_SWS = OFF_SCALE + QPLUG_WG_STAGES * QPLUG_WG_BM * 4;
+    static constexpr int OFF_SWX = OFF_SWS + QPLUG_WG_STAGES * 4;
+    static constexpr int OFF_BAR = (OFF_SWX + XS * 4 + 7) / 8 * 8;
+    static constexpr int SMEM = OFF_BAR + (2 * QPLUG_WG_STAGES + 2 * XS) * 8 + 1024;
 };
 
 /* Loads the thread's pieces of k-block kb (row rl of the tile; rows past
@@ -358,32 +405,117 @@ __device__ __forceinline__ void qplug__wg_quant(const uint4 r[8 / C], uint8_t *a
         a_scale[rl] = s;
 }
 
+/* What the producers of one CTA need per k-block besides the x values. */
+struct qplug__wg_prod {
+    uint8_t *sa, *sb;
+    float *sscale, *sws;
+    uint64_t *full, *empty;
+    const CUtensorMap *wmap;
+    int n_tile, rl, q, lane, wrow;
+    unsigned nrank, mrank;
+    uint16_t wmask;
+};
+
+/* The producers' work on stage kb % STAGES once the thread holds its x
+ * pieces r of k-block kb: wait until the stage is free in every CTA that
+ * it is written into; thread 0 starts the weight TMA (multicast with
+ * CM = 2) and stores the weight scale wsv (XTMA; the consumers load it
+ * themselves otherwise); quantize the thread's pieces; each warp copies its
+ * rows and scales to the peers; arrive on "full". */
+template <bool UE8M0, int C, int CM>
+__device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, const uint4 r[8 / C],
+                                                  int kb, float wsv)
+{
+    typedef qplug__wg_split<C> S;
+    int s = kb % QPLUG_WG_STAGES;
+    uint8_t *a = pp.sa + s * QPLUG_WG_TILE;
+    float *asc = pp.sscale + s * QPLUG_WG_BM;
+    /* A CTA-scope acquire, as for the arrivals (see
+     * qplug__wg_bar_arrive_cluster): at cluster scope every wait also
+     * invalidates L1 (CCTL.IVALL). */
+    qplug__wg_bar_wait(&pp.empty[s], ((kb / QPLUG_WG_STAGES) & 1) ^ 1);
+    if (threadIdx.x == 0) {
+        qplug__wg_bar_arrive_tx(&pp.full[s], QPLUG_WG_TILE + (C - 1) * S::PEER_BYTES);
+        if (CM > 1)
+            qplug__wg_tma_load_mc(pp.sb + s * QPLUG_WG_TILE + pp.mrank * (QPLUG_WG_TILE / CM),
+                                  pp.wmap, kb * QPLUG_WG_BK,
+                                  pp.n_tile * QPLUG_WG_BN + (int)pp.mrank * (QPLUG_WG_BN / CM),
+                                  &pp.full[s], pp.wmask);
+        else
+            qplug__wg_tma_load(pp.sb + s * QPLUG_WG_TILE, pp.wmap, kb * QPLUG_WG_BK,
+                               pp.n_tile * QPLUG_WG_BN, &pp.full[s]);
+        if (QPLUG_WGMMA_XTMA)
+            pp.sws[s] = wsv;
+    }
+    qplug__wg_quant<UE8M0, C>(r, a, asc, pp.rl, pp.q);
+    /* The codes were written by ordinary stores and are read next by the
+     * tensor cores and the bulk copies (async proxy). */
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    if (C > 1) {
+        __syncwarp();
+        if (pp.lane == 0)
+            for (int j = 1; j < C; j++) {
+                unsigned peer = pp.mrank * C + (pp.nrank + (unsigned)j) % C;
+                unsigned bar = qplug__wg_mapa(&pp.full[s], peer);
+                qplug__wg_copy_to_peer(qplug__wg_mapa(a + pp.wrow * 128, peer), a + pp.wrow * 128,
+                                       S::WROWS * 128, bar);
+                qplug__wg_copy_to_peer(qplug__wg_mapa(asc + pp.wrow, peer), asc + pp.wrow,
+                                       S::WROWS * 4, bar);
+            }
+    }
+    qplug__wg_bar_arrive(&pp.full[s]);
+}
+
+/* TMA x path: thread 0 fills x slot j % XS with the slice rows of k-block
+ * j (the tensor map's box is 128 columns x SR rows; rows past m read as
+ * zeros) and the weight scale of k-block j, after all producer threads
+ * have read what the slot held before (k-block j - XS). */
+template <int C>
+__device__ __forceinline__ void qplug__wg_issue_x(const CUtensorMap *xmap, uint8_t *xring,
+                                                  float *swx, uint64_t *xfull, uint64_t *xempty,
+                                                  const float *wsc, int j, int col0, int row0)
+{
+    typedef qplug__wg_split<C> S;
+    int slot = j % S::XS;
+    if (j >= S::XS)
+        qplug__wg_bar_wait(&xempty[slot], ((j / S::XS) - 1) & 1);
+    qplug__wg_bar_arrive_tx(&xfull[slot], S::XB);
+    qplug__wg_tma_load(xring + slot * S::XB, xmap, col0 + j * QPLUG_WG_BK, row0, &xfull[slot]);
+    qplug__wg_cp_async4(&swx[slot], wsc + j);
+    qplug__wg_cp_async_arrive(&xfull[slot]);
+}
+
 /* One CTA of a cluster of C x CM CTAs: C (1, 2 or 4) on neighbouring
- * n-tiles of the same m-tile, times CM (1 or 2) neighbouring m-tiles. The
- * CM CTAs of one n-tile share the weight tile: each loads 128 / CM of its
- * rows by TMA multicast into all of them. Along n, The x tile is the same for all of them, so each quantizes
- * only its slice of 128 / C rows per k-block, into its own stage and, by
- * bulk copies (one per producer warp and peer, for the warp's rows and
- * their scales), into the same place of every peer's stage. A stage's
- * "full" barrier expects its own producers (256 arrivals), one arrival
- * carrying the bytes of the weight TMA and of the C - 1 peer slices; its
- * "empty" barrier takes one arrival per consumer warp of every CTA of the
- * cluster (8 C), since a producer overwrites that stage in all of them.
- * With CM = 2 the "empty" barrier takes the consumer warps of the CTAs that
- * write into this one: the C of its m-tile and the other CTA of its
- * n-tile, 8 (C + CM - 1) arrivals. C = CM = 1 is the kernel of v1.1. */
+ * n-tiles of the same m-tile, times CM (1 or 2) neighbouring m-tiles.
+ * The C CTAs of one m-tile have the same x tile, so each quantizes only
+ * its slice of 128 / C rows per k-block, into its own stage and, by bulk
+ * copies (one per producer warp and peer, for the warp's rows and their
+ * scales), into the same place of its peers' stages. The CM CTAs of one
+ * n-tile share the weight tile: each loads 128 / CM of its rows by TMA
+ * multicast into all of them. A stage's "full" barrier expects its own
+ * producers (256 arrivals) and one arrival carrying the bytes of the
+ * weight tile and of the C - 1 peer slices; its "empty" barrier takes one
+ * arrival per consumer warp of every CTA that writes into this one's
+ * stages (the C of its m-tile and the other CM - 1 of its n-tile),
+ * 8 (C + CM - 1). C = CM = 1 is the kernel of v1.1. */
 template <bool UE8M0, int C, int CM>
 __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
-    qplug__wg_kernel(const __grid_constant__ CUtensorMap wmap, const qplug__wg_args args)
+    qplug__wg_kernel(const __grid_constant__ CUtensorMap wmap,
+                     const __grid_constant__ CUtensorMap xmap, const qplug__wg_args args)
 {
     typedef qplug__wg_split<C> S;
     extern __shared__ uint8_t qplug__wg_smem_raw[];
     uint8_t *smem = (uint8_t *)(((uintptr_t)qplug__wg_smem_raw + 1023) & ~(uintptr_t)1023);
     uint8_t *sa = smem;
     uint8_t *sb = smem + QPLUG_WG_STAGES * QPLUG_WG_TILE;
-    float *sscale = (float *)(smem + 2 * QPLUG_WG_STAGES * QPLUG_WG_TILE);
-    uint64_t *full = (uint64_t *)(sscale + QPLUG_WG_STAGES * QPLUG_WG_BM);
+    uint8_t *xring = smem + S::OFF_X;
+    float *sscale = (float *)(smem + S::OFF_SCALE);
+    float *sws = (float *)(smem + S::OFF_SWS);
+    float *swx = (float *)(smem + S::OFF_SWX);
+    uint64_t *full = (uint64_t *)(smem + S::OFF_BAR);
     uint64_t *empty = full + QPLUG_WG_STAGES;
+    uint64_t *xfull = empty + QPLUG_WG_STAGES;
+    uint64_t *xempty = xfull + S::XS;
 
     /* Rasterization over clusters (CM x C tiles): bands of
      * QPLUG_WG_RASTER / CM cluster rows, m fastest inside a band, so the
@@ -412,8 +544,16 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
             qplug__wg_bar_init(&full[s], 128 * QPLUG_WG_PRODUCERS + 1);
             qplug__wg_bar_init(&empty[s], 8 * (C + CM - 1));
         }
+        /* xfull: thread 0's arrival with the TMA bytes and the arrival of
+         * its cp.async of the weight scale; xempty: every producer thread. */
+        for (int j = 0; j < S::XS; j++) {
+            qplug__wg_bar_init(&xfull[j], 2);
+            qplug__wg_bar_init(&xempty[j], 128 * QPLUG_WG_PRODUCERS);
+        }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&wmap) : "memory");
+        if (QPLUG_WGMMA_XTMA)
+            asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&xmap) : "memory");
     }
     /* Peers arrive on and copy into this CTA's barriers and stages only
      * after they are initialised. */
@@ -428,71 +568,69 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
                          : "memory");
 #endif
         static_assert(QPLUG_WG_PRODUCERS == 2, "the slice split assumes 256 producer threads");
-        int pt = threadIdx.x, lane = pt & 31, warp = pt >> 5;
-        int q = pt % S::LPR;
-        int rl = (int)nrank * S::SR + pt / S::LPR; /* row of the tile */
+        int pt = threadIdx.x, warp = pt >> 5;
+        qplug__wg_prod pp;
+        pp.sa = sa;
+        pp.sb = sb;
+        pp.sscale = sscale;
+        pp.sws = sws;
+        pp.full = full;
+        pp.empty = empty;
+        pp.wmap = &wmap;
+        pp.n_tile = n_tile;
+        pp.q = pt % S::LPR;
+        pp.rl = (int)nrank * S::SR + pt / S::LPR; /* row of the tile */
+        pp.lane = pt & 31;
+        pp.wrow = (int)nrank * S::SR + warp * S::WROWS; /* the warp's rows, sent to peers */
+        pp.nrank = nrank;
+        pp.mrank = mrank;
+        /* The CTAs of this n-tile (same n-rank), for the weight multicast. */
+        pp.wmask = 0;
+        for (int j = 0; j < CM; j++)
+            pp.wmask |= (uint16_t)(1u << (nrank + C * j));
+#if QPLUG_WGMMA_XTMA
+        const float *wsc = args.w_scale + (int64_t)n_tile * kt;
+        int col0 = group * (int)args.k, row0 = (int)m0 + (int)nrank * S::SR;
+        if (pt == 0)
+            for (int j = 0; j < S::XS - 1 && j < kt; j++)
+                qplug__wg_issue_x<C>(&xmap, xring, swx, xfull, xempty, wsc, j, col0, row0);
+        for (int kb = 0; kb < kt; kb++) {
+            if (pt == 0 && kb + S::XS - 1 < kt)
+                qplug__wg_issue_x<C>(&xmap, xring, swx, xfull, xempty, wsc, kb + S::XS - 1, col0,
+                                     row0);
+            int slot = kb % S::XS;
+            qplug__wg_bar_wait(&xfull[slot], (kb / S::XS) & 1);
+            /* The slot holds SR rows of 256 bytes; a quarter-warp reads
+             * 128 contiguous bytes of one row (C = 4) or 64 of two. */
+            const uint8_t *xr = xring + slot * S::XB + (pt / S::LPR) * (QPLUG_WG_BK * 2);
+            uint4 r[S::P];
+#pragma unroll
+            for (int j = 0; j < S::P; j++)
+                r[j] = qplug__wg_lds16(xr + (pp.q + S::LPR * j) * 16);
+            float wsv = pt == 0 ? swx[slot] : 0.0f;
+            qplug__wg_bar_arrive(&xempty[slot]);
+            qplug__wg_produce<UE8M0, C, CM>(pp, r, kb, wsv);
+        }
+#else
         const __nv_bfloat16 *xt = args.x + m0 * args.ldx + (int64_t)group * args.k;
         int rows_left = (int)max((int64_t)0, min((int64_t)QPLUG_WG_BM, args.m - m0));
-        /* The warp's rows, as sent to the peers. */
-        int wrow = (int)nrank * S::SR + warp * S::WROWS;
-        /* The CTAs of this n-tile (same n-rank), for the weight multicast. */
-        uint16_t wmask = 0;
-        for (int j = 0; j < CM; j++)
-            wmask |= (uint16_t)(1u << (nrank + C * j));
         uint4 buf[S::KD][S::P];
 #pragma unroll
         for (int d = 0; d < S::KD - 1; d++)
             if (d < kt)
-                qplug__wg_load<C>(buf[d], xt, args.ldx, rows_left, d, rl, q);
+                qplug__wg_load<C>(buf[d], xt, args.ldx, rows_left, d, pp.rl, pp.q);
         for (int kb0 = 0; kb0 < kt; kb0 += S::KD) {
 #pragma unroll
             for (int d = 0; d < S::KD; d++) {
                 int kb = kb0 + d;
                 if (kb + S::KD - 1 < kt)
                     qplug__wg_load<C>(buf[(d + S::KD - 1) % S::KD], xt, args.ldx, rows_left,
-                                      kb + S::KD - 1, rl, q);
-                if (kb < kt) {
-                    int s = kb % QPLUG_WG_STAGES;
-                    uint8_t *a = sa + s * QPLUG_WG_TILE;
-                    float *asc = sscale + s * QPLUG_WG_BM;
-                    /* Free in every CTA of the cluster. A CTA-scope
-                     * acquire, as for the arrivals: at cluster scope every
-                     * wait also invalidates L1 (CCTL.IVALL). */
-                    qplug__wg_bar_wait(&empty[s], ((kb / QPLUG_WG_STAGES) & 1) ^ 1);
-                    if (threadIdx.x == 0) {
-                        qplug__wg_bar_arrive_tx(&full[s],
-                                                QPLUG_WG_TILE + (C - 1) * S::PEER_BYTES);
-                        if (CM > 1)
-                            qplug__wg_tma_load_mc(
-                                sb + s * QPLUG_WG_TILE + mrank * (QPLUG_WG_TILE / CM), &wmap,
-                                kb * QPLUG_WG_BK,
-                                n_tile * QPLUG_WG_BN + (int)mrank * (QPLUG_WG_BN / CM), &full[s],
-                                wmask);
-                        else
-                            qplug__wg_tma_load(sb + s * QPLUG_WG_TILE, &wmap, kb * QPLUG_WG_BK,
-                                               n_tile * QPLUG_WG_BN, &full[s]);
-                    }
-                    qplug__wg_quant<UE8M0, C>(buf[d], a, asc, rl, q);
-                    /* The codes were written by ordinary stores and are
-                     * read next by the tensor cores and the bulk copies
-                     * (async proxy). */
-                    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-                    if (C > 1) {
-                        __syncwarp();
-                        if (lane == 0)
-                            for (int j = 1; j < C; j++) {
-                                unsigned peer = mrank * C + (nrank + (unsigned)j) % C;
-                                unsigned bar = qplug__wg_mapa(&full[s], peer);
-                                qplug__wg_copy_to_peer(qplug__wg_mapa(a + wrow * 128, peer),
-                                                       a + wrow * 128, S::WROWS * 128, bar);
-                                qplug__wg_copy_to_peer(qplug__wg_mapa(asc + wrow, peer),
-                                                       asc + wrow, S::WROWS * 4, bar);
-                            }
-                    }
-                    qplug__wg_bar_arrive(&full[s]);
-                }
+                                      kb + S::KD - 1, pp.rl, pp.q);
+                if (kb < kt)
+                    qplug__wg_produce<UE8M0, C, CM>(pp, buf[d], kb, 0.0f);
             }
         }
+#endif
     } else {
         /* Consumers. */
 #if QPLUG_WGMMA_PRODUCERS > 1
@@ -502,20 +640,32 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
         int wg = (threadIdx.x >> 7) - QPLUG_WG_PRODUCERS, tid = threadIdx.x & 127;
         int warp = tid >> 5, lane = tid & 31;
         int row_a = wg * 64 + warp * 16 + (lane >> 2);
+#if !QPLUG_WGMMA_XTMA
         const float *wsc = args.w_scale + (int64_t)n_tile * kt;
+#endif
         float acc[64], fin[64];
 #pragma unroll
         for (int i = 0; i < 64; i++) {
             acc[i] = 0.0f;
             fin[i] = 0.0f;
         }
+#if !QPLUG_WGMMA_XTMA
         float wscale_next = wsc[0];
+#endif
         for (int kb = 0; kb < kt; kb++) {
             int s = kb % QPLUG_WG_STAGES;
+#if QPLUG_WGMMA_XTMA
+            /* The producers stored it with the stage: a global load here
+             * would put its latency into every k-block (each load feeds the
+             * next iteration), ~1 us per k-block when it misses L2. */
+            qplug__wg_bar_wait(&full[s], (kb / QPLUG_WG_STAGES) & 1);
+            float wscale = sws[s];
+#else
             float wscale = wscale_next;
             if (kb + 1 < kt)
                 wscale_next = wsc[kb + 1];
             qplug__wg_bar_wait(&full[s], (kb / QPLUG_WG_STAGES) & 1);
+#endif
             const uint8_t *a = sa + s * QPLUG_WG_TILE + wg * 64 * 128;
             const uint8_t *b = sb + s * QPLUG_WG_TILE;
             uint64_t da = qplug__wg_desc(a), db = qplug__wg_desc(b);
@@ -601,13 +751,15 @@ static int qplug__wg_cluster_m_for(int m_tiles)
 /* Launches the kernel for a cluster of C x CM CTAs over the m-tiles padded
  * to a multiple of CM. */
 template <bool UE8M0, int C, int CM>
-static cudaError_t qplug__wg_launch(const CUtensorMap &map, const qplug__wg_args &a,
-                                    void *stream)
+static cudaError_t qplug__wg_launch(const CUtensorMap &map, const CUtensorMap &xmap,
+                                    const qplug__wg_args &a, void *stream)
 {
+    const int smem = qplug__wg_split<C>::SMEM;
+    static_assert(qplug__wg_split<C>::SMEM <= 232448, "shared memory over the sm_90 limit");
     unsigned blocks = (unsigned)((a.m_tiles + CM - 1) / CM * CM) * (unsigned)a.n_tiles_all;
     cudaError_t e = cudaFuncSetAttribute(qplug__wg_kernel<UE8M0, C, CM>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         QPLUG_WG_SMEM);
+                                         smem);
     if (e != cudaSuccess)
         return e;
     cudaLaunchConfig_t cfg = {};
@@ -618,29 +770,29 @@ static cudaError_t qplug__wg_launch(const CUtensorMap &map, const qplug__wg_args
     attr[0].val.clusterDim.z = 1;
     cfg.gridDim = dim3(blocks, 1, 1);
     cfg.blockDim = dim3(QPLUG_WG_THREADS, 1, 1);
-    cfg.dynamicSmemBytes = QPLUG_WG_SMEM;
+    cfg.dynamicSmemBytes = smem;
     cfg.stream = (cudaStream_t)stream;
     cfg.attrs = attr;
     cfg.numAttrs = C * CM > 1 ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, qplug__wg_kernel<UE8M0, C, CM>, map, a);
+    return cudaLaunchKernelEx(&cfg, qplug__wg_kernel<UE8M0, C, CM>, map, xmap, a);
 }
 
 template <bool UE8M0>
-static cudaError_t qplug__wg_dispatch(const CUtensorMap &map, const qplug__wg_args &a, int c,
-                                      int cm, void *stream)
+static cudaError_t qplug__wg_dispatch(const CUtensorMap &map, const CUtensorMap &xmap,
+                                      const qplug__wg_args &a, int c, int cm, void *stream)
 {
     if (cm == 2) {
         if (c == 4)
-            return qplug__wg_launch<UE8M0, 4, 2>(map, a, stream);
+            return qplug__wg_launch<UE8M0, 4, 2>(map, xmap, a, stream);
         if (c == 2)
-            return qplug__wg_launch<UE8M0, 2, 2>(map, a, stream);
-        return qplug__wg_launch<UE8M0, 1, 2>(map, a, stream);
+            return qplug__wg_launch<UE8M0, 2, 2>(map, xmap, a, stream);
+        return qplug__wg_launch<UE8M0, 1, 2>(map, xmap, a, stream);
     }
     if (c == 4)
-        return qplug__wg_launch<UE8M0, 4, 1>(map, a, stream);
+        return qplug__wg_launch<UE8M0, 4, 1>(map, xmap, a, stream);
     if (c == 2)
-        return qplug__wg_launch<UE8M0, 2, 1>(map, a, stream);
-    return qplug__wg_launch<UE8M0, 1, 1>(map, a, stream);
+        return qplug__wg_launch<UE8M0, 2, 1>(map, xmap, a, stream);
+    return qplug__wg_launch<UE8M0, 1, 1>(map, xmap, a, stream);
 }
 
 extern "C" int qplug_cuda__fp8_gemm_bf16x_supported(int64_t m, int64_t n, int64_t k,
@@ -649,9 +801,11 @@ extern "C" int qplug_cuda__fp8_gemm_bf16x_supported(int64_t m, int64_t n, int64_
     if (m < 1 || n < 128 || n % 128 != 0 || k < 128 || k % 128 != 0 || groups < 1)
         return 0;
     /* Tile counts (m-tiles padded to pairs) fit the int grid arithmetic;
-     * the weight tensor map's dimensions stay below 2^31. */
+     * the tensor maps' dimensions and the int coordinates of their boxes
+     * (x columns up to groups * k, rows up to m) stay below 2^31. */
     int64_t m_tiles = (m + QPLUG_WG_BM - 1) / QPLUG_WG_BM;
-    if (groups > (int64_t)1 << 20 || n > ((int64_t)1 << 31) / groups || k > (int64_t)1 << 31 ||
+    if (groups > (int64_t)1 << 20 || n > ((int64_t)1 << 31) / groups ||
+        k >= ((int64_t)1 << 31) / groups || m >= ((int64_t)1 << 31) - 2 * QPLUG_WG_BM ||
         (m_tiles + 1) * (groups * n / QPLUG_WG_BN) > 0x7fffffff)
         return 0;
     return 1;
@@ -722,15 +876,33 @@ extern "C" qplug_status qplug_cuda__fp8_gemm_bf16x(const void *x, int64_t ldx, i
     a.n_tiles_all = (int)(groups * n / QPLUG_WG_BN);
     a.kt = (int)(k / QPLUG_WG_BK);
     int c = qplug__wg_cluster_for(a.n_tiles_group);
+
+    /* x as BF16 [m, groups * k] with row stride ldx; a box is one k-block
+     * of the 128 / c rows a CTA quantizes. Unused with QPLUG_WGMMA_XTMA=0
+     * (then a copy of the weight map stands in). */
+    CUtensorMap xmap = map;
+    if (QPLUG_WGMMA_XTMA) {
+        cuuint64_t xdims[2] = {(cuuint64_t)(groups * k), (cuuint64_t)m};
+        cuuint64_t xstrides[1] = {(cuuint64_t)ldx * 2};
+        cuuint32_t xbox[2] = {QPLUG_WG_BK, (cuuint32_t)(QPLUG_WG_BM / c)};
+        r = ((qplug__wg_encode_fn)fn)(&xmap, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)x, xdims,
+                                      xstrides, xbox, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                      CU_TENSOR_MAP_SWIZZLE_NONE,
+                                      CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        if (r != CUDA_SUCCESS)
+            return qplug_cuda__fail(err, QPLUG_ERR_DEVICE,
+                                    "fp8_gemm_bf16x: activation tensor map refused (CUresult %d)",
+                                    (int)r);
+    }
     cudaError_t e = cudaSuccess;
     if (fmt == QPLUG_CUDA_SCALE_UE8M0)
-        e = qplug__wg_dispatch<true>(map, a, c, cm, stream);
+        e = qplug__wg_dispatch<true>(map, xmap, a, c, cm, stream);
     else
-        e = qplug__wg_dispatch<false>(map, a, c, cm, stream);
+        e = qplug__wg_dispatch<false>(map, xmap, a, c, cm, stream);
     if (e != cudaSuccess)
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE,
-                                "fp8_gemm_bf16x: launch (cluster of %d x %d, %d bytes of "
-                                "shared memory) refused: %s",
-                                cm, c, (int)QPLUG_WG_SMEM, cudaGetErrorString(e));
+                                "fp8_gemm_bf16x: launch (cluster of %d x %d) refused: %s", cm, c,
+                                cudaGetErrorString(e));
     return qplug_cuda__check_launch(err, "fp8_gemm_bf16x");
 }
