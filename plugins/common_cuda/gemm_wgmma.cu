@@ -60,6 +60,12 @@
 #ifndef QPLUG_WGMMA_XTMA
 #define QPLUG_WGMMA_XTMA 1
 #endif
+/* 1: the slice goes to each peer as one bulk copy (after a barrier of the
+ * producer threads); 0: one bulk copy per producer warp and peer (run 1:
+ * 48 copies of 512 bytes per k-block at C = 4, slower than C = 2). */
+#ifndef QPLUG_WGMMA_BIGCOPY
+#define QPLUG_WGMMA_BIGCOPY 1
+#endif
 /* Bytes of the x ring (XTMA = 1). */
 #ifndef QPLUG_WGMMA_XRING
 #define QPLUG_WGMMA_XRING 49152
@@ -451,7 +457,21 @@ __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, cons
     /* The codes were written by ordinary stores and are read next by the
      * tensor cores and the bulk copies (async proxy). */
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    if (C > 1) {
+    if (C > 1 && QPLUG_WGMMA_BIGCOPY) {
+        /* All producer threads (named barrier 1) have written the slice;
+         * thread 0 sends it whole: 2 (C - 1) bulk copies per k-block. */
+        asm volatile("bar.sync 1, %0;\n" ::"n"(128 * QPLUG_WG_PRODUCERS) : "memory");
+        if (threadIdx.x == 0) {
+            int r0 = (int)pp.nrank * S::SR;
+            for (int j = 1; j < C; j++) {
+                unsigned peer = pp.mrank * C + (pp.nrank + (unsigned)j) % C;
+                unsigned bar = qplug__wg_mapa(&pp.full[s], peer);
+                qplug__wg_copy_to_peer(qplug__wg_mapa(a + r0 * 128, peer), a + r0 * 128,
+                                       S::SR * 128, bar);
+                qplug__wg_copy_to_peer(qplug__wg_mapa(asc + r0, peer), asc + r0, S::SR * 4, bar);
+            }
+        }
+    } else if (C > 1) {
         __syncwarp();
         if (pp.lane == 0)
             for (int j = 1; j < C; j++) {

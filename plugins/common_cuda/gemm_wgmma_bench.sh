@@ -56,7 +56,7 @@ i=0
 ok=()
 for flags in "$@"; do
     echo "== test, variant $i [$flags]" | tee -a "$OUT/test.log"
-    if timeout 60 "$B/test_$i" >>"$OUT/test.log" 2>&1; then
+    if timeout 40 "$B/test_$i" >>"$OUT/test.log" 2>&1; then
         echo "test $i: PASS" | tee -a "$OUT/test.log"
         ok+=(1)
     else
@@ -67,7 +67,7 @@ for flags in "$@"; do
 done
 if [ "${MEMCHECK:-0}" = 1 ] && [ "${ok[0]}" = 1 ]; then
     echo "== memcheck, variant 0" >>"$OUT/test.log"
-    timeout 120 compute-sanitizer --tool memcheck "$B/test_0" >>"$OUT/test.log" 2>&1 ||
+    timeout 90 compute-sanitizer --tool memcheck "$B/test_0" >>"$OUT/test.log" 2>&1 ||
         echo "memcheck: rc $?" >>"$OUT/test.log"
     tail -2 "$OUT/test.log"
 fi
@@ -93,7 +93,7 @@ if [ "${BEST:-0}" = 1 ]; then
         echo "best variant: $best" | tee -a "$OUT/sass.txt"
         if [ "${MEMCHECK:-0}" = 1 ] && [ "$best" != 0 ]; then
             echo "== memcheck, variant $best" >>"$OUT/test.log"
-            timeout 120 compute-sanitizer --tool memcheck "$B/test_$best" >>"$OUT/test.log" 2>&1 ||
+            timeout 90 compute-sanitizer --tool memcheck "$B/test_$best" >>"$OUT/test.log" 2>&1 ||
                 echo "memcheck: rc $?" >>"$OUT/test.log"
             tail -2 "$OUT/test.log"
         fi
