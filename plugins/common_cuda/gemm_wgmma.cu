@@ -426,8 +426,9 @@ struct qplug__wg_prod {
  * pieces r of k-block kb: wait until the stage is free in every CTA that
  * it is written into; thread 0 starts the weight TMA (multicast with
  * CM = 2) and stores the weight scale wsv (XTMA; the consumers load it
- * themselves otherwise); quantize the thread's pieces; each warp copies its
- * rows and scales to the peers; arrive on "full". */
+ * themselves otherwise); quantize the thread's pieces; copy the slice's
+ * codes and scales to the peers (thread 0 for the whole slice, or each
+ * warp for its rows); arrive on "full". */
 template <bool UE8M0, int C, int CM>
 __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, const uint4 r[8 / C],
                                                   int kb, float wsv)
