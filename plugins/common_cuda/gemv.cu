@@ -156,9 +156,13 @@ static __device__ __forceinline__ float qplug_cuda__div_rn(float v, float s, flo
 
 /* The largest m whose fused quantization is shared by the whole warp
  * (qplug_cuda__gemv_quant_coop); above it each lane quantizes its own 32
- * values of its token. A tunable. */
+ * values of its token. At m = 1 the shared form was 0.1-3 us faster per
+ * call on H200 (GEMV v6 run 2); its cost grows with m (about 50
+ * instructions per token, with a shuffle chain per token) while the
+ * per-lane cost does not up to m = 8, so the two meet near m = 2 by the
+ * fitted costs below (measured at m = 1 and 16 only). A tunable. */
 #ifndef QPLUG_GEMV_COOP_M
-#define QPLUG_GEMV_COOP_M 3
+#define QPLUG_GEMV_COOP_M 1
 #endif
 
 /* The fused quantization for m <= QPLUG_GEMV_COOP_M (one token tile): with
@@ -797,27 +801,29 @@ static void qplug_cuda__gemv_geom(int64_t rows, int64_t k, int sms, bool *wide, 
 
 /* The largest quantization load per multiprocessor at which the fused
  * kernel runs. The load is row tiles x k-blocks x the quantization work per
- * k-block (3 units per token tile of the per-lane quantization, 1 per token
- * of the cooperative one, F32 scales weighted 5), over the multiprocessors
- * the grid occupies. Fitted to the first H200 run of GEMV v6 (per-lane
- * quantization only), where fusion won up to a load of about 60-80 (Flash
- * wq_a, wkv, w2, w13 at m = 1) and lost from about 110 (Pro wq_a at m = 16,
- * Pro w13 at m = 1): re-quantizing x in every block of rows then costs more
- * than the launch it saves. A tunable. */
+ * k-block, over the multiprocessors the grid occupies; the work is 2 units
+ * per token for the warp-shared quantization (m <= QPLUG_GEMV_COOP_M), 3 per
+ * token tile for the per-lane one. Fitted to the second H200 run of GEMV v6
+ * (bench/results/h200_gemv_v6.md, fused and unfused timed separately): with
+ * this threshold every layer at m = 1 and 16 runs the faster of the two
+ * paths or one within 1.1 us of it. Fusion wins up to a load of about 250
+ * (Flash wq_b/wo_b at m = 1, Flash w2 at m = 16) and loses from about 320
+ * (Pro w13 at m = 1, Pro wq_a at m = 16): re-quantizing x in every block of
+ * rows then costs more than the launch it saves. F32 activation scales cost
+ * no more than UE8M0 here. A tunable. */
 #ifndef QPLUG_GEMV_FUSE_MAX
-#define QPLUG_GEMV_FUSE_MAX 100
+#define QPLUG_GEMV_FUSE_MAX 280
 #endif
 
-static bool qplug_cuda__gemv_fuses(int64_t rows, int64_t k, int m, bool ue8m0, int sms)
+static bool qplug_cuda__gemv_fuses(int64_t rows, int64_t k, int m, int sms)
 {
     bool wide;
     int c;
     qplug_cuda__gemv_geom(rows, k, sms, &wide, &c);
     int64_t tiles = rows / 16, blocks = tiles * c;
     int64_t busy = blocks < sms ? blocks : sms;
-    int64_t units = m <= QPLUG_GEMV_COOP_M ? m : m <= 8 ? 3 : 6;
-    int64_t load = tiles * (k / 128) * units * (ue8m0 ? 1 : 5);
-    return load <= (int64_t)QPLUG_GEMV_FUSE_MAX * 3 * busy;
+    int64_t units = m <= QPLUG_GEMV_COOP_M ? 2 * m : m <= 8 ? 3 : 6;
+    return tiles * (k / 128) * units <= (int64_t)QPLUG_GEMV_FUSE_MAX * busy;
 }
 
 template <int F>
@@ -951,7 +957,8 @@ static bool qplug_cuda__gemv_unfused(qplug_cuda__scale_fmt act, int64_t m, int64
     int sms = 0;
     if (qplug_cuda__sms(&sms) != cudaSuccess || sms < 1)
         return false;
-    return !qplug_cuda__gemv_fuses(n * groups, k, (int)m, act == QPLUG_CUDA_SCALE_UE8M0, sms);
+    (void)act;
+    return !qplug_cuda__gemv_fuses(n * groups, k, (int)m, sms);
 }
 
 extern "C" size_t qplug_cuda__gemv_bf16_scratch(qplug_cuda__gemv_fmt fmt,

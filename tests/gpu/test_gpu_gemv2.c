@@ -10,9 +10,8 @@
  *    output rounding alone is about 2e-3).
  * 2. Bit-identical to the unfused path for one group: act_quant_fp8_ld
  *    followed by gemv_fp8/_mxfp4/_nvfp4 (both are checked against float64
- *    in test_gpu_kernels), which proves the fused quantization (per lane
- *    for m > 3, shared by the warp for m <= 3) gives the same codes and
- *    scales. Every case runs with the fused and with the unfused path of
+ *    in test_gpu_kernels), which proves the fused quantization (shared by
+ *    the warp at m = 1, per lane above) gives the same codes and scales. Every case runs with the fused and with the unfused path of
  *    qplug_cuda__gemv_bf16.
  * 3. y is poisoned with 0xFF (NaN) over a row stride wider than the groups'
  *    columns: every output must be written and the gap columns untouched.
