@@ -522,10 +522,11 @@ int qplug_bench_main(int argc, char **argv)
                    "weight+scale bytes / core time / copy bandwidth. vs X = time of X / abi time "
                    "(> 1: the plugin is faster). err = rel L2 of the abi output against the same "
                    "layer in reference precision (M <= %lld; - = not checked). At M <= 16 the abi "
-                   "path is one fused launch (activation quantization inside the GEMV, all groups "
-                   "of a grouped layer at once, in place); direct is act quant + GEMV per group on "
-                   "contiguous slices. \"not claimed\": the plugin does not take the layer kind "
-                   "(mxfp4 claims no grouped linear).\n\n",
+                   "path is qplug_cuda__gemv_bf16: the activation quantization inside the GEMV "
+                   "(small layers) or one act quant pass before it (wide layers, M > 8), all groups "
+                   "of a grouped layer in one launch, in place; direct is act quant + GEMV per "
+                   "group on contiguous slices. \"not claimed\": the plugin does not take the "
+                   "layer kind (mxfp4 claims no grouped linear).\n\n",
                 copy_bw, (long long)check_max_m);
         fprintf(f, "| model | layer | plugin | M | N | K | G | path | abi us | direct us | core us | "
                    "TFLOP/s | GB/s | %%copy | wt%%copy core | BF16 us | FP8-LT us | vs BF16 | "
@@ -622,7 +623,7 @@ int qplug_bench_main(int argc, char **argv)
                     double gbps = bytes / (ta * 1e-6) / 1e9;
                     double wt_core = wb / (tc * 1e-6) / 1e9;
                     const char *path = c.m <= QPLUG_CUDA_GEMV_MAX_M
-                                           ? (p == PL_FP8 ? "fused_gemv_fp8" : p == PL_MXFP4 ? "fused_gemv_mxfp4" : "fused_gemv_nvfp4")
+                                           ? (p == PL_FP8 ? "gemv_bf16_fp8" : p == PL_MXFP4 ? "gemv_bf16_mxfp4" : "gemv_bf16_nvfp4")
                                            : (p == PL_FP8 ? "lt_fp8" : "fp8copy+lt_fp8");
                     for (int o = 0; o < 2; o++) {
                         FILE *f = outs[o];
