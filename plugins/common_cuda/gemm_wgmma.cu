@@ -2,34 +2,37 @@
  * quantizes them inside the kernel, so prefill needs no separate act_quant
  * pass and no E4M3 copy of x in device memory.
  *
- * One CTA computes a 128 x 128 tile of y with four warpgroups (defaults; the
- * tunables below select the other layouts measured in bench/NOTES.md):
- *   warpgroups 0-1 (producers): thread 0 starts the TMA copy of the 128 x 128
- *     E4M3 weight tile of each k-block (128-byte swizzle, completing on the
- *     stage's "full" mbarrier); the 256 threads load the rows of the BF16
- *     x tile (the CTA's slice of them, see v2) with 16-byte loads, compute
- *     each row's 1x128 scale
- *     exactly as qplug_cuda__act_quant_fp8 does, and write the E4M3 codes
- *     into shared memory in the same 128-byte swizzled layout, plus the row
- *     scales.
+ * One CTA computes a 128 x 128 tile of y with four warpgroups, and CTAs on
+ * C neighbouring n-tiles of one m-tile form a cluster (C = 2 by default,
+ * or 4, or 1: the largest allowed that divides the n-tiles of a group, so
+ * a cluster never straddles two groups):
+ *   warpgroups 0-1 (producers): per k-block, thread 0 starts the TMA copy
+ *     of the 128 x 128 E4M3 weight tile (128-byte swizzle, completing on
+ *     the stage's "full" mbarrier) and, several k-blocks ahead, the TMA
+ *     copy of the CTA's slice of x (128 / C rows of BF16) into a ring of
+ *     shared-memory slots. The 256 threads read the slice from there,
+ *     compute each row's 1x128 scale exactly as qplug_cuda__act_quant_fp8
+ *     does and write the E4M3 codes into the stage in the same 128-byte
+ *     swizzled layout, plus the row scales; then the slice goes by bulk
+ *     copies into the same place of the other C - 1 CTAs' stages (DSMEM),
+ *     completing on their "full" barriers. So x crosses L2 -> SM and is
+ *     quantized N / (128 C) times instead of N / 128 times (v1.1).
  *   warpgroups 2-3 (consumers): 64 rows each; per k-block four wgmma
  *     m64n128k32 (both operands from shared memory) into a scratch fp32
  *     accumulator, then the promotion fin += acc * (x scale * w scale), so
  *     every 128-wide k-block is summed in fp32 first and scaled once, like
  *     the formula in qplug_cuda.h (and DeepGEMM's promotion). On H200 the
  *     outputs are bit-identical to act_quant + cuBLASLt's block-scaled GEMM.
+ *     The tile's weight scales are read once into shared memory.
  * The stages form a ring of QPLUG_WG_STAGES slots: the producers wait for a
- * slot's "empty" barrier, the consumers for its "full" barrier.
+ * slot's "empty" barrier (the consumers of every CTA that writes into it),
+ * the consumers for its "full" barrier.
  *
- * v2: CTAs on neighbouring n-tiles of one m-tile run as a cluster of C = 4
- * (or 2, or 1: the largest that divides the n-tiles of a group). Their x
- * tiles are the same, so each CTA loads and quantizes only 128 / C rows of
- * each k-block and copies the codes and scales into its peers' stages
- * through distributed shared memory (bulk copies completing on the peers'
- * "full" barriers). This divides the L2 -> SM traffic for x and the
- * quantization work by C, which bound v1.1 (each CTA re-read and
- * re-quantized its 128 x K slice of x for every 128-column tile of y:
- * 295-381 TF/s at M = 4096, 0.29-0.36x cuBLASLt alone, L2 ~70% busy).
+ * No thread that fences (the producers, before their codes are read by the
+ * async proxy) or arrives on a barrier (the consumers) keeps a global load
+ * in flight across a k-block: those instructions wait for it, which made
+ * every k-block cost a memory latency (~1.2 us) in v1.1 and in both v2
+ * device runs (bench/NOTES.md).
  *
  * The tile width 128 matches the weight scale tile, so one weight scale
  * serves a whole k-block of the tile. The two accumulators of a 64 x 128
@@ -43,22 +46,14 @@
 #ifndef QPLUG_WGMMA_STAGES
 #define QPLUG_WGMMA_STAGES 5
 #endif
-#ifndef QPLUG_WGMMA_DEPTH
-#define QPLUG_WGMMA_DEPTH 1
-#endif
-/* Largest cluster of CTAs that share one quantized x tile (1, 2 or 4),
- * and the CTAs along m that share weight tiles (1 or 2). */
+/* Largest cluster of CTAs that share one quantized x tile (1, 2 or 4;
+ * 2 measured fastest in v2 run 2, see bench/NOTES.md), and the CTAs along
+ * m that share weight tiles by TMA multicast (1 or 2). */
 #ifndef QPLUG_WGMMA_CLUSTER_M
 #define QPLUG_WGMMA_CLUSTER_M 1
 #endif
 #ifndef QPLUG_WGMMA_CLUSTER
-#define QPLUG_WGMMA_CLUSTER 4
-#endif
-/* 1: the producers' BF16 x rows arrive by TMA into a shared-memory ring
- * (and the weight scales by cp.async next to them), several k-blocks
- * ahead; 0: each producer thread loads its pieces into registers. */
-#ifndef QPLUG_WGMMA_XTMA
-#define QPLUG_WGMMA_XTMA 1
+#define QPLUG_WGMMA_CLUSTER 2
 #endif
 /* 1: the slice goes to each peer as one bulk copy (after a barrier of the
  * producer threads); 0: one bulk copy per producer warp and peer (run 1:
@@ -66,13 +61,13 @@
 #ifndef QPLUG_WGMMA_BIGCOPY
 #define QPLUG_WGMMA_BIGCOPY 1
 #endif
-/* Bytes of the x ring (XTMA = 1). */
+/* Bytes of the x ring. */
 #ifndef QPLUG_WGMMA_XRING
 #define QPLUG_WGMMA_XRING 49152
 #endif
-/* Two producer warpgroups (512 threads, which start at 128 registers each)
- * move registers with setmaxnreg: producers give up what the consumers
- * take, 2 x 128 x PROD + 2 x 128 x CONS = 65536. */
+/* Two producer warpgroups (the kernel requires 2; 512 threads, which start
+ * at 128 registers each) move registers with setmaxnreg: producers give up
+ * what the consumers take, 2 x 128 x PROD + 2 x 128 x CONS = 65536. */
 #ifndef QPLUG_WGMMA_PRODUCERS
 #define QPLUG_WGMMA_PRODUCERS 2
 #endif
@@ -99,8 +94,9 @@ enum {
     QPLUG_WG_THREADS = 128 * (2 + QPLUG_WG_PRODUCERS),
 
     QPLUG_WG_TILE = QPLUG_WG_BM * QPLUG_WG_BK, /* bytes of one E4M3 tile */
-    QPLUG_WG_DEPTH = QPLUG_WGMMA_DEPTH,         /* producer load ring, in k-blocks per C */
     QPLUG_WG_RASTER = QPLUG_WGMMA_RASTER,       /* m-tiles per rasterization band */
+    /* Weight scales of a tile kept in shared memory: k up to 65536. */
+    QPLUG_WG_KMAX = 512,
 };
 
 __device__ __forceinline__ unsigned qplug__wg_smem_addr(const void *p)
@@ -148,22 +144,6 @@ __device__ __forceinline__ void qplug__wg_tma_load(void *dst, const CUtensorMap 
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
                  "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(qplug__wg_smem_addr(dst)),
                  "l"((uint64_t)map), "r"(k0), "r"(row0), "r"(qplug__wg_smem_addr(bar))
-                 : "memory");
-}
-
-/* cp.async of one float, and an arrival on bar once this thread's earlier
- * cp.async copies are complete (counted in the barrier's arrivals). */
-__device__ __forceinline__ void qplug__wg_cp_async4(void *dst, const void *src)
-{
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(qplug__wg_smem_addr(dst)),
-                 "l"(src)
-                 : "memory");
-}
-
-__device__ __forceinline__ void qplug__wg_cp_async_arrive(uint64_t *bar)
-{
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
-                     qplug__wg_smem_addr(bar))
                  : "memory");
 }
 
@@ -294,52 +274,31 @@ struct qplug__wg_args {
 };
 
 /* Producer work split for a cluster of C CTAs. Per k-block a CTA quantizes
- * the SR = 128 / C rows rank * SR .. of the tile (its slice); its 256
+ * the SR = 128 / C rows nrank * SR .. of the tile (its slice); its 256
  * producer threads each take 8 / C 16-byte pieces of one row (LPR = 2 C
- * lanes share a row; lane q loads pieces q, q + LPR, ...). A thread keeps
- * the loads of KD = C * QPLUG_WGMMA_DEPTH k-blocks in flight, so the
- * registers held for loads (8 x 16 bytes per depth step) do not depend on
- * C while smaller slices get more k-blocks of latency hiding. */
+ * lanes share a row; lane q reads pieces q, q + LPR, ...). */
 template <int C> struct qplug__wg_split {
     static constexpr int SR = 128 / C;
     static constexpr int LPR = 2 * C;
     static constexpr int P = 8 / C;
-    static constexpr int KD = C * QPLUG_WG_DEPTH;
-    /* Rows per producer warp, and the bytes one warp sends to each peer. */
+    /* Rows per producer warp (for per-warp copies), and the bytes a CTA
+     * receives from each peer per k-block. */
     static constexpr int WROWS = 32 / LPR;
     static constexpr unsigned PEER_BYTES = (unsigned)(SR * (QPLUG_WG_BK + 4));
-    /* The x ring (XTMA): XS slots of the slice's BF16 rows of one k-block. */
+    /* The x ring: XS slots of the slice's BF16 rows of one k-block. */
     static constexpr int XB = SR * QPLUG_WG_BK * 2;
-    static constexpr int XS =
-        QPLUG_WGMMA_XTMA ? (QPLUG_WGMMA_XRING / XB > 1 ? QPLUG_WGMMA_XRING / XB : 1) : 0;
+    static constexpr int XS = QPLUG_WGMMA_XRING / XB > 1 ? QPLUG_WGMMA_XRING / XB : 1;
     /* Dynamic shared memory, from a 1024-byte aligned base (the swizzle
      * needs it; the slack is in SMEM): A and B stage rings, the x ring,
-     * row scales per stage, the weight scale per stage and per x slot,
-     * then the barriers full, empty (per stage), xfull, xempty (per x
-     * slot). */
+     * row scales per stage, the tile's weight scales (up to KMAX
+     * k-blocks), then the barriers full, empty (per stage), xfull, xempty
+     * (per x slot). */
     static constexpr int OFF_X = 2 * QPLUG_WG_STAGES * QPLUG_WG_TILE;
     static constexpr int OFF_SCALE = OFF_X + XS * XB;
-    static constexpr int OFF_SWS = OFF_SCALE + QPLUG_WG_STAGES * QPLUG_WG_BM * 4;
-    static constexpr int OFF_SWX = OFF_SWS + QPLUG_WG_STAGES * 4;
-    static constexpr int OFF_BAR = (OFF_SWX + XS * 4 + 7) / 8 * 8;
+    static constexpr int OFF_WTAB = OFF_SCALE + QPLUG_WG_STAGES * QPLUG_WG_BM * 4;
+    static constexpr int OFF_BAR = OFF_WTAB + QPLUG_WG_KMAX * 4;
     static constexpr int SMEM = OFF_BAR + (2 * QPLUG_WG_STAGES + 2 * XS) * 8 + 1024;
 };
-
-/* Loads the thread's pieces of k-block kb (row rl of the tile; rows past
- * the matrix read as zeros). */
-template <int C>
-__device__ __forceinline__ void qplug__wg_load(uint4 r[8 / C], const __nv_bfloat16 *xt,
-                                               int64_t ldx, int rows_left, int kb, int rl, int q)
-{
-    typedef qplug__wg_split<C> S;
-#pragma unroll
-    for (int j = 0; j < S::P; j++) {
-        if (rl < rows_left)
-            r[j] = qplug_cuda__ld_stream(xt + (int64_t)rl * ldx + kb * 128 + (q + S::LPR * j) * 8);
-        else
-            r[j] = make_uint4(0u, 0u, 0u, 0u);
-    }
-}
 
 /* Quantizes the thread's pieces of row rl into the stage's swizzled A tile
  * and row scales. Same arithmetic as qplug_cuda__act_quant_kernel, so codes
@@ -414,7 +373,7 @@ __device__ __forceinline__ void qplug__wg_quant(const uint4 r[8 / C], uint8_t *a
 /* What the producers of one CTA need per k-block besides the x values. */
 struct qplug__wg_prod {
     uint8_t *sa, *sb;
-    float *sscale, *sws;
+    float *sscale;
     uint64_t *full, *empty;
     const CUtensorMap *wmap;
     int n_tile, rl, q, lane, wrow;
@@ -425,13 +384,12 @@ struct qplug__wg_prod {
 /* The producers' work on stage kb % STAGES once the thread holds its x
  * pieces r of k-block kb: wait until the stage is free in every CTA that
  * it is written into; thread 0 starts the weight TMA (multicast with
- * CM = 2) and stores the weight scale wsv (XTMA; the consumers load it
- * themselves otherwise); quantize the thread's pieces; copy the slice's
+ * CM = 2); quantize the thread's pieces; copy the slice's
  * codes and scales to the peers (thread 0 for the whole slice, or each
  * warp for its rows); arrive on "full". */
 template <bool UE8M0, int C, int CM>
 __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, const uint4 r[8 / C],
-                                                  int kb, float wsv)
+                                                  int kb)
 {
     typedef qplug__wg_split<C> S;
     int s = kb % QPLUG_WG_STAGES;
@@ -451,12 +409,14 @@ __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, cons
         else
             qplug__wg_tma_load(pp.sb + s * QPLUG_WG_TILE, pp.wmap, kb * QPLUG_WG_BK,
                                pp.n_tile * QPLUG_WG_BN, &pp.full[s]);
-        if (QPLUG_WGMMA_XTMA)
-            pp.sws[s] = wsv;
     }
     qplug__wg_quant<UE8M0, C>(r, a, asc, pp.rl, pp.q);
     /* The codes were written by ordinary stores and are read next by the
-     * tensor cores and the bulk copies (async proxy). */
+     * tensor cores and the bulk copies (async proxy). The fence (MEMBAR +
+     * FENCE.VIEW.ASYNC in SASS) also waits for every global load the
+     * thread has in flight, which is why no producer thread may have one:
+     * v2 run 2 measured ~1.2 us per k-block at every M while x was loaded
+     * into registers ahead of use, or a weight scale by cp.async. */
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     if (C > 1 && QPLUG_WGMMA_BIGCOPY) {
         /* All producer threads (named barrier 1) have written the slice;
@@ -487,14 +447,14 @@ __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, cons
     qplug__wg_bar_arrive(&pp.full[s]);
 }
 
-/* TMA x path: thread 0 fills x slot j % XS with the slice rows of k-block
- * j (the tensor map's box is 128 columns x SR rows; rows past m read as
- * zeros) and the weight scale of k-block j, after all producer threads
- * have read what the slot held before (k-block j - XS). */
+/* Thread 0 fills x slot j % XS with the slice rows of k-block j (the
+ * tensor map's box is 128 columns x SR rows; rows past m read as zeros),
+ * after all producer threads have read what the slot held before (k-block
+ * j - XS). */
 template <int C>
 __device__ __forceinline__ void qplug__wg_issue_x(const CUtensorMap *xmap, uint8_t *xring,
-                                                  float *swx, uint64_t *xfull, uint64_t *xempty,
-                                                  const float *wsc, int j, int col0, int row0)
+                                                  uint64_t *xfull, uint64_t *xempty, int j,
+                                                  int col0, int row0)
 {
     typedef qplug__wg_split<C> S;
     int slot = j % S::XS;
@@ -502,8 +462,6 @@ __device__ __forceinline__ void qplug__wg_issue_x(const CUtensorMap *xmap, uint8
         qplug__wg_bar_wait(&xempty[slot], ((j / S::XS) - 1) & 1);
     qplug__wg_bar_arrive_tx(&xfull[slot], S::XB);
     qplug__wg_tma_load(xring + slot * S::XB, xmap, col0 + j * QPLUG_WG_BK, row0, &xfull[slot]);
-    qplug__wg_cp_async4(&swx[slot], wsc + j);
-    qplug__wg_cp_async_arrive(&xfull[slot]);
 }
 
 /* One CTA of a cluster of C x CM CTAs: C (1, 2 or 4) on neighbouring
@@ -531,8 +489,7 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
     uint8_t *sb = smem + QPLUG_WG_STAGES * QPLUG_WG_TILE;
     uint8_t *xring = smem + S::OFF_X;
     float *sscale = (float *)(smem + S::OFF_SCALE);
-    float *sws = (float *)(smem + S::OFF_SWS);
-    float *swx = (float *)(smem + S::OFF_SWX);
+    float *wtab = (float *)(smem + S::OFF_WTAB);
     uint64_t *full = (uint64_t *)(smem + S::OFF_BAR);
     uint64_t *empty = full + QPLUG_WG_STAGES;
     uint64_t *xfull = empty + QPLUG_WG_STAGES;
@@ -565,16 +522,15 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
             qplug__wg_bar_init(&full[s], 128 * QPLUG_WG_PRODUCERS + 1);
             qplug__wg_bar_init(&empty[s], 8 * (C + CM - 1));
         }
-        /* xfull: thread 0's arrival with the TMA bytes and the arrival of
-         * its cp.async of the weight scale; xempty: every producer thread. */
+        /* xfull: thread 0's arrival with the TMA bytes; xempty: every
+         * producer thread. */
         for (int j = 0; j < S::XS; j++) {
-            qplug__wg_bar_init(&xfull[j], 2);
+            qplug__wg_bar_init(&xfull[j], 1);
             qplug__wg_bar_init(&xempty[j], 128 * QPLUG_WG_PRODUCERS);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&wmap) : "memory");
-        if (QPLUG_WGMMA_XTMA)
-            asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&xmap) : "memory");
+        asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&xmap) : "memory");
     }
     /* Peers arrive on and copy into this CTA's barriers and stages only
      * after they are initialised. */
@@ -594,7 +550,6 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
         pp.sa = sa;
         pp.sb = sb;
         pp.sscale = sscale;
-        pp.sws = sws;
         pp.full = full;
         pp.empty = empty;
         pp.wmap = &wmap;
@@ -609,16 +564,13 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
         pp.wmask = 0;
         for (int j = 0; j < CM; j++)
             pp.wmask |= (uint16_t)(1u << (nrank + C * j));
-#if QPLUG_WGMMA_XTMA
-        const float *wsc = args.w_scale + (int64_t)n_tile * kt;
         int col0 = group * (int)args.k, row0 = (int)m0 + (int)nrank * S::SR;
         if (pt == 0)
             for (int j = 0; j < S::XS - 1 && j < kt; j++)
-                qplug__wg_issue_x<C>(&xmap, xring, swx, xfull, xempty, wsc, j, col0, row0);
+                qplug__wg_issue_x<C>(&xmap, xring, xfull, xempty, j, col0, row0);
         for (int kb = 0; kb < kt; kb++) {
             if (pt == 0 && kb + S::XS - 1 < kt)
-                qplug__wg_issue_x<C>(&xmap, xring, swx, xfull, xempty, wsc, kb + S::XS - 1, col0,
-                                     row0);
+                qplug__wg_issue_x<C>(&xmap, xring, xfull, xempty, kb + S::XS - 1, col0, row0);
             int slot = kb % S::XS;
             qplug__wg_bar_wait(&xfull[slot], (kb / S::XS) & 1);
             /* The slot holds SR rows of 256 bytes; a quarter-warp reads
@@ -628,30 +580,9 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
 #pragma unroll
             for (int j = 0; j < S::P; j++)
                 r[j] = qplug__wg_lds16(xr + (pp.q + S::LPR * j) * 16);
-            float wsv = pt == 0 ? swx[slot] : 0.0f;
             qplug__wg_bar_arrive(&xempty[slot]);
-            qplug__wg_produce<UE8M0, C, CM>(pp, r, kb, wsv);
+            qplug__wg_produce<UE8M0, C, CM>(pp, r, kb);
         }
-#else
-        const __nv_bfloat16 *xt = args.x + m0 * args.ldx + (int64_t)group * args.k;
-        int rows_left = (int)max((int64_t)0, min((int64_t)QPLUG_WG_BM, args.m - m0));
-        uint4 buf[S::KD][S::P];
-#pragma unroll
-        for (int d = 0; d < S::KD - 1; d++)
-            if (d < kt)
-                qplug__wg_load<C>(buf[d], xt, args.ldx, rows_left, d, pp.rl, pp.q);
-        for (int kb0 = 0; kb0 < kt; kb0 += S::KD) {
-#pragma unroll
-            for (int d = 0; d < S::KD; d++) {
-                int kb = kb0 + d;
-                if (kb + S::KD - 1 < kt)
-                    qplug__wg_load<C>(buf[(d + S::KD - 1) % S::KD], xt, args.ldx, rows_left,
-                                      kb + S::KD - 1, pp.rl, pp.q);
-                if (kb < kt)
-                    qplug__wg_produce<UE8M0, C, CM>(pp, buf[d], kb, 0.0f);
-            }
-        }
-#endif
     } else {
         /* Consumers. */
 #if QPLUG_WGMMA_PRODUCERS > 1
@@ -661,32 +592,33 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
         int wg = (threadIdx.x >> 7) - QPLUG_WG_PRODUCERS, tid = threadIdx.x & 127;
         int warp = tid >> 5, lane = tid & 31;
         int row_a = wg * 64 + warp * 16 + (lane >> 2);
-#if !QPLUG_WGMMA_XTMA
+        /* The tile's weight scales, read once into shared memory (by the
+         * consumer threads, named barrier 2) when they fit: a global load
+         * per k-block would put its latency into every k-block, since the
+         * arrival on "empty" (a release) waits for it. */
         const float *wsc = args.w_scale + (int64_t)n_tile * kt;
-#endif
+        bool tab = kt <= QPLUG_WG_KMAX;
+        if (tab) {
+            for (int i = threadIdx.x - 128 * QPLUG_WG_PRODUCERS; i < kt; i += 256)
+                wtab[i] = wsc[i];
+            asm volatile("bar.sync 2, 256;\n" ::: "memory");
+        }
         float acc[64], fin[64];
 #pragma unroll
         for (int i = 0; i < 64; i++) {
             acc[i] = 0.0f;
             fin[i] = 0.0f;
         }
-#if !QPLUG_WGMMA_XTMA
-        float wscale_next = wsc[0];
-#endif
+        float wscale_next = tab ? 0.0f : wsc[0];
         for (int kb = 0; kb < kt; kb++) {
             int s = kb % QPLUG_WG_STAGES;
-#if QPLUG_WGMMA_XTMA
-            /* The producers stored it with the stage: a global load here
-             * would put its latency into every k-block (each load feeds the
-             * next iteration), ~1 us per k-block when it misses L2. */
-            qplug__wg_bar_wait(&full[s], (kb / QPLUG_WG_STAGES) & 1);
-            float wscale = sws[s];
-#else
             float wscale = wscale_next;
-            if (kb + 1 < kt)
+            if (tab) {
+                wscale = wtab[kb];
+            } else if (kb + 1 < kt) {
                 wscale_next = wsc[kb + 1];
+            }
             qplug__wg_bar_wait(&full[s], (kb / QPLUG_WG_STAGES) & 1);
-#endif
             const uint8_t *a = sa + s * QPLUG_WG_TILE + wg * 64 * 128;
             const uint8_t *b = sb + s * QPLUG_WG_TILE;
             uint64_t da = qplug__wg_desc(a), db = qplug__wg_desc(b);
@@ -899,10 +831,9 @@ extern "C" qplug_status qplug_cuda__fp8_gemm_bf16x(const void *x, int64_t ldx, i
     int c = qplug__wg_cluster_for(a.n_tiles_group);
 
     /* x as BF16 [m, groups * k] with row stride ldx; a box is one k-block
-     * of the 128 / c rows a CTA quantizes. Unused with QPLUG_WGMMA_XTMA=0
-     * (then a copy of the weight map stands in). */
-    CUtensorMap xmap = map;
-    if (QPLUG_WGMMA_XTMA) {
+     * of the 128 / c rows a CTA quantizes. */
+    CUtensorMap xmap;
+    {
         cuuint64_t xdims[2] = {(cuuint64_t)(groups * k), (cuuint64_t)m};
         cuuint64_t xstrides[1] = {(cuuint64_t)ldx * 2};
         cuuint32_t xbox[2] = {QPLUG_WG_BK, (cuuint32_t)(QPLUG_WG_BM / c)};

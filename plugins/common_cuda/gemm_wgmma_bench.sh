@@ -9,7 +9,7 @@
 #   plugins/common_cuda/gemm_wgmma_bench.sh [OUTDIR] [variant flags...]
 #
 # Each variant flag is a quoted list of -D options, e.g.
-# "-DQPLUG_WGMMA_STAGES=4 -DQPLUG_WGMMA_DEPTH=2"; with none, the defaults.
+# "-DQPLUG_WGMMA_STAGES=4 -DQPLUG_WGMMA_CLUSTER=4"; with none, the defaults.
 # QUICK=1 times M = 512 and 4096 only for all but the first variant
 # (QUICK=all: for all); MEMCHECK=1 runs
 # the first variant's test under compute-sanitizer memcheck too; BEST=1 and

@@ -414,6 +414,9 @@ int main(void)
         /* Five m-tiles: with pairs of m-tiles sharing weight tiles
          * (QPLUG_WGMMA_CLUSTER_M=2) the last pair has a padding tile. */
         {600, 256, 512, 2, 2 * 512, 2 * 256 + 8, QPLUG_CUDA_SCALE_F32, 599},
+        /* k / 128 = 516 k-blocks: more weight scales than the kernel keeps
+         * in shared memory (512), so the consumers load them per k-block. */
+        {3, 128, 66048, 1, 66048, 128, QPLUG_CUDA_SCALE_UE8M0, -1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         test_case(cases[i]);
