@@ -553,6 +553,7 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
 }
 
 #include "moe_wgmma.cuh"
+#include "moe_ws.cuh"
 
 /* h F32 [R, I] -> E4M3 [R, I] and scales [I/128][R] for the rows that exist
  * (offsets of the tile table: rows below the last tile's end). One warp per
@@ -746,24 +747,36 @@ static void qplug_cuda__moe_gemm_up(int af, int wf, const qplug_cuda__moe_gemm_a
         qplug_cuda__moe_gemm_launch<BM, MOE_F_NV, MOE_F_NV, true>(a, tmax, s);
 }
 
-/* The wgmma GEMM: grid (weight-row blocks, tile bound). */
+/* The wgmma GEMM: grid (weight-row blocks, tile bound); the
+ * warp-specialized kernel (moe_ws.cuh) unless `v3` (wgmma_ready == 2). */
 template <int WF, bool DUAL>
-static void qplug_cuda__moe_wg_launch(const qplug_cuda__moe_gemm_args &a, int64_t tmax,
+static void qplug_cuda__moe_wg_launch(const qplug_cuda__moe_gemm_args &a, int64_t tmax, bool v3,
                                       cudaStream_t s)
 {
     dim3 grid((unsigned)(a.n / (DUAL ? 64 : 128)), (unsigned)tmax);
-    qplug_cuda__moe_wg_kernel<WF, DUAL>
-        <<<grid, WG_THREADS, qplug_cuda__moe_wg_smem<WF>::LAUNCH, s>>>(a);
+    if (v3)
+        qplug_cuda__moe_wg_kernel<WF, DUAL>
+            <<<grid, WG_THREADS, qplug_cuda__moe_wg_smem<WF>::LAUNCH, s>>>(a);
+    else
+        qplug_cuda__moe_ws_kernel<WF, DUAL>
+            <<<grid, WS_THREADS, qplug_cuda__moe_ws_smem<WF>::LAUNCH, s>>>(a);
 }
 
 template <bool DUAL>
 static void qplug_cuda__moe_wg_wf(int wf, const qplug_cuda__moe_gemm_args &a, int64_t tmax,
-                                  cudaStream_t s)
+                                  bool v3, cudaStream_t s)
 {
     if (wf == QPLUG_CUDA_MOE_FP8)
-        qplug_cuda__moe_wg_launch<MOE_F_FP8, DUAL>(a, tmax, s);
+        qplug_cuda__moe_wg_launch<MOE_F_FP8, DUAL>(a, tmax, v3, s);
     else
-        qplug_cuda__moe_wg_launch<MOE_F_MX, DUAL>(a, tmax, s);
+        qplug_cuda__moe_wg_launch<MOE_F_MX, DUAL>(a, tmax, v3, s);
+}
+
+/* Raises the dynamic shared-memory limit of one kernel; false on failure. */
+template <typename K> static bool qplug_cuda__moe_smem_limit(K *kernel, int bytes)
+{
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) ==
+           cudaSuccess;
 }
 
 /* Packed MXFP4 activations (the w4a4 buffer rows) to E4M3 [m, D] and F32
@@ -824,6 +837,7 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
      * tiles when the experts get 16 rows or fewer on average (decode), so
      * that the tensor cores do not multiply mostly empty rows. */
     int64_t twg = (R + WG_BN - 1) / WG_BN + E;
+    bool v3 = w->wgmma_ready == 2;
     bool wg = w->wgmma_ready && twg <= 65535 &&
               (w->fmt == QPLUG_CUDA_MOE_FP8 || w->fmt == QPLUG_CUDA_MOE_MXFP4) &&
               (af == MOE_F_FP8 || (af == MOE_F_MX && w->fmt == QPLUG_CUDA_MOE_MXFP4));
@@ -862,12 +876,12 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
         a1.a_scale = ws->xs;
         a1.a_sld = m;
         a1.skip_if = ws->flag;
-        qplug_cuda__moe_wg_launch<MOE_F_MX, true>(a1, tmax, s);
+        qplug_cuda__moe_wg_launch<MOE_F_MX, true>(a1, tmax, v3, s);
         f.sub = WG_BN / MOE_BM_LARGE;
         f.run_if = ws->flag;
         qplug_cuda__moe_gemm_launch<MOE_BM_LARGE, MOE_F_MX, MOE_F_MX, true>(f, tmax, s);
     } else if (wg) {
-        qplug_cuda__moe_wg_wf<true>(w->fmt, a1, tmax, s);
+        qplug_cuda__moe_wg_wf<true>(w->fmt, a1, tmax, v3, s);
     } else if (bm == MOE_BM_SMALL) {
         qplug_cuda__moe_gemm_up<MOE_BM_SMALL>(af, w->fmt, a1, tmax, s);
     } else {
@@ -897,7 +911,7 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a2.k = I;
     a2.out = ws->o;
     if (wg)
-        qplug_cuda__moe_wg_wf<false>(w->fmt, a2, tmax, s);
+        qplug_cuda__moe_wg_wf<false>(w->fmt, a2, tmax, v3, s);
     else if (bm == MOE_BM_SMALL)
         qplug_cuda__moe_gemm_wf<MOE_BM_SMALL, MOE_F_FP8, false>(w->fmt, a2, tmax, s);
     else
@@ -943,18 +957,18 @@ extern "C" qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void
                                 "moe_prepare: unsupported expert set (E=%d D=%lld I=%lld)",
                                 (int)w->num_experts, (long long)D, (long long)I);
     cudaStream_t s = (cudaStream_t)stream;
-    if (cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_FP8, true>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             qplug_cuda__moe_wg_smem<MOE_F_FP8>::LAUNCH) != cudaSuccess ||
-        cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_FP8, false>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             qplug_cuda__moe_wg_smem<MOE_F_FP8>::LAUNCH) != cudaSuccess ||
-        cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_MX, true>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             qplug_cuda__moe_wg_smem<MOE_F_MX>::LAUNCH) != cudaSuccess ||
-        cudaFuncSetAttribute(qplug_cuda__moe_wg_kernel<MOE_F_MX, false>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             qplug_cuda__moe_wg_smem<MOE_F_MX>::LAUNCH) != cudaSuccess) {
+    const int wg8 = qplug_cuda__moe_wg_smem<MOE_F_FP8>::LAUNCH;
+    const int wgx = qplug_cuda__moe_wg_smem<MOE_F_MX>::LAUNCH;
+    const int ws8 = qplug_cuda__moe_ws_smem<MOE_F_FP8>::LAUNCH;
+    const int wsx = qplug_cuda__moe_ws_smem<MOE_F_MX>::LAUNCH;
+    if (!qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_FP8, true>, wg8) ||
+        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_FP8, false>, wg8) ||
+        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_MX, true>, wgx) ||
+        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_MX, false>, wgx) ||
+        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_ws_kernel<MOE_F_FP8, true>, ws8) ||
+        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_ws_kernel<MOE_F_FP8, false>, ws8) ||
+        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_ws_kernel<MOE_F_MX, true>, wsx) ||
+        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_ws_kernel<MOE_F_MX, false>, wsx)) {
         /* A device without that much shared memory (not Hopper) keeps the
          * mma.sync kernels. */
         cudaGetLastError();

@@ -104,8 +104,11 @@ typedef struct qplug_cuda__moe_weights {
     const void *s1, *s3, *s2;
     const float *g1, *g3, *g2;
     float swiglu_limit; /* L; <= 0 disables the clamp */
-    /* Set by qplug_cuda__moe_prepare when the wgmma kernels take these
-     * experts (0, e.g. from a zeroed struct: the mma.sync kernels). */
+    /* Set to 1 by qplug_cuda__moe_prepare when the wgmma kernels take
+     * these experts (0, e.g. from a zeroed struct: the mma.sync kernels).
+     * 1 runs the warp-specialized wgmma kernel (v4, moe_ws.cuh); tests and
+     * benches may set 2 after prepare to run the v3 kernel (moe_wgmma.cuh)
+     * instead, which gives bit-identical results. */
     int32_t wgmma_ready;
 } qplug_cuda__moe_weights;
 

@@ -9,7 +9,9 @@
  * first. Exits 77 (CTest skip) without a CUDA device.
  *
  * `gpu_test_gpu_moe bench` instead times the MoE at DeepSeek V4 Flash shapes
- * (E=256, top-6, D=4096, I=2048) and prints a markdown table. */
+ * (E=256, top-6, D=4096, I=2048) and prints a markdown table, on the
+ * default (v4, warp-specialized) and the v3 wgmma kernels;
+ * `gpu_test_gpu_moe quick` runs only the v4 / v3 bit-equality checks. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdint.h>
@@ -755,6 +757,124 @@ static void test_graph(const experts *ex)
     free(g2);
 }
 
+/* ------------------------------------------- v4 kernel against v3 */
+
+/* The warp-specialized kernel (v4, the default) against the v3 kernel
+ * (wgmma_ready == 2) at shapes with many 128-blocks of k, so that the v4
+ * pipeline wraps around its stage slots several times (its mbarrier phases
+ * flip), and with tiles of every wgmma N. Both issue the same wgmmas on the
+ * same E4M3 tiles and promote in the same order, so the outputs must be
+ * bit-identical; v3 itself is checked against the fp64 reference above.
+ * Weights are random bytes (no NaN codes), the MXFP4 exponents within the
+ * fold range. */
+static void test_v4_vs_v3(qplug_cuda__moe_wfmt fmt)
+{
+    const int32_t E = 8, K = 2;
+    const int64_t D = 2048, I = 1536, ms[3] = {5, 300, 1100};
+    int fp8 = fmt == QPLUG_CUDA_MOE_FP8;
+    size_t wb[3], sb[3];
+    void *dw[3], *ds[3];
+    for (int i = 0; i < 3; i++) {
+        int64_t n = i < 2 ? I : D, k = i < 2 ? D : I;
+        wb[i] = fp8 ? (size_t)(E * n * k) : (size_t)(E * n * k / 2);
+        sb[i] = fp8 ? (size_t)(E * (n / 128) * (k / 128)) * 4 : (size_t)(E * n * (k / 32));
+        uint8_t *w = malloc(wb[i]), *sc = malloc(sb[i]);
+        for (size_t j = 0; j < wb[i]; j++) {
+            uint8_t b = (uint8_t)rng_next();
+            w[j] = fp8 && (b & 0x7f) == 0x7f ? (uint8_t)(b ^ 1) : b;
+        }
+        if (fp8) {
+            for (size_t j = 0; j < sb[i] / 4; j++)
+                ((float *)sc)[j] = (float)(0.002 * (1.0 + rng_uniform()));
+        } else {
+            for (size_t j = 0; j < sb[i]; j++)
+                sc[j] = (uint8_t)(118 + (int)(rng_next() % 8));
+        }
+        dw[i] = dev_upload(w, wb[i]);
+        ds[i] = dev_upload(sc, sb[i]);
+        free(w);
+        free(sc);
+    }
+    qplug_cuda__moe_weights desc = {fmt,   E,     D,     I,    dw[0], dw[1], dw[2],
+                                    ds[0], ds[1], ds[2], NULL, NULL,  NULL,  LIMIT, 0};
+    qplug_cuda__err err = {{0}};
+    CHECKF(qplug_cuda__moe_prepare(&desc, NULL, &err) == QPLUG_OK && desc.wgmma_ready == 1,
+           "v4 vs v3 %s: moe_prepare: %s (wgmma_ready %d)", fmt_name(fmt), err.msg,
+           (int)desc.wgmma_ready);
+    for (int mi = 0; mi < 3; mi++) {
+        int64_t m = ms[mi];
+        uint16_t *x = make_x(m, D, 1.0);
+        int32_t *ids = malloc((size_t)(m * K) * 4);
+        float *wts = malloc((size_t)(m * K) * 4);
+        for (int64_t t = 0; t < m; t++) {
+            ids[t * K] = (int32_t)(rng_next() % (uint64_t)E);
+            ids[t * K + 1] = (int32_t)((ids[t * K] + 1 + rng_next() % (uint64_t)(E - 1)) % E);
+            wts[t * K] = (float)(0.2 + 0.8 * rng_uniform());
+            wts[t * K + 1] = (float)(0.2 + 0.8 * rng_uniform());
+        }
+        void *dx = dev_upload(x, (size_t)(m * D) * 2);
+        int32_t *dids = dev_upload(ids, (size_t)(m * K) * 4);
+        float *dwts = dev_upload(wts, (size_t)(m * K) * 4);
+        size_t wsb = qplug_cuda__moe_workspace_bytes(m, K, E, D, I);
+        void *ws = dev_alloc_poison(wsb);
+        size_t bytes = qplug_cuda__w4a4_dispatch_bytes(m, D, K, 32);
+        void *buf = dev_alloc_poison(bytes);
+        void *dy = dev_alloc_poison((size_t)(m * D) * 2);
+        uint16_t *y[2];
+        for (int w4a4 = 0; w4a4 < (fp8 ? 1 : 2); w4a4++) {
+            for (int v = 0; v < 2; v++) {
+                desc.wgmma_ready = v ? 2 : 1;
+                cudaMemset(dy, 0xff, (size_t)(m * D) * 2);
+                qplug_status st;
+                if (w4a4) {
+                    st = qplug_cuda__w4a4_pack(dx, m, D, 32, 1.0f, dids, dwts, K, buf, bytes,
+                                               NULL, &err);
+                    if (!st)
+                        st = qplug_cuda__moe_forward_w4a4(&desc, buf, bytes, m, K, 32, 1.0f,
+                                                          QPLUG_CUDA_SCALE_F32, dy, ws, wsb,
+                                                          NULL, &err);
+                } else {
+                    st = qplug_cuda__moe_forward(&desc, dx, m, dids, dwts, K,
+                                                 QPLUG_CUDA_SCALE_F32, dy, ws, wsb, NULL, &err);
+                }
+                CHECKF(st == QPLUG_OK, "v4 vs v3 %s m=%lld: %s", fmt_name(fmt), (long long)m,
+                       err.msg);
+                y[v] = malloc((size_t)(m * D) * 2);
+                download(y[v], dy, (size_t)(m * D) * 2);
+            }
+            int64_t diff = 0, bad = 0, nz = 0;
+            for (int64_t i = 0; i < m * D; i++) {
+                double a = bf16_value(y[0][i]);
+                diff += y[0][i] != y[1][i];
+                bad += !isfinite(a);
+                nz += a != 0.0;
+            }
+            CHECKF(diff == 0 && bad == 0 && nz > m * D / 2,
+                   "v4 vs v3 %s%s m=%lld: %lld of %lld outputs differ, %lld not finite, %lld "
+                   "non-zero",
+                   w4a4 ? "w4a4 " : "", fmt_name(fmt), (long long)m, (long long)diff,
+                   (long long)(m * D), (long long)bad, (long long)nz);
+            printf("v4 vs v3 %s%s m=%lld: %lld of %lld outputs differ\n", w4a4 ? "w4a4 " : "",
+                   fmt_name(fmt), (long long)m, (long long)diff, (long long)(m * D));
+            free(y[0]);
+            free(y[1]);
+        }
+        cudaFree(dx);
+        cudaFree(dids);
+        cudaFree(dwts);
+        cudaFree(ws);
+        cudaFree(buf);
+        cudaFree(dy);
+        free(x);
+        free(ids);
+        free(wts);
+    }
+    for (int i = 0; i < 3; i++) {
+        cudaFree(dw[i]);
+        cudaFree(ds[i]);
+    }
+}
+
 /* --------------------------------------------------------------- bench */
 
 static int cmp_float(const void *a, const void *b)
@@ -832,11 +952,11 @@ static int bench(void)
             return 1;
         }
         int ready = desc.wgmma_ready;
-        /* Runs: 64 tokens, 4096 tokens, and 4096 tokens on the mma.sync
-         * kernels when the wgmma ones took the experts. */
-        for (int mi = 0; mi < (ready ? 3 : 2); mi++) {
-            int64_t m = ms[mi < 2 ? mi : 1];
-            desc.wgmma_ready = mi < 2 ? ready : 0;
+        /* Runs: 64 and 4096 tokens on the default kernels, then, when the
+         * wgmma kernels took the experts, on the v3 wgmma kernel. */
+        for (int mi = 0; mi < (ready ? 4 : 2); mi++) {
+            int64_t m = ms[mi & 1];
+            desc.wgmma_ready = mi < 2 ? ready : 2;
             uint16_t *x = make_x(m, D, 1.0);
             int32_t *ids = malloc((size_t)(m * K) * 4);
             float *wts = malloc((size_t)(m * K) * 4);
@@ -897,7 +1017,9 @@ static int bench(void)
             double flops = 2.0 * (double)(m * K) * 3.0 * (double)D * (double)I;
             double ebytes = (double)nt * 3.0 * ((double)wb / E + (double)sbb / E);
             printf("| %s%s%s | %lld | %d | %.3f | %.1f | %.0f | %.1f%% |\n", w4a4 ? "w4a4 " : "",
-                   fmt_name(fmt), desc.wgmma_ready ? " wgmma" : "", (long long)m, nt, t[10],
+                   fmt_name(fmt),
+                   desc.wgmma_ready == 2 ? " wgmma v3" : desc.wgmma_ready ? " ws v4" : "",
+                   (long long)m, nt, t[10],
                    flops / sec / 1e12, ebytes / sec / 1e9, 100.0 * (ebytes / sec / 1e9) / copy_gbs);
             fflush(stdout);
             cudaFree(dx);
@@ -930,6 +1052,12 @@ int main(int argc, char **argv)
     }
     if (argc > 1 && strcmp(argv[1], "bench") == 0)
         return bench();
+    /* `quick`: only the v4 / v3 comparison (bench builds of variants). */
+    if (argc > 1 && strcmp(argv[1], "quick") == 0) {
+        test_v4_vs_v3(QPLUG_CUDA_MOE_FP8);
+        test_v4_vs_v3(QPLUG_CUDA_MOE_MXFP4);
+        return test_done();
+    }
 
     test_route();
     const int64_t ms[] = {1, 7, 64, 300};
@@ -949,6 +1077,14 @@ int main(int argc, char **argv)
         test_moe(&ex, 7, 0, 0);
         test_moe(&ex, 300, 0, 0);
         test_moe(&ex, 300, 0, 1);
+        /* And on the v3 wgmma kernel. */
+        if (ready) {
+            ex.desc.wgmma_ready = 2;
+            test_moe(&ex, 7, 0, 0);
+            test_moe(&ex, 300, 1, 1);
+            if (f == QPLUG_CUDA_MOE_MXFP4)
+                test_w4a4(&ex, 300, 0);
+        }
         ex.desc.wgmma_ready = ready;
         if (f != QPLUG_CUDA_MOE_FP8) {
             test_w4a4(&ex, 1, 0);
@@ -961,6 +1097,8 @@ int main(int argc, char **argv)
             test_graph(&ex);
         free_experts(&ex);
     }
+    test_v4_vs_v3(QPLUG_CUDA_MOE_FP8);
+    test_v4_vs_v3(QPLUG_CUDA_MOE_MXFP4);
     CHECK(cuda_ok(cudaDeviceSynchronize(), "final sync"));
     return test_done();
 }

@@ -1,0 +1,373 @@
+/* moe_ws.cuh - the warp-specialized Hopper grouped expert GEMM of the fused
+ * MoE (v4; included by moe.cu after moe_wgmma.cuh, whose operand layout,
+ * wgmma wrappers and FP4 decode it reuses).
+ *
+ * Same tiles and numerics as moe_wgmma.cuh (128 weight rows as the wgmma A
+ * operand x up to 128 routed rows as B, both 128-byte swizzled K-major E4M3
+ * tiles, MXFP4 folded per row and 128-block, one fp32 promotion per
+ * 128-block), but the block has three warpgroups with fixed roles:
+ *
+ *   - warpgroup 2 is the producer. Thread r owns weight row r: it cp.asyncs
+ *     the row's raw 128-block (64 bytes of E2M1 and the E8M0 word, or 128
+ *     bytes of E4M3 straight into the swizzled A tile), its share of the
+ *     token rows and token scales, several 128-blocks ahead; when its own
+ *     copies of a block have landed (cp.async.wait_group, so no barrier
+ *     among the producers is needed) it decodes its row into the stage's A
+ *     tile, writes the row's weight scale, fences for the async proxy and
+ *     arrives on the stage's "full" mbarrier;
+ *   - warpgroups 0 and 1 are consumers (64 weight rows each): wait "full",
+ *     four wgmmas, wait for them, promote into the result, arrive "empty".
+ *
+ * There is no block-wide barrier in the main loop, so the two consumers
+ * drift out of phase (one promotes while the other's wgmmas run) and the
+ * producer's copies and decode overlap the tensor work. setmaxnreg moves
+ * registers from the producer to the consumers (QPLUG_MOE_WS_SETMAXNREG=0
+ * in bench builds leaves the split even). Stage slots hold the decoded A
+ * tile, the B tile, the raw FP4 rows, weight and token scales. */
+#ifndef QPLUG_CUDA_MOE_WS_CUH
+#define QPLUG_CUDA_MOE_WS_CUH
+
+enum { WS_THREADS = 384 };
+
+#ifndef QPLUG_MOE_WS_STAGES_MX
+#define QPLUG_MOE_WS_STAGES_MX 5
+#endif
+#ifndef QPLUG_MOE_WS_STAGES_FP8
+#define QPLUG_MOE_WS_STAGES_FP8 6
+#endif
+/* 128-blocks whose copies are in flight while the producer decodes; the
+ * rest of the S slots are decoded blocks waiting for (or in use by) the
+ * consumers. */
+#ifndef QPLUG_MOE_WS_AHEAD
+#define QPLUG_MOE_WS_AHEAD 2
+#endif
+#ifndef QPLUG_MOE_WS_SETMAXNREG
+#define QPLUG_MOE_WS_SETMAXNREG 1
+#endif
+
+template <int WF> struct qplug_cuda__moe_ws_smem {
+    static constexpr int S = WF == MOE_F_FP8 ? QPLUG_MOE_WS_STAGES_FP8 : QPLUG_MOE_WS_STAGES_MX;
+    static constexpr int P = S - QPLUG_MOE_WS_AHEAD;          /* copies in flight */
+    static constexpr int RAW = WF == MOE_F_FP8 ? 0 : WG_BMW * WG_RS_MX;
+    /* One slot: A tile, B tile, raw rows, weight scales, token scales. */
+    static constexpr int SA = 0, SB = WG_TILE, SR = 2 * WG_TILE, SW = SR + RAW,
+                         SAS = SW + WG_BMW * 4;
+    static constexpr int STAGE = SAS + WG_BN * 4;
+    static constexpr int BAR = S * STAGE;  /* S "full" then S "empty" mbarriers */
+    static constexpr int ROW = BAR + 2 * S * 8;
+    static constexpr int BYTES = ROW + WG_BN * 8;
+    static constexpr int LAUNCH = BYTES + 1024;
+    static_assert(P >= 1 && P < S, "moe_ws: copies in flight must leave a slot to decode into");
+    static_assert(STAGE % 1024 == 0, "moe_ws: swizzled tiles of every slot must stay 1024-aligned");
+    static_assert(LAUNCH <= 227 * 1024, "moe_ws: stages exceed the shared memory of a block");
+};
+
+static __device__ __forceinline__ void qplug_cuda__moe_ws_bar_init(uint64_t *b, unsigned count)
+{
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(b);
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(a), "r"(count) : "memory");
+}
+
+/* Arrive with release semantics (the default of mbarrier.arrive). */
+static __device__ __forceinline__ void qplug_cuda__moe_ws_arrive(uint64_t *b)
+{
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(b);
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(a)
+                 : "memory");
+}
+
+/* Waits until the phase of parity `par` of barrier b has completed
+ * (acquire). */
+static __device__ __forceinline__ void qplug_cuda__moe_ws_wait(uint64_t *b, unsigned par)
+{
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(b);
+    asm volatile("{\n.reg .pred p;\n"
+                 "WAIT_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra WAIT_%=;\n}\n" ::"r"(a),
+                 "r"(par)
+                 : "memory");
+}
+
+/* Synchronises the 256 consumer threads only (named barrier 1). */
+static __device__ __forceinline__ void qplug_cuda__moe_ws_consumer_sync()
+{
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+}
+
+template <int NC> static __device__ __forceinline__ void qplug_cuda__moe_ws_mma(float *d, uint64_t da,
+                                                                              uint64_t db, int acc)
+{
+    if (NC == 16)
+        qplug_cuda__moe_wg_mma_n16(d, da, db, acc);
+    else if (NC == 32)
+        qplug_cuda__moe_wg_mma_n32(d, da, db, acc);
+    else if (NC == 64)
+        qplug_cuda__moe_wg_mma_n64(d, da, db, acc);
+    else if (NC == 96)
+        qplug_cuda__moe_wg_mma_n96(d, da, db, acc);
+    else
+        qplug_cuda__moe_wg_mma_n128(d, da, db, acc);
+}
+
+template <int NC> static __device__ __forceinline__ void qplug_cuda__moe_ws_mma_wait(float *d)
+{
+    if (NC == 16)
+        qplug_cuda__moe_wg_wait8(d);
+    else if (NC == 32)
+        qplug_cuda__moe_wg_wait16(d);
+    else if (NC == 64)
+        qplug_cuda__moe_wg_wait32(d);
+    else if (NC == 96)
+        qplug_cuda__moe_wg_wait48(d);
+    else
+        qplug_cuda__moe_wg_wait64(d);
+}
+
+template <int WF, bool DUAL, int NC>
+static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda__moe_gemm_args &p)
+{
+    typedef qplug_cuda__moe_ws_smem<WF> L;
+    extern __shared__ __align__(1024) uint8_t qplug_cuda__moe_ws_sm[];
+    /* The swizzle follows the absolute shared address: align the slots. */
+    uint32_t base = (uint32_t)__cvta_generic_to_shared(qplug_cuda__moe_ws_sm);
+    uint8_t *sm = qplug_cuda__moe_ws_sm + ((1024u - (base & 1023u)) & 1023u);
+
+    int tile = blockIdx.y;
+    int e = p.tile_e[tile], r0 = p.tile_r0[tile], r1 = p.tile_r1[tile];
+    int nrows = r1 - r0;
+    int64_t n = p.n, k = p.k, nk = k / WG_BK;
+    int64_t n0 = (int64_t)blockIdx.x * (DUAL ? 64 : 128);
+    int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127;
+    int64_t *arow = reinterpret_cast<int64_t *>(sm + L::ROW);
+    uint64_t *full = reinterpret_cast<uint64_t *>(sm + L::BAR);
+    uint64_t *empty = full + L::S;
+    if (tid < WG_BN) {
+        int r = r0 + tid;
+        arow[tid] = r < r1 ? (p.perm_tok ? (int64_t)p.perm_tok[r] : (int64_t)r) : -1;
+    }
+    if (tid == 0) {
+        for (int s = 0; s < L::S; s++) {
+            qplug_cuda__moe_ws_bar_init(&full[s], 128);
+            qplug_cuda__moe_ws_bar_init(&empty[s], 8);
+        }
+    }
+    __syncthreads();
+
+    if (wg == 2) {
+        /* ------------------------------------------------ producer */
+        if (QPLUG_MOE_WS_SETMAXNREG)
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
+        int r = wt, h = r >> 6;
+        int64_t row = n0 + (DUAL ? (r & 63) : r);
+        const uint8_t *w = p.w[DUAL ? h : 0] + (int64_t)e * n * (WF == MOE_F_FP8 ? k : k / 2);
+        const uint8_t *ws = p.ws[DUAL ? h : 0];
+        const uint8_t *wsrc, *ssrc;
+        if (WF == MOE_F_FP8) {
+            wsrc = w + row * k;
+            ssrc = ws + ((int64_t)e * (n / 128) + row / 128) * (k / 128) * 4;
+        } else {
+            wsrc = w + row * (k / 2);
+            ssrc = ws + ((int64_t)e * n + row) * (k / 32);
+        }
+
+        /* Copies of 128-block kb into slot s. */
+        auto issue = [&](int64_t kb, int s) {
+            uint8_t *st = sm + s * L::STAGE;
+            if (WF == MOE_F_FP8) {
+#pragma unroll
+                for (int c = 0; c < 8; c++)
+                    qplug_cuda__moe_wg_cp16(st + L::SA + qplug_cuda__moe_wg_off(r, c),
+                                            wsrc + kb * 128 + c * 16, true);
+                if ((r & 63) == 0)
+                    qplug_cuda__moe_wg_cp4(st + L::SW + 4 * (r >> 6), ssrc + kb * 4, true);
+            } else {
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+                    qplug_cuda__moe_wg_cp16(st + L::SR + r * WG_RS_MX + c * 16,
+                                            wsrc + kb * 64 + c * 16, true);
+                qplug_cuda__moe_wg_cp4(st + L::SW + 4 * r, ssrc + kb * 4, true);
+            }
+#pragma unroll
+            for (int i = 0; i < (NC * 8 + 127) / 128; i++) {
+                int q = wt + i * 128, tr = q >> 3, c = q & 7;
+                if (tr >= NC)
+                    break;
+                int64_t ar = arow[tr];
+                const uint8_t *src = p.a + (ar >= 0 ? ar : 0) * p.a_ld + kb * 128 + c * 16;
+                qplug_cuda__moe_wg_cp16(st + L::SB + qplug_cuda__moe_wg_off(tr, c), src, ar >= 0);
+            }
+            if (wt < NC) {
+                int64_t ar = arow[wt];
+                const float *src = p.a_scale + kb * p.a_sld + (ar >= 0 ? ar : 0);
+                qplug_cuda__moe_wg_cp4(st + L::SAS + 4 * wt, src, ar >= 0);
+            }
+        };
+
+        /* This thread's copies of slot s have landed: decode its row and
+         * publish the slot. */
+        auto finish = [&](int s) {
+            uint8_t *st = sm + s * L::STAGE;
+            if (WF == MOE_F_MX) {
+                unsigned sw = *reinterpret_cast<const unsigned *>(st + L::SW + 4 * r);
+                int emax = qplug_cuda__moe_wg_emax(sw);
+                const uint8_t *rt = st + L::SR + r * WG_RS_MX;
+#pragma unroll
+                for (int g = 0; g < 4; g++) {
+                    int tp = max(1, (int)((sw >> (8 * g)) & 0xffu) - emax + 12);
+                    unsigned lo, hi, o[8];
+                    qplug_cuda__moe_wg_fp4_table(tp, &lo, &hi);
+                    uint4 v = *reinterpret_cast<const uint4 *>(rt + g * 16);
+                    qplug_cuda__moe_wg_fp4_decode(v.x, lo, hi, &o[0], &o[1]);
+                    qplug_cuda__moe_wg_fp4_decode(v.y, lo, hi, &o[2], &o[3]);
+                    qplug_cuda__moe_wg_fp4_decode(v.z, lo, hi, &o[4], &o[5]);
+                    qplug_cuda__moe_wg_fp4_decode(v.w, lo, hi, &o[6], &o[7]);
+                    *reinterpret_cast<uint4 *>(st + L::SA + qplug_cuda__moe_wg_off(r, 2 * g)) =
+                        make_uint4(o[0], o[1], o[2], o[3]);
+                    *reinterpret_cast<uint4 *>(st + L::SA + qplug_cuda__moe_wg_off(r, 2 * g + 1)) =
+                        make_uint4(o[4], o[5], o[6], o[7]);
+                }
+                *reinterpret_cast<float *>(st + L::SW + 4 * r) =
+                    qplug_cuda__e8m0_dev((unsigned)emax) * 0.015625f;
+            }
+            qplug_cuda__moe_wg_fence_async();
+            qplug_cuda__moe_ws_arrive(&full[s]);
+        };
+
+#pragma unroll
+        for (int j = 0; j < L::P; j++) {
+            if (j < nk)
+                issue(j, j);
+            qplug_cuda__moe_wg_commit();
+        }
+        for (int64_t kb = 0; kb < nk; kb++) {
+            qplug_cuda__moe_wg_cpwait<L::P - 1>();
+            finish((int)(kb % L::S));
+            int64_t j = kb + L::P;
+            if (j < nk) {
+                int s = (int)(j % L::S);
+                int64_t u = j / L::S;
+                if (u > 0)
+                    qplug_cuda__moe_ws_wait(&empty[s], (unsigned)((u - 1) & 1));
+                issue(j, s);
+            }
+            qplug_cuda__moe_wg_commit();
+        }
+        qplug_cuda__moe_wg_cpwait<0>();
+        return;
+    }
+
+    /* ---------------------------------------------------- consumers */
+    if (QPLUG_MOE_WS_SETMAXNREG)
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+    int warp_in = wt >> 5, lane = tid & 31;
+    int m0 = warp_in * 16 + (lane >> 2), c0 = (lane & 3) * 2;
+    float acc[NC / 2], tmp[NC / 2];
+#pragma unroll
+    for (int i = 0; i < NC / 2; i++)
+        acc[i] = tmp[i] = 0.0f;
+
+    for (int64_t kb = 0; kb < nk; kb++) {
+        int s = (int)(kb % L::S);
+        const uint8_t *st = sm + s * L::STAGE;
+        qplug_cuda__moe_ws_wait(&full[s], (unsigned)((kb / L::S) & 1));
+        uint64_t da = qplug_cuda__moe_wg_desc(st + L::SA + wg * 8192);
+        uint64_t db = qplug_cuda__moe_wg_desc(st + L::SB);
+        qplug_cuda__moe_wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++)
+            qplug_cuda__moe_ws_mma<NC>(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
+        qplug_cuda__moe_wg_commit_mma();
+
+        /* Scales of this block (read while the wgmmas run). */
+        const float *wsc = reinterpret_cast<const float *>(st + L::SW);
+        float w0, w1;
+        if (WF == MOE_F_FP8) {
+            w0 = w1 = wsc[wg];
+        } else {
+            w0 = wsc[wg * 64 + m0];
+            w1 = wsc[wg * 64 + m0 + 8];
+        }
+        const float *as = reinterpret_cast<const float *>(st + L::SAS);
+        float2 ts[NC / 8];
+#pragma unroll
+        for (int j = 0; j < NC / 8; j++)
+            ts[j] = *reinterpret_cast<const float2 *>(as + j * 8 + c0);
+
+        qplug_cuda__moe_ws_mma_wait<NC>(tmp);
+        __syncwarp();
+        if (lane == 0)
+            qplug_cuda__moe_ws_arrive(&empty[s]);
+#pragma unroll
+        for (int j = 0; j < NC / 8; j++) {
+            acc[4 * j + 0] = fmaf(tmp[4 * j + 0] * ts[j].x, w0, acc[4 * j + 0]);
+            acc[4 * j + 1] = fmaf(tmp[4 * j + 1] * ts[j].y, w0, acc[4 * j + 1]);
+            acc[4 * j + 2] = fmaf(tmp[4 * j + 2] * ts[j].x, w1, acc[4 * j + 2]);
+            acc[4 * j + 3] = fmaf(tmp[4 * j + 3] * ts[j].y, w1, acc[4 * j + 3]);
+        }
+    }
+
+    if (DUAL) {
+        /* Warpgroup 1 hands u to warpgroup 0 through slot 0 (every wgmma
+         * of both has completed at the first barrier, and the producer has
+         * no copies left). */
+        float *u = reinterpret_cast<float *>(sm);
+        qplug_cuda__moe_ws_consumer_sync();
+        if (wg == 1) {
+#pragma unroll
+            for (int i = 0; i < NC / 2; i++)
+                u[i * 128 + wt] = acc[i];
+        }
+        qplug_cuda__moe_ws_consumer_sync();
+        if (wg == 1)
+            return;
+        float lim = p.limit;
+#pragma unroll
+        for (int i = 0; i < NC / 2; i++) {
+            int col = (i >> 2) * 8 + c0 + (i & 1);
+            if (col >= nrows)
+                continue;
+            int row = m0 + ((i & 2) ? 8 : 0);
+            float g = acc[i], uu = u[i * 128 + wt];
+            if (lim > 0.0f) {
+                g = fminf(g, lim);
+                uu = fminf(fmaxf(uu, -lim), lim);
+            }
+            p.out[(int64_t)(r0 + col) * n + n0 + row] = g / (1.0f + expf(-g)) * uu;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < NC / 2; i++) {
+            int col = (i >> 2) * 8 + c0 + (i & 1);
+            if (col >= nrows)
+                continue;
+            int row = wg * 64 + m0 + ((i & 2) ? 8 : 0);
+            p.out[(int64_t)(r0 + col) * n + n0 + row] = acc[i];
+        }
+    }
+}
+
+/* Same grid and arguments as qplug_cuda__moe_wg_kernel, 384 threads. */
+template <int WF, bool DUAL>
+__global__ void __launch_bounds__(WS_THREADS, 1)
+    qplug_cuda__moe_ws_kernel(const qplug_cuda__moe_gemm_args p)
+{
+    if (p.skip_if && *p.skip_if != 0)
+        return;
+    int tile = blockIdx.y;
+    if (tile >= *p.ntiles)
+        return;
+    int nrows = p.tile_r1[tile] - p.tile_r0[tile];
+    if (nrows <= 16)
+        qplug_cuda__moe_ws_body<WF, DUAL, 16>(p);
+    else if (nrows <= 32)
+        qplug_cuda__moe_ws_body<WF, DUAL, 32>(p);
+    else if (nrows <= 64)
+        qplug_cuda__moe_ws_body<WF, DUAL, 64>(p);
+    else if (nrows <= 96)
+        qplug_cuda__moe_ws_body<WF, DUAL, 96>(p);
+    else
+        qplug_cuda__moe_ws_body<WF, DUAL, 128>(p);
+}
+
+#endif
