@@ -44,6 +44,12 @@ enum { WS_THREADS = 384 };
 #ifndef QPLUG_MOE_WS_SETMAXNREG
 #define QPLUG_MOE_WS_SETMAXNREG 1
 #endif
+/* Bench diagnostics only (wrong output): 1 leaves out the wgmmas and the
+ * promotion (what the producer and memory alone take), 2 leaves out the
+ * producer's copies and decode (what the consumers alone take). */
+#ifndef QPLUG_MOE_WS_DIAG
+#define QPLUG_MOE_WS_DIAG 0
+#endif
 
 template <int WF> struct qplug_cuda__moe_ws_smem {
     static constexpr int S = WF == MOE_F_FP8 ? QPLUG_MOE_WS_STAGES_FP8 : QPLUG_MOE_WS_STAGES_MX;
@@ -173,6 +179,8 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
 
         /* Copies of 128-block kb into slot s. */
         auto issue = [&](int64_t kb, int s) {
+            if (QPLUG_MOE_WS_DIAG == 2)
+                return;
             uint8_t *st = sm + s * L::STAGE;
             if (WF == MOE_F_FP8) {
 #pragma unroll
@@ -208,7 +216,7 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
          * publish the slot. */
         auto finish = [&](int s) {
             uint8_t *st = sm + s * L::STAGE;
-            if (WF == MOE_F_MX) {
+            if (WF == MOE_F_MX && QPLUG_MOE_WS_DIAG != 2) {
                 unsigned sw = *reinterpret_cast<const unsigned *>(st + L::SW + 4 * r);
                 int emax = qplug_cuda__moe_wg_emax(sw);
                 const uint8_t *rt = st + L::SR + r * WG_RS_MX;
@@ -274,9 +282,11 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
         uint64_t da = qplug_cuda__moe_wg_desc(st + L::SA + wg * 8192);
         uint64_t db = qplug_cuda__moe_wg_desc(st + L::SB);
         qplug_cuda__moe_wg_fence();
+        if (QPLUG_MOE_WS_DIAG != 1) {
 #pragma unroll
-        for (int ks = 0; ks < 4; ks++)
-            qplug_cuda__moe_ws_mma<NC>(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
+            for (int ks = 0; ks < 4; ks++)
+                qplug_cuda__moe_ws_mma<NC>(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
+        }
         qplug_cuda__moe_wg_commit_mma();
 
         /* Scales of this block (read while the wgmmas run). */
@@ -298,6 +308,8 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
         __syncwarp();
         if (lane == 0)
             qplug_cuda__moe_ws_arrive(&empty[s]);
+        if (QPLUG_MOE_WS_DIAG == 1)
+            continue;
 #pragma unroll
         for (int j = 0; j < NC / 8; j++) {
             acc[4 * j + 0] = fmaf(tmp[4 * j + 0] * ts[j].x, w0, acc[4 * j + 0]);
