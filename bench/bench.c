@@ -525,9 +525,12 @@ int qplug_bench_main(int argc, char **argv)
                    "path is qplug_cuda__gemv_bf16: the activation quantization inside the GEMV "
                    "(small layers) or one act quant pass before it (wide layers, M > 8), all groups "
                    "of a grouped layer in one launch, in place; direct is act quant + GEMV per "
-                   "group on contiguous slices. \"not claimed\": the plugin does not take the "
+                   "group on contiguous slices. Grouped layers at 16 < M <= %d (wgmma_fused): the "
+                   "abi path is qplug_cuda__fp8_gemm_bf16x, quantization fused in, all groups in one "
+                   "launch; direct is act quant + one cuBLASLt call per group. "
+                   "\"not claimed\": the plugin does not take the "
                    "layer kind (mxfp4 claims no grouped linear).\n\n",
-                copy_bw, (long long)check_max_m);
+                copy_bw, (long long)check_max_m, QPLUG_CUDA_WGMMA_GROUPED_MAX_M);
         fprintf(f, "| model | layer | plugin | M | N | K | G | path | abi us | direct us | core us | "
                    "TFLOP/s | GB/s | %%copy | wt%%copy core | BF16 us | FP8-LT us | vs BF16 | "
                    "vs FP8-LT | err |\n");
@@ -624,6 +627,8 @@ int qplug_bench_main(int argc, char **argv)
                     double wt_core = wb / (tc * 1e-6) / 1e9;
                     const char *path = c.m <= QPLUG_CUDA_GEMV_MAX_M
                                            ? (p == PL_FP8 ? "gemv_bf16_fp8" : p == PL_MXFP4 ? "gemv_bf16_mxfp4" : "gemv_bf16_nvfp4")
+                                           : c.groups > 1 && c.m <= QPLUG_CUDA_WGMMA_GROUPED_MAX_M
+                                           ? (p == PL_FP8 ? "wgmma_fused" : "fp8copy+wgmma_fused")
                                            : (p == PL_FP8 ? "lt_fp8" : "fp8copy+lt_fp8");
                     for (int o = 0; o < 2; o++) {
                         FILE *f = outs[o];

@@ -188,7 +188,8 @@ for model in ("flash", "pro"):
         for m in (1, 16):
             sel = [r for r in rows if r["model"] == model and r["plugin"] == pl and r["m"] == m and r["core_us"]]
             if not sel: continue
-            a = sorted(pct(r, "core_us") for r in sel); b = sorted(pct(r, "abi_us") for r in sel)
+            a = sorted(pct(r, "core_us") for r in sel)
+            b = sorted(v for v in (pct(r, "abi_us") for r in sel) if v == v) or [float("nan")]
             print("%-6s %-10s %-5d %5.0f %5.0f %5.0f %20s %5.0f %5.0f %5.0f" % (model, pl, m, a[0], st.median(a), a[-1], "", b[0], st.median(b), b[-1]))
 print("%-6s %-10s %-18s %s" % ("model", "plugin", "layer", "M=4096: FP8-LT time / abi time (>= 1 meets the fp8 target; >= 0.7 the fp4 one), TFLOP/s, abi/direct"))
 for r in rows:

@@ -69,9 +69,6 @@ extern "C" {
  * the batched check of tests/gpu/test_gpu_kernels.c, which verifies the
  * per-batch scale offsets this path assumes. */
 #define QP_CL_LT_BATCHED 0
-/* Grouped layers with m up to this take the one-launch wgmma GEMM on the
- * prefill path (measured faster there; per-group cuBLASLt above). */
-#define QP_CL_WGMMA_GROUPED_MAX_M 512
 
 typedef enum qp_cl_fmt {
     QP_CL_F32 = 0,   /* exact F32 weights (unquantized plugin) */
@@ -569,7 +566,7 @@ static qplug_status qp_cl_apply_gemv(const qplug_host *host, qp_cuda_lin *L,
 }
 
 /* The prefill path (BF16 x and y, cuBLASLt shape, m above the GEMV range).
- * Grouped layers up to QP_CL_WGMMA_GROUPED_MAX_M rows run all groups in one
+ * Grouped layers up to QPLUG_CUDA_WGMMA_GROUPED_MAX_M rows run all groups in one
  * launch of the wgmma GEMM that quantizes x itself (same codes and scales as
  * act_quant; 1.4-5.4x faster than per-group cuBLASLt calls for wo_a at
  * m = 64..512 on H200, bench/results/h200_wgmma_v1_1.md, slower at 4096).
@@ -582,7 +579,7 @@ static qplug_status qp_cl_apply_lt(const qplug_host *host, qp_cuda_lin *L,
     const uint8_t *w = L->fmt == QP_CL_FP8 ? (const uint8_t *)L->w : L->q8;
     const float *ws = L->fmt == QP_CL_FP8 ? L->w_scale : L->q8_scale;
     qplug_cuda__err e;
-    if (G > 1 && m <= QP_CL_WGMMA_GROUPED_MAX_M &&
+    if (G > 1 && m <= QPLUG_CUDA_WGMMA_GROUPED_MAX_M &&
         qplug_cuda__fp8_gemm_bf16x_supported(m, n, k, G))
         return qp_cl_kernel_status(
             host,

@@ -44,6 +44,12 @@ typedef enum qplug_cuda__scale_fmt {
 /* The largest m the decode (GEMV) kernels accept. */
 #define QPLUG_CUDA_GEMV_MAX_M 16
 
+/* Grouped layers with QPLUG_CUDA_GEMV_MAX_M < m <= this run the one-launch
+ * wgmma GEMM of section (f) in the plugins' prefill path (faster than one
+ * cuBLASLt call per group there, bench/results/h200_wgmma_v*.md); the bench
+ * labels its rows by the same rule. */
+#define QPLUG_CUDA_WGMMA_GROUPED_MAX_M 512
+
 /* ---------------------------------------------------------------- (a) */
 
 /* BF16 x [m, k] -> E4M3 xq [m, k] and scale float [k/128][m]; k % 128 == 0.
