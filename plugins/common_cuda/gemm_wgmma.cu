@@ -71,14 +71,48 @@
 #ifndef QPLUG_WGMMA_PRODUCERS
 #define QPLUG_WGMMA_PRODUCERS 2
 #endif
+/* 1: one extra warp (the issuer) starts every TMA load and every bulk copy
+ * to the peers, so that no thread that executes the producers' proxy fence
+ * (MEMBAR.ALL.CTA in SASS) has an asynchronous copy of its own in flight;
+ * 0: producer thread 0 issues them between its quantization and its fence
+ * (v2.2). */
+#ifndef QPLUG_WGMMA_ISSUER
+#define QPLUG_WGMMA_ISSUER 0
+#endif
+/* Diagnostics for the bench only (wrong results): 1 consumers only (no x,
+ * no quantization, no fence, no peer copies; the A tile is whatever shared
+ * memory holds), 2 producers only (no wgmma, no promotion), 3 no proxy
+ * fence. */
+#ifndef QPLUG_WGMMA_DIAG
+#define QPLUG_WGMMA_DIAG 0
+#endif
+/* Registers per thread at launch: all of the register file over the
+ * block's threads, rounded down to the allocation unit of 8. */
+#define QPLUG__WG_LAUNCH_REGS                                                                   \
+    ((65536 / (128 * (2 + QPLUG_WGMMA_PRODUCERS) + 32 * QPLUG_WGMMA_ISSUER)) / 8 * 8)
+#if QPLUG_WGMMA_ISSUER
+#ifndef QPLUG_WGMMA_PROD_REGS
+#define QPLUG_WGMMA_PROD_REGS 80
+#endif
+#ifndef QPLUG_WGMMA_CONS_REGS
+#define QPLUG_WGMMA_CONS_REGS 160
+#endif
+#else
 #ifndef QPLUG_WGMMA_PROD_REGS
 #define QPLUG_WGMMA_PROD_REGS 88
 #endif
 #ifndef QPLUG_WGMMA_CONS_REGS
 #define QPLUG_WGMMA_CONS_REGS 168
 #endif
-static_assert(QPLUG_WGMMA_PROD_REGS + QPLUG_WGMMA_CONS_REGS == 256,
-              "two producer and two consumer warpgroups share 65536 registers");
+#endif
+/* setmaxnreg.inc waits until the block's pool holds the registers, so the
+ * split must add up to what the block was launched with (the issuer warp
+ * keeps its launch registers). */
+static_assert(256 * (QPLUG_WGMMA_PROD_REGS + QPLUG_WGMMA_CONS_REGS) +
+                      32 * QPLUG_WGMMA_ISSUER * QPLUG__WG_LAUNCH_REGS ==
+                  (128 * (2 + QPLUG_WGMMA_PRODUCERS) + 32 * QPLUG_WGMMA_ISSUER) *
+                      QPLUG__WG_LAUNCH_REGS,
+              "producer, consumer and issuer registers must add up to the launch allocation");
 #define QPLUG__WG_STR2(x) #x
 #define QPLUG__WG_STR(x) QPLUG__WG_STR2(x)
 #ifndef QPLUG_WGMMA_RASTER
@@ -91,7 +125,9 @@ enum {
     QPLUG_WG_BK = 128,
     QPLUG_WG_STAGES = QPLUG_WGMMA_STAGES,
     QPLUG_WG_PRODUCERS = QPLUG_WGMMA_PRODUCERS,
-    QPLUG_WG_THREADS = 128 * (2 + QPLUG_WG_PRODUCERS),
+    QPLUG_WG_ISSUER = QPLUG_WGMMA_ISSUER,
+    QPLUG_WG_DIAG = QPLUG_WGMMA_DIAG,
+    QPLUG_WG_THREADS = 128 * (2 + QPLUG_WG_PRODUCERS) + 32 * QPLUG_WG_ISSUER,
 
     QPLUG_WG_TILE = QPLUG_WG_BM * QPLUG_WG_BK, /* bytes of one E4M3 tile */
     QPLUG_WG_RASTER = QPLUG_WGMMA_RASTER,       /* m-tiles per rasterization band */
@@ -135,6 +171,21 @@ __device__ __forceinline__ void qplug__wg_bar_wait(uint64_t *bar, unsigned parit
                  "}\n" ::"r"(qplug__wg_smem_addr(bar)),
                  "r"(parity)
                  : "memory");
+}
+
+/* Whether the phase of the given parity has completed, without waiting. */
+__device__ __forceinline__ bool qplug__wg_bar_test(uint64_t *bar, unsigned parity)
+{
+    unsigned done;
+    asm volatile("{\n"
+                 ".reg .pred p;\n"
+                 "mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                 "selp.u32 %0, 1, 0, p;\n"
+                 "}\n"
+                 : "=r"(done)
+                 : "r"(qplug__wg_smem_addr(bar)), "r"(parity)
+                 : "memory");
+    return done != 0;
 }
 
 /* TMA: the box at (k0, row0) of the weight tensor map into dst. */
@@ -292,13 +343,32 @@ template <int C> struct qplug__wg_split {
      * needs it; the slack is in SMEM): A and B stage rings, the x ring,
      * row scales per stage, the tile's weight scales (up to KMAX
      * k-blocks), then the barriers full, empty (per stage), xfull, xempty
-     * (per x slot). */
+     * (per x slot), qdone (per stage, with the issuer warp). */
     static constexpr int OFF_X = 2 * QPLUG_WG_STAGES * QPLUG_WG_TILE;
     static constexpr int OFF_SCALE = OFF_X + XS * XB;
     static constexpr int OFF_WTAB = OFF_SCALE + QPLUG_WG_STAGES * QPLUG_WG_BM * 4;
     static constexpr int OFF_BAR = OFF_WTAB + QPLUG_WG_KMAX * 4;
-    static constexpr int SMEM = OFF_BAR + (2 * QPLUG_WG_STAGES + 2 * XS) * 8 + 1024;
+    static constexpr int SMEM = OFF_BAR + (3 * QPLUG_WG_STAGES + 2 * XS) * 8 + 1024;
 };
+
+/* v / s rounded to nearest even, as the division of act_quant's F32 path,
+ * with one multiplication and two FMAs instead of a division per value:
+ * with inv = rn(1/s), q0 = rn(v inv) is within an ulp of v / s, the
+ * residual v - q0 s is exact in an FMA, and q0 + residual * inv rounds to
+ * the correctly rounded quotient (Markstein). Checked on the host against
+ * IEEE float division for all pairs of BF16 mantissas of v and of amax
+ * (s = amax / 448) over the exponent range the kernel meets: it differs
+ * only where |v / s| < 2^-96 (the residual underflows), where the E4M3 code
+ * is a zero of v's sign either way. For s = +Inf (amax not finite) the
+ * quotient is q0 itself (a signed zero, or NaN for an infinite v); the
+ * correction, NaN there, is not taken. A per-value IEEE division (its slow
+ * path branch) made the F32 layers several times slower than UE8M0. */
+__device__ __forceinline__ float qplug__wg_div_rn(float v, float s, float inv, bool finite)
+{
+    float q0 = v * inv;
+    float q = __fmaf_rn(__fmaf_rn(-q0, s, v), inv, q0);
+    return finite ? q : q0;
+}
 
 /* Quantizes the thread's pieces of row rl into the stage's swizzled A tile
  * and row scales. Same arithmetic as qplug_cuda__act_quant_kernel, so codes
@@ -322,7 +392,8 @@ __device__ __forceinline__ void qplug__wg_quant(const uint4 r[8 / C], uint8_t *a
     for (int o = S::LPR / 2; o > 0; o >>= 1)
         p = __vmaxu2(p, __shfl_xor_sync(0xffffffffu, p, o));
     unsigned amax_bits = max(__float_as_uint(1e-4f), max(p << 16, p & 0xffff0000u));
-    float s, inv = 0.0f;
+    float s, inv;
+    bool finite = true;
     if (UE8M0) {
         /* qplug_cuda__pow2_scale(amax) and 1/s without a division: with
          * amax = 1.m * 2^E, fl(amax / 448) is a power of two only for
@@ -337,7 +408,10 @@ __device__ __forceinline__ void qplug__wg_quant(const uint4 r[8 / C], uint8_t *a
         s = nonfinite ? __uint_as_float(0x7fc00000u) : __uint_as_float(es << 23);
         inv = nonfinite ? __uint_as_float(0x7fc00000u) : __uint_as_float((254u - es) << 23);
     } else {
+        /* amax / 448 cannot overflow, so s is finite exactly when amax is. */
         s = __uint_as_float(amax_bits) / 448.0f;
+        finite = (amax_bits >> 23) != 0xffu;
+        inv = __frcp_rn(s);
     }
 #pragma unroll
     for (int j = 0; j < S::P; j++) {
@@ -351,8 +425,8 @@ __device__ __forceinline__ void qplug__wg_quant(const uint4 r[8 / C], uint8_t *a
                 f.x *= inv;
                 f.y *= inv;
             } else {
-                f.x = __fdiv_rn(f.x, s);
-                f.y = __fdiv_rn(f.y, s);
+                f.x = qplug__wg_div_rn(f.x, s, inv, finite);
+                f.y = qplug__wg_div_rn(f.y, s, inv, finite);
             }
             unsigned pair = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
             if (t % 2 == 0)
@@ -374,19 +448,65 @@ __device__ __forceinline__ void qplug__wg_quant(const uint4 r[8 / C], uint8_t *a
 struct qplug__wg_prod {
     uint8_t *sa, *sb;
     float *sscale;
-    uint64_t *full, *empty;
+    uint64_t *full, *empty, *qdone;
     const CUtensorMap *wmap;
     int n_tile, rl, q, lane, wrow;
     unsigned nrank, mrank;
     uint16_t wmask;
 };
 
+/* The bytes that complete a stage's "full" barrier besides its producers'
+ * arrivals: the weight tile and the C - 1 peer slices. */
+template <int C> __device__ __forceinline__ unsigned qplug__wg_full_bytes(void)
+{
+    return QPLUG_WG_DIAG == 1 ? (unsigned)QPLUG_WG_TILE
+                              : QPLUG_WG_TILE + (C - 1) * qplug__wg_split<C>::PEER_BYTES;
+}
+
+/* Starts the weight TMA of k-block kb into its stage, completing on the
+ * stage's "full" barrier with the bytes that barrier expects (multicast to
+ * the CM CTAs of the n-tile when CM = 2). */
+template <int C, int CM>
+__device__ __forceinline__ void qplug__wg_issue_w(const qplug__wg_prod &pp, int kb)
+{
+    int s = kb % QPLUG_WG_STAGES;
+    qplug__wg_bar_arrive_tx(&pp.full[s], qplug__wg_full_bytes<C>());
+    if (CM > 1)
+        qplug__wg_tma_load_mc(pp.sb + s * QPLUG_WG_TILE + pp.mrank * (QPLUG_WG_TILE / CM), pp.wmap,
+                              kb * QPLUG_WG_BK,
+                              pp.n_tile * QPLUG_WG_BN + (int)pp.mrank * (QPLUG_WG_BN / CM),
+                              &pp.full[s], pp.wmask);
+    else
+        qplug__wg_tma_load(pp.sb + s * QPLUG_WG_TILE, pp.wmap, kb * QPLUG_WG_BK,
+                           pp.n_tile * QPLUG_WG_BN, &pp.full[s]);
+}
+
+/* Sends the CTA's slice of stage kb % STAGES (codes and row scales) into
+ * the same place of the C - 1 peers' stages, completing on their "full"
+ * barriers (2 (C - 1) bulk copies). */
+template <int C>
+__device__ __forceinline__ void qplug__wg_copy_slice(const qplug__wg_prod &pp, int kb)
+{
+    typedef qplug__wg_split<C> S;
+    int s = kb % QPLUG_WG_STAGES;
+    uint8_t *a = pp.sa + s * QPLUG_WG_TILE;
+    float *asc = pp.sscale + s * QPLUG_WG_BM;
+    int r0 = (int)pp.nrank * S::SR;
+    for (int j = 1; j < C; j++) {
+        unsigned peer = pp.mrank * C + (pp.nrank + (unsigned)j) % C;
+        unsigned bar = qplug__wg_mapa(&pp.full[s], peer);
+        qplug__wg_copy_to_peer(qplug__wg_mapa(a + r0 * 128, peer), a + r0 * 128, S::SR * 128, bar);
+        qplug__wg_copy_to_peer(qplug__wg_mapa(asc + r0, peer), asc + r0, S::SR * 4, bar);
+    }
+}
+
 /* The producers' work on stage kb % STAGES once the thread holds its x
  * pieces r of k-block kb: wait until the stage is free in every CTA that
- * it is written into; thread 0 starts the weight TMA (multicast with
- * CM = 2); quantize the thread's pieces; copy the slice's
- * codes and scales to the peers (thread 0 for the whole slice, or each
- * warp for its rows); arrive on "full". */
+ * it is written into; without the issuer warp, thread 0 starts the weight
+ * TMA (multicast with CM = 2); quantize the thread's pieces; copy the
+ * slice's codes and scales to the peers (thread 0 for the whole slice, or
+ * each warp for its rows; with the issuer warp, it copies once the
+ * "qdone" barrier says the slice is written); arrive on "full". */
 template <bool UE8M0, int C, int CM>
 __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, const uint4 r[8 / C],
                                                   int kb)
@@ -399,16 +519,11 @@ __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, cons
      * qplug__wg_bar_arrive_cluster): at cluster scope every wait also
      * invalidates L1 (CCTL.IVALL). */
     qplug__wg_bar_wait(&pp.empty[s], ((kb / QPLUG_WG_STAGES) & 1) ^ 1);
-    if (threadIdx.x == 0) {
-        qplug__wg_bar_arrive_tx(&pp.full[s], QPLUG_WG_TILE + (C - 1) * S::PEER_BYTES);
-        if (CM > 1)
-            qplug__wg_tma_load_mc(pp.sb + s * QPLUG_WG_TILE + pp.mrank * (QPLUG_WG_TILE / CM),
-                                  pp.wmap, kb * QPLUG_WG_BK,
-                                  pp.n_tile * QPLUG_WG_BN + (int)pp.mrank * (QPLUG_WG_BN / CM),
-                                  &pp.full[s], pp.wmask);
-        else
-            qplug__wg_tma_load(pp.sb + s * QPLUG_WG_TILE, pp.wmap, kb * QPLUG_WG_BK,
-                               pp.n_tile * QPLUG_WG_BN, &pp.full[s]);
+    if (!QPLUG_WG_ISSUER && threadIdx.x == 0)
+        qplug__wg_issue_w<C, CM>(pp, kb);
+    if (QPLUG_WG_DIAG == 1) {
+        qplug__wg_bar_arrive(&pp.full[s]);
+        return;
     }
     qplug__wg_quant<UE8M0, C>(r, a, asc, pp.rl, pp.q);
     /* The codes were written by ordinary stores and are read next by the
@@ -417,21 +532,17 @@ __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, cons
      * thread has in flight, which is why no producer thread may have one:
      * v2 run 2 measured ~1.2 us per k-block at every M while x was loaded
      * into registers ahead of use, or a weight scale by cp.async. */
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    if (C > 1 && QPLUG_WGMMA_BIGCOPY) {
+    if (QPLUG_WG_DIAG != 3)
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    if (QPLUG_WG_ISSUER) {
+        if (C > 1)
+            qplug__wg_bar_arrive(&pp.qdone[s]);
+    } else if (C > 1 && QPLUG_WGMMA_BIGCOPY) {
         /* All producer threads (named barrier 1) have written the slice;
          * thread 0 sends it whole: 2 (C - 1) bulk copies per k-block. */
         asm volatile("bar.sync 1, %0;\n" ::"n"(128 * QPLUG_WG_PRODUCERS) : "memory");
-        if (threadIdx.x == 0) {
-            int r0 = (int)pp.nrank * S::SR;
-            for (int j = 1; j < C; j++) {
-                unsigned peer = pp.mrank * C + (pp.nrank + (unsigned)j) % C;
-                unsigned bar = qplug__wg_mapa(&pp.full[s], peer);
-                qplug__wg_copy_to_peer(qplug__wg_mapa(a + r0 * 128, peer), a + r0 * 128,
-                                       S::SR * 128, bar);
-                qplug__wg_copy_to_peer(qplug__wg_mapa(asc + r0, peer), asc + r0, S::SR * 4, bar);
-            }
-        }
+        if (threadIdx.x == 0)
+            qplug__wg_copy_slice<C>(pp, kb);
     } else if (C > 1) {
         __syncwarp();
         if (pp.lane == 0)
@@ -478,13 +589,17 @@ __device__ __forceinline__ void qplug__wg_issue_x(const CUtensorMap *xmap, uint8
  * stages (the C of its m-tile and the other CM - 1 of its n-tile),
  * 8 (C + CM - 1). C = CM = 1 is the kernel of v1.1. */
 template <bool UE8M0, int C, int CM>
-__global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
+__global__ void __maxnreg__(QPLUG__WG_LAUNCH_REGS)
     qplug__wg_kernel(const __grid_constant__ CUtensorMap wmap,
                      const __grid_constant__ CUtensorMap xmap, const qplug__wg_args args)
 {
     typedef qplug__wg_split<C> S;
     extern __shared__ uint8_t qplug__wg_smem_raw[];
-    uint8_t *smem = (uint8_t *)(((uintptr_t)qplug__wg_smem_raw + 1023) & ~(uintptr_t)1023);
+    /* The 1024-byte aligned base, computed from the array itself so that
+     * the compiler keeps shared-memory instructions (a round trip through
+     * an integer made every access to it a generic one). */
+    uint8_t *smem =
+        qplug__wg_smem_raw + ((1024u - (qplug__wg_smem_addr(qplug__wg_smem_raw) & 1023u)) & 1023u);
     uint8_t *sa = smem;
     uint8_t *sb = smem + QPLUG_WG_STAGES * QPLUG_WG_TILE;
     uint8_t *xring = smem + S::OFF_X;
@@ -494,6 +609,7 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
     uint64_t *empty = full + QPLUG_WG_STAGES;
     uint64_t *xfull = empty + QPLUG_WG_STAGES;
     uint64_t *xempty = xfull + S::XS;
+    uint64_t *qdone = xempty + S::XS;
 
     /* Rasterization over clusters (CM x C tiles): bands of
      * QPLUG_WG_RASTER / CM cluster rows, m fastest inside a band, so the
@@ -522,12 +638,14 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
             qplug__wg_bar_init(&full[s], 128 * QPLUG_WG_PRODUCERS + 1);
             qplug__wg_bar_init(&empty[s], 8 * (C + CM - 1));
         }
-        /* xfull: thread 0's arrival with the TMA bytes; xempty: every
-         * producer thread. */
+        /* xfull: the issuing thread's arrival with the TMA bytes; xempty
+         * and qdone: every producer thread. */
         for (int j = 0; j < S::XS; j++) {
             qplug__wg_bar_init(&xfull[j], 1);
             qplug__wg_bar_init(&xempty[j], 128 * QPLUG_WG_PRODUCERS);
         }
+        for (int s = 0; s < QPLUG_WG_STAGES; s++)
+            qplug__wg_bar_init(&qdone[s], 128 * QPLUG_WG_PRODUCERS);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&wmap) : "memory");
         asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&xmap) : "memory");
@@ -539,6 +657,24 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
     else
         __syncthreads();
 
+    /* What producers and the issuer share about the CTA's tiles. */
+    qplug__wg_prod pp;
+    pp.sa = sa;
+    pp.sb = sb;
+    pp.sscale = sscale;
+    pp.full = full;
+    pp.empty = empty;
+    pp.qdone = qdone;
+    pp.wmap = &wmap;
+    pp.n_tile = n_tile;
+    pp.nrank = nrank;
+    pp.mrank = mrank;
+    /* The CTAs of this n-tile (same n-rank), for the weight multicast. */
+    pp.wmask = 0;
+    for (int j = 0; j < CM; j++)
+        pp.wmask |= (uint16_t)(1u << (nrank + C * j));
+    int col0 = group * (int)args.k, row0 = (int)m0 + (int)nrank * S::SR;
+
     if (threadIdx.x < 128 * QPLUG_WG_PRODUCERS) {
 #if QPLUG_WGMMA_PRODUCERS > 1
         asm volatile("setmaxnreg.dec.sync.aligned.u32 " QPLUG__WG_STR(QPLUG_WGMMA_PROD_REGS) ";\n" ::
@@ -546,43 +682,65 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
 #endif
         static_assert(QPLUG_WG_PRODUCERS == 2, "the slice split assumes 256 producer threads");
         int pt = threadIdx.x, warp = pt >> 5;
-        qplug__wg_prod pp;
-        pp.sa = sa;
-        pp.sb = sb;
-        pp.sscale = sscale;
-        pp.full = full;
-        pp.empty = empty;
-        pp.wmap = &wmap;
-        pp.n_tile = n_tile;
         pp.q = pt % S::LPR;
         pp.rl = (int)nrank * S::SR + pt / S::LPR; /* row of the tile */
         pp.lane = pt & 31;
         pp.wrow = (int)nrank * S::SR + warp * S::WROWS; /* the warp's rows, sent to peers */
-        pp.nrank = nrank;
-        pp.mrank = mrank;
-        /* The CTAs of this n-tile (same n-rank), for the weight multicast. */
-        pp.wmask = 0;
-        for (int j = 0; j < CM; j++)
-            pp.wmask |= (uint16_t)(1u << (nrank + C * j));
-        int col0 = group * (int)args.k, row0 = (int)m0 + (int)nrank * S::SR;
-        if (pt == 0)
+        const bool own_x = !QPLUG_WG_ISSUER && QPLUG_WG_DIAG != 1;
+        if (own_x && pt == 0)
             for (int j = 0; j < S::XS - 1 && j < kt; j++)
                 qplug__wg_issue_x<C>(&xmap, xring, xfull, xempty, j, col0, row0);
         for (int kb = 0; kb < kt; kb++) {
-            if (pt == 0 && kb + S::XS - 1 < kt)
-                qplug__wg_issue_x<C>(&xmap, xring, xfull, xempty, kb + S::XS - 1, col0, row0);
-            int slot = kb % S::XS;
-            qplug__wg_bar_wait(&xfull[slot], (kb / S::XS) & 1);
-            /* The slot holds SR rows of 256 bytes; a quarter-warp reads
-             * 128 contiguous bytes of one row (C = 4) or 64 of two. */
-            const uint8_t *xr = xring + slot * S::XB + (pt / S::LPR) * (QPLUG_WG_BK * 2);
             uint4 r[S::P];
+            if (QPLUG_WG_DIAG != 1) {
+                if (own_x && pt == 0 && kb + S::XS - 1 < kt)
+                    qplug__wg_issue_x<C>(&xmap, xring, xfull, xempty, kb + S::XS - 1, col0, row0);
+                int slot = kb % S::XS;
+                qplug__wg_bar_wait(&xfull[slot], (kb / S::XS) & 1);
+                /* The slot holds SR rows of 256 bytes; a quarter-warp reads
+                 * 128 contiguous bytes of one row (C = 4) or 64 of two. */
+                const uint8_t *xr = xring + slot * S::XB + (pt / S::LPR) * (QPLUG_WG_BK * 2);
 #pragma unroll
-            for (int j = 0; j < S::P; j++)
-                r[j] = qplug__wg_lds16(xr + (pp.q + S::LPR * j) * 16);
-            qplug__wg_bar_arrive(&xempty[slot]);
+                for (int j = 0; j < S::P; j++)
+                    r[j] = qplug__wg_lds16(xr + (pp.q + S::LPR * j) * 16);
+                qplug__wg_bar_arrive(&xempty[slot]);
+            }
             qplug__wg_produce<UE8M0, C, CM>(pp, r, kb);
         }
+    } else if (QPLUG_WG_ISSUER && threadIdx.x >= 128 * (QPLUG_WG_PRODUCERS + 2)) {
+        /* The issuer warp: lane 0 starts every asynchronous copy of the CTA
+         * and never fences, so no fence waits for a copy in flight. It polls
+         * (without blocking on any one barrier) for the next x slot freed by
+         * the producers, the next stage freed by the consumers of every CTA
+         * that writes into it, and the next slice finished by the producers,
+         * in k-block order for each. A barrier cannot run two phases ahead
+         * of its poll: each next phase needs what this thread issues. */
+        if ((threadIdx.x & 31) == 0) {
+            int xi = QPLUG_WG_DIAG == 1 ? kt : 0, wi = 0;
+            int ci = C > 1 && QPLUG_WG_DIAG != 1 ? 0 : kt;
+            while (xi < kt || wi < kt || ci < kt) {
+                if (xi < kt && (xi < S::XS || qplug__wg_bar_test(&xempty[xi % S::XS],
+                                                                 ((xi / S::XS) - 1) & 1))) {
+                    qplug__wg_bar_arrive_tx(&xfull[xi % S::XS], S::XB);
+                    qplug__wg_tma_load(xring + (xi % S::XS) * S::XB, &xmap,
+                                       col0 + xi * QPLUG_WG_BK, row0, &xfull[xi % S::XS]);
+                    xi++;
+                }
+                if (wi < kt &&
+                    (wi < QPLUG_WG_STAGES ||
+                     qplug__wg_bar_test(&empty[wi % QPLUG_WG_STAGES],
+                                        ((wi / QPLUG_WG_STAGES) - 1) & 1))) {
+                    qplug__wg_issue_w<C, CM>(pp, wi);
+                    wi++;
+                }
+                if (ci < kt && qplug__wg_bar_test(&qdone[ci % QPLUG_WG_STAGES],
+                                                  (ci / QPLUG_WG_STAGES) & 1)) {
+                    qplug__wg_copy_slice<C>(pp, ci);
+                    ci++;
+                }
+            }
+        }
+        __syncwarp();
     } else {
         /* Consumers. */
 #if QPLUG_WGMMA_PRODUCERS > 1
@@ -622,14 +780,16 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
             const uint8_t *a = sa + s * QPLUG_WG_TILE + wg * 64 * 128;
             const uint8_t *b = sb + s * QPLUG_WG_TILE;
             uint64_t da = qplug__wg_desc(a), db = qplug__wg_desc(b);
-            qplug__wg_pin(acc);
-            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+            if (QPLUG_WG_DIAG != 2) {
+                qplug__wg_pin(acc);
+                asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-            for (int kk = 0; kk < 4; kk++)
-                qplug__wg_mma(acc, da + 2 * kk, db + 2 * kk, kk > 0);
-            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-            qplug__wg_pin(acc);
+                for (int kk = 0; kk < 4; kk++)
+                    qplug__wg_mma(acc, da + 2 * kk, db + 2 * kk, kk > 0);
+                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+                qplug__wg_pin(acc);
+            }
             float s0 = sscale[s * QPLUG_WG_BM + row_a] * wscale;
             float s1 = sscale[s * QPLUG_WG_BM + row_a + 8] * wscale;
             /* One arrival per warp on the stage's "empty" barrier of every

@@ -13,7 +13,13 @@
  * act_quant + cuBLASLt are compared (relative L2); the exact check against
  * float64 is tests/gpu/test_gpu_wgmma.c.
  *
- *   gemm_wgmma_bench [tag] [--quick]   (--quick: M = 512 and 4096 only) */
+ *   gemm_wgmma_bench [tag] [--quick | --diag] [f32]
+ *
+ * --quick: M = 512 and 4096 only. --diag: ours alone (no comparison, no
+ * cuBLASLt) on three shapes at M = 64 and 4096, for the diagnostic builds
+ * (QPLUG_WGMMA_DIAG, wrong results by design), with the time per CTA
+ * k-block. "f32": F32 activation scales (ours and act_quant) instead of
+ * UE8M0. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -120,12 +126,14 @@ static void fail(const char *what, const qplug_cuda__err &err)
 }
 
 /* 0: ours; 1: act_quant + cuBLASLt; 2: cuBLASLt alone on pooled xq. */
+static qplug_cuda__scale_fmt ours_fmt = QPLUG_CUDA_SCALE_UE8M0;
+
 static void call(point &p, int which, int i)
 {
     qplug_cuda__err err = {{0}};
     int64_t G = p.g, m = p.m, n = p.n, k = p.k;
     if (which == 0) {
-        if (qplug_cuda__fp8_gemm_bf16x(p.x.at(i), G * k, m, n, k, G, QPLUG_CUDA_SCALE_UE8M0,
+        if (qplug_cuda__fp8_gemm_bf16x(p.x.at(i), G * k, m, n, k, G, ours_fmt,
                                        p.w.at(i), (const float *)p.ws.at(i), p.y, G * n, NULL,
                                        &err) != QPLUG_OK)
             fail("fp8_gemm_bf16x", err);
@@ -133,7 +141,7 @@ static void call(point &p, int which, int i)
     }
     const uint8_t *xq = which == 1 ? (const uint8_t *)p.aq : p.xq.at(i);
     const float *xs = which == 1 ? p.aqs : (const float *)p.xs.at(i);
-    if (which == 1 && qplug_cuda__act_quant_fp8(p.x.at(i), m, G * k, QPLUG_CUDA_SCALE_UE8M0, p.aq,
+    if (which == 1 && qplug_cuda__act_quant_fp8(p.x.at(i), m, G * k, ours_fmt, p.aq,
                                                  p.aqs, NULL, &err) != QPLUG_OK)
         fail("act_quant_fp8", err);
     for (int64_t g = 0; g < G; g++)
@@ -182,10 +190,59 @@ static double bf16f(uint16_t b)
     return f;
 }
 
+/* --diag: ours alone at M = 64 (one wave of few CTAs: the time per CTA
+ * k-block is the latency of one pipeline step) and M = 4096. */
+static int run_diag(const char *tag)
+{
+    static const shape dshapes[] = {
+        {"flash", "attn.wq_a", 1024, 4096, 1},
+        {"flash", "ffn.w13", 4096, 4096, 1},
+        {"pro", "attn.wo_b", 7168, 16384, 1},
+    };
+    printf("\n| variant | model | layer | M | N | K | CTAs | ours us | TFLOP/s | us per CTA k-block |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    for (const shape &sh : dshapes)
+        for (int64_t m : {(int64_t)64, (int64_t)4096}) {
+            point p;
+            p.m = m;
+            p.n = sh.n;
+            p.k = sh.k;
+            p.g = sh.g;
+            size_t xb = (size_t)(m * sh.k) * 2, wb = (size_t)(sh.n * sh.k);
+            int sets = (int)std::min(23.0, std::max(2.0, ceil(160e6 / (double)(xb + wb))));
+            p.x = make_pool(xb, sets, 5, 11);
+            p.w = make_pool(wb, sets, 1, 12);
+            p.ws = make_pool((size_t)((sh.n / 128) * (sh.k / 128)) * 4, sets, 2, 13);
+            CK(cudaMalloc(&p.y, (size_t)(m * sh.n) * 2));
+            CK(cudaDeviceSynchronize());
+            double t = time_us(p, 0);
+            int64_t ctas = (m + 127) / 128 * (sh.n / 128), kt = sh.k / 128;
+            double waves = ceil((double)ctas / 132.0);
+            printf("| %s | %s | %s | %lld | %lld | %lld | %lld | %.1f | %.0f | %.3f |\n", tag,
+                   sh.model, sh.layer, (long long)m, (long long)sh.n, (long long)sh.k,
+                   (long long)ctas, t, 2.0 * m * sh.n * sh.k / (t * 1e-6) / 1e12,
+                   t / (waves * (double)kt));
+            fflush(stdout);
+            CK(cudaFree(p.x.base));
+            CK(cudaFree(p.w.base));
+            CK(cudaFree(p.ws.base));
+            CK(cudaFree(p.y));
+        }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *tag = argc > 1 ? argv[1] : "wgmma";
-    bool quick = argc > 2 && !strcmp(argv[2], "--quick");
+    bool quick = false, diag = false;
+    for (int i = 2; i < argc; i++) {
+        quick |= !strcmp(argv[i], "--quick");
+        diag |= !strcmp(argv[i], "--diag");
+        if (!strcmp(argv[i], "f32"))
+            ours_fmt = QPLUG_CUDA_SCALE_F32;
+    }
+    if (diag)
+        return run_diag(tag);
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     cublasLtHandle_t lt;
@@ -193,8 +250,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "gemm_wgmma_bench: cublasLtCreate failed\n");
         return 1;
     }
-    printf("# gemm_wgmma_bench %s on %s (%d SMs), ue8m0 activation scales, median of 20\n\n", tag,
-           prop.name, prop.multiProcessorCount);
+    printf("# gemm_wgmma_bench %s on %s (%d SMs), %s activation scales, median of 20\n\n", tag,
+           prop.name, prop.multiProcessorCount,
+           ours_fmt == QPLUG_CUDA_SCALE_F32 ? "f32" : "ue8m0");
     printf("| model | layer | M | N | K | G | flop floor us | ours us | aq+LT us | LT us | "
            "ours TFLOP/s | LT/ours | (aq+LT)/ours | rel diff |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");

@@ -10,8 +10,14 @@
 #
 # Each variant flag is a quoted list of -D options, e.g.
 # "-DQPLUG_WGMMA_STAGES=4 -DQPLUG_WGMMA_CLUSTER=4"; with none, the defaults.
+# Every variant is also timed by `gemm_wgmma_bench --diag` (ours alone,
+# three shapes at M = 64 and 4096, time per CTA k-block; diag_N.md); a
+# variant whose flags name QPLUG_WGMMA_DIAG (diagnostic builds, wrong
+# results by design) gets only that. F32=N times variant N with F32
+# activation scales too (bench_f32.md, --quick).
 # QUICK=1 times M = 512 and 4096 only for all but the first variant
-# (QUICK=all: for all); MEMCHECK=1 runs
+# (QUICK=all: for all); BENCH="i j" times only variants i and j;
+# MEMCHECK=1 runs
 # the first variant's test under compute-sanitizer memcheck too; BEST=1 and
 # NCU=1 see the end of the script; TAG names
 # the version in the table header (default v1).
@@ -55,6 +61,11 @@ echo "built at ${SECONDS}s" >>"$OUT/sass.txt"
 i=0
 ok=()
 for flags in "$@"; do
+    case "$flags" in *QPLUG_WGMMA_DIAG*)
+        ok+=(0)
+        i=$((i + 1))
+        continue ;;
+    esac
     echo "== test, variant $i [$flags]" | tee -a "$OUT/test.log"
     if timeout 40 "$B/test_$i" >>"$OUT/test.log" 2>&1; then
         echo "test $i: PASS" | tee -a "$OUT/test.log"
@@ -73,11 +84,23 @@ if [ "${MEMCHECK:-0}" = 1 ] && [ "${ok[0]}" = 1 ]; then
 fi
 i=0
 for flags in "$@"; do
+    timeout 60 "$B/bench_$i" "$i" --diag >"$OUT/diag_$i.md" 2>&1 ||
+        echo "diag $i failed (rc $?)" >>"$OUT/diag_$i.md"
+    i=$((i + 1))
+done
+if [ -n "${F32:-}" ] && [ "${ok[$F32]}" = 1 ]; then
+    timeout 120 "$B/bench_$F32" "$TAG (variant $F32, f32)" --quick f32 >"$OUT/bench_f32.md" 2>&1 ||
+        echo "f32 bench failed (rc $?)" >>"$OUT/bench_f32.md"
+fi
+i=0
+for flags in "$@"; do
     q=""
     [ "$QUICK" = 1 ] && [ $i -gt 0 ] && q=--quick
     [ "$QUICK" = all ] && q=--quick
-    # A variant whose test failed (or hung) is not timed.
-    if [ "${ok[$i]}" = 1 ]; then
+    # A variant whose test failed (or hung) is not timed; BENCH="i j"
+    # times only those variants.
+    case " ${BENCH:-$i} " in *" $i "*) sel=1 ;; *) sel=0 ;; esac
+    if [ "${ok[$i]}" = 1 ] && [ $sel = 1 ]; then
         timeout 200 "$B/bench_$i" "$TAG${flags:+ [$flags]}" $q >"$OUT/bench_$i.md" 2>&1 ||
             echo "bench $i failed (rc $?)" >>"$OUT/bench_$i.md"
     fi
@@ -127,4 +150,22 @@ for f in "$OUT"/bench_*.md; do
             if ($15 + 0 > d[m]) d[m] = $15 + 0 }
         END { for (m in n) printf "| %s | %d | %d | %.2f | %.2f |%s | %.1e |\n", f, m, n[m],
               exp(a[m] / n[m]), exp(b[m] / n[m]), w[m], d[m] }' "$f" | sort -t'|' -k3n
+done
+# The diagnostic table last (the device tool returns the end of the
+# output), then the per-variant files folded into one each (the tool
+# brings back at most 8 files).
+i=0
+for flags in "$@"; do echo "diag variant $i: [$flags]"; i=$((i + 1)); done
+echo "| variant | model | layer | M | N | K | CTAs | ours us | TFLOP/s | us per CTA k-block |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+for f in "$OUT"/diag_*.md; do
+    [ -f "$f" ] && { grep '^|' "$f" | grep -v -e '^| variant' -e '^|---' || cat "$f"; }
+done
+for kind in diag bench; do
+    for f in "$OUT"/${kind}_[0-9]*.md; do
+        [ -f "$f" ] || continue
+        echo "== $(basename "$f")"
+        cat "$f"
+        rm -f "$f"
+    done >"$OUT/${kind}_all.md"
 done

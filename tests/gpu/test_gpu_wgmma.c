@@ -240,9 +240,40 @@ static void test_case(struct gcase c)
  * scales (n = k), y[r][j] = e4m3(q[r][j]) * s[r][j / 128] in fp32, then
  * BF16; the host computes the same from its own quantization. With UE8M0
  * the product is exact, so any code or scale difference shows. */
+static void test_identity_x(uint16_t *x, int64_t m, int64_t k, qplug_cuda__scale_fmt fmt);
+
 static void test_identity(int64_t m, int64_t k, qplug_cuda__scale_fmt fmt)
 {
-    uint16_t *x = make_x(m, k);
+    test_identity_x(make_x(m, k), m, k, fmt);
+}
+
+/* F32 activation scales on every pair of BF16 mantissas: row r's 128-groups
+ * have their maximum 1.r * 2^e (the scale amax / 448, not a power of two)
+ * in the first column and the 127 others at mantissa (i + g) % 128 and
+ * 1 + {0, 4, 8, 13}[g] binades below it, alternating in sign, so x / s
+ * spans the E4M3 range from 448 down into its subnormals. The kernel
+ * divides by s without a division instruction; a quotient one ulp off
+ * would change a code where it lands near an E4M3 rounding boundary, which
+ * among these 65024 quotients per binade offset some do. */
+static uint16_t *make_x_f32_pairs(void)
+{
+    const int64_t m = 128, k = 512;
+    static const int drop[4] = {1, 5, 9, 14};
+    uint16_t *x = malloc((size_t)(m * k) * 2);
+    for (int64_t r = 0; r < m; r++) {
+        int e = 127 + (int)(r % 5) - 2;
+        for (int g = 0; g < 4; g++) {
+            uint16_t *row = x + r * k + g * 128;
+            row[0] = (uint16_t)((e << 7) | (int)r);
+            for (int i = 1; i < 128; i++)
+                row[i] = (uint16_t)((i % 2) << 15 | (e - drop[g]) << 7 | ((i + g) % 128));
+        }
+    }
+    return x;
+}
+
+static void test_identity_x(uint16_t *x, int64_t m, int64_t k, qplug_cuda__scale_fmt fmt)
+{
     uint8_t *w = calloc((size_t)(k * k), 1);
     float *ws = malloc((size_t)((k / 128) * (k / 128)) * 4);
     for (int64_t j = 0; j < k; j++)
@@ -396,6 +427,7 @@ int main(void)
      * one CTA must reach the other three unchanged. */
     test_identity(200, 512, QPLUG_CUDA_SCALE_UE8M0);
     test_identity(70, 1024, QPLUG_CUDA_SCALE_F32);
+    test_identity_x(make_x_f32_pairs(), 128, 512, QPLUG_CUDA_SCALE_F32);
     const struct gcase cases[] = {
         {17, 128, 128, 1, 128, 128, QPLUG_CUDA_SCALE_UE8M0, -1},
         {17, 128, 128, 1, 128, 128, QPLUG_CUDA_SCALE_F32, -1},
