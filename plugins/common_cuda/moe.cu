@@ -772,6 +772,25 @@ static void qplug_cuda__moe_wg_wf(int wf, const qplug_cuda__moe_gemm_args &a, in
         qplug_cuda__moe_wg_launch<MOE_F_MX, DUAL>(a, tmax, v3, s);
 }
 
+/* Which wgmma kernel runs (wgmma_ready 1: chosen here; 2: v3, 3: v4, for
+ * tests and benches). Per weight format, QPLUG_MOE_V4_MX / _FP8 = 0: v3
+ * always; 1: v4 when the experts average 16 routed rows or fewer
+ * (decode); 2: v4 always. The defaults follow the H200 measurements in
+ * bench/NOTES.md (v4 section). */
+#ifndef QPLUG_MOE_V4_MX
+#define QPLUG_MOE_V4_MX 2
+#endif
+#ifndef QPLUG_MOE_V4_FP8
+#define QPLUG_MOE_V4_FP8 2
+#endif
+static bool qplug_cuda__moe_use_v4(const qplug_cuda__moe_weights *w, int64_t R)
+{
+    if (w->wgmma_ready == 2 || w->wgmma_ready == 3)
+        return w->wgmma_ready == 3;
+    int policy = w->fmt == QPLUG_CUDA_MOE_MXFP4 ? QPLUG_MOE_V4_MX : QPLUG_MOE_V4_FP8;
+    return policy == 2 || (policy == 1 && R <= (int64_t)16 * w->num_experts);
+}
+
 /* Raises the dynamic shared-memory limit of one kernel; false on failure. */
 template <typename K> static bool qplug_cuda__moe_smem_limit(K *kernel, int bytes)
 {
@@ -837,7 +856,7 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
      * tiles when the experts get 16 rows or fewer on average (decode), so
      * that the tensor cores do not multiply mostly empty rows. */
     int64_t twg = (R + WG_BN - 1) / WG_BN + E;
-    bool v3 = w->wgmma_ready == 2;
+    bool v3 = !qplug_cuda__moe_use_v4(w, R);
     bool wg = w->wgmma_ready && twg <= 65535 &&
               (w->fmt == QPLUG_CUDA_MOE_FP8 || w->fmt == QPLUG_CUDA_MOE_MXFP4) &&
               (af == MOE_F_FP8 || (af == MOE_F_MX && w->fmt == QPLUG_CUDA_MOE_MXFP4));

@@ -27,7 +27,27 @@
 #ifndef QPLUG_CUDA_MOE_WS_CUH
 #define QPLUG_CUDA_MOE_WS_CUH
 
-enum { WS_THREADS = 384 };
+/* Producer warpgroups (1 or 2): run 1 showed a single producer warp per
+ * SM sub-partition to be the limit (bench/NOTES.md, v4). */
+#ifndef QPLUG_MOE_WS_PRODUCERS
+#define QPLUG_MOE_WS_PRODUCERS 2
+#endif
+/* 1: the consumers take turns issuing their wgmmas (named barriers 2 and
+ * 3), so one promotes while the other's wgmmas run. */
+#ifndef QPLUG_MOE_WS_PINGPONG
+#define QPLUG_MOE_WS_PINGPONG 1
+#endif
+enum {
+    WS_NP = QPLUG_MOE_WS_PRODUCERS,
+    WS_PT = 128 * WS_NP, /* producer threads */
+    WS_THREADS = 256 + WS_PT,
+    /* Registers per thread after setmaxnreg: the whole file (64K) split
+     * between producers and consumers. */
+    WS_PREG = WS_NP == 1 ? 56 : 40,
+    WS_CREG = WS_NP == 1 ? 224 : 216
+};
+static_assert(WS_NP == 1 || WS_NP == 2, "moe_ws: one or two producer warpgroups");
+static_assert(WS_PREG * WS_PT + WS_CREG * 256 <= 65536, "moe_ws: register split exceeds the file");
 
 #ifndef QPLUG_MOE_WS_STAGES_MX
 #define QPLUG_MOE_WS_STAGES_MX 5
@@ -55,16 +75,19 @@ template <int WF> struct qplug_cuda__moe_ws_smem {
     static constexpr int S = WF == MOE_F_FP8 ? QPLUG_MOE_WS_STAGES_FP8 : QPLUG_MOE_WS_STAGES_MX;
     static constexpr int P = S - QPLUG_MOE_WS_AHEAD;          /* copies in flight */
     static constexpr int RAW = WF == MOE_F_FP8 ? 0 : WG_BMW * WG_RS_MX;
-    /* One slot: A tile, B tile, raw rows, weight scales, token scales. */
+    /* One slot: A tile, B tile, raw rows, weight scales, token scales. The
+     * weight scale words come once per producer part (each part decodes
+     * from its own copy; part 0 then overwrites its set with the F32 row
+     * scales the consumers read). */
     static constexpr int SA = 0, SB = WG_TILE, SR = 2 * WG_TILE, SW = SR + RAW,
-                         SAS = SW + WG_BMW * 4;
-    static constexpr int STAGE = SAS + WG_BN * 4;
+                         SAS = SW + WS_NP * WG_BMW * 4;
+    /* Rounded up so that every slot's swizzled tiles stay 1024-aligned. */
+    static constexpr int STAGE = (SAS + WG_BN * 4 + 1023) / 1024 * 1024;
     static constexpr int BAR = S * STAGE;  /* S "full" then S "empty" mbarriers */
     static constexpr int ROW = BAR + 2 * S * 8;
     static constexpr int BYTES = ROW + WG_BN * 8;
     static constexpr int LAUNCH = BYTES + 1024;
     static_assert(P >= 1 && P < S, "moe_ws: copies in flight must leave a slot to decode into");
-    static_assert(STAGE % 1024 == 0, "moe_ws: swizzled tiles of every slot must stay 1024-aligned");
     static_assert(LAUNCH <= 227 * 1024, "moe_ws: stages exceed the shared memory of a block");
 };
 
@@ -99,6 +122,18 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_wait(uint64_t *b, unsi
 static __device__ __forceinline__ void qplug_cuda__moe_ws_consumer_sync()
 {
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
+}
+
+/* Turn signals between the consumer warpgroups: named barrier id of 256
+ * threads, one warpgroup arrives (does not wait), the other syncs. */
+static __device__ __forceinline__ void qplug_cuda__moe_ws_turn_wait(int id)
+{
+    asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_ws_turn_give(int id)
+{
+    asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
 }
 
 template <int NC> static __device__ __forceinline__ void qplug_cuda__moe_ws_mma(float *d, uint64_t da,
@@ -154,26 +189,29 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
     }
     if (tid == 0) {
         for (int s = 0; s < L::S; s++) {
-            qplug_cuda__moe_ws_bar_init(&full[s], 128);
+            qplug_cuda__moe_ws_bar_init(&full[s], WS_PT);
             qplug_cuda__moe_ws_bar_init(&empty[s], 8);
         }
     }
     __syncthreads();
 
-    if (wg == 2) {
-        /* ------------------------------------------------ producer */
+    if (wg >= 2) {
+        /* ------------------------------------------------ producers */
         if (QPLUG_MOE_WS_SETMAXNREG)
-            asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
-        int r = wt, h = r >> 6;
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"((int)WS_PREG) : "memory");
+        /* Thread (part, r): weight row r, chunks [part * CPP, (part + 1) *
+         * CPP) of its 128-block, and every WS_PT-th token chunk from pi. */
+        int pi = tid - 256, r = pi & 127, part = pi >> 7, h = r >> 6;
+        const int CPP = (WF == MOE_F_FP8 ? 8 : 4) / WS_NP;
         int64_t row = n0 + (DUAL ? (r & 63) : r);
         const uint8_t *w = p.w[DUAL ? h : 0] + (int64_t)e * n * (WF == MOE_F_FP8 ? k : k / 2);
         const uint8_t *ws = p.ws[DUAL ? h : 0];
         const uint8_t *wsrc, *ssrc;
         if (WF == MOE_F_FP8) {
-            wsrc = w + row * k;
+            wsrc = w + row * k + part * CPP * 16;
             ssrc = ws + ((int64_t)e * (n / 128) + row / 128) * (k / 128) * 4;
         } else {
-            wsrc = w + row * (k / 2);
+            wsrc = w + row * (k / 2) + part * CPP * 16;
             ssrc = ws + ((int64_t)e * n + row) * (k / 32);
         }
 
@@ -184,44 +222,46 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
             uint8_t *st = sm + s * L::STAGE;
             if (WF == MOE_F_FP8) {
 #pragma unroll
-                for (int c = 0; c < 8; c++)
-                    qplug_cuda__moe_wg_cp16(st + L::SA + qplug_cuda__moe_wg_off(r, c),
-                                            wsrc + kb * 128 + c * 16, true);
-                if ((r & 63) == 0)
+                for (int c = 0; c < CPP; c++)
+                    qplug_cuda__moe_wg_cp16(
+                        st + L::SA + qplug_cuda__moe_wg_off(r, part * CPP + c),
+                        wsrc + kb * 128 + c * 16, true);
+                if ((r & 63) == 0 && part == 0)
                     qplug_cuda__moe_wg_cp4(st + L::SW + 4 * (r >> 6), ssrc + kb * 4, true);
             } else {
 #pragma unroll
-                for (int c = 0; c < 4; c++)
-                    qplug_cuda__moe_wg_cp16(st + L::SR + r * WG_RS_MX + c * 16,
+                for (int c = 0; c < CPP; c++)
+                    qplug_cuda__moe_wg_cp16(st + L::SR + r * WG_RS_MX + (part * CPP + c) * 16,
                                             wsrc + kb * 64 + c * 16, true);
-                qplug_cuda__moe_wg_cp4(st + L::SW + 4 * r, ssrc + kb * 4, true);
+                qplug_cuda__moe_wg_cp4(st + L::SW + 4 * pi, ssrc + kb * 4, true);
             }
 #pragma unroll
-            for (int i = 0; i < (NC * 8 + 127) / 128; i++) {
-                int q = wt + i * 128, tr = q >> 3, c = q & 7;
+            for (int i = 0; i < (NC * 8 + WS_PT - 1) / WS_PT; i++) {
+                int q = pi + i * WS_PT, tr = q >> 3, c = q & 7;
                 if (tr >= NC)
                     break;
                 int64_t ar = arow[tr];
                 const uint8_t *src = p.a + (ar >= 0 ? ar : 0) * p.a_ld + kb * 128 + c * 16;
                 qplug_cuda__moe_wg_cp16(st + L::SB + qplug_cuda__moe_wg_off(tr, c), src, ar >= 0);
             }
-            if (wt < NC) {
-                int64_t ar = arow[wt];
+            if (pi < NC) {
+                int64_t ar = arow[pi];
                 const float *src = p.a_scale + kb * p.a_sld + (ar >= 0 ? ar : 0);
-                qplug_cuda__moe_wg_cp4(st + L::SAS + 4 * wt, src, ar >= 0);
+                qplug_cuda__moe_wg_cp4(st + L::SAS + 4 * pi, src, ar >= 0);
             }
         };
 
-        /* This thread's copies of slot s have landed: decode its row and
-         * publish the slot. */
+        /* This thread's copies of slot s have landed: decode its part of
+         * its row and publish the slot. */
         auto finish = [&](int s) {
             uint8_t *st = sm + s * L::STAGE;
             if (WF == MOE_F_MX && QPLUG_MOE_WS_DIAG != 2) {
-                unsigned sw = *reinterpret_cast<const unsigned *>(st + L::SW + 4 * r);
+                unsigned sw = *reinterpret_cast<const unsigned *>(st + L::SW + 4 * pi);
                 int emax = qplug_cuda__moe_wg_emax(sw);
                 const uint8_t *rt = st + L::SR + r * WG_RS_MX;
 #pragma unroll
-                for (int g = 0; g < 4; g++) {
+                for (int gi = 0; gi < CPP; gi++) {
+                    int g = part * CPP + gi;
                     int tp = max(1, (int)((sw >> (8 * g)) & 0xffu) - emax + 12);
                     unsigned lo, hi, o[8];
                     qplug_cuda__moe_wg_fp4_table(tp, &lo, &hi);
@@ -235,8 +275,9 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
                     *reinterpret_cast<uint4 *>(st + L::SA + qplug_cuda__moe_wg_off(r, 2 * g + 1)) =
                         make_uint4(o[4], o[5], o[6], o[7]);
                 }
-                *reinterpret_cast<float *>(st + L::SW + 4 * r) =
-                    qplug_cuda__e8m0_dev((unsigned)emax) * 0.015625f;
+                if (part == 0)
+                    *reinterpret_cast<float *>(st + L::SW + 4 * r) =
+                        qplug_cuda__e8m0_dev((unsigned)emax) * 0.015625f;
             }
             qplug_cuda__moe_wg_fence_async();
             qplug_cuda__moe_ws_arrive(&full[s]);
@@ -267,7 +308,7 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
 
     /* ---------------------------------------------------- consumers */
     if (QPLUG_MOE_WS_SETMAXNREG)
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"((int)WS_CREG) : "memory");
     int warp_in = wt >> 5, lane = tid & 31;
     int m0 = warp_in * 16 + (lane >> 2), c0 = (lane & 3) * 2;
     float acc[NC / 2], tmp[NC / 2];
@@ -281,6 +322,16 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
         qplug_cuda__moe_ws_wait(&full[s], (unsigned)((kb / L::S) & 1));
         uint64_t da = qplug_cuda__moe_wg_desc(st + L::SA + wg * 8192);
         uint64_t db = qplug_cuda__moe_wg_desc(st + L::SB);
+        /* Ping-pong: warpgroup 0 issues after warpgroup 1 has issued the
+         * previous block's wgmmas, warpgroup 1 after warpgroup 0 has issued
+         * this block's, so the tensor cores run them alternately and each
+         * warpgroup promotes while the other's wgmmas run. */
+        if (QPLUG_MOE_WS_PINGPONG) {
+            if (wg == 0 && kb > 0)
+                qplug_cuda__moe_ws_turn_wait(2);
+            else if (wg == 1)
+                qplug_cuda__moe_ws_turn_wait(3);
+        }
         qplug_cuda__moe_wg_fence();
         if (QPLUG_MOE_WS_DIAG != 1) {
 #pragma unroll
@@ -288,6 +339,8 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
                 qplug_cuda__moe_ws_mma<NC>(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
         }
         qplug_cuda__moe_wg_commit_mma();
+        if (QPLUG_MOE_WS_PINGPONG)
+            qplug_cuda__moe_ws_turn_give(wg == 0 ? 3 : 2);
 
         /* Scales of this block (read while the wgmmas run). */
         const float *wsc = reinterpret_cast<const float *>(st + L::SW);
@@ -318,6 +371,10 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
             acc[4 * j + 3] = fmaf(tmp[4 * j + 3] * ts[j].y, w1, acc[4 * j + 3]);
         }
     }
+
+    /* Warpgroup 1's last turn signal has no wait in the loop. */
+    if (QPLUG_MOE_WS_PINGPONG && wg == 0 && nk > 0)
+        qplug_cuda__moe_ws_turn_wait(2);
 
     if (DUAL) {
         /* Warpgroup 1 hands u to warpgroup 0 through slot 0 (every wgmma

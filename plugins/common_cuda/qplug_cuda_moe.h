@@ -106,9 +106,10 @@ typedef struct qplug_cuda__moe_weights {
     float swiglu_limit; /* L; <= 0 disables the clamp */
     /* Set to 1 by qplug_cuda__moe_prepare when the wgmma kernels take
      * these experts (0, e.g. from a zeroed struct: the mma.sync kernels).
-     * 1 runs the warp-specialized wgmma kernel (v4, moe_ws.cuh); tests and
-     * benches may set 2 after prepare to run the v3 kernel (moe_wgmma.cuh)
-     * instead, which gives bit-identical results. */
+     * 1 lets the forward pick between the v3 kernel (moe_wgmma.cuh) and
+     * the warp-specialized v4 kernel (moe_ws.cuh) from the host shapes;
+     * tests and benches may set 2 (v3) or 3 (v4) after prepare. Both give
+     * bit-identical results. */
     int32_t wgmma_ready;
 } qplug_cuda__moe_weights;
 

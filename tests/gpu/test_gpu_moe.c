@@ -823,7 +823,7 @@ static void test_v4_vs_v3(qplug_cuda__moe_wfmt fmt)
         uint16_t *y[2];
         for (int w4a4 = 0; w4a4 < (fp8 ? 1 : 2); w4a4++) {
             for (int v = 0; v < 2; v++) {
-                desc.wgmma_ready = v ? 2 : 1;
+                desc.wgmma_ready = v ? 2 : 3;
                 cudaMemset(dy, 0xff, (size_t)(m * D) * 2);
                 qplug_status st;
                 if (w4a4) {
@@ -952,11 +952,11 @@ static int bench(void)
             return 1;
         }
         int ready = desc.wgmma_ready;
-        /* Runs: 64 and 4096 tokens on the default kernels, then, when the
-         * wgmma kernels took the experts, on the v3 wgmma kernel. */
+        /* Runs: 64 and 4096 tokens on the v3 and then the v4 wgmma kernel
+         * when they took the experts, else on the mma.sync ones. */
         for (int mi = 0; mi < (ready ? 4 : 2); mi++) {
             int64_t m = ms[mi & 1];
-            desc.wgmma_ready = mi < 2 ? ready : 2;
+            desc.wgmma_ready = ready ? (mi < 2 ? 2 : 3) : 0;
             uint16_t *x = make_x(m, D, 1.0);
             int32_t *ids = malloc((size_t)(m * K) * 4);
             float *wts = malloc((size_t)(m * K) * 4);
@@ -1077,13 +1077,15 @@ int main(int argc, char **argv)
         test_moe(&ex, 7, 0, 0);
         test_moe(&ex, 300, 0, 0);
         test_moe(&ex, 300, 0, 1);
-        /* And on the v3 wgmma kernel. */
-        if (ready) {
-            ex.desc.wgmma_ready = 2;
+        /* And on each wgmma kernel by force (2: v3, 3: v4). */
+        for (int v = 2; ready && v <= 3; v++) {
+            ex.desc.wgmma_ready = v;
             test_moe(&ex, 7, 0, 0);
             test_moe(&ex, 300, 1, 1);
-            if (f == QPLUG_CUDA_MOE_MXFP4)
+            if (f == QPLUG_CUDA_MOE_MXFP4) {
+                test_w4a4(&ex, 1, 0);
                 test_w4a4(&ex, 300, 0);
+            }
         }
         ex.desc.wgmma_ready = ready;
         if (f != QPLUG_CUDA_MOE_FP8) {
