@@ -97,30 +97,33 @@ static __device__ __forceinline__ void qplug_cuda__gemv_sa(float sa[NT][2], cons
         }
 }
 
-/* One FP8 k-block: a holds rows g, g+8 (r) and halves h of this lane, xw
- * its activation words (qplug_cuda__gemv_acts) and sa the scales of its two
- * output columns per token tile. */
-template <int NT>
-static __device__ __forceinline__ void qplug_cuda__gemv_fp8_step(float tot[NT][4],
-                                                                 const unsigned a[2][2][4],
+/* One FP8 k-block: a[rt] holds rows g, g+8 (r) of row tile rt and halves
+ * h of this lane, xw its activation words (qplug_cuda__gemv_acts) and sa
+ * the scales of its two output columns per token tile. The RT row tiles
+ * share one 128-row block of weight scales (sw) and the activation words. */
+template <int NT, int RT>
+static __device__ __forceinline__ void qplug_cuda__gemv_fp8_step(float tot[RT][NT][4],
+                                                                 const unsigned a[RT][2][2][4],
                                                                  const unsigned xw[NT][8],
                                                                  const float sa[NT][2], float sw)
 {
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-        float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-        for (int h = 0; h < 2; h++)
+        for (int nt = 0; nt < NT; nt++) {
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-            for (int i = 0; i < 2; i++)
-                qplug_cuda__mma_e4m3(c, a[0][h][2 * i], a[1][h][2 * i], a[0][h][2 * i + 1],
-                                     a[1][h][2 * i + 1], xw[nt][4 * h + 2 * i],
-                                     xw[nt][4 * h + 2 * i + 1]);
-        tot[nt][0] += c[0] * sw * sa[nt][0];
-        tot[nt][1] += c[1] * sw * sa[nt][1];
-        tot[nt][2] += c[2] * sw * sa[nt][0];
-        tot[nt][3] += c[3] * sw * sa[nt][1];
-    }
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+                    qplug_cuda__mma_e4m3(c, a[rt][0][h][2 * i], a[rt][1][h][2 * i],
+                                         a[rt][0][h][2 * i + 1], a[rt][1][h][2 * i + 1],
+                                         xw[nt][4 * h + 2 * i], xw[nt][4 * h + 2 * i + 1]);
+            tot[rt][nt][0] += c[0] * sw * sa[nt][0];
+            tot[rt][nt][1] += c[1] * sw * sa[nt][1];
+            tot[rt][nt][2] += c[2] * sw * sa[nt][0];
+            tot[rt][nt][3] += c[3] * sw * sa[nt][1];
+        }
 }
 
 /* The element offset, within a k-block, of activation word i (4 E4M3
@@ -421,31 +424,36 @@ static __device__ __forceinline__ float qplug_cuda__e8m0_sel(unsigned b)
     return __uint_as_float((b << 23) | edge);
 }
 
-/* One FP4 k-block on the F16 tensor cores: a holds the repacked 16 bytes of
- * rows g, g+8 (r), sc their 4 (MXFP4) or 8 (NVFP4) scale bytes of the block.
- * Word s of a row is this lane's part of 32-slot s: elements 4t..4t+3 and
- * 16+4t..16+4t+3 of the slot. The decode pairs element j with j + 4 of the
- * word, so one m16n8k16 takes the pairs (0,4) and (1,5) and a second one
- * (2,6) and (3,7); the activations are paired the same way (a byte permute
- * before the E4M3 -> F16 conversion), which is all the dot product needs.
+/* One FP4 k-block on the F16 tensor cores: a[rt] holds the repacked 16
+ * bytes of rows g, g+8 (r) of row tile rt, sc[rt] their 4 (MXFP4) or 8
+ * (NVFP4) scale bytes of the block. Word s of a row is this lane's part of
+ * 32-slot s: elements 4t..4t+3 and 16+4t..16+4t+3 of the slot. The decode
+ * pairs element j with j + 4 of the word, so one m16n8k16 takes the pairs
+ * (0,4) and (1,5) and a second one (2,6) and (3,7); the activations are
+ * paired the same way (a byte permute before the E4M3 -> F16 conversion),
+ * which is all the dot product needs. The activation fragments of a slot
+ * are converted once and serve all RT row tiles: with RT = 2 that
+ * conversion is paid once per 32 rows instead of once per 16.
  * NVFP4 folds the per-16 E4M3 scale into the F16 weight: e2m1 * s * 2^-14
  * has at most 5 significant bits, lies below 0.17 and is a multiple of
  * 2^-24, so it is an F16 exactly and the whole k-block runs in one
  * accumulator. MXFP4 scales (E8M0, out of F16 range) multiply the fp32
  * result of each slot. */
-template <int NT, bool NV>
-static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[NT][4],
-                                                                 const unsigned a[2][4],
-                                                                 const uint2 sc[2],
+template <int NT, int RT, bool NV>
+static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[RT][NT][4],
+                                                                 const unsigned a[RT][2][4],
+                                                                 const uint2 sc[RT][2],
                                                                  const unsigned xw[NT][8],
                                                                  const float sa[NT][2])
 {
-    float acc[NT][4];
+    float acc[RT][NT][4];
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++)
+    for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-            acc[nt][i] = 0.0f;
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                acc[rt][nt][i] = 0.0f;
 #pragma unroll
     for (int s = 0; s < 4; s++) {
         unsigned b[NT][4];
@@ -458,51 +466,56 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[NT][4
             b[nt][2] = qplug_cuda__e4m3x2_to_f16x2(hi);
             b[nt][3] = qplug_cuda__e4m3x2_to_f16x2(hi >> 16);
         }
-        unsigned r0[4], r1[4];
-        qplug_cuda__fp4x8_to_f16(a[0][s], r0);
-        qplug_cuda__fp4x8_to_f16(a[1][s], r1);
-        if (NV) {
-            /* Bytes 2s and 2s+1 of the row's 8 scale bytes: the groups of
-             * the low and the high halves. */
-            unsigned w0 = s < 2 ? sc[0].x : sc[0].y;
-            unsigned w1 = s < 2 ? sc[1].x : sc[1].y;
-            int sh = (s & 1) * 16;
-            unsigned s0 = qplug_cuda__e4m3x2_to_f16x2(w0 >> sh);
-            unsigned s1 = qplug_cuda__e4m3x2_to_f16x2(w1 >> sh);
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                r0[j] = qplug_cuda__hmul2(r0[j], s0);
-                r1[j] = qplug_cuda__hmul2(r1[j], s1);
-            }
+        for (int rt = 0; rt < RT; rt++) {
+            unsigned r0[4], r1[4];
+            qplug_cuda__fp4x8_to_f16(a[rt][0][s], r0);
+            qplug_cuda__fp4x8_to_f16(a[rt][1][s], r1);
+            if (NV) {
+                /* Bytes 2s and 2s+1 of the row's 8 scale bytes: the groups
+                 * of the low and the high halves. */
+                unsigned w0 = s < 2 ? sc[rt][0].x : sc[rt][0].y;
+                unsigned w1 = s < 2 ? sc[rt][1].x : sc[rt][1].y;
+                int sh = (s & 1) * 16;
+                unsigned s0 = qplug_cuda__e4m3x2_to_f16x2(w0 >> sh);
+                unsigned s1 = qplug_cuda__e4m3x2_to_f16x2(w1 >> sh);
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                qplug_cuda__mma_f16(acc[nt], r0[0], r1[0], r0[1], r1[1], b[nt][0],
-                                    b[nt][1]);
-                qplug_cuda__mma_f16(acc[nt], r0[2], r1[2], r0[3], r1[3], b[nt][2],
-                                    b[nt][3]);
-            }
-        } else {
-            float s0 = qplug_cuda__e8m0_sel((sc[0].x >> (8 * s)) & 0xffu);
-            float s1 = qplug_cuda__e8m0_sel((sc[1].x >> (8 * s)) & 0xffu);
+                for (int j = 0; j < 4; j++) {
+                    r0[j] = qplug_cuda__hmul2(r0[j], s0);
+                    r1[j] = qplug_cuda__hmul2(r1[j], s1);
+                }
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                qplug_cuda__mma_f16(c, r0[0], r1[0], r0[1], r1[1], b[nt][0], b[nt][1]);
-                qplug_cuda__mma_f16(c, r0[2], r1[2], r0[3], r1[3], b[nt][2], b[nt][3]);
-                acc[nt][0] += c[0] * s0;
-                acc[nt][1] += c[1] * s0;
-                acc[nt][2] += c[2] * s1;
-                acc[nt][3] += c[3] * s1;
+                for (int nt = 0; nt < NT; nt++) {
+                    qplug_cuda__mma_f16(acc[rt][nt], r0[0], r1[0], r0[1], r1[1], b[nt][0],
+                                        b[nt][1]);
+                    qplug_cuda__mma_f16(acc[rt][nt], r0[2], r1[2], r0[3], r1[3], b[nt][2],
+                                        b[nt][3]);
+                }
+            } else {
+                float s0 = qplug_cuda__e8m0_sel((sc[rt][0].x >> (8 * s)) & 0xffu);
+                float s1 = qplug_cuda__e8m0_sel((sc[rt][1].x >> (8 * s)) & 0xffu);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    qplug_cuda__mma_f16(c, r0[0], r1[0], r0[1], r1[1], b[nt][0], b[nt][1]);
+                    qplug_cuda__mma_f16(c, r0[2], r1[2], r0[3], r1[3], b[nt][2], b[nt][3]);
+                    acc[rt][nt][0] += c[0] * s0;
+                    acc[rt][nt][1] += c[1] * s0;
+                    acc[rt][nt][2] += c[2] * s1;
+                    acc[rt][nt][3] += c[3] * s1;
+                }
             }
         }
     }
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-        tot[nt][0] += acc[nt][0] * sa[nt][0];
-        tot[nt][1] += acc[nt][1] * sa[nt][1];
-        tot[nt][2] += acc[nt][2] * sa[nt][0];
-        tot[nt][3] += acc[nt][3] * sa[nt][1];
-    }
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            tot[rt][nt][0] += acc[rt][nt][0] * sa[nt][0];
+            tot[rt][nt][1] += acc[rt][nt][1] * sa[nt][1];
+            tot[rt][nt][2] += acc[rt][nt][2] * sa[nt][0];
+            tot[rt][nt][3] += acc[rt][nt][3] * sa[nt][1];
+        }
 }
 
 /* Compile-time tunables (the bench builds variants with -D): the number of
@@ -516,6 +529,36 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[NT][4
 #endif
 #ifndef QPLUG_GEMV_U_FP4
 #define QPLUG_GEMV_U_FP4 4
+#endif
+
+/* Two row tiles per warp (RT = 2, 32 rows): the activation words, their
+ * fused quantization and, for FP4, their F16 conversion then serve twice
+ * the weight bytes. The k-blocks in flight per warp for RT = 2 (the same
+ * weight bytes in flight as RT = 1 with half the k-blocks), and where RT = 2
+ * is used, for n % 32 == 0 only: 0 never, 1 on the 4-warp (wide) launches,
+ * 2 on every launch. Compile-time tunables for the bench; FP8 and FP4
+ * separately. */
+#ifndef QPLUG_GEMV_U_FP8_RT2
+#define QPLUG_GEMV_U_FP8_RT2 1
+#endif
+#ifndef QPLUG_GEMV_U_FP4_RT2
+#define QPLUG_GEMV_U_FP4_RT2 2
+#endif
+/* The same for two token tiles (m > 8), where U = 2 spills at 128
+ * registers. */
+#ifndef QPLUG_GEMV_U_FP4_RT2_NT2
+#define QPLUG_GEMV_U_FP4_RT2_NT2 1
+#endif
+#ifndef QPLUG_GEMV_RT2_FP8
+#define QPLUG_GEMV_RT2_FP8 1
+#endif
+#ifndef QPLUG_GEMV_RT2_FP4
+#define QPLUG_GEMV_RT2_FP4 1
+#endif
+/* 16-warp blocks for two row tiles per warp without a cluster (1), or 8-warp
+ * blocks there too (0). A tunable. */
+#ifndef QPLUG_GEMV_W16
+#define QPLUG_GEMV_W16 1
 #endif
 
 /* Programmatic dependent launch (PDL): the kernel lets its dependents
@@ -535,16 +578,20 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[NT][4
 /* At most 128 registers (16 warps per multiprocessor at least): fewer
  * resident warps leave too few loads in flight. FQ: the fused kernel, which
  * reads BF16 x and quantizes it itself (qplug_cuda__gemv_acts). */
-template <int NT, int F, bool CL, int W, bool FQ>
+template <int NT, int F, bool CL, int W, bool FQ, int RT>
 __global__ void __launch_bounds__(W * 32, 16 / W)
     qplug_cuda__gemv_kernel(qplug_cuda__gemv_args p)
 {
-    constexpr int U = F == QPLUG_GEMV_FMT_FP8 ? QPLUG_GEMV_U_FP8 : QPLUG_GEMV_U_FP4;
+    constexpr int U = F == QPLUG_GEMV_FMT_FP8 ? (RT == 1 ? QPLUG_GEMV_U_FP8 : QPLUG_GEMV_U_FP8_RT2)
+                                              : RT == 1 ? QPLUG_GEMV_U_FP4
+                                              : NT == 1 ? QPLUG_GEMV_U_FP4_RT2
+                                                        : QPLUG_GEMV_U_FP4_RT2_NT2;
     constexpr bool NV = F == QPLUG_GEMV_FMT_NV;
-    __shared__ float red[W][16][NT * 8];
-    __shared__ float part[16 * NT * 8];
+    constexpr int R = 16 * RT; /* rows per block */
+    __shared__ float red[W][R][NT * 8];
+    __shared__ float part[R * NT * 8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    int64_t n0 = (int64_t)blockIdx.x * 16, k = p.k;
+    int64_t n0 = (int64_t)blockIdx.x * R, k = p.k;
     int m = p.m;
     int kbn = (int)(k / 128);
     /* This block's group: its weights, scales, activation and output
@@ -581,12 +628,14 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
             xrow[nt] = p.xq + jr * p.ldx + grp * k + (F == QPLUG_GEMV_FMT_FP8 ? 16 * t : 4 * t);
         }
     }
-    float tot[NT][4];
+    float tot[RT][NT][4];
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++)
+    for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-            tot[nt][i] = 0.0f;
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                tot[rt][nt][i] = 0.0f;
 
 #if QPLUG_GEMV_PDL > 0
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -594,26 +643,33 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
 #endif
 
     if (F == QPLUG_GEMV_FMT_FP8) {
-        const uint8_t *wrow[2];
+        /* The RT row tiles lie in one 128-row block of scales (R divides
+         * 128). */
+        const uint8_t *wrow[RT][2];
 #pragma unroll
-        for (int r = 0; r < 2; r++)
-            wrow[r] = p.w + (n0 + g + 8 * r) * k + 16 * t;
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                wrow[rt][r] = p.w + (n0 + 16 * rt + g + 8 * r) * k + 16 * t;
         const float *wscale = (const float *)p.w_scale + (n0 / 128) * kbn;
         for (int kb = kb0; kb < kb1; kb += U) {
-            unsigned a[U][2][2][4];
+            unsigned a[U][RT][2][2][4];
             float sw[U];
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 bool in = kb + u < kb1;
 #pragma unroll
-                for (int r = 0; r < 2; r++)
+                for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        uint4 v = make_uint4(0, 0, 0, 0);
-                        if (in)
-                            v = qplug_cuda__ld_stream(wrow[r] + (int64_t)(kb + u) * 128 + h * 64);
-                        qplug_cuda__u4(a[u][r][h], v);
-                    }
+                    for (int r = 0; r < 2; r++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            uint4 v = make_uint4(0, 0, 0, 0);
+                            if (in)
+                                v = qplug_cuda__ld_stream(wrow[rt][r] + (int64_t)(kb + u) * 128 +
+                                                          h * 64);
+                            qplug_cuda__u4(a[u][rt][r][h], v);
+                        }
                 sw[u] = in ? __ldg(wscale + kb + u) : 0.0f;
             }
 #pragma unroll
@@ -622,38 +678,44 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
                     unsigned xw[NT][8];
                     float sa[NT][2];
                     qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb + u, t);
-                    qplug_cuda__gemv_fp8_step<NT>(tot, a[u], xw, sa, sw[u]);
+                    qplug_cuda__gemv_fp8_step<NT, RT>(tot, a[u], xw, sa, sw[u]);
                 }
         }
     } else {
         const int sb = NV ? 8 : 4; /* scale bytes per row and 128-block */
-        const uint8_t *wrow[2], *srow[2];
+        const uint8_t *wrow[RT][2], *srow[RT][2];
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            int64_t row = n0 + g + 8 * r;
-            wrow[r] = p.w + row * (k / 2) + 16 * t;
-            srow[r] = (const uint8_t *)p.w_scale + row * kbn * sb;
-        }
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                int64_t row = n0 + 16 * rt + g + 8 * r;
+                wrow[rt][r] = p.w + row * (k / 2) + 16 * t;
+                srow[rt][r] = (const uint8_t *)p.w_scale + row * kbn * sb;
+            }
         for (int kb = kb0; kb < kb1; kb += U) {
-            unsigned a[U][2][4];
-            uint2 sc[U][2];
+            unsigned a[U][RT][2][4];
+            uint2 sc[U][RT][2];
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 bool in = kb + u < kb1;
 #pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    uint4 v = make_uint4(0, 0, 0, 0);
-                    uint2 s = make_uint2(0, 0);
-                    if (in) {
-                        v = qplug_cuda__ld_stream(wrow[r] + (int64_t)(kb + u) * 64);
-                        if (NV)
-                            s = __ldg(reinterpret_cast<const uint2 *>(srow[r] + (kb + u) * 8));
-                        else
-                            s.x = __ldg(reinterpret_cast<const unsigned *>(srow[r] + (kb + u) * 4));
+                for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        uint4 v = make_uint4(0, 0, 0, 0);
+                        uint2 s = make_uint2(0, 0);
+                        if (in) {
+                            v = qplug_cuda__ld_stream(wrow[rt][r] + (int64_t)(kb + u) * 64);
+                            if (NV)
+                                s = __ldg(reinterpret_cast<const uint2 *>(srow[rt][r] +
+                                                                          (kb + u) * 8));
+                            else
+                                s.x = __ldg(reinterpret_cast<const unsigned *>(srow[rt][r] +
+                                                                               (kb + u) * 4));
+                        }
+                        qplug_cuda__u4(a[u][rt][r], v);
+                        sc[u][rt][r] = s;
                     }
-                    qplug_cuda__u4(a[u][r], v);
-                    sc[u][r] = s;
-                }
             }
 #pragma unroll
             for (int u = 0; u < U; u++)
@@ -661,14 +723,16 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
                     unsigned xw[NT][8];
                     float sa[NT][2];
                     qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb + u, t);
-                    qplug_cuda__gemv_fp4_step<NT, NV>(tot, a[u], sc[u], xw, sa);
+                    qplug_cuda__gemv_fp4_step<NT, RT, NV>(tot, a[u], sc[u], xw, sa);
                 }
         }
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++)
+        for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-            for (int i = 0; i < 4; i++)
-                tot[nt][i] *= p.post;
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    tot[rt][nt][i] *= p.post;
     }
 
     /* Each warp parks its 16 x NT*8 partial tile in shared memory and the
@@ -678,15 +742,17 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
      * rank order (deterministic), reading the other blocks' shared memory,
      * and a second barrier keeps that memory alive until it has been read. */
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-        red[warp][g][nt * 8 + 2 * t] = tot[nt][0];
-        red[warp][g][nt * 8 + 2 * t + 1] = tot[nt][1];
-        red[warp][g + 8][nt * 8 + 2 * t] = tot[nt][2];
-        red[warp][g + 8][nt * 8 + 2 * t + 1] = tot[nt][3];
-    }
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            red[warp][16 * rt + g][nt * 8 + 2 * t] = tot[rt][nt][0];
+            red[warp][16 * rt + g][nt * 8 + 2 * t + 1] = tot[rt][nt][1];
+            red[warp][16 * rt + g + 8][nt * 8 + 2 * t] = tot[rt][nt][2];
+            red[warp][16 * rt + g + 8][nt * 8 + 2 * t + 1] = tot[rt][nt][3];
+        }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < 16 * m; idx += blockDim.x) {
-        int row = idx % 16, tok = idx / 16;
+    for (int idx = threadIdx.x; idx < R * m; idx += blockDim.x) {
+        int row = idx % R, tok = idx / R;
         float s = 0.0f;
 #pragma unroll
         for (int w = 0; w < W; w++)
@@ -700,7 +766,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
         cg::cluster_group cluster = cg::this_cluster();
         cluster.sync();
         int ranks = (int)cluster.num_blocks(), me = (int)cluster.block_rank();
-        for (int idx = me + ranks * (int)threadIdx.x; idx < 16 * m;
+        for (int idx = me + ranks * (int)threadIdx.x; idx < R * m;
              idx += ranks * (int)blockDim.x) {
             float v[QPLUG_GEMV_MAX_CLUSTER];
 #pragma unroll
@@ -710,7 +776,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
 #pragma unroll
             for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
                 s += v[r];
-            p.y[(int64_t)(idx / 16) * p.ldy + n0 + idx % 16] = __float2bfloat16_rn(s);
+            p.y[(int64_t)(idx / R) * p.ldy + n0 + idx % R] = __float2bfloat16_rn(s);
         }
         cluster.sync();
     }
@@ -732,12 +798,12 @@ static qplug_status qplug_cuda__gemv_check(const char *what, const void *w, cons
     return QPLUG_OK;
 }
 
-/* The cluster size: enough blocks per row tile that the launch holds about
- * QPLUG_GEMV_SPREAD warps per multiprocessor, at most 8, and no more than
- * leaves each warp one k-block. */
-static int qplug_cuda__gemv_cluster(int64_t n, int64_t k, int sms, int w)
+/* The cluster size: enough blocks per block of rows (`tiles` of them) that
+ * the launch holds about QPLUG_GEMV_SPREAD warps per multiprocessor, at
+ * most 8, and no more than leaves each warp one k-block. */
+static int qplug_cuda__gemv_cluster(int64_t tiles, int64_t k, int sms, int w)
 {
-    int64_t tiles = n / 16, kbn = k / 128;
+    int64_t kbn = k / 128;
     int64_t warps = tiles * w;
     int64_t c = ((int64_t)sms * QPLUG_GEMV_SPREAD + warps - 1) / warps;
     int64_t most = kbn / w;
@@ -755,27 +821,39 @@ static int qplug_cuda__gemv_cluster(int64_t n, int64_t k, int sms, int w)
  * blocks) or on 4-warp and M = 16 cluster launches. The likely cause: the
  * early-launched blocks take the slots that are free at that moment, so a
  * small grid piles onto few multiprocessors instead of spreading. */
-static bool qplug_cuda__gemv_pdl(int64_t n, int m, bool wide, int c, int sms)
+static bool qplug_cuda__gemv_pdl(int64_t blocks, int m, int w, int c, int sms)
 {
-    if (QPLUG_GEMV_PDL == 0 || wide)
+    if (QPLUG_GEMV_PDL == 0 || w == 4)
         return false;
     if (c > 1)
         return QPLUG_GEMV_PDL_CLUSTER != 0 && m <= 8;
-    return n / 16 * 10 >= (int64_t)2 * sms * 9;
+    /* The grid fills at least 90% of the 16 warp slots per multiprocessor
+     * (two blocks of 8 warps, or one of 16). */
+    return blocks * w * 10 >= (int64_t)16 * sms * 9;
 }
 
 /* The kernel instance for a launch: token tiles, block shape, fused
  * quantization. */
-template <int F, bool FQ>
-static void *qplug_cuda__gemv_pick(int m, bool wide, int c)
+template <int F, bool FQ, int RT>
+static void *qplug_cuda__gemv_pick_rt(int m, int w, int c)
 {
     if (m <= 8)
-        return wide    ? (void *)qplug_cuda__gemv_kernel<1, F, false, 4, FQ>
-               : c > 1 ? (void *)qplug_cuda__gemv_kernel<1, F, true, 8, FQ>
-                       : (void *)qplug_cuda__gemv_kernel<1, F, false, 8, FQ>;
-    return wide    ? (void *)qplug_cuda__gemv_kernel<2, F, false, 4, FQ>
-           : c > 1 ? (void *)qplug_cuda__gemv_kernel<2, F, true, 8, FQ>
-                   : (void *)qplug_cuda__gemv_kernel<2, F, false, 8, FQ>;
+        return w == 4  ? (void *)qplug_cuda__gemv_kernel<1, F, false, 4, FQ, RT>
+               : c > 1 ? (void *)qplug_cuda__gemv_kernel<1, F, true, 8, FQ, RT>
+                       : (void *)qplug_cuda__gemv_kernel<1, F, false, 8, FQ, RT>;
+    return w == 4  ? (void *)qplug_cuda__gemv_kernel<2, F, false, 4, FQ, RT>
+           : c > 1 ? (void *)qplug_cuda__gemv_kernel<2, F, true, 8, FQ, RT>
+                   : (void *)qplug_cuda__gemv_kernel<2, F, false, 8, FQ, RT>;
+}
+
+template <int F, bool FQ>
+static void *qplug_cuda__gemv_pick(int m, int w, int c, int rt)
+{
+    if (w == 16)
+        return m <= 8 ? (void *)qplug_cuda__gemv_kernel<1, F, false, 16, FQ, 2>
+                      : (void *)qplug_cuda__gemv_kernel<2, F, false, 16, FQ, 2>;
+    return rt == 2 ? qplug_cuda__gemv_pick_rt<F, FQ, 2>(m, w, c)
+                   : qplug_cuda__gemv_pick_rt<F, FQ, 1>(m, w, c);
 }
 
 /* Launches `groups` groups of the GEMV in one grid (blockIdx.z = group).
@@ -790,13 +868,31 @@ static cudaError_t qplug_cuda__sms(int *sms)
     return e;
 }
 
-/* The launch shape for `rows` rows of all groups: 4-warp blocks without a
- * cluster for wide layers (row tiles enough to fill every multiprocessor
- * several times over), else 8-warp blocks in clusters of *c. */
-static void qplug_cuda__gemv_geom(int64_t rows, int64_t k, int sms, bool *wide, int *c)
+/* The launch shape for `rows` rows of all groups (n per group) in format
+ * f: *rt row tiles of 16 per warp (QPLUG_GEMV_RT2_*), *w warps per block
+ * and clusters of *c blocks. Wide layers (16-row tiles enough to fill every
+ * multiprocessor several times over) get 4-warp blocks without a cluster.
+ * The others get 8-warp blocks in clusters, except that two row tiles per
+ * warp without a cluster take 16-warp blocks: the same warps per
+ * multiprocessor as two 8-warp blocks of one tile, on half the blocks, one
+ * per multiprocessor. */
+static void qplug_cuda__gemv_geom(int64_t rows, int64_t n, int64_t k, int f, int sms, bool *wide,
+                                  int *w, int *c, int *rt)
 {
+    int mode = f == QPLUG_GEMV_FMT_FP8 ? QPLUG_GEMV_RT2_FP8 : QPLUG_GEMV_RT2_FP4;
     *wide = rows / 16 >= (int64_t)QPLUG_GEMV_WIDE * sms;
-    *c = *wide ? 1 : qplug_cuda__gemv_cluster(rows, k, sms, 8);
+    *rt = n % 32 == 0 && (mode >= 2 || (mode == 1 && *wide)) ? 2 : 1;
+    *w = 4;
+    *c = 1;
+    if (*wide)
+        return;
+    int64_t tiles = rows / (16 * *rt);
+    *w = 8;
+    *c = qplug_cuda__gemv_cluster(tiles, k, sms, 8);
+    if (*rt == 2 && QPLUG_GEMV_W16 && qplug_cuda__gemv_cluster(tiles, k, sms, 16) == 1) {
+        *w = 16;
+        *c = 1;
+    }
 }
 
 /* The largest quantization load per multiprocessor at which the fused
@@ -815,12 +911,12 @@ static void qplug_cuda__gemv_geom(int64_t rows, int64_t k, int sms, bool *wide, 
 #define QPLUG_GEMV_FUSE_MAX 280
 #endif
 
-static bool qplug_cuda__gemv_fuses(int64_t rows, int64_t k, int m, int sms)
+static bool qplug_cuda__gemv_fuses(int64_t rows, int64_t n, int64_t k, int f, int m, int sms)
 {
     bool wide;
-    int c;
-    qplug_cuda__gemv_geom(rows, k, sms, &wide, &c);
-    int64_t tiles = rows / 16, blocks = tiles * c;
+    int w, c, rt;
+    qplug_cuda__gemv_geom(rows, n, k, f, sms, &wide, &w, &c, &rt);
+    int64_t tiles = rows / (16 * rt), blocks = tiles * c;
     int64_t busy = blocks < sms ? blocks : sms;
     int64_t units = m <= QPLUG_GEMV_COOP_M ? 2 * m : m <= 8 ? 3 : 6;
     return tiles * (k / 128) * units <= (int64_t)QPLUG_GEMV_FUSE_MAX * busy;
@@ -838,8 +934,8 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, int6
                                 cudaGetErrorString(e));
     int64_t rows = a.n * groups;
     bool wide;
-    int c;
-    qplug_cuda__gemv_geom(rows, a.k, sms, &wide, &c);
+    int w, c, rt;
+    qplug_cuda__gemv_geom(rows, a.n, a.k, F, sms, &wide, &w, &c, &rt);
     cudaLaunchAttribute attr[2];
     unsigned nattr = 0;
     if (c > 1) {
@@ -849,7 +945,7 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, int6
         attr[nattr].val.clusterDim.z = 1;
         nattr++;
     }
-    if (qplug_cuda__gemv_pdl(rows, a.m, wide, c, sms)) {
+    if (qplug_cuda__gemv_pdl(rows / (16 * rt), a.m, w, c, sms)) {
         /* The kernel's first global load follows griddepcontrol.wait, so it
          * may start while the previous kernel of the stream finishes. */
         attr[nattr].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -857,14 +953,14 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, int6
         nattr++;
     }
     cudaLaunchConfig_t cfg;
-    cfg.gridDim = dim3((unsigned)(a.n / 16), (unsigned)c, (unsigned)groups);
-    cfg.blockDim = dim3(wide ? 4 * 32 : 8 * 32);
+    cfg.gridDim = dim3((unsigned)(a.n / (16 * rt)), (unsigned)c, (unsigned)groups);
+    cfg.blockDim = dim3((unsigned)w * 32);
     cfg.dynamicSmemBytes = 0;
     cfg.stream = (cudaStream_t)stream;
     cfg.attrs = attr;
     cfg.numAttrs = nattr;
-    void *fn = fused ? qplug_cuda__gemv_pick<F, true>(a.m, wide, c)
-                     : qplug_cuda__gemv_pick<F, false>(a.m, wide, c);
+    void *fn = fused ? qplug_cuda__gemv_pick<F, true>(a.m, w, c, rt)
+                     : qplug_cuda__gemv_pick<F, false>(a.m, w, c, rt);
     void *args[1] = {(void *)&a};
     e = cudaLaunchKernelExC(&cfg, fn, args);
     if (e != cudaSuccess) {
@@ -949,8 +1045,9 @@ static size_t qplug_cuda__gemv_xq_bytes(int64_t m, int64_t k, int64_t groups, si
 /* Whether a call runs unfused: UNFUSED, or AUTO where fusion is predicted
  * slower; false when the device cannot be queried (fused is always
  * correct). */
-static bool qplug_cuda__gemv_unfused(qplug_cuda__scale_fmt act, int64_t m, int64_t n, int64_t k,
-                                     int64_t groups, qplug_cuda__gemv_path path)
+static bool qplug_cuda__gemv_unfused(qplug_cuda__gemv_fmt fmt, qplug_cuda__scale_fmt act,
+                                     int64_t m, int64_t n, int64_t k, int64_t groups,
+                                     qplug_cuda__gemv_path path)
 {
     if (path != QPLUG_CUDA_GEMV_AUTO)
         return path == QPLUG_CUDA_GEMV_UNFUSED;
@@ -958,7 +1055,10 @@ static bool qplug_cuda__gemv_unfused(qplug_cuda__scale_fmt act, int64_t m, int64
     if (qplug_cuda__sms(&sms) != cudaSuccess || sms < 1)
         return false;
     (void)act;
-    return !qplug_cuda__gemv_fuses(n * groups, k, (int)m, sms);
+    int f = fmt == QPLUG_CUDA_GEMV_FP8     ? QPLUG_GEMV_FMT_FP8
+            : fmt == QPLUG_CUDA_GEMV_MXFP4 ? QPLUG_GEMV_FMT_MX
+                                           : QPLUG_GEMV_FMT_NV;
+    return !qplug_cuda__gemv_fuses(n * groups, n, k, f, (int)m, sms);
 }
 
 extern "C" size_t qplug_cuda__gemv_bf16_scratch(qplug_cuda__gemv_fmt fmt,
@@ -966,9 +1066,8 @@ extern "C" size_t qplug_cuda__gemv_bf16_scratch(qplug_cuda__gemv_fmt fmt,
                                                 int64_t k, int64_t groups,
                                                 qplug_cuda__gemv_path path)
 {
-    (void)fmt;
     if (m < 1 || m > QPLUG_CUDA_GEMV_MAX_M || n < 16 || k < 128 || groups < 1 ||
-        !qplug_cuda__gemv_unfused(act, m, n, k, groups, path))
+        !qplug_cuda__gemv_unfused(fmt, act, m, n, k, groups, path))
         return 0;
     size_t off;
     return qplug_cuda__gemv_xq_bytes(m, k, groups, &off);
@@ -1012,7 +1111,7 @@ extern "C" qplug_status qplug_cuda__gemv_bf16(qplug_cuda__gemv_fmt fmt, const vo
                                 "%s: x must be 16-byte aligned with a row stride multiple of 8 "
                                 "(stride %lld)",
                                 what, (long long)ldx);
-    bool unfused = qplug_cuda__gemv_unfused(act, m, n, k, groups, path);
+    bool unfused = qplug_cuda__gemv_unfused(fmt, act, m, n, k, groups, path);
     if (unfused && (!scratch || (uintptr_t)scratch % 16 != 0)) {
         if (path == QPLUG_CUDA_GEMV_UNFUSED)
             return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,

@@ -9,14 +9,15 @@
 # with none, the defaults of gemv.cu. To build on a machine without a GPU and
 # run elsewhere: STEP=build with BIN=<dir> builds the binaries into BIN, then
 # STEP=run with the same BIN and variant flags runs them (default STEP=all
-# does both in a temporary BIN). $TAG names the version (default v6).
+# does both in a temporary BIN). $TAG names the version (default v7);
+# GEMV_BENCH_WAYS picks the timed ways (see gemv_bench.cu).
 set -eu -o pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 OUT=${1:-/tmp/gemv_bench}
 shift || true
 mkdir -p "$OUT"
-TAG=${TAG:-v6}
+TAG=${TAG:-v7}
 STEP=${STEP:-all}
 NVCC=${NVCC:-nvcc}
 B=${BIN:-$(mktemp -d)}

@@ -445,6 +445,9 @@ int main(void)
         run_case(f, fi == 2 ? 1 : 0, 3, 256, 512, 3, 8, 16);
         run_case(f, fi == 2 ? 0 : 1, 16, 128, 1024, 4, 8, 8);
         run_case(f, fi == 2 ? 0 : 1, 2, 1024, 512, 8, 0, 0);
+        /* Grouped and wide (8 x 1024 rows): two row tiles per warp, two
+         * token tiles. */
+        run_case(f, fi == 2 ? 0 : 1, 16, 1024, 256, 8, 8, 8);
         test_inf(f);
     }
     return test_done();

@@ -662,6 +662,19 @@ int main(void)
     test_fp4_gemv(0, 1, 6400, 1152);
     test_fp4_gemv(0, 12, 6400, 1152);
     test_fp4_gemv(1, 16, 6400, 1152);
+    /* Wide with two row tiles per warp (n % 32 == 0): an odd count of
+     * 32-row blocks (6432 = 201 x 32), and with n % 32 == 16 (6416), where
+     * the launch keeps one row tile per warp. NVFP4 with subnormal folded
+     * weights on the two-tile path too. */
+    test_fp8(lt, 1, 6432, 256, 1);
+    test_fp8(lt, 16, 6432, 256, 1);
+    test_fp8(lt, 9, 6416, 256, 1);
+    test_fp4_gemv(0, 1, 6432, 256);
+    test_fp4_gemv(0, 16, 6432, 256);
+    test_fp4_gemv(1, 1, 6432, 256);
+    test_fp4_gemv(1, 9, 6416, 256);
+    test_fp4_gemv_scales(1, 1, 1, 6432, 256);
+    test_fp4_gemv_scales(1, 1, 16, 6432, 256);
     /* n/16 = 256 row tiles (at least 90% of two blocks per multiprocessor
      * on an H200, fewer than 3 x 132): 8-warp blocks without a cluster,
      * launched with programmatic dependent launch; the FP4 cases follow
