@@ -67,7 +67,7 @@ for flags in "$@"; do
         continue ;;
     esac
     echo "== test, variant $i [$flags]" | tee -a "$OUT/test.log"
-    if timeout 40 "$B/test_$i" >>"$OUT/test.log" 2>&1; then
+    if timeout "${TEST_TIMEOUT:-40}" "$B/test_$i" >>"$OUT/test.log" 2>&1; then
         echo "test $i: PASS" | tee -a "$OUT/test.log"
         ok+=(1)
     else
@@ -84,7 +84,7 @@ if [ "${MEMCHECK:-0}" = 1 ] && [ "${ok[0]}" = 1 ]; then
 fi
 i=0
 for flags in "$@"; do
-    timeout 60 "$B/bench_$i" "$i" --diag >"$OUT/diag_$i.md" 2>&1 ||
+    timeout "${DIAG_TIMEOUT:-60}" "$B/bench_$i" "$i" --diag >"$OUT/diag_$i.md" 2>&1 ||
         echo "diag $i failed (rc $?)" >>"$OUT/diag_$i.md"
     i=$((i + 1))
 done
