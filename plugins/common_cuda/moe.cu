@@ -774,21 +774,24 @@ static void qplug_cuda__moe_wg_wf(int wf, const qplug_cuda__moe_gemm_args &a, in
 
 /* Which wgmma kernel runs (wgmma_ready 1: chosen here; 2: v3, 3: v4, for
  * tests and benches). Per weight format, QPLUG_MOE_V4_MX / _FP8 = 0: v3
- * always; 1: v4 when the experts average 16 routed rows or fewer
- * (decode); 2: v4 always. The defaults follow the H200 measurements in
- * bench/NOTES.md (v4 section). */
+ * always; 1: v4 only when the experts average 16 routed rows or fewer
+ * (decode); 2: v4 always; 3: v4 only above 16 rows per expert. The
+ * defaults follow the H200 run 2 of bench/NOTES.md (v4 section): v4 was
+ * faster for MXFP4 at 64 and 4096 tokens and for FP8 at 4096, v3 for FP8
+ * at 64 and 512. */
 #ifndef QPLUG_MOE_V4_MX
 #define QPLUG_MOE_V4_MX 2
 #endif
 #ifndef QPLUG_MOE_V4_FP8
-#define QPLUG_MOE_V4_FP8 2
+#define QPLUG_MOE_V4_FP8 3
 #endif
 static bool qplug_cuda__moe_use_v4(const qplug_cuda__moe_weights *w, int64_t R)
 {
     if (w->wgmma_ready == 2 || w->wgmma_ready == 3)
         return w->wgmma_ready == 3;
     int policy = w->fmt == QPLUG_CUDA_MOE_MXFP4 ? QPLUG_MOE_V4_MX : QPLUG_MOE_V4_FP8;
-    return policy == 2 || (policy == 1 && R <= (int64_t)16 * w->num_experts);
+    bool decode = R <= (int64_t)16 * w->num_experts;
+    return policy == 2 || (policy == 1 && decode) || (policy == 3 && !decode);
 }
 
 /* Raises the dynamic shared-memory limit of one kernel; false on failure. */

@@ -5,25 +5,29 @@
  * Same tiles and numerics as moe_wgmma.cuh (128 weight rows as the wgmma A
  * operand x up to 128 routed rows as B, both 128-byte swizzled K-major E4M3
  * tiles, MXFP4 folded per row and 128-block, one fp32 promotion per
- * 128-block), but the block has three warpgroups with fixed roles:
+ * 128-block), but the block's warpgroups have fixed roles:
  *
- *   - warpgroup 2 is the producer. Thread r owns weight row r: it cp.asyncs
- *     the row's raw 128-block (64 bytes of E2M1 and the E8M0 word, or 128
- *     bytes of E4M3 straight into the swizzled A tile), its share of the
- *     token rows and token scales, several 128-blocks ahead; when its own
- *     copies of a block have landed (cp.async.wait_group, so no barrier
- *     among the producers is needed) it decodes its row into the stage's A
- *     tile, writes the row's weight scale, fences for the async proxy and
- *     arrives on the stage's "full" mbarrier;
+ *   - warpgroups 2 (and 3) are producers. Thread (part, r) owns part of
+ *     weight row r: it cp.asyncs its share of the row's raw 128-block
+ *     (E2M1 bytes and the E8M0 word, or E4M3 bytes straight into the
+ *     swizzled A tile), of the token rows and token scales, several
+ *     128-blocks ahead; when its own copies of a block have landed
+ *     (cp.async.wait_group, so no barrier among the producers is needed)
+ *     it decodes them into the slot's A tile, writes the row's weight
+ *     scale, fences for the async proxy and arrives on the slot's "full"
+ *     mbarrier;
  *   - warpgroups 0 and 1 are consumers (64 weight rows each): wait "full",
- *     four wgmmas, wait for them, promote into the result, arrive "empty".
+ *     take their turn (named barriers: the tensor cores run the two
+ *     warpgroups' wgmmas alternately, so one promotes while the other's
+ *     run), four wgmmas, wait for them, arrive "empty", promote.
  *
- * There is no block-wide barrier in the main loop, so the two consumers
- * drift out of phase (one promotes while the other's wgmmas run) and the
- * producer's copies and decode overlap the tensor work. setmaxnreg moves
- * registers from the producer to the consumers (QPLUG_MOE_WS_SETMAXNREG=0
- * in bench builds leaves the split even). Stage slots hold the decoded A
- * tile, the B tile, the raw FP4 rows, weight and token scales. */
+ * There is no block-wide barrier in the main loop. setmaxnreg moves
+ * registers from the producers to the consumers (QPLUG_MOE_WS_SETMAXNREG=0
+ * in bench builds leaves the split even). Slots hold the decoded A tile,
+ * the B tile, the raw FP4 rows, weight and token scales. On H200 (run 2,
+ * bench/NOTES.md) this is 5-6% faster than v3 at 4096 tokens and still
+ * bound by the producers' side (copies and decode alone take 85% of the
+ * time). */
 #ifndef QPLUG_CUDA_MOE_WS_CUH
 #define QPLUG_CUDA_MOE_WS_CUH
 

@@ -36,7 +36,13 @@
  * activation scale * weight scale in fp32 (per 128 instead of per 32: the
  * same values, summed in a different order; the tensor cores' FP8 sums are
  * less precise than fp32, so the output error against an fp64 reference
- * grows from ~1.7e-3 to 2e-3..7e-3 on random data, H200). The W4A4 MXFP4
+ * grows from ~1.7e-3 to 2e-3..7e-3 on random data, H200). Two wgmma
+ * kernels share that tiling and give bit-identical results: v3
+ * (moe_wgmma.cuh, two warpgroups in lockstep) and v4 (moe_ws.cuh, two
+ * producer warpgroups copying and decoding into mbarrier-guarded slots for
+ * two consumer warpgroups that take turns on the tensor cores); the
+ * forward picks one per weight format and token count from the host
+ * shapes (moe.cu, qplug_cuda__moe_use_v4). The W4A4 MXFP4
  * path then first
  * unpacks the FP4 activations to E4M3 with the same fold; if some token's
  * 128-block cannot be folded exactly (an exponent more than 11 below the
