@@ -140,8 +140,9 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_turn_give(int id)
     asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
 }
 
-template <int NC> static __device__ __forceinline__ void qplug_cuda__moe_ws_mma(float *d, uint64_t da,
-                                                                              uint64_t db, int acc)
+template <int NC>
+static __device__ __forceinline__ void qplug_cuda__moe_ws_mma(float *d, uint64_t da, uint64_t db,
+                                                              int acc)
 {
     if (NC == 16)
         qplug_cuda__moe_wg_mma_n16(d, da, db, acc);
