@@ -30,9 +30,11 @@
  *
  * No thread that fences (the producers, before their codes are read by the
  * async proxy) or arrives on a barrier (the consumers) keeps a global load
- * in flight across a k-block: those instructions wait for it, which made
- * every k-block cost a memory latency (~1.2 us) in v1.1 and in both v2
- * device runs (bench/NOTES.md).
+ * in flight across a k-block, since those instructions wait for it. That
+ * was not the ~1 us per k-block of v1.1-v2.2, though: v3 run 1 timed the
+ * kernel without the fence at the same speed, the consumers alone at
+ * ~0.5-0.7 us and the producers alone at ~0.85 us per k-block
+ * (bench/NOTES.md, v3).
  *
  * The tile width 128 matches the weight scale tile, so one weight scale
  * serves a whole k-block of the tile. The two accumulators of a 64 x 128
@@ -71,13 +73,12 @@
 #ifndef QPLUG_WGMMA_PRODUCERS
 #define QPLUG_WGMMA_PRODUCERS 2
 #endif
-/* 1: one extra warp (the issuer) starts every TMA load and every bulk copy
- * to the peers, so that no thread that executes the producers' proxy fence
- * (MEMBAR.ALL.CTA in SASS) has an asynchronous copy of its own in flight;
- * 0: producer thread 0 issues them between its quantization and its fence
- * (v2.2). */
-#ifndef QPLUG_WGMMA_ISSUER
-#define QPLUG_WGMMA_ISSUER 0
+/* 1: producer thread 0 starts the weight TMA of every later k-block whose
+ * stage is already free (up to STAGES - 1 ahead of the producers), so the
+ * weights no longer wait for the producers' x; 0: one weight TMA per
+ * k-block when the producers reach it (v2.2). */
+#ifndef QPLUG_WGMMA_WAHEAD
+#define QPLUG_WGMMA_WAHEAD 1
 #endif
 /* Diagnostics for the bench only (wrong results): 1 consumers only (no x,
  * no quantization, no fence, no peer copies; the A tile is whatever shared
@@ -86,33 +87,14 @@
 #ifndef QPLUG_WGMMA_DIAG
 #define QPLUG_WGMMA_DIAG 0
 #endif
-/* Registers per thread at launch: all of the register file over the
- * block's threads, rounded down to the allocation unit of 8. */
-#define QPLUG__WG_LAUNCH_REGS                                                                   \
-    ((65536 / (128 * (2 + QPLUG_WGMMA_PRODUCERS) + 32 * QPLUG_WGMMA_ISSUER)) / 8 * 8)
-#if QPLUG_WGMMA_ISSUER
-#ifndef QPLUG_WGMMA_PROD_REGS
-#define QPLUG_WGMMA_PROD_REGS 80
-#endif
-#ifndef QPLUG_WGMMA_CONS_REGS
-#define QPLUG_WGMMA_CONS_REGS 160
-#endif
-#else
 #ifndef QPLUG_WGMMA_PROD_REGS
 #define QPLUG_WGMMA_PROD_REGS 88
 #endif
 #ifndef QPLUG_WGMMA_CONS_REGS
 #define QPLUG_WGMMA_CONS_REGS 168
 #endif
-#endif
-/* setmaxnreg.inc waits until the block's pool holds the registers, so the
- * split must add up to what the block was launched with (the issuer warp
- * keeps its launch registers). */
-static_assert(256 * (QPLUG_WGMMA_PROD_REGS + QPLUG_WGMMA_CONS_REGS) +
-                      32 * QPLUG_WGMMA_ISSUER * QPLUG__WG_LAUNCH_REGS ==
-                  (128 * (2 + QPLUG_WGMMA_PRODUCERS) + 32 * QPLUG_WGMMA_ISSUER) *
-                      QPLUG__WG_LAUNCH_REGS,
-              "producer, consumer and issuer registers must add up to the launch allocation");
+static_assert(QPLUG_WGMMA_PROD_REGS + QPLUG_WGMMA_CONS_REGS == 256,
+              "two producer and two consumer warpgroups share 65536 registers");
 #define QPLUG__WG_STR2(x) #x
 #define QPLUG__WG_STR(x) QPLUG__WG_STR2(x)
 #ifndef QPLUG_WGMMA_RASTER
@@ -125,9 +107,8 @@ enum {
     QPLUG_WG_BK = 128,
     QPLUG_WG_STAGES = QPLUG_WGMMA_STAGES,
     QPLUG_WG_PRODUCERS = QPLUG_WGMMA_PRODUCERS,
-    QPLUG_WG_ISSUER = QPLUG_WGMMA_ISSUER,
     QPLUG_WG_DIAG = QPLUG_WGMMA_DIAG,
-    QPLUG_WG_THREADS = 128 * (2 + QPLUG_WG_PRODUCERS) + 32 * QPLUG_WG_ISSUER,
+    QPLUG_WG_THREADS = 128 * (2 + QPLUG_WG_PRODUCERS),
 
     QPLUG_WG_TILE = QPLUG_WG_BM * QPLUG_WG_BK, /* bytes of one E4M3 tile */
     QPLUG_WG_RASTER = QPLUG_WGMMA_RASTER,       /* m-tiles per rasterization band */
@@ -343,12 +324,12 @@ template <int C> struct qplug__wg_split {
      * needs it; the slack is in SMEM): A and B stage rings, the x ring,
      * row scales per stage, the tile's weight scales (up to KMAX
      * k-blocks), then the barriers full, empty (per stage), xfull, xempty
-     * (per x slot), qdone (per stage, with the issuer warp). */
+     * (per x slot). */
     static constexpr int OFF_X = 2 * QPLUG_WG_STAGES * QPLUG_WG_TILE;
     static constexpr int OFF_SCALE = OFF_X + XS * XB;
     static constexpr int OFF_WTAB = OFF_SCALE + QPLUG_WG_STAGES * QPLUG_WG_BM * 4;
     static constexpr int OFF_BAR = OFF_WTAB + QPLUG_WG_KMAX * 4;
-    static constexpr int SMEM = OFF_BAR + (3 * QPLUG_WG_STAGES + 2 * XS) * 8 + 1024;
+    static constexpr int SMEM = OFF_BAR + (2 * QPLUG_WG_STAGES + 2 * XS) * 8 + 1024;
 };
 
 /* v / s rounded to nearest even, as the division of act_quant's F32 path,
@@ -448,7 +429,7 @@ __device__ __forceinline__ void qplug__wg_quant(const uint4 r[8 / C], uint8_t *a
 struct qplug__wg_prod {
     uint8_t *sa, *sb;
     float *sscale;
-    uint64_t *full, *empty, *qdone;
+    uint64_t *full, *empty;
     const CUtensorMap *wmap;
     int n_tile, rl, q, lane, wrow;
     unsigned nrank, mrank;
@@ -502,14 +483,13 @@ __device__ __forceinline__ void qplug__wg_copy_slice(const qplug__wg_prod &pp, i
 
 /* The producers' work on stage kb % STAGES once the thread holds its x
  * pieces r of k-block kb: wait until the stage is free in every CTA that
- * it is written into; without the issuer warp, thread 0 starts the weight
- * TMA (multicast with CM = 2); quantize the thread's pieces; copy the
- * slice's codes and scales to the peers (thread 0 for the whole slice, or
- * each warp for its rows; with the issuer warp, it copies once the
- * "qdone" barrier says the slice is written); arrive on "full". */
+ * it is written into; thread 0 starts the weight TMA (multicast with
+ * CM = 2); quantize the thread's pieces; copy the slice's codes and scales
+ * to the peers (thread 0 for the whole slice, or each warp for its rows);
+ * arrive on "full". */
 template <bool UE8M0, int C, int CM>
 __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, const uint4 r[8 / C],
-                                                  int kb)
+                                                  int kb, int kt, int &wnext)
 {
     typedef qplug__wg_split<C> S;
     int s = kb % QPLUG_WG_STAGES;
@@ -519,8 +499,19 @@ __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, cons
      * qplug__wg_bar_arrive_cluster): at cluster scope every wait also
      * invalidates L1 (CCTL.IVALL). */
     qplug__wg_bar_wait(&pp.empty[s], ((kb / QPLUG_WG_STAGES) & 1) ^ 1);
-    if (!QPLUG_WG_ISSUER && threadIdx.x == 0)
-        qplug__wg_issue_w<C, CM>(pp, kb);
+    if (threadIdx.x == 0) {
+        /* Weight k-block j goes into its stage once the k-block j - STAGES
+         * there is consumed everywhere ("empty"; then its "full" phase is
+         * complete too, so the arrival with the bytes lands in phase j).
+         * Block kb's stage was just waited for; later ones are only
+         * tested. "empty" cannot run a phase past the test: its next phase
+         * needs these weights. */
+        int last = QPLUG_WGMMA_WAHEAD ? min(kb + QPLUG_WG_STAGES - 1, kt - 1) : kb;
+        while (wnext <= last &&
+               (wnext <= kb || qplug__wg_bar_test(&pp.empty[wnext % QPLUG_WG_STAGES],
+                                                  ((wnext / QPLUG_WG_STAGES) & 1) ^ 1)))
+            qplug__wg_issue_w<C, CM>(pp, wnext++);
+    }
     if (QPLUG_WG_DIAG == 1) {
         qplug__wg_bar_arrive(&pp.full[s]);
         return;
@@ -529,15 +520,11 @@ __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, cons
     /* The codes were written by ordinary stores and are read next by the
      * tensor cores and the bulk copies (async proxy). The fence (MEMBAR +
      * FENCE.VIEW.ASYNC in SASS) also waits for every global load the
-     * thread has in flight, which is why no producer thread may have one:
-     * v2 run 2 measured ~1.2 us per k-block at every M while x was loaded
-     * into registers ahead of use, or a weight scale by cp.async. */
+     * thread has in flight, so no producer thread has one. Leaving the
+     * fence out changed the time by under 5% (v3 run 1, diagnostic 3). */
     if (QPLUG_WG_DIAG != 3)
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    if (QPLUG_WG_ISSUER) {
-        if (C > 1)
-            qplug__wg_bar_arrive(&pp.qdone[s]);
-    } else if (C > 1 && QPLUG_WGMMA_BIGCOPY) {
+    if (C > 1 && QPLUG_WGMMA_BIGCOPY) {
         /* All producer threads (named barrier 1) have written the slice;
          * thread 0 sends it whole: 2 (C - 1) bulk copies per k-block. */
         asm volatile("bar.sync 1, %0;\n" ::"n"(128 * QPLUG_WG_PRODUCERS) : "memory");
@@ -589,7 +576,7 @@ __device__ __forceinline__ void qplug__wg_issue_x(const CUtensorMap *xmap, uint8
  * stages (the C of its m-tile and the other CM - 1 of its n-tile),
  * 8 (C + CM - 1). C = CM = 1 is the kernel of v1.1. */
 template <bool UE8M0, int C, int CM>
-__global__ void __maxnreg__(QPLUG__WG_LAUNCH_REGS)
+__global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
     qplug__wg_kernel(const __grid_constant__ CUtensorMap wmap,
                      const __grid_constant__ CUtensorMap xmap, const qplug__wg_args args)
 {
@@ -609,7 +596,6 @@ __global__ void __maxnreg__(QPLUG__WG_LAUNCH_REGS)
     uint64_t *empty = full + QPLUG_WG_STAGES;
     uint64_t *xfull = empty + QPLUG_WG_STAGES;
     uint64_t *xempty = xfull + S::XS;
-    uint64_t *qdone = xempty + S::XS;
 
     /* Rasterization over clusters (CM x C tiles): bands of
      * QPLUG_WG_RASTER / CM cluster rows, m fastest inside a band, so the
@@ -638,14 +624,12 @@ __global__ void __maxnreg__(QPLUG__WG_LAUNCH_REGS)
             qplug__wg_bar_init(&full[s], 128 * QPLUG_WG_PRODUCERS + 1);
             qplug__wg_bar_init(&empty[s], 8 * (C + CM - 1));
         }
-        /* xfull: the issuing thread's arrival with the TMA bytes; xempty
-         * and qdone: every producer thread. */
+        /* xfull: thread 0's arrival with the TMA bytes; xempty: every
+         * producer thread. */
         for (int j = 0; j < S::XS; j++) {
             qplug__wg_bar_init(&xfull[j], 1);
             qplug__wg_bar_init(&xempty[j], 128 * QPLUG_WG_PRODUCERS);
         }
-        for (int s = 0; s < QPLUG_WG_STAGES; s++)
-            qplug__wg_bar_init(&qdone[s], 128 * QPLUG_WG_PRODUCERS);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&wmap) : "memory");
         asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&xmap) : "memory");
@@ -657,14 +641,13 @@ __global__ void __maxnreg__(QPLUG__WG_LAUNCH_REGS)
     else
         __syncthreads();
 
-    /* What producers and the issuer share about the CTA's tiles. */
+    /* What the producers need about the CTA's tiles. */
     qplug__wg_prod pp;
     pp.sa = sa;
     pp.sb = sb;
     pp.sscale = sscale;
     pp.full = full;
     pp.empty = empty;
-    pp.qdone = qdone;
     pp.wmap = &wmap;
     pp.n_tile = n_tile;
     pp.nrank = nrank;
@@ -686,10 +669,11 @@ __global__ void __maxnreg__(QPLUG__WG_LAUNCH_REGS)
         pp.rl = (int)nrank * S::SR + pt / S::LPR; /* row of the tile */
         pp.lane = pt & 31;
         pp.wrow = (int)nrank * S::SR + warp * S::WROWS; /* the warp's rows, sent to peers */
-        const bool own_x = !QPLUG_WG_ISSUER && QPLUG_WG_DIAG != 1;
+        const bool own_x = QPLUG_WG_DIAG != 1;
         if (own_x && pt == 0)
             for (int j = 0; j < S::XS - 1 && j < kt; j++)
                 qplug__wg_issue_x<C>(&xmap, xring, xfull, xempty, j, col0, row0);
+        int wnext = 0; /* thread 0: the next k-block whose weights to load */
         for (int kb = 0; kb < kt; kb++) {
             uint4 r[S::P];
             if (QPLUG_WG_DIAG != 1) {
@@ -705,42 +689,8 @@ __global__ void __maxnreg__(QPLUG__WG_LAUNCH_REGS)
                     r[j] = qplug__wg_lds16(xr + (pp.q + S::LPR * j) * 16);
                 qplug__wg_bar_arrive(&xempty[slot]);
             }
-            qplug__wg_produce<UE8M0, C, CM>(pp, r, kb);
+            qplug__wg_produce<UE8M0, C, CM>(pp, r, kb, kt, wnext);
         }
-    } else if (QPLUG_WG_ISSUER && threadIdx.x >= 128 * (QPLUG_WG_PRODUCERS + 2)) {
-        /* The issuer warp: lane 0 starts every asynchronous copy of the CTA
-         * and never fences, so no fence waits for a copy in flight. It polls
-         * (without blocking on any one barrier) for the next x slot freed by
-         * the producers, the next stage freed by the consumers of every CTA
-         * that writes into it, and the next slice finished by the producers,
-         * in k-block order for each. A barrier cannot run two phases ahead
-         * of its poll: each next phase needs what this thread issues. */
-        if ((threadIdx.x & 31) == 0) {
-            int xi = QPLUG_WG_DIAG == 1 ? kt : 0, wi = 0;
-            int ci = C > 1 && QPLUG_WG_DIAG != 1 ? 0 : kt;
-            while (xi < kt || wi < kt || ci < kt) {
-                if (xi < kt && (xi < S::XS || qplug__wg_bar_test(&xempty[xi % S::XS],
-                                                                 ((xi / S::XS) - 1) & 1))) {
-                    qplug__wg_bar_arrive_tx(&xfull[xi % S::XS], S::XB);
-                    qplug__wg_tma_load(xring + (xi % S::XS) * S::XB, &xmap,
-                                       col0 + xi * QPLUG_WG_BK, row0, &xfull[xi % S::XS]);
-                    xi++;
-                }
-                if (wi < kt &&
-                    (wi < QPLUG_WG_STAGES ||
-                     qplug__wg_bar_test(&empty[wi % QPLUG_WG_STAGES],
-                                        ((wi / QPLUG_WG_STAGES) - 1) & 1))) {
-                    qplug__wg_issue_w<C, CM>(pp, wi);
-                    wi++;
-                }
-                if (ci < kt && qplug__wg_bar_test(&qdone[ci % QPLUG_WG_STAGES],
-                                                  (ci / QPLUG_WG_STAGES) & 1)) {
-                    qplug__wg_copy_slice<C>(pp, ci);
-                    ci++;
-                }
-            }
-        }
-        __syncwarp();
     } else {
         /* Consumers. */
 #if QPLUG_WGMMA_PRODUCERS > 1

@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include <cublasLt.h>
@@ -199,8 +200,9 @@ static int run_diag(const char *tag)
         {"flash", "ffn.w13", 4096, 4096, 1},
         {"pro", "attn.wo_b", 7168, 16384, 1},
     };
-    printf("\n| variant | model | layer | M | N | K | CTAs | ours us | TFLOP/s | us per CTA k-block |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("\n| variant | model | layer | M | N | K | CTAs | ours us | TFLOP/s | us per CTA k-block "
+           "| host us per call |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const shape &sh : dshapes)
         for (int64_t m : {(int64_t)64, (int64_t)4096}) {
             point p;
@@ -216,12 +218,23 @@ static int run_diag(const char *tag)
             CK(cudaMalloc(&p.y, (size_t)(m * sh.n) * 2));
             CK(cudaDeviceSynchronize());
             double t = time_us(p, 0);
+            /* Host time per call (tensor-map encoding, attribute, launch),
+             * 20 calls enqueued without waiting: if it exceeds the GPU time,
+             * back-to-back calls are host-bound. */
+            auto h0 = std::chrono::steady_clock::now();
+            for (int r = 0; r < 20; r++)
+                call(p, 0, r);
+            double host = std::chrono::duration<double, std::micro>(
+                              std::chrono::steady_clock::now() - h0)
+                              .count() /
+                          20.0;
+            CK(cudaDeviceSynchronize());
             int64_t ctas = (m + 127) / 128 * (sh.n / 128), kt = sh.k / 128;
             double waves = ceil((double)ctas / 132.0);
-            printf("| %s | %s | %s | %lld | %lld | %lld | %lld | %.1f | %.0f | %.3f |\n", tag,
+            printf("| %s | %s | %s | %lld | %lld | %lld | %lld | %.1f | %.0f | %.3f | %.1f |\n", tag,
                    sh.model, sh.layer, (long long)m, (long long)sh.n, (long long)sh.k,
                    (long long)ctas, t, 2.0 * m * sh.n * sh.k / (t * 1e-6) / 1e12,
-                   t / (waves * (double)kt));
+                   t / (waves * (double)kt), host);
             fflush(stdout);
             CK(cudaFree(p.x.base));
             CK(cudaFree(p.w.base));

@@ -11,10 +11,10 @@
 # Each variant flag is a quoted list of -D options, e.g.
 # "-DQPLUG_WGMMA_STAGES=4 -DQPLUG_WGMMA_CLUSTER=4"; with none, the defaults.
 # Every variant is also timed by `gemm_wgmma_bench --diag` (ours alone,
-# three shapes at M = 64 and 4096, time per CTA k-block; diag_N.md); a
+# three shapes at M = 64 and 4096, time per CTA k-block; diag_all.md); a
 # variant whose flags name QPLUG_WGMMA_DIAG (diagnostic builds, wrong
 # results by design) gets only that. F32=N times variant N with F32
-# activation scales too (bench_f32.md, --quick).
+# activation scales too (--diag f32, rows "Nf32" of diag_all.md).
 # QUICK=1 times M = 512 and 4096 only for all but the first variant
 # (QUICK=all: for all); BENCH="i j" times only variants i and j;
 # MEMCHECK=1 runs
@@ -84,13 +84,13 @@ if [ "${MEMCHECK:-0}" = 1 ] && [ "${ok[0]}" = 1 ]; then
 fi
 i=0
 for flags in "$@"; do
-    timeout "${DIAG_TIMEOUT:-60}" "$B/bench_$i" "$i" --diag >"$OUT/diag_$i.md" 2>&1 ||
-        echo "diag $i failed (rc $?)" >>"$OUT/diag_$i.md"
+    timeout "${DIAG_TIMEOUT:-60}" "$B/bench_$i" "$i" --diag >>"$OUT/diag_all.md" 2>&1 ||
+        echo "diag $i failed (rc $?)" >>"$OUT/diag_all.md"
     i=$((i + 1))
 done
 if [ -n "${F32:-}" ] && [ "${ok[$F32]}" = 1 ]; then
-    timeout 120 "$B/bench_$F32" "$TAG (variant $F32, f32)" --quick f32 >"$OUT/bench_f32.md" 2>&1 ||
-        echo "f32 bench failed (rc $?)" >>"$OUT/bench_f32.md"
+    timeout "${DIAG_TIMEOUT:-60}" "$B/bench_$F32" "${F32}f32" --diag f32 >>"$OUT/diag_all.md" 2>&1 ||
+        echo "f32 diag failed (rc $?)" >>"$OUT/diag_all.md"
 fi
 i=0
 for flags in "$@"; do
@@ -156,16 +156,20 @@ done
 # brings back at most 8 files).
 i=0
 for flags in "$@"; do echo "diag variant $i: [$flags]"; i=$((i + 1)); done
-echo "| variant | model | layer | M | N | K | CTAs | ours us | TFLOP/s | us per CTA k-block |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
-for f in "$OUT"/diag_*.md; do
-    [ -f "$f" ] && { grep '^|' "$f" | grep -v -e '^| variant' -e '^|---' || cat "$f"; }
-done
-for kind in diag bench; do
-    for f in "$OUT"/${kind}_[0-9]*.md; do
-        [ -f "$f" ] || continue
-        echo "== $(basename "$f")"
-        cat "$f"
-        rm -f "$f"
-    done >"$OUT/${kind}_all.md"
-done
+echo "| variant | model | layer | M | N | K | CTAs | ours us | TFLOP/s | us per CTA k-block | host us |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+grep -e '^| [0-9]' -e 'failed' "$OUT/diag_all.md" || true
+for f in "$OUT"/bench_[0-9]*.md; do
+    [ -f "$f" ] || continue
+    echo "== $(basename "$f")"
+    cat "$f"
+    rm -f "$f"
+done >"$OUT/bench_all.md"
+# NCU_DIAG="i j": ncu stall statistics of variants i and j on the second
+# --diag point (Flash wq_a, M = 4096), into ncu_all.log.
+for i in ${NCU_DIAG:-}; do
+    echo "== ncu variant $i"
+    timeout 45 ncu --clock-control none --section SpeedOfLight --section WarpStateStats \
+        --section SchedulerStats -k regex:wg_kernel --launch-skip 23 -c 1 \
+        "$B/bench_$i" "ncu $i" --diag 2>&1 | grep -v '^| ' || echo "ncu: rc $?"
+done >"$OUT/ncu_all.log"
