@@ -3,11 +3,14 @@
  * once, so the kernel is built to keep many 16-byte streaming loads in
  * flight on every multiprocessor, whatever the shape:
  *
- * - A warp owns one tile of 16 weight rows (the mma's M side; the tokens are
- *   the mma's N side, 8 per tile, NT tiles) and one contiguous slice of the
- *   128-blocks of k. It issues the loads of U k-blocks at once (independent,
- *   unrolled) before it multiplies any of them.
- * - The k-blocks of a row tile are split over the W warps of a block and,
+ * - A warp owns one or two tiles of 16 weight rows (RT; the mma's M side;
+ *   the tokens are the mma's N side, 8 per tile, NT tiles) and one
+ *   contiguous slice of the 128-blocks of k. With two row tiles the
+ *   activation fragments serve twice the weight bytes. It issues the loads
+ *   of U k-blocks at once (independent, unrolled) before it multiplies any
+ *   of them.
+ * - The k-blocks of a block's rows are split over its W warps (4, 8 or 16)
+ *   and,
  *   for small n only, over the C blocks of a thread-block cluster (C up to
  *   8, chosen per launch from n, k and the multiprocessor count; cluster
  *   launches cost block-scheduling speed, so wide layers get none). The
@@ -533,10 +536,10 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[RT][N
 
 /* Two row tiles per warp (RT = 2, 32 rows): the activation words, their
  * fused quantization and, for FP4, their F16 conversion then serve twice
- * the weight bytes. The k-blocks in flight per warp for RT = 2 (the same
- * weight bytes in flight as RT = 1 with half the k-blocks), and where RT = 2
- * is used, for n % 32 == 0 only: 0 never, 1 on the 4-warp (wide) launches,
- * 2 on every launch. Compile-time tunables for the bench; FP8 and FP4
+ * the weight bytes. The k-blocks in flight per warp for RT = 2 (FP8 with
+ * one token tile; with two it is 1), and where RT = 2 is used, for n % 32
+ * == 0 only: 0 never, 1 on wide launches, 2 on every launch (see
+ * qplug_cuda__gemv_geom). Compile-time tunables for the bench; FP8 and FP4
  * separately. */
 #ifndef QPLUG_GEMV_U_FP8_RT2
 #define QPLUG_GEMV_U_FP8_RT2 1
@@ -550,10 +553,16 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[RT][N
 #define QPLUG_GEMV_U_FP4_RT2_NT2 1
 #endif
 #ifndef QPLUG_GEMV_RT2_FP8
-#define QPLUG_GEMV_RT2_FP8 1
+#define QPLUG_GEMV_RT2_FP8 2
 #endif
 #ifndef QPLUG_GEMV_RT2_FP4
-#define QPLUG_GEMV_RT2_FP4 1
+#define QPLUG_GEMV_RT2_FP4 2
+#endif
+/* Wide launches whose 32-row blocks of 4 warps would fill less than 90% of
+ * the warp slots: 8-warp blocks of two row tiles (1) or one row tile per
+ * warp as in v6 (0). A tunable. */
+#ifndef QPLUG_GEMV_RT2_THIN
+#define QPLUG_GEMV_RT2_THIN 1
 #endif
 /* 16-warp blocks for two row tiles per warp without a cluster (1), or 8-warp
  * blocks there too (0). A tunable. */
@@ -582,7 +591,9 @@ template <int NT, int F, bool CL, int W, bool FQ, int RT>
 __global__ void __launch_bounds__(W * 32, 16 / W)
     qplug_cuda__gemv_kernel(qplug_cuda__gemv_args p)
 {
-    constexpr int U = F == QPLUG_GEMV_FMT_FP8 ? (RT == 1 ? QPLUG_GEMV_U_FP8 : QPLUG_GEMV_U_FP8_RT2)
+    constexpr int U = F == QPLUG_GEMV_FMT_FP8 ? (RT == 1 ? QPLUG_GEMV_U_FP8
+                                                 : NT == 1 ? QPLUG_GEMV_U_FP8_RT2
+                                                           : 1)
                                               : RT == 1 ? QPLUG_GEMV_U_FP4
                                               : NT == 1 ? QPLUG_GEMV_U_FP4_RT2
                                                         : QPLUG_GEMV_U_FP4_RT2_NT2;
@@ -821,9 +832,9 @@ static int qplug_cuda__gemv_cluster(int64_t tiles, int64_t k, int sms, int w)
  * blocks) or on 4-warp and M = 16 cluster launches. The likely cause: the
  * early-launched blocks take the slots that are free at that moment, so a
  * small grid piles onto few multiprocessors instead of spreading. */
-static bool qplug_cuda__gemv_pdl(int64_t blocks, int m, int w, int c, int sms)
+static bool qplug_cuda__gemv_pdl(int64_t blocks, int m, bool wide, int w, int c, int sms)
 {
-    if (QPLUG_GEMV_PDL == 0 || w == 4)
+    if (QPLUG_GEMV_PDL == 0 || wide)
         return false;
     if (c > 1)
         return QPLUG_GEMV_PDL_CLUSTER != 0 && m <= 8;
@@ -869,46 +880,74 @@ static cudaError_t qplug_cuda__sms(int *sms)
 }
 
 /* The launch shape for `rows` rows of all groups (n per group) in format
- * f: *rt row tiles of 16 per warp (QPLUG_GEMV_RT2_*), *w warps per block
- * and clusters of *c blocks. Wide layers (16-row tiles enough to fill every
- * multiprocessor several times over) get 4-warp blocks without a cluster.
- * The others get 8-warp blocks in clusters, except that two row tiles per
- * warp without a cluster take 16-warp blocks: the same warps per
- * multiprocessor as two 8-warp blocks of one tile, on half the blocks, one
- * per multiprocessor. */
+ * f: *rt row tiles of 16 per warp, *w warps per block and clusters of *c
+ * blocks; *wide marks the layers with 16-row tiles enough to fill every
+ * multiprocessor several times over (QPLUG_GEMV_WIDE). With one row tile
+ * (the v6 shapes): 4-warp blocks without a cluster for wide layers, else
+ * 8-warp blocks in clusters. Two row tiles (QPLUG_GEMV_RT2_*, n % 32 == 0)
+ * keep the warps per multiprocessor of that shape on half the row blocks,
+ * measured on the H200 (bench/results/h200_gemv_v7_run1.md):
+ * - wide: 4-warp blocks where they still fill 90% of the warp slots (Pro
+ *   wq_b, wo_a), else 8-warp blocks (QPLUG_GEMV_RT2_THIN; 4-warp blocks
+ *   there left half the slots empty: Pro wo_b fp8 32 -> 36 us);
+ * - clusters: twice the blocks per cluster, at most one k-block per warp
+ *   (Flash wq_a with the plain rule got 96 blocks instead of 128: slower);
+ * - no cluster: one 16-warp block per multiprocessor where the blocks fit
+ *   in one wave (QPLUG_GEMV_W16; Flash wo_b, w13, w2), else 8-warp blocks
+ *   (Pro w13: 192 16-warp blocks would take two waves). */
 static void qplug_cuda__gemv_geom(int64_t rows, int64_t n, int64_t k, int f, int sms, bool *wide,
                                   int *w, int *c, int *rt)
 {
     int mode = f == QPLUG_GEMV_FMT_FP8 ? QPLUG_GEMV_RT2_FP8 : QPLUG_GEMV_RT2_FP4;
-    *wide = rows / 16 >= (int64_t)QPLUG_GEMV_WIDE * sms;
-    *rt = n % 32 == 0 && (mode >= 2 || (mode == 1 && *wide)) ? 2 : 1;
-    *w = 4;
-    *c = 1;
-    if (*wide)
+    int64_t tiles = rows / 16, kbn = k / 128;
+    *wide = tiles >= (int64_t)QPLUG_GEMV_WIDE * sms;
+    *rt = 1;
+    *w = *wide ? 4 : 8;
+    *c = *wide ? 1 : qplug_cuda__gemv_cluster(tiles, k, sms, 8);
+    if (n % 32 != 0 || mode == 0 || (mode == 1 && !*wide))
         return;
-    int64_t tiles = rows / (16 * *rt);
-    *w = 8;
-    *c = qplug_cuda__gemv_cluster(tiles, k, sms, 8);
-    if (*rt == 2 && QPLUG_GEMV_W16 && qplug_cuda__gemv_cluster(tiles, k, sms, 16) == 1) {
-        *w = 16;
-        *c = 1;
+    int64_t blocks = tiles / 2;
+    if (*wide) {
+        if (blocks * 4 * 10 >= (int64_t)16 * sms * 9) {
+            *rt = 2;
+        } else if (QPLUG_GEMV_RT2_THIN) {
+            *rt = 2;
+            *w = 8;
+        }
+        return;
     }
+    *rt = 2;
+    if (*c > 1) {
+        int64_t c2 = 2 * (int64_t)*c, most = kbn / 8;
+        if (c2 > most)
+            c2 = most;
+        if (c2 > QPLUG_GEMV_MAX_CLUSTER)
+            c2 = QPLUG_GEMV_MAX_CLUSTER;
+        *c = c2 < 1 ? 1 : (int)c2;
+        return;
+    }
+    if (QPLUG_GEMV_W16 && blocks <= sms)
+        *w = 16;
 }
 
 /* The largest quantization load per multiprocessor at which the fused
- * kernel runs. The load is row tiles x k-blocks x the quantization work per
- * k-block, over the multiprocessors the grid occupies; the work is 2 units
- * per token for the warp-shared quantization (m <= QPLUG_GEMV_COOP_M), 3 per
- * token tile for the per-lane one. Fitted to the second H200 run of GEMV v6
- * (bench/results/h200_gemv_v6.md, fused and unfused timed separately): with
- * this threshold every layer at m = 1 and 16 runs the faster of the two
- * paths or one within 1.1 us of it. Fusion wins up to a load of about 250
- * (Flash wq_b/wo_b at m = 1, Flash w2 at m = 16) and loses from about 320
- * (Pro w13 at m = 1, Pro wq_a at m = 16): re-quantizing x in every block of
- * rows then costs more than the launch it saves. F32 activation scales cost
- * no more than UE8M0 here. A tunable. */
+ * kernel runs. The load is row tiles (of 16 * RT rows) x k-blocks x the
+ * quantization work per k-block, over the multiprocessors the grid
+ * occupies; the work is 2 units per token for the warp-shared quantization
+ * (m <= QPLUG_GEMV_COOP_M, limit QPLUG_GEMV_FUSE_MAX_COOP), 3 per token tile
+ * for the per-lane one (6 for m > 8, limit QPLUG_GEMV_FUSE_MAX). Fitted to
+ * the first H200 run of GEMV v7 (bench/results/h200_gemv_v7_run1.md, fused
+ * and unfused timed separately, RT = 2 wherever n % 32 == 0): at m = 1
+ * fusion wins up to a load of 372 (Pro wq_b) and loses from 434 (Pro wo_b);
+ * at m = 16 it wins up to 192 (Flash w13) and loses from 244 (Pro w2).
+ * Above that, re-quantizing x in every block of rows costs more than the
+ * act_quant launch it saves. F32 activation scales cost no more than UE8M0
+ * here. Tunables. */
+#ifndef QPLUG_GEMV_FUSE_MAX_COOP
+#define QPLUG_GEMV_FUSE_MAX_COOP 400
+#endif
 #ifndef QPLUG_GEMV_FUSE_MAX
-#define QPLUG_GEMV_FUSE_MAX 280
+#define QPLUG_GEMV_FUSE_MAX 220
 #endif
 
 static bool qplug_cuda__gemv_fuses(int64_t rows, int64_t n, int64_t k, int f, int m, int sms)
@@ -918,8 +957,10 @@ static bool qplug_cuda__gemv_fuses(int64_t rows, int64_t n, int64_t k, int f, in
     qplug_cuda__gemv_geom(rows, n, k, f, sms, &wide, &w, &c, &rt);
     int64_t tiles = rows / (16 * rt), blocks = tiles * c;
     int64_t busy = blocks < sms ? blocks : sms;
-    int64_t units = m <= QPLUG_GEMV_COOP_M ? 2 * m : m <= 8 ? 3 : 6;
-    return tiles * (k / 128) * units <= (int64_t)QPLUG_GEMV_FUSE_MAX * busy;
+    bool coop = m <= QPLUG_GEMV_COOP_M;
+    int64_t units = coop ? 2 * m : m <= 8 ? 3 : 6;
+    int64_t limit = coop ? QPLUG_GEMV_FUSE_MAX_COOP : QPLUG_GEMV_FUSE_MAX;
+    return tiles * (k / 128) * units <= limit * busy;
 }
 
 template <int F>
@@ -945,7 +986,7 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, int6
         attr[nattr].val.clusterDim.z = 1;
         nattr++;
     }
-    if (qplug_cuda__gemv_pdl(rows / (16 * rt), a.m, w, c, sms)) {
+    if (qplug_cuda__gemv_pdl(rows / (16 * rt), a.m, wide, w, c, sms)) {
         /* The kernel's first global load follows griddepcontrol.wait, so it
          * may start while the previous kernel of the stream finishes. */
         attr[nattr].id = cudaLaunchAttributeProgrammaticStreamSerialization;

@@ -448,6 +448,11 @@ int main(void)
         /* Grouped and wide (8 x 1024 rows): two row tiles per warp, two
          * token tiles. */
         run_case(f, fi == 2 ? 0 : 1, 16, 1024, 256, 8, 8, 8);
+        /* 16 groups of 1024 rows: 4-warp blocks of two row tiles. 6144
+         * rows: 8-warp blocks of two row tiles without a cluster. */
+        run_case(f, fi == 2 ? 0 : 1, 1, 1024, 256, 16, 0, 0);
+        run_case(f, fi == 2 ? 1 : 0, 16, 1024, 128, 16, 0, 8);
+        run_case(f, fi == 2 ? 0 : 1, 16, 6144, 256, 1, 0, 0);
         test_inf(f);
     }
     return test_done();

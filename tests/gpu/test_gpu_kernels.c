@@ -675,6 +675,17 @@ int main(void)
     test_fp4_gemv(1, 9, 6416, 256);
     test_fp4_gemv_scales(1, 1, 1, 6432, 256);
     test_fp4_gemv_scales(1, 1, 16, 6432, 256);
+    /* The other launch shapes of two row tiles per warp on an H200: wide
+     * enough for 4-warp blocks (16384 rows), and 6144 rows (192 blocks of 32
+     * rows, more than one per multiprocessor: 8-warp blocks without a
+     * cluster). */
+    test_fp8(lt, 1, 16384, 256, 1);
+    test_fp8(lt, 16, 16384, 256, 1);
+    test_fp4_gemv(0, 16, 16384, 256);
+    test_fp4_gemv(1, 1, 16384, 256);
+    test_fp8(lt, 16, 6144, 512, 1);
+    test_fp4_gemv(0, 1, 6144, 512);
+    test_fp4_gemv(1, 16, 6144, 512);
     /* n/16 = 256 row tiles (at least 90% of two blocks per multiprocessor
      * on an H200, fewer than 3 x 132): 8-warp blocks without a cluster,
      * launched with programmatic dependent launch; the FP4 cases follow
