@@ -76,9 +76,19 @@
 /* 1: producer thread 0 starts the weight TMA of every later k-block whose
  * stage is already free (up to STAGES - 1 ahead of the producers), so the
  * weights no longer wait for the producers' x; 0: one weight TMA per
- * k-block when the producers reach it (v2.2). */
+ * k-block when the producers reach it (v2.2). Correct either way, but 1
+ * measured ~40% slower on H200 at every M, and ~15% slower with the
+ * consumers alone (v3 run 2, not explained; bench/NOTES.md), so 0. */
 #ifndef QPLUG_WGMMA_WAHEAD
-#define QPLUG_WGMMA_WAHEAD 1
+#define QPLUG_WGMMA_WAHEAD 0
+#endif
+/* 1: each producer warp arrives once (lane 0, after __syncwarp) on the
+ * "full" and "xempty" barriers instead of every producer thread: 16
+ * instead of 512 shared-memory barrier arrivals per k-block. The
+ * suspected cost after v3 run 2 (bench/NOTES.md, v3); not yet run on a
+ * GPU, hence 0. */
+#ifndef QPLUG_WGMMA_WARP_ARRIVE
+#define QPLUG_WGMMA_WARP_ARRIVE 0
 #endif
 /* Diagnostics for the bench only (wrong results): 1 consumers only (no x,
  * no quantization, no fence, no peer copies; the A tile is whatever shared
@@ -109,6 +119,9 @@ enum {
     QPLUG_WG_PRODUCERS = QPLUG_WGMMA_PRODUCERS,
     QPLUG_WG_DIAG = QPLUG_WGMMA_DIAG,
     QPLUG_WG_THREADS = 128 * (2 + QPLUG_WG_PRODUCERS),
+    /* Arrivals of the producers per k-block on "full" and "xempty". */
+    QPLUG_WG_PROD_ARRIVALS = QPLUG_WGMMA_WARP_ARRIVE ? 4 * QPLUG_WG_PRODUCERS
+                                                    : 128 * QPLUG_WG_PRODUCERS,
 
     QPLUG_WG_TILE = QPLUG_WG_BM * QPLUG_WG_BK, /* bytes of one E4M3 tile */
     QPLUG_WG_RASTER = QPLUG_WGMMA_RASTER,       /* m-tiles per rasterization band */
@@ -167,6 +180,21 @@ __device__ __forceinline__ bool qplug__wg_bar_test(uint64_t *bar, unsigned parit
                  : "r"(qplug__wg_smem_addr(bar)), "r"(parity)
                  : "memory");
     return done != 0;
+}
+
+/* A producer's arrival on a barrier that counts producers: every thread,
+ * or with QPLUG_WGMMA_WARP_ARRIVE lane 0 of each warp once the warp's
+ * lanes are done (their shared-memory accesses, and proxy fences, are
+ * ordered before lane 0's release by __syncwarp). */
+__device__ __forceinline__ void qplug__wg_prod_arrive(uint64_t *bar)
+{
+    if (QPLUG_WGMMA_WARP_ARRIVE) {
+        __syncwarp();
+        if ((threadIdx.x & 31) == 0)
+            qplug__wg_bar_arrive(bar);
+    } else {
+        qplug__wg_bar_arrive(bar);
+    }
 }
 
 /* TMA: the box at (k0, row0) of the weight tensor map into dst. */
@@ -513,7 +541,7 @@ __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, cons
             qplug__wg_issue_w<C, CM>(pp, wnext++);
     }
     if (QPLUG_WG_DIAG == 1) {
-        qplug__wg_bar_arrive(&pp.full[s]);
+        qplug__wg_prod_arrive(&pp.full[s]);
         return;
     }
     qplug__wg_quant<UE8M0, C>(r, a, asc, pp.rl, pp.q);
@@ -542,7 +570,7 @@ __device__ __forceinline__ void qplug__wg_produce(const qplug__wg_prod &pp, cons
                                        S::WROWS * 4, bar);
             }
     }
-    qplug__wg_bar_arrive(&pp.full[s]);
+    qplug__wg_prod_arrive(&pp.full[s]);
 }
 
 /* Thread 0 fills x slot j % XS with the slice rows of k-block j (the
@@ -570,8 +598,9 @@ __device__ __forceinline__ void qplug__wg_issue_x(const CUtensorMap *xmap, uint8
  * scales), into the same place of its peers' stages. The CM CTAs of one
  * n-tile share the weight tile: each loads 128 / CM of its rows by TMA
  * multicast into all of them. A stage's "full" barrier expects its own
- * producers (256 arrivals) and one arrival carrying the bytes of the
- * weight tile and of the C - 1 peer slices; its "empty" barrier takes one
+ * producers (256 arrivals, or 8 with QPLUG_WGMMA_WARP_ARRIVE) and one
+ * arrival carrying the bytes of the weight tile and of the C - 1 peer
+ * slices; its "empty" barrier takes one
  * arrival per consumer warp of every CTA that writes into this one's
  * stages (the C of its m-tile and the other CM - 1 of its n-tile),
  * 8 (C + CM - 1). C = CM = 1 is the kernel of v1.1. */
@@ -621,14 +650,14 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < QPLUG_WG_STAGES; s++) {
-            qplug__wg_bar_init(&full[s], 128 * QPLUG_WG_PRODUCERS + 1);
+            qplug__wg_bar_init(&full[s], QPLUG_WG_PROD_ARRIVALS + 1);
             qplug__wg_bar_init(&empty[s], 8 * (C + CM - 1));
         }
         /* xfull: thread 0's arrival with the TMA bytes; xempty: every
-         * producer thread. */
+         * producer thread (or warp). */
         for (int j = 0; j < S::XS; j++) {
             qplug__wg_bar_init(&xfull[j], 1);
-            qplug__wg_bar_init(&xempty[j], 128 * QPLUG_WG_PRODUCERS);
+            qplug__wg_bar_init(&xempty[j], QPLUG_WG_PROD_ARRIVALS);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)&wmap) : "memory");
@@ -687,7 +716,7 @@ __global__ void __launch_bounds__(QPLUG_WG_THREADS, 1)
 #pragma unroll
                 for (int j = 0; j < S::P; j++)
                     r[j] = qplug__wg_lds16(xr + (pp.q + S::LPR * j) * 16);
-                qplug__wg_bar_arrive(&xempty[slot]);
+                qplug__wg_prod_arrive(&xempty[slot]);
             }
             qplug__wg_produce<UE8M0, C, CM>(pp, r, kb, kt, wnext);
         }
