@@ -890,13 +890,18 @@ static cudaError_t qplug_cuda__sms(int *sms)
  * - wide: 4-warp blocks where they still fill 90% of the warp slots (Pro
  *   wq_b, wo_a), else 8-warp blocks (QPLUG_GEMV_RT2_THIN; 4-warp blocks
  *   there left half the slots empty: Pro wo_b fp8 32 -> 36 us);
- * - clusters: twice the blocks per cluster, at most one k-block per warp
- *   (Flash wq_a with the plain rule got 96 blocks instead of 128: slower);
- * - no cluster: one 16-warp block per multiprocessor where the blocks fit
- *   in one wave (QPLUG_GEMV_W16; Flash wo_b, w13, w2), else 8-warp blocks
- *   (Pro w13: 192 16-warp blocks would take two waves). */
-static void qplug_cuda__gemv_geom(int64_t rows, int64_t n, int64_t k, int f, int sms, bool *wide,
-                                  int *w, int *c, int *rt)
+ * - clusters: twice the blocks per cluster, at most one k-block per warp,
+ *   where the one-tile cluster has 3 blocks or more (Flash and Pro wkv:
+ *   -0.4 to -1.1 us), or at m <= 8; with clusters of 2 at m > 8 one row tile
+ *   stays (Flash wq_a m=16: 7.2 us with one tile, 8.1 with two);
+ * - no cluster: one 16-warp block per multiprocessor where the blocks fill
+ *   90% of one wave (QPLUG_GEMV_W16; Flash wo_b, w13, w2); 8-warp blocks
+ *   where they take more than one wave of 16-warp blocks (Pro w13: 192
+ *   blocks) and 8-warp blocks in clusters where they fill less (Pro wq_a:
+ *   48 16-warp blocks were 1.5-4.6 us slower than one tile per warp,
+ *   8-warp blocks in clusters of 2 0.3-1.1 us faster at m = 1). */
+static void qplug_cuda__gemv_geom(int64_t rows, int64_t n, int64_t k, int f, int m, int sms,
+                                  bool *wide, int *w, int *c, int *rt)
 {
     int mode = f == QPLUG_GEMV_FMT_FP8 ? QPLUG_GEMV_RT2_FP8 : QPLUG_GEMV_RT2_FP4;
     int64_t tiles = rows / 16, kbn = k / 128;
@@ -916,8 +921,10 @@ static void qplug_cuda__gemv_geom(int64_t rows, int64_t n, int64_t k, int f, int
         }
         return;
     }
-    *rt = 2;
     if (*c > 1) {
+        if (*c < 3 && m > 8)
+            return;
+        *rt = 2;
         int64_t c2 = 2 * (int64_t)*c, most = kbn / 8;
         if (c2 > most)
             c2 = most;
@@ -926,7 +933,16 @@ static void qplug_cuda__gemv_geom(int64_t rows, int64_t n, int64_t k, int f, int
         *c = c2 < 1 ? 1 : (int)c2;
         return;
     }
-    if (QPLUG_GEMV_W16 && blocks <= sms)
+    *rt = 2;
+    if (blocks > sms)
+        return;
+    if (!QPLUG_GEMV_W16)
+        return;
+    if (blocks * 10 < (int64_t)sms * 9)
+        *c = qplug_cuda__gemv_cluster(blocks, k, sms, 8);
+    /* Without a cluster, 16 warps per block keep the warps of the one-tile
+     * shape. */
+    if (*c == 1)
         *w = 16;
 }
 
@@ -938,13 +954,16 @@ static void qplug_cuda__gemv_geom(int64_t rows, int64_t n, int64_t k, int f, int
  * for the per-lane one (6 for m > 8, limit QPLUG_GEMV_FUSE_MAX). Fitted to
  * the first H200 run of GEMV v7 (bench/results/h200_gemv_v7_run1.md, fused
  * and unfused timed separately, RT = 2 wherever n % 32 == 0): at m = 1
- * fusion wins up to a load of 372 (Pro wq_b) and loses from 434 (Pro wo_b);
- * at m = 16 it wins up to 192 (Flash w13) and loses from 244 (Pro w2).
+ * fusion wins up to a load of 372 (Pro wq_b); at m = 16 it wins up to 192
+ * (Flash w13) and loses from 244 (Pro w2, 0.5-0.8 us for FP4, FP8 wins by
+ * 0.8 there). At m = 1 the limit is 450 after the second run, where Pro
+ * wo_b (434, 8-warp blocks) was faster fused for fp8 (31.5 against 34.2
+ * us) and nvfp4 (33.4 against 34.3), slower for mxfp4 (36.5 against 36.0).
  * Above that, re-quantizing x in every block of rows costs more than the
  * act_quant launch it saves. F32 activation scales cost no more than UE8M0
  * here. Tunables. */
 #ifndef QPLUG_GEMV_FUSE_MAX_COOP
-#define QPLUG_GEMV_FUSE_MAX_COOP 400
+#define QPLUG_GEMV_FUSE_MAX_COOP 450
 #endif
 #ifndef QPLUG_GEMV_FUSE_MAX
 #define QPLUG_GEMV_FUSE_MAX 220
@@ -954,7 +973,7 @@ static bool qplug_cuda__gemv_fuses(int64_t rows, int64_t n, int64_t k, int f, in
 {
     bool wide;
     int w, c, rt;
-    qplug_cuda__gemv_geom(rows, n, k, f, sms, &wide, &w, &c, &rt);
+    qplug_cuda__gemv_geom(rows, n, k, f, m, sms, &wide, &w, &c, &rt);
     int64_t tiles = rows / (16 * rt), blocks = tiles * c;
     int64_t busy = blocks < sms ? blocks : sms;
     bool coop = m <= QPLUG_GEMV_COOP_M;
@@ -976,7 +995,7 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, int6
     int64_t rows = a.n * groups;
     bool wide;
     int w, c, rt;
-    qplug_cuda__gemv_geom(rows, a.n, a.k, F, sms, &wide, &w, &c, &rt);
+    qplug_cuda__gemv_geom(rows, a.n, a.k, F, a.m, sms, &wide, &w, &c, &rt);
     cudaLaunchAttribute attr[2];
     unsigned nattr = 0;
     if (c > 1) {
