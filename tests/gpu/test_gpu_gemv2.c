@@ -453,6 +453,14 @@ int main(void)
         run_case(f, fi == 2 ? 0 : 1, 1, 1024, 256, 16, 0, 0);
         run_case(f, fi == 2 ? 1 : 0, 16, 1024, 128, 16, 0, 8);
         run_case(f, fi == 2 ? 0 : 1, 16, 6144, 256, 1, 0, 0);
+        /* Flash wq_a-like (1024 rows, 16 k-blocks): two row tiles in
+         * clusters at m = 1, one tile in clusters of 2 at m = 16. Pro
+         * wq_a-like (1536 rows): 48 blocks of two tiles, 8-warp blocks in
+         * clusters. */
+        run_case(f, fi == 2 ? 0 : 1, 1, 1024, 2048, 1, 0, 0);
+        run_case(f, fi == 2 ? 0 : 1, 16, 1024, 2048, 1, 0, 0);
+        run_case(f, fi == 2 ? 1 : 0, 1, 1536, 2048, 1, 0, 0);
+        run_case(f, fi == 2 ? 1 : 0, 16, 1536, 2048, 1, 8, 0);
         test_inf(f);
     }
     return test_done();
