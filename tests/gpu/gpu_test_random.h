@@ -35,6 +35,16 @@ static double rng_normal(void)
     return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
 }
 
+/* A random finite E4M3 byte (NaN is 0x7F / 0xFF). */
+static inline uint8_t rand_e4m3(void)
+{
+    for (;;) {
+        uint8_t b = (uint8_t)rng_next();
+        if ((b & 0x7f) != 0x7f)
+            return b;
+    }
+}
+
 /* The upper half of an fp32 (truncation is fine for drawing inputs). */
 static uint16_t bf16_bits(float f)
 {

@@ -33,35 +33,7 @@
 
 #define QPLUG_TEST_RNG_SEED 0x2545f4914f6cdd1dull
 #include "gpu_test_random.h"
-
-static void *dev_alloc(size_t bytes)
-{
-    void *p = NULL;
-    if (cudaMalloc(&p, bytes) != cudaSuccess) {
-        fprintf(stderr, "cudaMalloc of %zu bytes failed\n", bytes);
-        exit(1);
-    }
-    cudaMemset(p, 0xff, bytes);
-    return p;
-}
-
-static void *dev_upload(const void *h, size_t bytes)
-{
-    void *p = dev_alloc(bytes);
-    cudaMemcpy(p, h, bytes, cudaMemcpyHostToDevice);
-    return p;
-}
-
-static void download(void *h, const void *d, size_t bytes)
-{
-    cudaError_t e = cudaDeviceSynchronize();
-    if (e == cudaSuccess)
-        e = cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost);
-    if (e != cudaSuccess) {
-        fprintf(stderr, "device: %s\n", cudaGetErrorString(e));
-        exit(1);
-    }
-}
+#include "gpu_test_mem.h"
 
 /* The E4M3 value nearest to v (ties to the even code, saturating at 448). */
 static double ref_e4m3_round(double v)
@@ -131,15 +103,6 @@ static uint16_t *make_x(int64_t m, int64_t ldx)
     return x;
 }
 
-static uint8_t rand_e4m3(void)
-{
-    for (;;) {
-        uint8_t b = (uint8_t)rng_next();
-        if ((b & 0x7f) != 0x7f)
-            return b;
-    }
-}
-
 /* One layer's weights for format f: rows = groups * n, host bytes and the
  * exact value of each weight. */
 typedef struct wset {
@@ -180,7 +143,7 @@ static void make_w(wset *W, qplug_cuda__gemv_fmt f, int64_t rows, int64_t k)
     if (nv)
         W->global = (float)(0.5 + rng_uniform()) * 1e-2f;
     void *raw = dev_upload(W->w, (size_t)(rows * k / 2));
-    W->dw = dev_alloc((size_t)(rows * k / 2));
+    W->dw = dev_alloc_poison((size_t)(rows * k / 2));
     W->dsc = dev_upload(W->sc, (size_t)ns);
     qplug_cuda__err err = {{0}};
     qplug_status s = qplug_cuda__fp4_repack(raw, rows, k, W->dw, NULL, &err);
@@ -217,8 +180,8 @@ static const char *fmt_name(qplug_cuda__gemv_fmt f)
 static qplug_status unfused(const wset *W, const uint16_t *dx, int64_t ldx, int64_t g, int64_t m,
                             int64_t n, int64_t k, int ue8m0, void *dy, qplug_cuda__err *err)
 {
-    void *dxq = dev_alloc((size_t)(m * k));
-    float *dxs = dev_alloc((size_t)(m * (k / 128)) * 4);
+    void *dxq = dev_alloc_poison((size_t)(m * k));
+    float *dxs = dev_alloc_poison((size_t)(m * (k / 128)) * 4);
     qplug_status s = qplug_cuda__act_quant_fp8_ld(
         dx + g * k, ldx, m, k, ue8m0 ? QPLUG_CUDA_SCALE_UE8M0 : QPLUG_CUDA_SCALE_F32, dxq, dxs,
         NULL, err);
@@ -251,13 +214,13 @@ static void run_case_path(qplug_cuda__gemv_fmt f, int ue8m0, int64_t m, int64_t 
     make_w(&W, f, G * n, k);
     uint16_t *x = make_x(m, ldx);
     uint16_t *dx = dev_upload(x, (size_t)(m * ldx) * 2);
-    uint16_t *dy = dev_alloc((size_t)(m * ldy) * 2);
+    uint16_t *dy = dev_alloc_poison((size_t)(m * ldy) * 2);
     qplug_cuda__err err = {{0}};
     qplug_cuda__scale_fmt af = ue8m0 ? QPLUG_CUDA_SCALE_UE8M0 : QPLUG_CUDA_SCALE_F32;
     size_t sb = qplug_cuda__gemv_bf16_scratch(f, af, m, n, k, G, path);
     CHECKF(path != QPLUG_CUDA_GEMV_UNFUSED || sb >= (size_t)(m * G * k),
            "gemv_bf16_scratch: %zu bytes for the unfused path", sb);
-    void *scratch = sb ? dev_alloc(sb) : NULL;
+    void *scratch = sb ? dev_alloc_poison(sb) : NULL;
     qplug_status s = qplug_cuda__gemv_bf16(f, W.dw, W.dsc, W.global, dx, ldx, af, m, n, k, G, dy,
                                            ldy, path, scratch, NULL, &err);
     CHECKF(s == QPLUG_OK, "gemv_bf16 %s m=%lld n=%lld k=%lld G=%lld path %d: %s", fmt_name(f),
@@ -304,7 +267,7 @@ static void run_case_path(qplug_cuda__gemv_fmt f, int ue8m0, int64_t m, int64_t 
     /* 2: bit-identical to the unfused path (one group: the same launch
      * geometry, so the same order of additions). */
     if (G == 1) {
-        uint16_t *dy2 = dev_alloc((size_t)(m * n) * 2);
+        uint16_t *dy2 = dev_alloc_poison((size_t)(m * n) * 2);
         s = unfused(&W, dx, ldx, 0, m, n, k, ue8m0, dy2, &err);
         CHECKF(s == QPLUG_OK, "unfused %s: %s", fmt_name(f), err.msg);
         uint16_t *y2 = malloc((size_t)(m * n) * 2);
@@ -347,7 +310,7 @@ static void test_inf(qplug_cuda__gemv_fmt f)
     uint16_t *x = make_x(m, k);
     x[1 * k + 130] = 0x7f80; /* +Inf in row 1, group 1 */
     uint16_t *dx = dev_upload(x, (size_t)(m * k) * 2);
-    uint16_t *dy = dev_alloc((size_t)(m * n) * 2), *dy2 = dev_alloc((size_t)(m * n) * 2);
+    uint16_t *dy = dev_alloc_poison((size_t)(m * n) * 2), *dy2 = dev_alloc_poison((size_t)(m * n) * 2);
     qplug_cuda__err err = {{0}};
     qplug_status s =
         qplug_cuda__gemv_bf16(f, W.dw, W.dsc, W.global, dx, k, QPLUG_CUDA_SCALE_F32, m, n, k, 1,
@@ -381,7 +344,7 @@ static qplug_status call_fused(qplug_cuda__gemv_fmt f, const void *w, const void
 
 static void test_bad_args(void)
 {
-    void *d = dev_alloc(1 << 16);
+    void *d = dev_alloc_poison(1 << 16);
     qplug_cuda__gemv_fmt fp8 = QPLUG_CUDA_GEMV_FP8;
     qplug_cuda__scale_fmt f32 = QPLUG_CUDA_SCALE_F32;
     /* m out of range, n not a multiple of 16, k not a multiple of 128. */

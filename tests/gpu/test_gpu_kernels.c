@@ -24,63 +24,7 @@
 
 #define QPLUG_TEST_RNG_SEED 0x9e3779b97f4a7c15ull
 #include "gpu_test_random.h"
-
-/* A random finite E4M3 byte (NaN is 0x7F / 0xFF). */
-static uint8_t rand_e4m3(void)
-{
-    for (;;) {
-        uint8_t b = (uint8_t)rng_next();
-        if ((b & 0x7f) != 0x7f)
-            return b;
-    }
-}
-
-static int cuda_ok(cudaError_t e, const char *what)
-{
-    if (e != cudaSuccess) {
-        fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-        return 0;
-    }
-    return 1;
-}
-
-static void *dev_alloc_poison(size_t bytes)
-{
-    void *p = NULL;
-    if (!cuda_ok(cudaMalloc(&p, bytes), "cudaMalloc"))
-        exit(1);
-    cudaMemset(p, 0xff, bytes);
-    return p;
-}
-
-static void *dev_upload(const void *h, size_t bytes)
-{
-    void *p = dev_alloc_poison(bytes);
-    cudaMemcpy(p, h, bytes, cudaMemcpyHostToDevice);
-    return p;
-}
-
-static void download(void *h, const void *d, size_t bytes)
-{
-    if (!cuda_ok(cudaDeviceSynchronize(), "kernel") ||
-        !cuda_ok(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy"))
-        exit(1);
-}
-
-/* Relative L2 error of BF16 y against ref; any non-finite y counts as a
- * failure (returns +inf). */
-static double rel_l2_bf16(const uint16_t *y, const double *ref, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double v = bf16_value(y[i]);
-        if (!isfinite(v))
-            return INFINITY;
-        num += (v - ref[i]) * (v - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1.0));
-}
+#include "gpu_test_mem.h"
 
 /* Random BF16 activations whose 128-groups span a wide range of
  * magnitudes, with one group of tiny values to hit the 1e-4 amax floor. */

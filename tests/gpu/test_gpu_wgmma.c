@@ -28,48 +28,7 @@
 
 #define QPLUG_TEST_RNG_SEED 0x243f6a8885a308d3ull
 #include "gpu_test_random.h"
-
-static int cuda_ok(cudaError_t e, const char *what)
-{
-    if (e != cudaSuccess) {
-        fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-        return 0;
-    }
-    return 1;
-}
-
-static void *dev_alloc_poison(size_t bytes)
-{
-    void *p = NULL;
-    if (!cuda_ok(cudaMalloc(&p, bytes), "cudaMalloc"))
-        exit(1);
-    cudaMemset(p, 0xff, bytes);
-    return p;
-}
-
-static void *dev_upload(const void *h, size_t bytes)
-{
-    void *p = dev_alloc_poison(bytes);
-    cudaMemcpy(p, h, bytes, cudaMemcpyHostToDevice);
-    return p;
-}
-
-static void download(void *h, const void *d, size_t bytes)
-{
-    if (!cuda_ok(cudaDeviceSynchronize(), "kernel") ||
-        !cuda_ok(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy"))
-        exit(1);
-}
-
-/* A random finite E4M3 byte (NaN is 0x7F / 0xFF). */
-static uint8_t rand_e4m3(void)
-{
-    for (;;) {
-        uint8_t b = (uint8_t)rng_next();
-        if ((b & 0x7f) != 0x7f)
-            return b;
-    }
-}
+#include "gpu_test_mem.h"
 
 /* BF16 x [m, ldx] whose 128-groups span 2^-6..2^8 in magnitude; row 0's
  * first group of every 128-column block is tiny (hits the 1e-4 amax floor)
