@@ -35,65 +35,7 @@
 
 #include "qplug_cuda.h"
 
-#define CK(x)                                                                                    \
-    do {                                                                                         \
-        cudaError_t e_ = (x);                                                                    \
-        if (e_ != cudaSuccess) {                                                                 \
-            fprintf(stderr, "gemm_wgmma_bench: %s:%d: %s\n", __FILE__, __LINE__,                \
-                    cudaGetErrorString(e_));                                                     \
-            exit(1);                                                                             \
-        }                                                                                        \
-    } while (0)
-
-/* Random fill by kind: 1 E4M3 without NaN, 2 float scale in [2^-10, 2^-4),
- * 5 BF16 of magnitude 2^-4..2^4 with random sign. */
-__global__ void bench_fill(uint8_t *p, size_t bytes, int kind, unsigned seed)
-{
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    for (; i < bytes; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed * 0x9e3779b9u;
-        h ^= h >> 15;
-        h *= 0x2c1b3c6du;
-        h ^= h >> 12;
-        h *= 0x297a2d39u;
-        h ^= h >> 15;
-        if (kind == 2) {
-            if (i % 4 == 0)
-                ((float *)p)[i / 4] = exp2f(-10.0f + 6.0f * (float)(h & 0xffff) / 65536.0f);
-            continue;
-        }
-        if (kind == 5) {
-            if (i % 2 == 0) {
-                float v = exp2f(-4.0f + 8.0f * (float)(h & 0xffff) / 65536.0f);
-                unsigned u = __float_as_uint(v) | ((h >> 16) & 1u) << 31;
-                ((uint16_t *)p)[i / 2] = (uint16_t)(u >> 16);
-            }
-            continue;
-        }
-        unsigned b = h & 0xffu;
-        if (kind == 1 && (b & 0x7fu) == 0x7fu)
-            b ^= 1u;
-        p[i] = (uint8_t)b;
-    }
-}
-
-struct pool {
-    uint8_t *base = nullptr;
-    size_t set = 0;
-    int count = 1;
-    uint8_t *at(int i) const { return base + (size_t)(i % count) * set; }
-};
-
-static pool make_pool(size_t bytes, int count, int kind, unsigned seed)
-{
-    pool p;
-    p.set = (bytes + 255) & ~(size_t)255;
-    p.count = count;
-    CK(cudaMalloc(&p.base, p.set * count));
-    bench_fill<<<1024, 256>>>(p.base, p.set * count, kind, seed);
-    CK(cudaGetLastError());
-    return p;
-}
+#include "bench_pool.cuh"
 
 struct shape {
     const char *model, *layer;
