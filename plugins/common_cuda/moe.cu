@@ -754,7 +754,11 @@ static void qplug_cuda__moe_wg_launch(const qplug_cuda__moe_gemm_args &a, int64_
                                       cudaStream_t s)
 {
     dim3 grid((unsigned)(a.n / (DUAL ? 64 : 128)), (unsigned)tmax);
-    if (v3)
+    /* NVFP4 has only the v3 kernel. */
+    if constexpr (WF == MOE_F_NV)
+        qplug_cuda__moe_wg_kernel<WF, DUAL>
+            <<<grid, WG_THREADS, qplug_cuda__moe_wg_smem<WF>::LAUNCH, s>>>(a);
+    else if (v3)
         qplug_cuda__moe_wg_kernel<WF, DUAL>
             <<<grid, WG_THREADS, qplug_cuda__moe_wg_smem<WF>::LAUNCH, s>>>(a);
     else
@@ -768,8 +772,10 @@ static void qplug_cuda__moe_wg_wf(int wf, const qplug_cuda__moe_gemm_args &a, in
 {
     if (wf == QPLUG_CUDA_MOE_FP8)
         qplug_cuda__moe_wg_launch<MOE_F_FP8, DUAL>(a, tmax, v3, s);
-    else
+    else if (wf == QPLUG_CUDA_MOE_MXFP4)
         qplug_cuda__moe_wg_launch<MOE_F_MX, DUAL>(a, tmax, v3, s);
+    else
+        qplug_cuda__moe_wg_launch<MOE_F_NV, DUAL>(a, tmax, v3, s);
 }
 
 /* Which wgmma kernel runs (wgmma_ready 1: chosen here; 2: v3, 3: v4, for
@@ -782,11 +788,18 @@ static void qplug_cuda__moe_wg_wf(int wf, const qplug_cuda__moe_gemm_args &a, in
 #ifndef QPLUG_MOE_V4_MX
 #define QPLUG_MOE_V4_MX 2
 #endif
+/* NVFP4 experts on the F16 wgmma path of the v3 kernel (1) or on the
+ * mma.sync kernels (0). */
+#ifndef QPLUG_MOE_WG_NV
+#define QPLUG_MOE_WG_NV 1
+#endif
 #ifndef QPLUG_MOE_V4_FP8
 #define QPLUG_MOE_V4_FP8 3
 #endif
 static bool qplug_cuda__moe_use_v4(const qplug_cuda__moe_weights *w, int64_t R)
 {
+    if (w->fmt == QPLUG_CUDA_MOE_NVFP4)
+        return false;
     if (w->wgmma_ready == 2 || w->wgmma_ready == 3)
         return w->wgmma_ready == 3;
     int policy = w->fmt == QPLUG_CUDA_MOE_MXFP4 ? QPLUG_MOE_V4_MX : QPLUG_MOE_V4_FP8;
@@ -861,7 +874,6 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     int64_t twg = (R + WG_BN - 1) / WG_BN + E;
     bool v3 = !qplug_cuda__moe_use_v4(w, R);
     bool wg = w->wgmma_ready && twg <= 65535 &&
-              (w->fmt == QPLUG_CUDA_MOE_FP8 || w->fmt == QPLUG_CUDA_MOE_MXFP4) &&
               (af == MOE_F_FP8 || (af == MOE_F_MX && w->fmt == QPLUG_CUDA_MOE_MXFP4));
     int bm = wg ? (int)WG_BN
                 : R <= (int64_t)MOE_BM_SMALL * E ? (int)MOE_BM_SMALL : (int)MOE_BM_LARGE;
@@ -970,7 +982,8 @@ extern "C" qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void
     if (!w)
         return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "moe_prepare: NULL weights");
     w->wgmma_ready = 0;
-    if (w->fmt != QPLUG_CUDA_MOE_FP8 && w->fmt != QPLUG_CUDA_MOE_MXFP4)
+    if (w->fmt != QPLUG_CUDA_MOE_FP8 && w->fmt != QPLUG_CUDA_MOE_MXFP4 &&
+        (w->fmt != QPLUG_CUDA_MOE_NVFP4 || !QPLUG_MOE_WG_NV))
         return QPLUG_OK;
     int64_t D = w->hidden, I = w->intermediate;
     if (w->num_experts < 1 || D < 128 || D % 128 || I < 128 || I % 128 || !w->s1 || !w->s3 ||
@@ -983,6 +996,7 @@ extern "C" qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void
     const int wgx = qplug_cuda__moe_wg_smem<MOE_F_MX>::LAUNCH;
     const int ws8 = qplug_cuda__moe_ws_smem<MOE_F_FP8>::LAUNCH;
     const int wsx = qplug_cuda__moe_ws_smem<MOE_F_MX>::LAUNCH;
+    const int wgn = qplug_cuda__moe_wg_smem<MOE_F_NV>::LAUNCH;
     if (!qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_FP8, true>, wg8) ||
         !qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_FP8, false>, wg8) ||
         !qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_MX, true>, wgx) ||
@@ -990,13 +1004,17 @@ extern "C" qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void
         !qplug_cuda__moe_smem_limit(qplug_cuda__moe_ws_kernel<MOE_F_FP8, true>, ws8) ||
         !qplug_cuda__moe_smem_limit(qplug_cuda__moe_ws_kernel<MOE_F_FP8, false>, ws8) ||
         !qplug_cuda__moe_smem_limit(qplug_cuda__moe_ws_kernel<MOE_F_MX, true>, wsx) ||
-        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_ws_kernel<MOE_F_MX, false>, wsx)) {
+        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_ws_kernel<MOE_F_MX, false>, wsx) ||
+        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_NV, true>, wgn) ||
+        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_NV, false>, wgn)) {
         /* A device without that much shared memory (not Hopper) keeps the
          * mma.sync kernels. */
         cudaGetLastError();
         return QPLUG_OK;
     }
-    if (w->fmt == QPLUG_CUDA_MOE_FP8) {
+    /* NVFP4 needs no check: its F16 decode is exact for every E2M1 code
+     * and E4M3 scale (moe_wgmma.cuh, qplug_cuda__moe_wg_fp4_f16). */
+    if (w->fmt == QPLUG_CUDA_MOE_FP8 || w->fmt == QPLUG_CUDA_MOE_NVFP4) {
         w->wgmma_ready = 1;
         return QPLUG_OK;
     }

@@ -51,15 +51,27 @@ enum {
 #ifndef QPLUG_MOE_WG_STAGES_FP8
 #define QPLUG_MOE_WG_STAGES_FP8 4
 #endif
+/* NVFP4 doubles both decoded operand buffers (F16), so only 3 stages fit. */
+#ifndef QPLUG_MOE_WG_STAGES_NV
+#define QPLUG_MOE_WG_STAGES_NV 3
+#endif
 template <int WF> struct qplug_cuda__moe_wg_smem {
-    static constexpr int S = WF == MOE_F_FP8 ? QPLUG_MOE_WG_STAGES_FP8 : QPLUG_MOE_WG_STAGES_MX;
+    static constexpr int S = WF == MOE_F_FP8 ? QPLUG_MOE_WG_STAGES_FP8
+                             : WF == MOE_F_MX ? QPLUG_MOE_WG_STAGES_MX
+                                              : QPLUG_MOE_WG_STAGES_NV;
     static constexpr int RS = WF == MOE_F_FP8 ? WG_RS_FP8 : WG_RS_MX;
+    /* Bytes of one weight row's scales per 128-block (four E8M0 or eight
+     * E4M3) and of one decoded operand buffer (one E4M3 tile, or two F16
+     * tiles of 64 k each for NVFP4). */
+    static constexpr int SCB = WF == MOE_F_NV ? 8 : 4;
+    static constexpr int OPB = WF == MOE_F_NV ? 2 * WG_TILE : WG_TILE;
     static constexpr int B = 0;                            /* S token tiles */
     static constexpr int R = B + S * WG_TILE;              /* S raw weight tiles */
-    static constexpr int WS = R + S * WG_BMW * RS;         /* S x 128 E8M0 words */
-    static constexpr int AS = WS + S * WG_BMW * 4;         /* S x 128 token scales */
-    static constexpr int A = AS + S * WG_BN * 4;           /* 2 decoded weight tiles */
-    static constexpr int ROW = A + 2 * WG_TILE;               /* 128 token row indices */
+    static constexpr int WS = R + S * WG_BMW * RS;         /* S x 128 weight scale words */
+    static constexpr int AS = WS + S * WG_BMW * SCB;       /* S x 128 token scales */
+    static constexpr int A = (AS + S * WG_BN * 4 + 1023) / 1024 * 1024; /* 2 decoded weight buffers */
+    static constexpr int BH = A + 2 * OPB;                 /* NVFP4: 2 F16 token buffers */
+    static constexpr int ROW = BH + (WF == MOE_F_NV ? 2 * OPB : 0); /* 128 token row indices */
     static constexpr int BYTES = ROW + WG_BN * 8;
     static constexpr int LAUNCH = BYTES + 1024; /* room to align the base */
     static_assert(LAUNCH <= 227 * 1024, "wgmma MoE stages exceed the shared memory of a block");
@@ -273,6 +285,80 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_wait64(float *d)
                  : "memory");
 }
 
+/* The F16 wgmma (m64nNk16, fp32 accumulation) of the NVFP4 path, both
+ * operands K-major in shared memory (transpose flags 0). */
+static __device__ __forceinline__ void qplug_cuda__moe_wg_mmah_n16(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7"
+                 "}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_mmah_n32(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+                 "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_mmah_n64(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_mmah_n96(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n96k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+                 "}, %48, %49, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_wg_mmah_n128(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
 /* The E4M3 bytes of the eight E2M1 magnitudes times 2^(tp - 6), tp in
  * [1, 12] (every result a normal number): code 1 (0.5) has exponent field
  * tp, codes 2..7 have (e + tp) with their mantissa bit at bit 2. */
@@ -306,13 +392,63 @@ static __device__ __forceinline__ int qplug_cuda__moe_wg_emax(unsigned w)
     return max(a, b);
 }
 
+/* One E4M3 byte as an F16 pair (exact: every E4M3 value, subnormals
+ * included, is an F16 value). */
+static __device__ __forceinline__ __half2 qplug_cuda__moe_wg_e4m3_h2(unsigned b)
+{
+    __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)b, __NV_E4M3);
+    __half2_raw r;
+    r.x = h.x;
+    r.y = h.x;
+    return __half2(r);
+}
+
+/* Four E4M3 bytes to four F16 values (two words, byte order kept). */
+static __device__ __forceinline__ void qplug_cuda__moe_wg_e4m3x4_f16(unsigned w, unsigned *o)
+{
+    __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3);
+    __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w >> 16), __NV_E4M3);
+    o[0] = (unsigned)lo.x | ((unsigned)lo.y << 16);
+    o[1] = (unsigned)hi.x | ((unsigned)hi.y << 16);
+}
+
+/*
+ * Eight E2M1 codes (element i in nibble i) to eight F16 values e2m1 * sc *
+ * 2^-14, as four F16 pairs. The F16 with high byte s << 7 | (c & 7) << 1
+ * and low byte 0 has exponent field e and mantissa bit m of the code, so
+ * it is exactly e2m1 * 2^-14 (code 1, 0.5, becomes the subnormal 2^-15).
+ * The product with the E4M3 scale sc is exact in F16 without flushing:
+ * e2m1 * s16 has at most 6 significant bits (2 + 4), its last bit is at
+ * least 2^-1 * 2^-9 (the E4M3 subnormal step), so with 2^-14 every value
+ * is a multiple of 2^-24 (the F16 subnormal step) and at most 6 * 448 *
+ * 2^-14 < 0.17.
+ */
+static __device__ __forceinline__ void qplug_cuda__moe_wg_fp4_f16(unsigned w, __half2 sc,
+                                                                  unsigned *o)
+{
+    unsigned lo = w & 0x0f0f0f0fu, hi = (w >> 4) & 0x0f0f0f0fu;
+    unsigned hl = ((lo << 1) & 0x0e0e0e0eu) | ((lo << 4) & 0x80808080u);
+    unsigned hh = ((hi << 1) & 0x0e0e0e0eu) | ((hi << 4) & 0x80808080u);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        unsigned sel = (unsigned)(((4 + j) << 12) | (j << 4));
+        unsigned pr = __byte_perm(hl, hh, sel) & 0xff00ff00u;
+        __half2_raw r;
+        r.x = (unsigned short)(pr & 0xffffu);
+        r.y = (unsigned short)(pr >> 16);
+        __half2 prod = __hmul2(__half2(r), sc);
+        __half2_raw q = prod;
+        o[j] = (unsigned)q.x | ((unsigned)q.y << 16);
+    }
+}
+
 /*
  * The grouped GEMM on wgmma: grid (n / 64 for the gate/up pair, n / 128
- * otherwise; tile count bound), 256 threads, WF = MOE_F_FP8 or MOE_F_MX
- * weights, FP8 activations (a, a_scale in the act_quant layout). DUAL: the
- * block's 64 rows n0.. of w1 (warpgroup 0) and of w3 (warpgroup 1), then
- * out = silu(min(g, L)) * clamp(u, -L, L); otherwise 128 rows of w[0].
- * out is F32 [rows, n].
+ * otherwise; tile count bound), 256 threads, WF = MOE_F_FP8, MOE_F_MX or
+ * MOE_F_NV weights, FP8 activations (a, a_scale in the act_quant layout).
+ * DUAL: the block's 64 rows n0.. of w1 (warpgroup 0) and of w3 (warpgroup
+ * 1), then out = silu(min(g, L)) * clamp(u, -L, L); otherwise 128 rows of
+ * w[0]. out is F32 [rows, n].
  */
 template <int WF, bool DUAL, int NC>
 static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda__moe_gemm_args &p)
@@ -350,7 +486,7 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
             srow_base[h] = p.ws[mi] + ((int64_t)e * (n / 128) + row0 / 128) * (k / 128) * 4;
         } else {
             wrow_base[h] = p.w[mi] + (int64_t)e * n * (k / 2) + row0 * (k / 2);
-            srow_base[h] = p.ws[mi] + ((int64_t)e * n + row0) * (k / 32);
+            srow_base[h] = p.ws[mi] + ((int64_t)e * n + row0) * (k / (WF == MOE_F_NV ? 16 : 32));
         }
     }
     /* Selects instead of a run-time index (which would put the array in
@@ -399,6 +535,15 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
             const uint8_t *src = sbase(r >> 6) + (int64_t)(r & 63) * (k / 32) + kb * 4;
             qplug_cuda__moe_wg_cp4(sm + L::WS + (s * WG_BMW + r) * 4, src, true);
         }
+        if (WF == MOE_F_NV && tid >= WG_BN) {
+            /* Eight E4M3 scales per row: two 4-byte copies (the scale rows
+             * are only known to be 4-byte aligned). */
+            int r = tid - WG_BN;
+            const uint8_t *src = sbase(r >> 6) + (int64_t)(r & 63) * (k / 16) + kb * 8;
+            uint8_t *dst = sm + L::WS + (s * WG_BMW + r) * 8;
+            qplug_cuda__moe_wg_cp4(dst, src, true);
+            qplug_cuda__moe_wg_cp4(dst + 4, src + 4, true);
+        }
     };
 
     /* Raw weights of slot s into decoded tile buffer ab: thread = (row,
@@ -406,8 +551,48 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
     auto decode = [&](int s, int ab) {
         int r = tid & 127, half = tid >> 7;
         const uint8_t *rt = sm + L::R + s * WG_BMW * L::RS + r * L::RS;
-        uint8_t *at = sm + L::A + ab * WG_TILE;
-        if (WF == MOE_F_FP8) {
+        uint8_t *at = sm + L::A + ab * L::OPB;
+        if (WF == MOE_F_NV) {
+            /* This thread's 64 k of the row are the F16 tile `half`: group
+             * gi's 16 values e2m1 * s16 * 2^-14 (exact, see the header). */
+            unsigned sw =
+                *reinterpret_cast<const unsigned *>(sm + L::WS + (s * WG_BMW + r) * 8 + 4 * half);
+            uint4 v0 = *reinterpret_cast<const uint4 *>(rt + half * 32);
+            uint4 v1 = *reinterpret_cast<const uint4 *>(rt + half * 32 + 16);
+            unsigned v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+            uint8_t *ht = at + half * WG_TILE;
+#pragma unroll
+            for (int gi = 0; gi < 4; gi++) {
+                __half2 sc = qplug_cuda__moe_wg_e4m3_h2((sw >> (8 * gi)) & 0xffu);
+#pragma unroll
+                for (int wi = 0; wi < 2; wi++) {
+                    unsigned o[4];
+                    qplug_cuda__moe_wg_fp4_f16(v[2 * gi + wi], sc, o);
+                    *reinterpret_cast<uint4 *>(ht + qplug_cuda__moe_wg_off(r, 2 * gi + wi)) =
+                        make_uint4(o[0], o[1], o[2], o[3]);
+                }
+            }
+            /* The tokens' E4M3 tile of slot s to F16 (exact). */
+            const uint8_t *bt = sm + L::B + s * WG_TILE;
+            uint8_t *bh = sm + L::BH + ab * L::OPB;
+#pragma unroll
+            for (int i = 0; i < (NC * 8 + WG_THREADS - 1) / WG_THREADS; i++) {
+                int q = tid + i * WG_THREADS, rr = q >> 3, c = q & 7;
+                if (rr >= NC)
+                    break;
+                uint4 b = *reinterpret_cast<const uint4 *>(bt + qplug_cuda__moe_wg_off(rr, c));
+                unsigned h[8];
+                qplug_cuda__moe_wg_e4m3x4_f16(b.x, &h[0]);
+                qplug_cuda__moe_wg_e4m3x4_f16(b.y, &h[2]);
+                qplug_cuda__moe_wg_e4m3x4_f16(b.z, &h[4]);
+                qplug_cuda__moe_wg_e4m3x4_f16(b.w, &h[6]);
+                uint8_t *dt = bh + (c >> 2) * WG_TILE;
+                *reinterpret_cast<uint4 *>(dt + qplug_cuda__moe_wg_off(rr, (2 * c) & 7)) =
+                    make_uint4(h[0], h[1], h[2], h[3]);
+                *reinterpret_cast<uint4 *>(dt + qplug_cuda__moe_wg_off(rr, (2 * c + 1) & 7)) =
+                    make_uint4(h[4], h[5], h[6], h[7]);
+            }
+        } else if (WF == MOE_F_FP8) {
 #pragma unroll
             for (int c = 4 * half; c < 4 * half + 4; c++)
                 *reinterpret_cast<uint4 *>(at + qplug_cuda__moe_wg_off(r, c)) =
@@ -444,6 +629,11 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
 #pragma unroll
     for (int i = 0; i < NC / 2; i++)
         acc[i] = tmp[i] = 0.0f;
+    /* NVFP4: this warpgroup's per-expert global times 2^14 (undoing the
+     * 2^-14 of the F16 weights; exact, a power of two). */
+    float wglob = 0.0f;
+    if (WF == MOE_F_NV)
+        wglob = __ldg(p.wg[DUAL ? wg : 0] + e) * 16384.0f;
 
     int64_t nk = k / WG_BK;
 #pragma unroll
@@ -460,12 +650,35 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
 
     for (int64_t kb = 0; kb < nk; kb++) {
         int s = (int)(kb % L::S), ab = (int)(kb & 1);
-        const uint8_t *at = sm + L::A + ab * WG_TILE + wg * 8192;
+        const uint8_t *at = sm + L::A + ab * L::OPB + wg * 8192;
         const uint8_t *bt = sm + L::B + s * WG_TILE;
         uint64_t da = qplug_cuda__moe_wg_desc(at), db = qplug_cuda__moe_wg_desc(bt);
         qplug_cuda__moe_wg_fence();
+        if (WF == MOE_F_NV) {
+            /* Two F16 tiles of 64 k, four k16 steps of 32 bytes each. */
+            const uint8_t *bh = sm + L::BH + ab * L::OPB;
 #pragma unroll
-        for (int ks = 0; ks < 4; ks++) {
+            for (int kh = 0; kh < 2; kh++) {
+                uint64_t ha = qplug_cuda__moe_wg_desc(at + kh * WG_TILE);
+                uint64_t hb = qplug_cuda__moe_wg_desc(bh + kh * WG_TILE);
+#pragma unroll
+                for (int ks = 0; ks < 4; ks++) {
+                    int use = kh | ks;
+                    if (NC == 16)
+                        qplug_cuda__moe_wg_mmah_n16(tmp, ha + WG_KSTEP * ks, hb + WG_KSTEP * ks, use);
+                    else if (NC == 32)
+                        qplug_cuda__moe_wg_mmah_n32(tmp, ha + WG_KSTEP * ks, hb + WG_KSTEP * ks, use);
+                    else if (NC == 64)
+                        qplug_cuda__moe_wg_mmah_n64(tmp, ha + WG_KSTEP * ks, hb + WG_KSTEP * ks, use);
+                    else if (NC == 96)
+                        qplug_cuda__moe_wg_mmah_n96(tmp, ha + WG_KSTEP * ks, hb + WG_KSTEP * ks, use);
+                    else
+                        qplug_cuda__moe_wg_mmah_n128(tmp, ha + WG_KSTEP * ks, hb + WG_KSTEP * ks, use);
+                }
+            }
+        }
+#pragma unroll
+        for (int ks = 0; ks < 4 && WF != MOE_F_NV; ks++) {
             if (NC == 16)
                 qplug_cuda__moe_wg_mma_n16(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
             else if (NC == 32)
@@ -501,7 +714,9 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
 
         /* Scales of this k-block: weight rows m0, m0 + 8 and the tokens. */
         float w0, w1;
-        if (WF == MOE_F_FP8) {
+        if (WF == MOE_F_NV) {
+            w0 = w1 = wglob;
+        } else if (WF == MOE_F_FP8) {
             w0 = w1 = __ldg(reinterpret_cast<const float *>(sbase(wg)) + kb);
         } else {
             const unsigned *ws = reinterpret_cast<const unsigned *>(sm + L::WS) + s * WG_BMW;
