@@ -151,6 +151,8 @@ static void ref_quant_fp8(const float *v, int64_t n, int ue8m0, double *out)
 
 typedef struct experts {
     qplug_cuda__moe_wfmt fmt;
+    /* NVFP4: half of the E4M3 group scales subnormal (see nv_scale). */
+    int sub_scales;
     /* host bytes and the fp64 values they decode to */
     uint8_t *w[3], *s[3];
     float g[3][E_];
@@ -161,6 +163,25 @@ typedef struct experts {
     float *dg[3];
     qplug_cuda__moe_weights desc;
 } experts;
+
+/* One NVFP4 group scale: E4M3 of 0.5..2, or with `sub`, at random either
+ * a subnormal code (1..7: 2^-9..7 * 2^-9) or a small normal (2^-6..2^-4),
+ * so that both kinds contribute about equally. */
+static uint8_t nv_scale(int sub)
+{
+    if (!sub)
+        return enc_e4m3(0.5 + 1.5 * rng_uniform());
+    if (rng_next() & 1)
+        return (uint8_t)(1 + rng_next() % 7);
+    return enc_e4m3(0.015625 * (1.0 + 3.0 * rng_uniform()));
+}
+
+/* The NVFP4 per-expert global for those scales (about 54 times larger with
+ * `sub`, which keeps the outputs at the same magnitude). */
+static float nv_global(int sub)
+{
+    return (float)(0.04 * (1.0 + rng_uniform()) * (sub ? 54.0 : 1.0));
+}
 
 static void make_matrix(experts *ex, int which, int64_t n, int64_t k)
 {
@@ -192,10 +213,10 @@ static void make_matrix(experts *ex, int which, int64_t n, int64_t k)
         for (size_t i = 0; i < ex->wbytes[which]; i++)
             ex->w[which][i] = (uint8_t)rng_next();
         for (size_t i = 0; i < ex->sbytes[which]; i++)
-            ex->s[which][i] = nv ? enc_e4m3(0.5 + 1.5 * rng_uniform())
+            ex->s[which][i] = nv ? nv_scale(ex->sub_scales)
                                  : (uint8_t)(123 + (int)(rng_next() % 3));
         for (int e = 0; e < E_; e++)
-            ex->g[which][e] = nv ? (float)(0.04 * (1.0 + rng_uniform())) : 1.0f;
+            ex->g[which][e] = nv ? nv_global(ex->sub_scales) : 1.0f;
         for (int64_t e = 0; e < E_; e++)
             for (int64_t r = 0; r < n; r++)
                 for (int64_t c = 0; c < k; c++) {
@@ -213,10 +234,11 @@ static void make_matrix(experts *ex, int which, int64_t n, int64_t k)
     ex->dg[which] = dev_upload(ex->g[which], sizeof ex->g[which]);
 }
 
-static void make_experts(experts *ex, qplug_cuda__moe_wfmt fmt)
+static void make_experts(experts *ex, qplug_cuda__moe_wfmt fmt, int sub_scales)
 {
     memset(ex, 0, sizeof *ex);
     ex->fmt = fmt;
+    ex->sub_scales = sub_scales;
     make_matrix(ex, 0, I_, D_);
     make_matrix(ex, 1, I_, D_);
     make_matrix(ex, 2, D_, I_);
@@ -229,12 +251,12 @@ static void make_experts(experts *ex, qplug_cuda__moe_wfmt fmt)
         d.g2 = ex->dg[2];
     }
     ex->desc = d;
-    /* The wgmma kernels take FP8 and these MXFP4 experts (E8M0 exponents
-     * 123..125, within 11 of each other), never NVFP4. */
+    /* The wgmma kernels take FP8, these MXFP4 experts (E8M0 exponents
+     * 123..125, within 11 of each other) and NVFP4 (always exact in F16). */
     qplug_cuda__err err = {{0}};
     CHECKF(qplug_cuda__moe_prepare(&ex->desc, NULL, &err) == QPLUG_OK, "moe_prepare: %s",
            err.msg);
-    CHECKF(ex->desc.wgmma_ready == (fmt != QPLUG_CUDA_MOE_NVFP4), "moe_prepare %s: wgmma_ready %d",
+    CHECKF(ex->desc.wgmma_ready == 1, "moe_prepare %s: wgmma_ready %d",
            fmt == QPLUG_CUDA_MOE_FP8 ? "fp8" : fmt == QPLUG_CUDA_MOE_MXFP4 ? "mxfp4" : "nvfp4",
            (int)ex->desc.wgmma_ready);
 }
@@ -455,8 +477,9 @@ static void test_moe(experts *ex, int64_t m, int ue8m0, int mode)
     CHECKF(e <= BOUND_MOE, "moe %s m=%lld ue8m0=%d routing %d wgmma %d: rel L2 %g > %g",
            fmt_name(ex->fmt), (long long)m, ue8m0, mode, (int)ex->desc.wgmma_ready, e,
            BOUND_MOE);
-    printf("moe %-5s m=%3lld ue8m0=%d routing %d wgmma %d: rel L2 %.3g\n", fmt_name(ex->fmt),
-           (long long)m, ue8m0, mode, (int)ex->desc.wgmma_ready, e);
+    printf("moe %-5s%s m=%4lld ue8m0=%d routing %d wgmma %d: rel L2 %.3g\n", fmt_name(ex->fmt),
+           ex->sub_scales ? " (subnormal scales)" : "", (long long)m, ue8m0, mode,
+           (int)ex->desc.wgmma_ready, e);
 
     /* A second run into a poisoned output must give the same bits. */
     cudaMemset(dy, 0xff, (size_t)(m * D_) * 2);
@@ -875,6 +898,142 @@ static void test_v4_vs_v3(qplug_cuda__moe_wfmt fmt)
     }
 }
 
+/* ------------------------------------ NVFP4: wgmma (F16) against mma.sync */
+
+/* NVFP4 experts on the F16 wgmma path (wgmma_ready 1) and on the mma.sync
+ * kernels (0), each against the fp64 reference (BOUND_MOE) at 1, 5, 300
+ * and 1100 tokens (1100 x 2 slots over 8 experts: full and partial tiles of
+ * 128 rows), with random routing (about 5% ids -1), one expert taking all
+ * rows (routing 1) and experts with 0 rows (routing 2); `sub` makes half of
+ * the group scales subnormal E4M3. */
+static void test_nv_ref(int sub)
+{
+    const int64_t ms[4] = {1, 5, 300, 1100};
+    experts ex;
+    make_experts(&ex, QPLUG_CUDA_MOE_NVFP4, sub);
+    for (int ready = 1; ready >= 0; ready--) {
+        ex.desc.wgmma_ready = ready;
+        for (int i = 0; i < 4; i++)
+            test_moe(&ex, ms[i], 0, 0);
+        test_moe(&ex, 300, 1, 1);
+        test_moe(&ex, 1100, 0, 2);
+    }
+    free_experts(&ex);
+}
+
+/* Relative L2 bound of the NVFP4 wgmma output against the mma.sync one:
+ * both are within BOUND_MOE of the exact result; they differ by the fp32
+ * summation order (per 128 on the tensor cores instead of per 16), the
+ * BF16 rounding of y and the odd E4M3 rounding flip of h, together a few
+ * 1e-3; a wrong scale, group or row gives errors of order 1. */
+#define BOUND_NV_PATHS 1e-2
+
+/* The two NVFP4 paths against each other at shapes with many 128-blocks of
+ * k (D = 2048, I = 1536: the 3-stage ring of the F16 kernel wraps around
+ * several times), random E2M1 bytes, scales as nv_scale(sub), experts 3 and
+ * 5 without rows, about 10% of the second slots -1. */
+static void test_nv_old_new(int sub)
+{
+    const int32_t E = 8, K = 2;
+    const int64_t D = 2048, I = 1536, ms[4] = {1, 5, 300, 1100};
+    size_t wb[3], sb[3];
+    void *dw[3], *ds[3];
+    float *dg[3];
+    for (int i = 0; i < 3; i++) {
+        int64_t n = i < 2 ? I : D, k = i < 2 ? D : I;
+        wb[i] = (size_t)(E * n * k / 2);
+        sb[i] = (size_t)(E * n * (k / 16));
+        uint8_t *w = malloc(wb[i]), *sc = malloc(sb[i]);
+        float g[8];
+        for (size_t j = 0; j < wb[i]; j++)
+            w[j] = (uint8_t)rng_next();
+        for (size_t j = 0; j < sb[i]; j++)
+            sc[j] = nv_scale(sub);
+        for (int e = 0; e < E; e++)
+            g[e] = nv_global(sub) * 0.25f;
+        dw[i] = dev_upload(w, wb[i]);
+        ds[i] = dev_upload(sc, sb[i]);
+        dg[i] = dev_upload(g, sizeof g);
+        free(w);
+        free(sc);
+    }
+    qplug_cuda__moe_weights desc = {QPLUG_CUDA_MOE_NVFP4, E, D, I, dw[0], dw[1], dw[2],
+                                    ds[0], ds[1], ds[2], dg[0], dg[1], dg[2], LIMIT, 0};
+    qplug_cuda__err err = {{0}};
+    CHECKF(qplug_cuda__moe_prepare(&desc, NULL, &err) == QPLUG_OK && desc.wgmma_ready == 1,
+           "nvfp4 old vs new: moe_prepare: %s (wgmma_ready %d)", err.msg, (int)desc.wgmma_ready);
+    for (int mi = 0; mi < 4; mi++) {
+        int64_t m = ms[mi];
+        uint16_t *x = make_x(m, D, 1.0);
+        int32_t *ids = malloc((size_t)(m * K) * 4);
+        float *wts = malloc((size_t)(m * K) * 4);
+        for (int64_t t = 0; t < m; t++) {
+            int32_t a, b;
+            do
+                a = (int32_t)(rng_next() % (uint64_t)E);
+            while (a == 3 || a == 5);
+            do
+                b = (int32_t)(rng_next() % (uint64_t)E);
+            while (b == 3 || b == 5 || b == a);
+            ids[t * K] = a;
+            ids[t * K + 1] = rng_uniform() < 0.1 ? -1 : b;
+            wts[t * K] = (float)(0.2 + 0.8 * rng_uniform());
+            wts[t * K + 1] = (float)(0.2 + 0.8 * rng_uniform());
+        }
+        void *dx = dev_upload(x, (size_t)(m * D) * 2);
+        int32_t *dids = dev_upload(ids, (size_t)(m * K) * 4);
+        float *dwts = dev_upload(wts, (size_t)(m * K) * 4);
+        size_t wsb = qplug_cuda__moe_workspace_bytes(m, K, E, D, I);
+        void *ws = dev_alloc_poison(wsb);
+        void *dy = dev_alloc_poison((size_t)(m * D) * 2);
+        uint16_t *y[2];
+        for (int v = 0; v < 2; v++) {
+            desc.wgmma_ready = v ? 0 : 2;
+            cudaMemset(dy, 0xff, (size_t)(m * D) * 2);
+            qplug_status st = qplug_cuda__moe_forward(&desc, dx, m, dids, dwts, K,
+                                                      QPLUG_CUDA_SCALE_F32, dy, ws, wsb, NULL,
+                                                      &err);
+            CHECKF(st == QPLUG_OK, "nvfp4 old vs new m=%lld: %s", (long long)m, err.msg);
+            y[v] = malloc((size_t)(m * D) * 2);
+            download(y[v], dy, (size_t)(m * D) * 2);
+        }
+        double num = 0.0, den = 0.0;
+        int64_t bad = 0, nz = 0;
+        for (int64_t i = 0; i < m * D; i++) {
+            double a = bf16_value(y[0][i]), b = bf16_value(y[1][i]);
+            bad += !isfinite(a) || !isfinite(b);
+            nz += a != 0.0;
+            if (isfinite(a) && isfinite(b)) {
+                num += (a - b) * (a - b);
+                den += b * b;
+            }
+        }
+        double e = sqrt(num / (den > 0.0 ? den : 1.0));
+        CHECKF(bad == 0 && nz > m * D / 2 && e <= BOUND_NV_PATHS,
+               "nvfp4%s old vs new m=%lld: rel L2 %g (bound %g), %lld not finite, %lld of %lld "
+               "non-zero",
+               sub ? " (subnormal scales)" : "", (long long)m, e, BOUND_NV_PATHS, (long long)bad,
+               (long long)nz, (long long)(m * D));
+        printf("nvfp4%s wgmma vs mma.sync m=%lld (D=%lld I=%lld): rel L2 %.3g\n",
+               sub ? " (subnormal scales)" : "", (long long)m, (long long)D, (long long)I, e);
+        free(y[0]);
+        free(y[1]);
+        cudaFree(dx);
+        cudaFree(dids);
+        cudaFree(dwts);
+        cudaFree(ws);
+        cudaFree(dy);
+        free(x);
+        free(ids);
+        free(wts);
+    }
+    for (int i = 0; i < 3; i++) {
+        cudaFree(dw[i]);
+        cudaFree(ds[i]);
+        cudaFree(dg[i]);
+    }
+}
+
 /* --------------------------------------------------------------- bench */
 
 static int cmp_float(const void *a, const void *b)
@@ -956,7 +1115,10 @@ static int bench(void)
          * when they took the experts, else on the mma.sync ones. */
         for (int mi = 0; mi < (ready ? 4 : 2); mi++) {
             int64_t m = ms[mi & 1];
-            desc.wgmma_ready = ready ? (mi < 2 ? 2 : 3) : 0;
+            /* NVFP4 has no v4 kernel: its second pair of runs is the
+             * mma.sync path, for comparison. */
+            desc.wgmma_ready =
+                ready ? (mi < 2 ? 2 : fmt == QPLUG_CUDA_MOE_NVFP4 ? 0 : 3) : 0;
             uint16_t *x = make_x(m, D, 1.0);
             int32_t *ids = malloc((size_t)(m * K) * 4);
             float *wts = malloc((size_t)(m * K) * 4);
@@ -1056,6 +1218,8 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "quick") == 0) {
         test_v4_vs_v3(QPLUG_CUDA_MOE_FP8);
         test_v4_vs_v3(QPLUG_CUDA_MOE_MXFP4);
+        test_nv_old_new(0);
+        test_nv_old_new(1);
         return test_done();
     }
 
@@ -1063,7 +1227,7 @@ int main(int argc, char **argv)
     const int64_t ms[] = {1, 7, 64, 300};
     for (int f = 0; f < 3; f++) {
         experts ex;
-        make_experts(&ex, (qplug_cuda__moe_wfmt)f);
+        make_experts(&ex, (qplug_cuda__moe_wfmt)f, 0);
         for (int i = 0; i < 4; i++)
             test_moe(&ex, ms[i], 0, 0);
         test_moe(&ex, 129, 1, 0);
@@ -1101,6 +1265,10 @@ int main(int argc, char **argv)
     }
     test_v4_vs_v3(QPLUG_CUDA_MOE_FP8);
     test_v4_vs_v3(QPLUG_CUDA_MOE_MXFP4);
+    test_nv_ref(0);
+    test_nv_ref(1);
+    test_nv_old_new(0);
+    test_nv_old_new(1);
     CHECK(cuda_ok(cudaDeviceSynchronize(), "final sync"));
     return test_done();
 }
