@@ -27,6 +27,13 @@
  * per-128 scales (qplug_cuda__moe_w4a4_unpack_kernel), which flags the
  * tokens it cannot fold exactly.
  *
+ * NVFP4 weights (WF = MOE_F_NV) run on the F16 tensor cores instead: the
+ * decode writes e2m1 * s16 * 2^-14 as F16 (exact, qplug_cuda__moe_wg_fp4_f16)
+ * into two 64-k tiles per 128-block, the token tile is converted from E4M3
+ * to F16 into a second double buffer, eight m64nNk16 wgmmas sum the block,
+ * and the promotion scales by token scale x global x 2^14; 3 stages (the
+ * F16 buffers take the room of the fourth; 2 stages measured 17% slower).
+ *
  * The N of the wgmma follows the tile's row count (16, 32, 64, 96 or 128),
  * so a tile of 70 rows does not multiply 58 empty ones, and decode (a few
  * rows per expert) streams the weights with N = 16. */

@@ -26,8 +26,8 @@
  * The mma.sync kernel is a plain tiled one (64 x 128 tiles, 16 x 128 when
  * the experts average 16 rows or fewer; k steps of 64 through shared memory,
  * the next step's global loads in flight during the current step's mmas).
- * When qplug_cuda__moe_prepare accepted the weights (FP8, MXFP4), both
- * GEMMs run on wgmma instead, for any token count (moe_wgmma.cuh): 128
+ * When qplug_cuda__moe_prepare accepted the weights (FP8, MXFP4, NVFP4),
+ * both GEMMs run on wgmma instead, for any token count (moe_wgmma.cuh): 128
  * weight rows x up to 128 routed rows per block (wgmma N of 16..128 fitted
  * to the tile), 128-byte swizzled tiles, a 4-stage cp.async pipeline, FP4
  * decoded to E4M3 in shared memory with each row's four E8M0 exponents of a
@@ -36,7 +36,13 @@
  * activation scale * weight scale in fp32 (per 128 instead of per 32: the
  * same values, summed in a different order; the tensor cores' FP8 sums are
  * less precise than fp32, so the output error against an fp64 reference
- * grows from ~1.7e-3 to 2e-3..7e-3 on random data, H200). Two wgmma
+ * grows from ~1.7e-3 to 2e-3..7e-3 on random data, H200). NVFP4 weights
+ * take the F16 tensor cores instead (m64nNk16): each E2M1 value times its
+ * E4M3 group scale times 2^-14 is exact in F16 (at most 6 significant
+ * bits, every value a multiple of 2^-24, subnormal scales included), the
+ * E4M3 tokens are converted to F16 (exact), and every 128 products are
+ * scaled by activation scale * global * 2^14 (error ~1.6e-3, like the
+ * mma.sync kernels; v3 kernel only, and not for W4A4 activations). Two wgmma
  * kernels share that tiling and give bit-identical results: v3
  * (moe_wgmma.cuh, two warpgroups in lockstep) and v4 (moe_ws.cuh, two
  * producer warpgroups copying and decoding into mbarrier-guarded slots for
@@ -125,7 +131,9 @@ typedef struct qplug_cuda__moe_weights {
  * for every weight row and 128-block of k, each of its four E8M0 exponents
  * is within 11 of their maximum and none is 255 (then folding the E8M0
  * scales into E4M3 values with one power-of-two scale per 128-block is
- * exact); NVFP4 experts never (an E4M3 x E2M1 product does not fit E4M3).
+ * exact); NVFP4 experts always (on the F16 wgmma; an E4M3 x E2M1 product
+ * does not fit E4M3 but always fits F16), unless built with
+ * QPLUG_MOE_WG_NV=0.
  * Sets w->wgmma_ready and the kernels' shared-memory limits on the current
  * device. Synchronises the stream and allocates 4 bytes of device memory,
  * so it is for prepare time, not for inside a captured layer.
