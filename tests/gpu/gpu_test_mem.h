@@ -24,13 +24,14 @@ static inline int cuda_ok(cudaError_t e, const char *what)
     return 1;
 }
 
-/* A device buffer of `bytes` filled with 0xFF; exits when there is none. */
+/* A device buffer of `bytes` (at least 1, so empty inputs still get a
+ * valid pointer) filled with 0xFF; exits when there is none. */
 static inline void *dev_alloc_poison(size_t bytes)
 {
     void *p = NULL;
-    if (!cuda_ok(cudaMalloc(&p, bytes), "cudaMalloc"))
+    if (!cuda_ok(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc"))
         exit(1);
-    cudaMemset(p, 0xff, bytes);
+    cudaMemset(p, 0xff, bytes ? bytes : 1);
     return p;
 }
 

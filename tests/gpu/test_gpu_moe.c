@@ -40,6 +40,7 @@ static const float LIMIT = 10.0f;
 
 #define QPLUG_TEST_RNG_SEED 0x243f6a8885a308d3ull
 #include "gpu_test_random.h"
+#include "gpu_test_mem.h"
 
 /* The E4M3 code nearest to v, ties to the even code, saturating at 448. */
 static uint8_t enc_e4m3(double v)
@@ -71,51 +72,6 @@ static uint8_t enc_e2m1(double v)
         }
     }
     return (uint8_t)(sign | best);
-}
-
-static int cuda_ok(cudaError_t e, const char *what)
-{
-    if (e != cudaSuccess) {
-        fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
-        return 0;
-    }
-    return 1;
-}
-
-static void *dev_alloc_poison(size_t bytes)
-{
-    void *p = NULL;
-    if (!cuda_ok(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc"))
-        exit(1);
-    cudaMemset(p, 0xff, bytes ? bytes : 1);
-    return p;
-}
-
-static void *dev_upload(const void *h, size_t bytes)
-{
-    void *p = dev_alloc_poison(bytes);
-    cudaMemcpy(p, h, bytes, cudaMemcpyHostToDevice);
-    return p;
-}
-
-static void download(void *h, const void *d, size_t bytes)
-{
-    if (!cuda_ok(cudaDeviceSynchronize(), "kernel") ||
-        !cuda_ok(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy"))
-        exit(1);
-}
-
-static double rel_l2_bf16(const uint16_t *y, const double *ref, size_t n)
-{
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double v = bf16_value(y[i]);
-        if (!isfinite(v))
-            return INFINITY;
-        num += (v - ref[i]) * (v - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1.0));
 }
 
 static uint16_t *make_x(int64_t m, int64_t k, double sd)
