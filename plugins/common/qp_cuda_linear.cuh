@@ -11,7 +11,8 @@
  *                                                     activation quantization
  *                                                     fused in, all groups in
  *                                                     one launch, in place
- *   grouped, m <= 512, the wgmma GEMM takes it     -> qplug_cuda__fp8_gemm_bf16x:
+ *   grouped, m <= 512, the wgmma GEMM takes the
+ *   shape, y 4-byte aligned                        -> qplug_cuda__fp8_gemm_bf16x:
  *                                                     quantization fused in,
  *                                                     all groups in one launch
  *                                                     (FP4: its FP8 copy)
@@ -579,7 +580,9 @@ static qplug_status qp_cl_apply_lt(const qplug_host *host, qp_cuda_lin *L,
     const uint8_t *w = L->fmt == QP_CL_FP8 ? (const uint8_t *)L->w : L->q8;
     const float *ws = L->fmt == QP_CL_FP8 ? L->w_scale : L->q8_scale;
     qplug_cuda__err e;
-    if (G > 1 && m <= QPLUG_CUDA_WGMMA_GROUPED_MAX_M &&
+    /* The wgmma GEMM writes y in pairs of BF16 (4-byte stores); a y view at
+     * an odd element offset stays on the cuBLASLt path below. */
+    if (G > 1 && m <= QPLUG_CUDA_WGMMA_GROUPED_MAX_M && (uintptr_t)a->y->data % 4 == 0 &&
         qplug_cuda__fp8_gemm_bf16x_supported(m, n, k, G))
         return qp_cl_kernel_status(
             host,
@@ -632,7 +635,10 @@ static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qp
     /* The fast quantization reads x with 16-byte loads; a less aligned x
      * (a view into a larger buffer) takes the generic quantization kernel. */
     bool x_al = (uintptr_t)a->x->data % 16 == 0;
-    if (native && x_bf16 && x_al && y_bf16 && L->gemv_ok && m <= QPLUG_CUDA_GEMV_MAX_M)
+    /* The one-launch GEMV puts the groups on the grid's z dimension
+     * (at most 65535); more groups take the per-group path below. */
+    if (native && x_bf16 && x_al && y_bf16 && L->gemv_ok && m <= QPLUG_CUDA_GEMV_MAX_M &&
+        G <= 65535)
         return qp_cl_apply_gemv(host, L, a, s);
     if (native && x_bf16 && x_al && y_bf16 && L->lt_ok && m > QPLUG_CUDA_GEMV_MAX_M)
         return qp_cl_apply_lt(host, L, a, s);

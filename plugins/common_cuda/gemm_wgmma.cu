@@ -22,8 +22,13 @@
  *     accumulator, then the promotion fin += acc * (x scale * w scale), so
  *     every 128-wide k-block is summed in fp32 first and scaled once, like
  *     the formula in qplug_cuda.h (and DeepGEMM's promotion). On H200 the
- *     outputs are bit-identical to act_quant + cuBLASLt's block-scaled GEMM.
- *     The tile's weight scales are read once into shared memory.
+ *     outputs were bit-identical to act_quant + cuBLASLt's block-scaled GEMM
+ *     for the model shapes of bench/results/h200_wgmma_v3_1.md except two
+ *     (Pro wq_a and wkv at M = 512, k = 7168: rel L2 difference 2.3e-5 and
+ *     2.7e-5; not investigated, presumably another order of the k-block
+ *     sums in cuBLASLt).
+ *     The tile's weight scales are read once into shared memory when there
+ *     are at most QPLUG_WG_KMAX k-blocks, else per k-block from global.
  * The stages form a ring of QPLUG_WG_STAGES slots: the producers wait for a
  * slot's "empty" barrier (the consumers of every CTA that writes into it),
  * the consumers for its "full" barrier.
@@ -85,8 +90,10 @@
 /* 1: each producer warp arrives once (lane 0, after __syncwarp) on the
  * "full" and "xempty" barriers instead of every producer thread: 16
  * instead of 512 shared-memory barrier arrivals per k-block. The
- * suspected cost after v3 run 2 (bench/NOTES.md, v3); not yet run on a
- * GPU, hence 0. */
+ * suspected cost after v3 run 2 (bench/NOTES.md, v3). Run once on H200
+ * (bench/results/h200_wgmma_v3_1.md): correct, about 3% faster, far from
+ * the ~1 us per k-block it was meant to explain; not made the default,
+ * hence 0. */
 #ifndef QPLUG_WGMMA_WARP_ARRIVE
 #define QPLUG_WGMMA_WARP_ARRIVE 0
 #endif
@@ -914,12 +921,14 @@ extern "C" qplug_status qplug_cuda__fp8_gemm_bf16x(const void *x, int64_t ldx, i
     if (!qplug_cuda__fp8_gemm_bf16x_supported(m, n, k, groups))
         return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
                                 "fp8_gemm_bf16x: shape m %lld, n %lld, k %lld, groups %lld needs "
-                                "m >= 1, n and k multiples of 128, groups >= 1",
+                                "m >= 1, n and k multiples of 128, groups >= 1, within the grid "
+                                "and tensor-map limits",
                                 (long long)m, (long long)n, (long long)k, (long long)groups);
-    if (ldx < groups * k || ldy < groups * n)
+    /* The activation tensor map takes a row stride in bytes below 2^40. */
+    if (ldx < groups * k || ldy < groups * n || ldx >= ((int64_t)1 << 39))
         return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
-                                "fp8_gemm_bf16x: row strides x %lld, y %lld below groups * k "
-                                "(%lld), groups * n (%lld)",
+                                "fp8_gemm_bf16x: row strides x %lld, y %lld need groups * k "
+                                "(%lld) <= x < 2^39 and y >= groups * n (%lld)",
                                 (long long)ldx, (long long)ldy, (long long)(groups * k),
                                 (long long)(groups * n));
     if ((uintptr_t)x % 16 != 0 || ldx % 8 != 0 || (uintptr_t)y % 4 != 0 || ldy % 2 != 0 ||
@@ -991,9 +1000,13 @@ extern "C" qplug_status qplug_cuda__fp8_gemm_bf16x(const void *x, int64_t ldx, i
         e = qplug__wg_dispatch<true>(map, xmap, a, c, cm, stream);
     else
         e = qplug__wg_dispatch<false>(map, xmap, a, c, cm, stream);
-    if (e != cudaSuccess)
+    if (e != cudaSuccess) {
+        /* A refused launch also sets the thread's last error; clear it so
+         * that the next caller's launch check does not report it again. */
+        (void)cudaGetLastError();
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE,
                                 "fp8_gemm_bf16x: launch (cluster of %d x %d) refused: %s", cm, c,
                                 cudaGetErrorString(e));
+    }
     return qplug_cuda__check_launch(err, "fp8_gemm_bf16x");
 }

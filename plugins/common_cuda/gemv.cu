@@ -793,8 +793,13 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     }
 }
 
-static qplug_status qplug_cuda__gemv_check(const char *what, const void *w, const void *ws,
-                                           const void *xq, const float *xs, int64_t m, int64_t n,
+/* The kernels read w and the FP8 xq with 16-byte loads, FP4 xq with 4-byte
+ * loads, the scales as float (FP8), 4 E8M0 bytes (MXFP4) or 8 E4M3 bytes
+ * (NVFP4) at a time and write y as BF16: a less aligned pointer would be a
+ * misaligned-address fault on the device, which poisons the context, so it
+ * is refused here instead. */
+static qplug_status qplug_cuda__gemv_check(const char *what, int f, const void *w,
+                                           const void *ws, const void *xq, const float *xs, int64_t m, int64_t n,
                                            int64_t k, const void *y, qplug_cuda__err *err)
 {
     if (!w || !ws || !xq || !xs || !y)
@@ -803,9 +808,16 @@ static qplug_status qplug_cuda__gemv_check(const char *what, const void *w, cons
         n / 16 > 0x7fffffff || k / 128 > 0x7fffffff)
         return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
                                 "%s: m=%lld n=%lld k=%lld needs 1 <= m <= %d, n %% 16 == 0, "
-                                "k %% 128 == 0",
+                                "k %% 128 == 0 and n/16, k/128 below 2^31",
                                 what, (long long)m, (long long)n, (long long)k,
                                 QPLUG_CUDA_GEMV_MAX_M);
+    uintptr_t ws_al = f == QPLUG_GEMV_FMT_NV ? 8 : 4, xq_al = f == QPLUG_GEMV_FMT_FP8 ? 16 : 4;
+    if ((uintptr_t)w % 16 != 0 || (uintptr_t)ws % ws_al != 0 || (uintptr_t)xq % xq_al != 0 ||
+        (uintptr_t)xs % 4 != 0 || (uintptr_t)y % 2 != 0)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                "%s: alignment: w needs 16 bytes, w_scale %d, xq %d, x_scale 4, "
+                                "y 2",
+                                what, (int)ws_al, (int)xq_al);
     return QPLUG_OK;
 }
 
@@ -1057,7 +1069,8 @@ extern "C" qplug_status qplug_cuda__gemv_fp8(const void *w, const float *w_scale
                                              int64_t k, void *y, void *stream,
                                              qplug_cuda__err *err)
 {
-    qplug_status s = qplug_cuda__gemv_check("gemv_fp8", w, w_scale, xq, x_scale, m, n, k, y, err);
+    qplug_status s = qplug_cuda__gemv_check("gemv_fp8", QPLUG_GEMV_FMT_FP8, w, w_scale, xq,
+                                            x_scale, m, n, k, y, err);
     if (s != QPLUG_OK)
         return s;
     qplug_cuda__gemv_args a = qplug_cuda__gemv_plain(w, w_scale, xq, x_scale, 1.0f, m, n, k, y);
@@ -1070,7 +1083,8 @@ extern "C" qplug_status qplug_cuda__gemv_mxfp4(const uint8_t *w_packed, const ui
                                                qplug_cuda__err *err)
 {
     qplug_status s =
-        qplug_cuda__gemv_check("gemv_mxfp4", w_packed, w_scale, xq, x_scale, m, n, k, y, err);
+        qplug_cuda__gemv_check("gemv_mxfp4", QPLUG_GEMV_FMT_MX, w_packed, w_scale, xq, x_scale,
+                               m, n, k, y, err);
     if (s != QPLUG_OK)
         return s;
     qplug_cuda__gemv_args a =
@@ -1085,7 +1099,8 @@ extern "C" qplug_status qplug_cuda__gemv_nvfp4(const uint8_t *w_packed, const ui
                                                qplug_cuda__err *err)
 {
     qplug_status s =
-        qplug_cuda__gemv_check("gemv_nvfp4", w_packed, w_scale, xq, x_scale, m, n, k, y, err);
+        qplug_cuda__gemv_check("gemv_nvfp4", QPLUG_GEMV_FMT_NV, w_packed, w_scale, xq, x_scale,
+                               m, n, k, y, err);
     if (s != QPLUG_OK)
         return s;
     qplug_cuda__gemv_args a = qplug_cuda__gemv_plain(w_packed, w_scale, xq, x_scale,
@@ -1126,7 +1141,14 @@ extern "C" size_t qplug_cuda__gemv_bf16_scratch(qplug_cuda__gemv_fmt fmt,
                                                 int64_t k, int64_t groups,
                                                 qplug_cuda__gemv_path path)
 {
-    if (m < 1 || m > QPLUG_CUDA_GEMV_MAX_M || n < 16 || k < 128 || groups < 1 ||
+    /* Arguments qplug_cuda__gemv_bf16 refuses need no scratch: the call
+     * reports them. */
+    if (fmt != QPLUG_CUDA_GEMV_FP8 && fmt != QPLUG_CUDA_GEMV_MXFP4 && fmt != QPLUG_CUDA_GEMV_NVFP4)
+        return 0;
+    if (act != QPLUG_CUDA_SCALE_F32 && act != QPLUG_CUDA_SCALE_UE8M0)
+        return 0;
+    if (m < 1 || m > QPLUG_CUDA_GEMV_MAX_M || n < 16 || n % 16 != 0 || n / 16 > 0x7fffffff ||
+        k < 128 || k % 128 != 0 || k / 128 > 0x7fffffff || groups < 1 || groups > 65535 ||
         !qplug_cuda__gemv_unfused(fmt, act, m, n, k, groups, path))
         return 0;
     size_t off;
@@ -1153,9 +1175,13 @@ extern "C" qplug_status qplug_cuda__gemv_bf16(qplug_cuda__gemv_fmt fmt, const vo
     if (path != QPLUG_CUDA_GEMV_AUTO && path != QPLUG_CUDA_GEMV_FUSED &&
         path != QPLUG_CUDA_GEMV_UNFUSED)
         return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "%s: unknown path %d", what, (int)path);
-    /* x_scale is unused here; w_scale stands in for it in the NULL check. */
-    qplug_status s = qplug_cuda__gemv_check(what, w, w_scale, x, (const float *)w_scale, m, n, k,
-                                            y, err);
+    /* x_scale is unused here; w_scale stands in for it in the NULL and
+     * alignment checks, and x for xq (its own alignment is checked below). */
+    int f = fmt == QPLUG_CUDA_GEMV_FP8     ? QPLUG_GEMV_FMT_FP8
+            : fmt == QPLUG_CUDA_GEMV_MXFP4 ? QPLUG_GEMV_FMT_MX
+                                           : QPLUG_GEMV_FMT_NV;
+    qplug_status s = qplug_cuda__gemv_check(what, f, w, w_scale, x, (const float *)w_scale, m, n,
+                                            k, y, err);
     if (s != QPLUG_OK)
         return s;
     if (groups < 1 || groups > 65535 || ldx < groups * k || ldy < groups * n ||

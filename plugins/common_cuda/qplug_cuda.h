@@ -124,7 +124,8 @@ void qplug_cuda__bf16_gemm_destroy(qplug_cuda__bf16_gemm *g);
 /* Decode GEMV on FP8 block weights for 1 <= m <= 16: y = xq . w^T with the
  * same inputs and numerics as qplug_cuda__fp8_gemm_run (fp32 accumulation
  * per 128-block, then scaled). Tensor-core mma.sync on E4M3, 16-byte weight
- * loads. n % 16 == 0, k % 128 == 0. */
+ * loads. n % 16 == 0, k % 128 == 0; w and xq 16-byte aligned, the scales
+ * 4-byte aligned. */
 qplug_status qplug_cuda__gemv_fp8(const void *w, const float *w_scale, const void *xq,
                                   const float *x_scale, int64_t m, int64_t n, int64_t k, void *y,
                                   void *stream, qplug_cuda__err *err);
@@ -151,13 +152,17 @@ typedef enum qplug_cuda__gemv_path {
 /* Decode GEMV on BF16 activations, one launch for `groups` independent
  * groups: group g computes y[:, g*n:(g+1)*n] = x[:, g*k:(g+1)*k] . W_g^T,
  * where W_g is rows g*n..(g+1)*n-1 of the weight (the layouts above over
- * rows = groups*n; grouped FP8 needs n % 128 == 0). x is BF16 [m, >= groups*k]
- * with row stride ldx (multiple of 8, x 16-byte aligned), y BF16 with row
- * stride ldy >= groups*n. w_scale is float for FP8, bytes for FP4;
- * global_scale is used by NVFP4 only. 1 <= m <= 16, n % 16 == 0,
+ * rows = groups*n; grouped FP8 needs n % 128 == 0; 1 <= groups <= 65535).
+ * x is BF16 [m, >= groups*k] with row stride ldx (multiple of 8, x 16-byte
+ * aligned), y BF16 with row stride ldy >= groups*n; w and w_scale aligned
+ * as for qplug_cuda__gemv_fp8/_mxfp4/_nvfp4. w_scale is float for FP8,
+ * bytes for FP4; global_scale is used by NVFP4 only. 1 <= m <= 16, n % 16 == 0,
  * k % 128 == 0. Both paths quantize by the rule of qplug_cuda__act_quant_fp8
- * (the fused kernel in registers, with the same codes and scales), so y is
- * bit-identical to act_quant followed by qplug_cuda__gemv_fp8/_mxfp4/_nvfp4.
+ * (the fused kernel in registers, with the same codes and scales), so with
+ * one group y is bit-identical to act_quant followed by
+ * qplug_cuda__gemv_fp8/_mxfp4/_nvfp4. With several groups the launch shape
+ * is chosen from all groups' rows, so the split of k over warps and blocks,
+ * hence the order of the fp32 additions, can differ from per-group calls.
  * scratch: device memory of qplug_cuda__gemv_bf16_scratch(...) bytes for the
  * same arguments (16-byte aligned), or NULL when that is 0; with AUTO and
  * NULL scratch the fused path runs. */
@@ -168,7 +173,7 @@ qplug_status qplug_cuda__gemv_bf16(qplug_cuda__gemv_fmt fmt, const void *w, cons
                                    qplug_cuda__gemv_path path, void *scratch, void *stream,
                                    qplug_cuda__err *err);
 /* The scratch bytes qplug_cuda__gemv_bf16 needs for these arguments on the
- * current device: 0 when it runs fused. */
+ * current device: 0 when it runs fused, and 0 for arguments it refuses. */
 size_t qplug_cuda__gemv_bf16_scratch(qplug_cuda__gemv_fmt fmt, qplug_cuda__scale_fmt act,
                                      int64_t m, int64_t n, int64_t k, int64_t groups,
                                      qplug_cuda__gemv_path path);
@@ -186,7 +191,9 @@ qplug_status qplug_cuda__fp4_repack(const uint8_t *src, int64_t n, int64_t k, ui
  * qplug_cuda__act_quant_fp8, FP4 decoded exactly to F16 in registers).
  * w_packed is the repacked E2M1 [n, k/2]. MXFP4: scale E8M0 [n, k/32].
  * NVFP4: scale E4M3 [n, k/16] and the global F32 weight_scale_2 (host
- * value). 1 <= m <= 16, n % 16 == 0, k % 128 == 0. */
+ * value). 1 <= m <= 16, n % 16 == 0, k % 128 == 0; w_packed 16-byte
+ * aligned, xq and x_scale 4-byte aligned, w_scale 4-byte (MXFP4) or 8-byte
+ * (NVFP4) aligned. */
 qplug_status qplug_cuda__gemv_mxfp4(const uint8_t *w_packed, const uint8_t *w_scale,
                                     const void *xq, const float *x_scale, int64_t m, int64_t n,
                                     int64_t k, void *y, void *stream, qplug_cuda__err *err);
@@ -223,7 +230,7 @@ qplug_status qplug_cuda__nvfp4_to_fp8_block(const uint8_t *w, const uint8_t *sca
  *   y[:, g*n:(g+1)*n] = x[:, g*k:(g+1)*k] . w_g^T
  * with w_g the rows g*n.. of w E4M3 [groups*n, k] and its scales, the rows
  * g*(n/128).. of w_scale float [groups*n/128][k/128].
- * x BF16 [m, ldx] (ldx >= groups*k, ldx % 8 == 0, 16-byte aligned);
+ * x BF16 [m, ldx] (groups*k <= ldx < 2^39, ldx % 8 == 0, 16-byte aligned);
  * y BF16 [m, ldy] (ldy >= groups*n, even, 4-byte aligned); w 16-byte
  * aligned. Shapes as qplug_cuda__fp8_gemm_bf16x_supported says. */
 qplug_status qplug_cuda__fp8_gemm_bf16x(const void *x, int64_t ldx, int64_t m, int64_t n,

@@ -361,6 +361,21 @@ static void test_bad_args(void)
     CHECK(call_fused(fp8, d, (char *)d + 2, 128, f32, 1, 16, 128, 1, d, 16) ==
           QPLUG_ERR_ARGUMENT);
     CHECK(call_fused(fp8, d, d, 132, f32, 1, 16, 128, 1, d, 16) == QPLUG_ERR_ARGUMENT);
+    /* Weights, scales or y less aligned than the kernels' loads and stores
+     * are refused before any launch (a misaligned access would fault). */
+    CHECK(call_fused(fp8, (char *)d + 8, d, 128, f32, 1, 16, 128, 1, d, 16) ==
+          QPLUG_ERR_ARGUMENT);
+    CHECK(call_fused(fp8, d, d, 128, f32, 1, 16, 128, 1, (char *)d + 1, 16) ==
+          QPLUG_ERR_ARGUMENT);
+    qplug_cuda__err aerr = {{0}};
+    CHECK(qplug_cuda__gemv_bf16(QPLUG_CUDA_GEMV_NVFP4, d, (char *)d + 4, 1.0f, d, 128, f32, 1, 16,
+                                128, 1, d, 16, QPLUG_CUDA_GEMV_FUSED, NULL, NULL,
+                                &aerr) == QPLUG_ERR_ARGUMENT);
+    CHECK(strstr(aerr.msg, "gemv_bf16 (nvfp4)") != NULL);
+    CHECK(qplug_cuda__gemv_fp8(d, (const float *)d, (char *)d + 4, (const float *)d, 1, 16, 128,
+                               d, NULL, &aerr) == QPLUG_ERR_ARGUMENT);
+    cudaDeviceSynchronize();
+    CHECK(cudaGetLastError() == cudaSuccess);
     CHECK(call_fused(fp8, NULL, d, 128, f32, 1, 16, 128, 1, d, 16) == QPLUG_ERR_ARGUMENT);
     CHECK(call_fused((qplug_cuda__gemv_fmt)7, d, d, 128, f32, 1, 16, 128, 1, d, 16) ==
           QPLUG_ERR_ARGUMENT);
@@ -373,6 +388,13 @@ static void test_bad_args(void)
     CHECK(qplug_cuda__gemv_bf16(fp8, d, d, 1.0f, d, 128, f32, 1, 16, 128, 1, d, 16,
                                 QPLUG_CUDA_GEMV_UNFUSED, NULL, NULL, &err) == QPLUG_ERR_ARGUMENT);
     CHECK(qplug_cuda__gemv_bf16_scratch(fp8, f32, 4, 256, 512, 3, QPLUG_CUDA_GEMV_FUSED) == 0);
+    /* Arguments the call refuses (unknown format, n % 16, too many groups)
+     * ask for no scratch, even on the unfused path. */
+    CHECK(qplug_cuda__gemv_bf16_scratch((qplug_cuda__gemv_fmt)7, f32, 4, 256, 512, 3,
+                                        QPLUG_CUDA_GEMV_UNFUSED) == 0);
+    CHECK(qplug_cuda__gemv_bf16_scratch(fp8, f32, 4, 264, 512, 3, QPLUG_CUDA_GEMV_UNFUSED) == 0);
+    CHECK(qplug_cuda__gemv_bf16_scratch(fp8, f32, 4, 256, 512, 65536, QPLUG_CUDA_GEMV_UNFUSED) ==
+          0);
     CHECK(qplug_cuda__gemv_bf16_scratch(fp8, f32, 4, 256, 512, 3, QPLUG_CUDA_GEMV_UNFUSED) >=
           (size_t)(4 * 3 * 512 + 4 * 3 * 4 * 4));
     cudaFree(d);

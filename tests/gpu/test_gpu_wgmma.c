@@ -355,6 +355,9 @@ static void test_bad_args(void)
                                      NULL, &err) == QPLUG_ERR_ARGUMENT);
     CHECK(qplug_cuda__fp8_gemm_bf16x(d, 128, 1, 128, 128, 1, (qplug_cuda__scale_fmt)7, b, fs, d,
                                      128, NULL, &err) == QPLUG_ERR_ARGUMENT);
+    /* An x row stride the tensor map cannot hold (2^40 bytes and more). */
+    CHECK(qplug_cuda__fp8_gemm_bf16x(d, (int64_t)1 << 39, 1, 128, 128, 1, QPLUG_CUDA_SCALE_F32, b,
+                                     fs, d, 128, NULL, &err) == QPLUG_ERR_SHAPE);
     CHECK(qplug_cuda__fp8_gemm_bf16x_supported(4096, 512, 4096, 1) == 1);
     CHECK(qplug_cuda__fp8_gemm_bf16x_supported(17, 1024, 4096, 16) == 1);
     CHECK(qplug_cuda__fp8_gemm_bf16x_supported(1, 64, 128, 1) == 0);
