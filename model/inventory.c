@@ -295,9 +295,12 @@ static qplug_status qplug__check_config(const qplug_model_config *c, qplug_err *
                              "%s: key o_groups: %lld does not divide num_attention_heads*head_dim",
                              c->source, (long long)c->o_groups);
     /* Each key is bounded by the config parser, but their products size the
-     * plugins' allocations: refuse any layer above 2^40 elements (V4-Pro's
-     * largest, all routed experts of one layer, is about 2^35). Every factor
-     * is at most 2^31, so no product of two or three below overflows. */
+     * plugins' allocations: refuse any product above 2^40 / 3 elements
+     * (the experts' three matrices of one layer together then stay below
+     * 2^40; V4-Pro's largest product, one of its expert matrices, is about
+     * 2^33). The parser's bounds (vocab_size below 2^31, the other factors
+     * at most 2^20 or 2^16) keep every product below 2^57, so none of them
+     * overflows int64. */
     int64_t qdim = c->num_attention_heads * c->head_dim;
     const struct {
         const char *what;

@@ -237,8 +237,8 @@ static qplug_status qp_cm_prepare(const qplug_host *host, const qplug_layer_desc
     M->w.g1 = M->gbuf[0];
     M->w.g3 = M->gbuf[1];
     M->w.g2 = M->gbuf[2];
-    /* Picks the wgmma kernels for large token counts when they take these
-     * experts (checked once here, on the null stream the uploads used). */
+    /* Whether the wgmma kernels take these experts (for every token count;
+     * checked once here, on the null stream the uploads used). */
     qplug_cuda__err e = {{0}};
     st = qplug_cuda__moe_prepare(&M->w, NULL, &e);
     if (st) {

@@ -6,8 +6,10 @@
  * Graph capture: the routing stays on the device. The permutation kernel
  * writes a tile table (expert, first row, end row) for the grouped GEMMs,
  * whose grids are sized by the worst case, ceil(m*top_k/BM) + E tiles of BM
- * rows (BM = 16 or 64, chosen from the host shapes); blocks past the real
- * tile count exit at once.
+ * rows (BM = 128 on the wgmma kernels, else 16 or 64, chosen from the host
+ * shapes); blocks past the real tile count exit at once. The W4A4 fallback
+ * of the MXFP4 wgmma path is chosen on the device too (a flag read by both
+ * launched GEMMs), so no path of the forward needs a host sync.
  *
  * Determinism: rows of one expert are placed with shared-memory atomics, so
  * their order within the expert varies from run to run, but every output row
@@ -690,6 +692,22 @@ static qplug_status qplug_cuda__moe_check(const qplug_cuda__moe_weights *w, int6
         w->fmt != QPLUG_CUDA_MOE_NVFP4)
         return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "%s: unknown weight format %d", fn,
                                 (int)w->fmt);
+    /* Every kernel reads the weights in 16-byte pieces and the scales in
+     * 4-byte words; a misaligned pointer would fault on the device and
+     * leave the context unusable, so it is refused here. */
+    const void *wp[3] = {w->w1, w->w3, w->w2};
+    const void *sp[3] = {w->s1, w->s3, w->s2};
+    const void *gp[3] = {w->g1, w->g3, w->g2};
+    static const char *const wn[3] = {"w1", "w3", "w2"};
+    for (int i = 0; i < 3; i++) {
+        if (((uintptr_t)wp[i] & 15u) != 0)
+            return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                    "%s: expert weights %s not 16-byte aligned", fn, wn[i]);
+        if (((uintptr_t)sp[i] & 3u) != 0 || ((uintptr_t)gp[i] & 3u) != 0)
+            return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                    "%s: scales of expert weights %s not 4-byte aligned", fn,
+                                    wn[i]);
+    }
     int64_t D = w->hidden, I = w->intermediate;
     if (D < 128 || D % 128 || I < 128 || I % 128 || w->num_experts < 1 ||
         w->num_experts > MOE_MAX_E || K < 1 || K > MOE_MAX_K || m < 0 || m > 0x7fffffff ||
@@ -748,7 +766,9 @@ static void qplug_cuda__moe_gemm_up(int af, int wf, const qplug_cuda__moe_gemm_a
 }
 
 /* The wgmma GEMM: grid (weight-row blocks, tile bound); the
- * warp-specialized kernel (moe_ws.cuh) unless `v3` (wgmma_ready == 2). */
+ * warp-specialized kernel (moe_ws.cuh) unless `v3` (qplug_cuda__moe_use_v4
+ * said no); NVFP4 always on the v3 kernel. The caller keeps the tile bound
+ * within the grid's y limit of 65535. */
 template <int WF, bool DUAL>
 static void qplug_cuda__moe_wg_launch(const qplug_cuda__moe_gemm_args &a, int64_t tmax, bool v3,
                                       cudaStream_t s)
@@ -788,13 +808,13 @@ static void qplug_cuda__moe_wg_wf(int wf, const qplug_cuda__moe_gemm_args &a, in
 #ifndef QPLUG_MOE_V4_MX
 #define QPLUG_MOE_V4_MX 2
 #endif
+#ifndef QPLUG_MOE_V4_FP8
+#define QPLUG_MOE_V4_FP8 3
+#endif
 /* NVFP4 experts on the F16 wgmma path of the v3 kernel (1) or on the
  * mma.sync kernels (0). */
 #ifndef QPLUG_MOE_WG_NV
 #define QPLUG_MOE_WG_NV 1
-#endif
-#ifndef QPLUG_MOE_V4_FP8
-#define QPLUG_MOE_V4_FP8 3
 #endif
 static bool qplug_cuda__moe_use_v4(const qplug_cuda__moe_weights *w, int64_t R)
 {
@@ -867,8 +887,10 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     int32_t E = w->num_experts;
     int64_t D = w->hidden, I = w->intermediate, R = m * K;
     /* The wgmma kernels (128-row tiles, the wgmma N fitted to each tile's
-     * rows) when prepare accepted the experts and the activations are FP8
-     * or MXFP4 like the weights; otherwise the mma.sync kernels, with small
+     * rows) when prepare accepted the experts, the activations are FP8
+     * or MXFP4 like the weights and the tile bound fits the grid's y limit
+     * (65535 tiles, about 8M routed rows); otherwise the mma.sync kernels,
+     * with small
      * tiles when the experts get 16 rows or fewer on average (decode), so
      * that the tensor cores do not multiply mostly empty rows. */
     int64_t twg = (R + WG_BN - 1) / WG_BN + E;
@@ -986,11 +1008,17 @@ extern "C" qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void
         (w->fmt != QPLUG_CUDA_MOE_NVFP4 || !QPLUG_MOE_WG_NV))
         return QPLUG_OK;
     int64_t D = w->hidden, I = w->intermediate;
-    if (w->num_experts < 1 || D < 128 || D % 128 || I < 128 || I % 128 || !w->s1 || !w->s3 ||
-        !w->s2)
+    if (w->num_experts < 1 || w->num_experts > MOE_MAX_E || D < 128 || D % 128 || I < 128 ||
+        I % 128 || D / 128 > 65535 || I / 128 > 65535)
         return qplug_cuda__fail(err, QPLUG_ERR_SHAPE,
-                                "moe_prepare: unsupported expert set (E=%d D=%lld I=%lld)",
+                                "moe_prepare: unsupported expert shape E=%d D=%lld I=%lld",
                                 (int)w->num_experts, (long long)D, (long long)I);
+    /* The MXFP4 check below reads the scales as 4-byte words. */
+    if (!w->s1 || !w->s3 || !w->s2)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "moe_prepare: NULL expert scales");
+    if ((((uintptr_t)w->s1 | (uintptr_t)w->s3 | (uintptr_t)w->s2) & 3u) != 0)
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                "moe_prepare: expert scales not 4-byte aligned");
     cudaStream_t s = (cudaStream_t)stream;
     const int wg8 = qplug_cuda__moe_wg_smem<MOE_F_FP8>::LAUNCH;
     const int wgx = qplug_cuda__moe_wg_smem<MOE_F_MX>::LAUNCH;

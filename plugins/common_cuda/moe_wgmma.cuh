@@ -50,7 +50,6 @@ enum {
     WG_RS_FP8 = 144  /* raw FP8 row stride: 128 + 16 */
 };
 
-/* Shared-memory layout of one block, in bytes from the dynamic base. */
 /* Stage counts; the macros exist so that bench builds can compare. */
 #ifndef QPLUG_MOE_WG_STAGES_MX
 #define QPLUG_MOE_WG_STAGES_MX 4
@@ -62,6 +61,7 @@ enum {
 #ifndef QPLUG_MOE_WG_STAGES_NV
 #define QPLUG_MOE_WG_STAGES_NV 3
 #endif
+/* Shared-memory layout of one block, in bytes from the dynamic base. */
 template <int WF> struct qplug_cuda__moe_wg_smem {
     static constexpr int S = WF == MOE_F_FP8 ? QPLUG_MOE_WG_STAGES_FP8
                              : WF == MOE_F_MX ? QPLUG_MOE_WG_STAGES_MX
@@ -787,8 +787,9 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
 
 /*
  * The grouped GEMM on wgmma: grid (n / 64 for the gate/up pair, n / 128
- * otherwise; tile count bound), 256 threads, WF = MOE_F_FP8 or MOE_F_MX
- * weights, FP8 activations (a, a_scale in the act_quant layout). DUAL: the
+ * otherwise; tile count bound), 256 threads, WF = MOE_F_FP8, MOE_F_MX or
+ * MOE_F_NV weights, FP8 activations (a, a_scale in the act_quant layout;
+ * the W4A4 path unpacks its MXFP4 activations to that layout). DUAL: the
  * block's 64 rows n0.. of w1 (warpgroup 0) and of w3 (warpgroup 1), then
  * out = silu(min(g, L)) * clamp(u, -L, L); otherwise 128 rows of w[0].
  * out is F32 [rows, n]. The wgmma N is picked per tile (one instantiation

@@ -421,7 +421,8 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
     }
 }
 
-/* Same grid and arguments as qplug_cuda__moe_wg_kernel, 384 threads. */
+/* Same grid and arguments as qplug_cuda__moe_wg_kernel (FP8 and MXFP4
+ * weights only), WS_THREADS threads (512 with two producer warpgroups). */
 template <int WF, bool DUAL>
 __global__ void __launch_bounds__(WS_THREADS, 1)
     qplug_cuda__moe_ws_kernel(const qplug_cuda__moe_gemm_args p)

@@ -48,8 +48,7 @@
  * producer warpgroups copying and decoding into mbarrier-guarded slots for
  * two consumer warpgroups that take turns on the tensor cores); the
  * forward picks one per weight format and token count from the host
- * shapes (moe.cu, qplug_cuda__moe_use_v4). The W4A4 MXFP4
- * path then first
+ * shapes (moe.cu, qplug_cuda__moe_use_v4). The W4A4 MXFP4 path then first
  * unpacks the FP4 activations to E4M3 with the same fold; if some token's
  * 128-block cannot be folded exactly (an exponent more than 11 below the
  * block's maximum with non-zero codes), a device flag sends that layer's
@@ -105,7 +104,9 @@ typedef enum qplug_cuda__moe_wfmt {
  * `fmt` above (FP8 E8M0 block scales must be converted to F32 first, e.g.
  * with qplug_cuda__e8m0_to_f32). g1, g3, g2: NVFP4 only, the per-expert
  * weight_scale_2 as F32 [E] on the device (NULL otherwise).
- * D % 128 == 0, I % 128 == 0.
+ * D % 128 == 0, I % 128 == 0, D / 128 and I / 128 at most 65535,
+ * 1 <= E <= 1024; w1, w3, w2 16-byte aligned, the scales and globals 4-byte
+ * aligned (checked by every entry point).
  */
 typedef struct qplug_cuda__moe_weights {
     qplug_cuda__moe_wfmt fmt;
@@ -127,16 +128,19 @@ typedef struct qplug_cuda__moe_weights {
 
 /*
  * Prepare-time check of an expert set for the Hopper wgmma kernels (used
- * for every token count once accepted): FP8 experts always qualify; MXFP4 experts when,
- * for every weight row and 128-block of k, each of its four E8M0 exponents
- * is within 11 of their maximum and none is 255 (then folding the E8M0
- * scales into E4M3 values with one power-of-two scale per 128-block is
- * exact); NVFP4 experts always (on the F16 wgmma; an E4M3 x E2M1 product
- * does not fit E4M3 but always fits F16), unless built with
+ * for every token count once accepted): FP8 experts always qualify; MXFP4
+ * experts when, for every weight row and 128-block of k, each of its four
+ * E8M0 exponents is within 11 of their maximum and none is 255 (then
+ * folding the E8M0 scales into E4M3 values with one power-of-two scale per
+ * 128-block is exact); NVFP4 experts always (on the F16 wgmma; an E4M3 x
+ * E2M1 product does not fit E4M3 but always fits F16), unless built with
  * QPLUG_MOE_WG_NV=0.
- * Sets w->wgmma_ready and the kernels' shared-memory limits on the current
- * device. Synchronises the stream and allocates 4 bytes of device memory,
- * so it is for prepare time, not for inside a captured layer.
+ * Sets w->wgmma_ready (0 also on a device whose shared memory is too small
+ * for the kernels, with QPLUG_OK) and the kernels' shared-memory limits on
+ * the current device. For MXFP4 it reads the scales on the device,
+ * allocates 4 bytes of device memory and synchronises the stream, so it is
+ * for prepare time, not for inside a captured layer. Shapes outside those
+ * of qplug_cuda__moe_weights, NULL or misaligned scales give an error.
  */
 qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void *stream,
                                      qplug_cuda__err *err);

@@ -451,6 +451,19 @@ static void test_moe(experts *ex, int64_t m, int ue8m0, int mode)
     bad.hidden = 200;
     CHECK(qplug_cuda__moe_forward(&bad, dx, m, dids, dwts, K_, af, dy, ws, wsb, NULL, &err) ==
           QPLUG_ERR_SHAPE);
+    /* Misaligned weights or scales would fault in the kernels' 16-byte
+     * and 4-byte loads: refused on the host, naming the matrix. */
+    bad = ex->desc;
+    bad.w2 = (const uint8_t *)bad.w2 + 8;
+    st = qplug_cuda__moe_forward(&bad, dx, m, dids, dwts, K_, af, dy, ws, wsb, NULL, &err);
+    CHECKF(st == QPLUG_ERR_ARGUMENT && strstr(err.msg, "w2"), "misaligned w2: %d %s", (int)st,
+           err.msg);
+    bad = ex->desc;
+    bad.s1 = (const uint8_t *)bad.s1 + 2;
+    st = qplug_cuda__moe_forward(&bad, dx, m, dids, dwts, K_, af, dy, ws, wsb, NULL, &err);
+    CHECKF(st == QPLUG_ERR_ARGUMENT && strstr(err.msg, "w1"), "misaligned s1: %d %s", (int)st,
+           err.msg);
+    CHECK(qplug_cuda__moe_prepare(&bad, NULL, &err) == QPLUG_ERR_ARGUMENT);
 
     cudaFree(ws);
     cudaFree(dx);
@@ -738,8 +751,9 @@ static void test_graph(const experts *ex)
 
 /* ------------------------------------------- v4 kernel against v3 */
 
-/* The warp-specialized kernel (v4, the default) against the v3 kernel
- * (wgmma_ready == 2) at shapes with many 128-blocks of k, so that the v4
+/* The warp-specialized kernel (v4, forced with wgmma_ready == 3; the
+ * forward's own choice depends on format and rows per expert) against the
+ * v3 kernel (wgmma_ready == 2) at shapes with many 128-blocks of k, so that the v4
  * pipeline wraps around its stage slots several times (its mbarrier phases
  * flip), and with tiles of every wgmma N. Both issue the same wgmmas on the
  * same E4M3 tiles and promote in the same order, so the outputs must be
