@@ -625,8 +625,14 @@ int qplug_bench_main(int argc, char **argv)
                     double tflops = flops / (ta * 1e-6) / 1e12;
                     double gbps = bytes / (ta * 1e-6) / 1e9;
                     double wt_core = wb / (tc * 1e-6) / 1e9;
+                    /* The path the plugin's dispatch takes for this shape
+                     * (qp_cuda_linear.cuh), assuming the alignment and
+                     * shape conditions it checks hold, as they do for the
+                     * model shapes benched here. */
                     const char *path = c.m <= QPLUG_CUDA_GEMV_MAX_M
-                                           ? (p == PL_FP8 ? "gemv_bf16_fp8" : p == PL_MXFP4 ? "gemv_bf16_mxfp4" : "gemv_bf16_nvfp4")
+                                           ? (p == PL_FP8     ? "gemv_bf16_fp8"
+                                              : p == PL_MXFP4 ? "gemv_bf16_mxfp4"
+                                                              : "gemv_bf16_nvfp4")
                                            : c.groups > 1 && c.m <= QPLUG_CUDA_WGMMA_GROUPED_MAX_M
                                            ? (p == PL_FP8 ? "wgmma_fused" : "fp8copy+wgmma_fused")
                                            : (p == PL_FP8 ? "lt_fp8" : "fp8copy+lt_fp8");

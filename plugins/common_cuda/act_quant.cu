@@ -123,7 +123,7 @@ extern "C" qplug_status qplug_cuda__act_quant_fp8_ld(const void *x, int64_t ldx,
         (uintptr_t)scale % 4 != 0)
         return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
                                 "act_quant_fp8: x must be 16-byte aligned with a row stride "
-                                "multiple of 8, xq 8-byte aligned (stride %lld)",
+                                "multiple of 8, xq 8-byte and scale 4-byte aligned (stride %lld)",
                                 (long long)ldx);
     if (fmt != QPLUG_CUDA_SCALE_F32 && fmt != QPLUG_CUDA_SCALE_UE8M0)
         return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "act_quant_fp8: unknown scale format %d",
@@ -164,9 +164,15 @@ extern "C" qplug_status qplug_cuda__e8m0_to_f32(const uint8_t *src, int64_t coun
                                                 void *stream, qplug_cuda__err *err)
 {
     if (!src || !dst || count < 0)
-        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "e8m0_to_f32: bad arguments");
+        return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT,
+                                "e8m0_to_f32: NULL pointer or negative count %lld",
+                                (long long)count);
     if (count == 0)
         return QPLUG_OK;
+    /* One thread per value in blocks of 256 on the grid's x dimension. */
+    if ((count + 255) / 256 > 0x7fffffff)
+        return qplug_cuda__fail(err, QPLUG_ERR_SHAPE, "e8m0_to_f32: %lld values exceed one grid",
+                                (long long)count);
     qplug_cuda__e8m0_kernel<<<(unsigned)((count + 255) / 256), 256, 0, (cudaStream_t)stream>>>(
         src, count, dst);
     return qplug_cuda__check_launch(err, "e8m0_to_f32");

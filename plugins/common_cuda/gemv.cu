@@ -28,8 +28,9 @@
  * the same 16 bytes of each token, which are exactly its A and B fragments
  * of two mmas. The FP4 kernels read a repacked weight (qplug_cuda__fp4_repack)
  * whose 16-byte run per lane holds its fragments of the four 32-wide slots of
- * a 128-block, so two F16 mmas cover exactly one MXFP4 group; the FP4 codes are decoded exactly to F16 in registers, with the
- * NVFP4 scale folded in (see qplug_cuda__gemv_fp4_step). */
+ * a 128-block, so two F16 mmas cover exactly one MXFP4 group; the FP4 codes
+ * are decoded exactly to F16 in registers, with the NVFP4 scale folded in
+ * (see qplug_cuda__gemv_fp4_step). */
 #include <cooperative_groups.h>
 #include <string.h>
 
@@ -799,8 +800,9 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
  * misaligned-address fault on the device, which poisons the context, so it
  * is refused here instead. */
 static qplug_status qplug_cuda__gemv_check(const char *what, int f, const void *w,
-                                           const void *ws, const void *xq, const float *xs, int64_t m, int64_t n,
-                                           int64_t k, const void *y, qplug_cuda__err *err)
+                                           const void *ws, const void *xq, const float *xs,
+                                           int64_t m, int64_t n, int64_t k, const void *y,
+                                           qplug_cuda__err *err)
 {
     if (!w || !ws || !xq || !xs || !y)
         return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "%s: NULL pointer", what);
