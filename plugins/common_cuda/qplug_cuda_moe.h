@@ -106,7 +106,7 @@ typedef enum qplug_cuda__moe_wfmt {
  * weight_scale_2 as F32 [E] on the device (NULL otherwise).
  * D % 128 == 0, I % 128 == 0, D / 128 and I / 128 at most 65535,
  * 1 <= E <= 1024; w1, w3, w2 16-byte aligned, the scales and globals 4-byte
- * aligned (checked by every entry point).
+ * aligned (checked by the forwards; prepare checks the scales).
  */
 typedef struct qplug_cuda__moe_weights {
     qplug_cuda__moe_wfmt fmt;
@@ -121,7 +121,8 @@ typedef struct qplug_cuda__moe_weights {
      * these experts (0, e.g. from a zeroed struct: the mma.sync kernels).
      * 1 lets the forward pick between the v3 kernel (moe_wgmma.cuh) and
      * the warp-specialized v4 kernel (moe_ws.cuh) from the host shapes;
-     * tests and benches may set 2 (v3) or 3 (v4) after prepare. Both give
+     * tests and benches may replace a 1 that prepare set with 2 (v3) or
+     * 3 (v4); the forward does not check that prepare ran. Both give
      * bit-identical results. */
     int32_t wgmma_ready;
 } qplug_cuda__moe_weights;
