@@ -29,9 +29,10 @@
  * When qplug_cuda__moe_prepare accepted the weights (FP8, MXFP4, NVFP4),
  * both GEMMs run on wgmma instead, for any token count (moe_wgmma.cuh): 128
  * weight rows x up to 128 routed rows per block (wgmma N of 16..128 fitted
- * to the tile), 128-byte swizzled tiles, a 4-stage cp.async pipeline, FP4
- * decoded to E4M3 in shared memory with each row's four E8M0 exponents of a
- * 128-block folded into the E4M3 values (exact, checked at prepare), and
+ * to the tile), 128-byte swizzled tiles, a cp.async pipeline (4 stages on
+ * v3, 3 for NVFP4, 5 or 6 on v4; v3 and v4 below), MXFP4 decoded to E4M3
+ * in shared memory with each row's four E8M0 exponents of a 128-block
+ * folded into the E4M3 values (exact, checked at prepare), and
  * every 128 products summed by the tensor cores and then scaled by
  * activation scale * weight scale in fp32 (per 128 instead of per 32: the
  * same values, summed in a different order; the tensor cores' FP8 sums are
