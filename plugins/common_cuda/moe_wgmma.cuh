@@ -449,14 +449,8 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_fp4_f16(unsigned w, __
     }
 }
 
-/*
- * The grouped GEMM on wgmma: grid (n / 64 for the gate/up pair, n / 128
- * otherwise; tile count bound), 256 threads, WF = MOE_F_FP8, MOE_F_MX or
- * MOE_F_NV weights, FP8 activations (a, a_scale in the act_quant layout).
- * DUAL: the block's 64 rows n0.. of w1 (warpgroup 0) and of w3 (warpgroup
- * 1), then out = silu(min(g, L)) * clamp(u, -L, L); otherwise 128 rows of
- * w[0]. out is F32 [rows, n].
- */
+/* The body of qplug_cuda__moe_wg_kernel (documented there) for one wgmma
+ * N = NC of 16, 32, 64, 96 or 128 token rows. */
 template <int WF, bool DUAL, int NC>
 static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda__moe_gemm_args &p)
 {
