@@ -671,7 +671,11 @@ static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t
 extern "C" size_t qplug_cuda__moe_workspace_bytes(int64_t m, int32_t top_k, int32_t num_experts,
                                                   int64_t hidden, int64_t intermediate)
 {
-    if (m < 0 || top_k < 1 || num_experts < 1 || hidden < 1 || intermediate < 1)
+    /* Beyond the forward's limits the sizes below could overflow int64;
+     * the forward refuses those shapes anyway. */
+    if (m < 0 || m > 0x7fffffff || top_k < 1 || top_k > MOE_MAX_K || num_experts < 1 ||
+        num_experts > MOE_MAX_E || hidden < 1 || hidden > (int64_t)65535 * 128 ||
+        intermediate < 1 || intermediate > (int64_t)65535 * 128)
         return 0;
     return qplug_cuda__moe_carve(NULL, m, top_k, num_experts, hidden, intermediate, NULL);
 }

@@ -147,7 +147,9 @@ typedef struct qplug_cuda__moe_weights {
 qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void *stream,
                                      qplug_cuda__err *err);
 
-/* Device workspace bytes for up to m tokens with top_k slots (either path). */
+/* Device workspace bytes for up to m tokens with top_k slots (either path);
+ * 0 for shapes beyond the forward's limits (m > 2^31 - 1, top_k > 16,
+ * E > 1024, D or I above 65535 * 128). */
 size_t qplug_cuda__moe_workspace_bytes(int64_t m, int32_t top_k, int32_t num_experts,
                                        int64_t hidden, int64_t intermediate);
 

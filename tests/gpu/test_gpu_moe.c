@@ -467,6 +467,8 @@ static void test_moe(experts *ex, int64_t m, int ue8m0, int mode)
     CHECKF(st == QPLUG_ERR_ARGUMENT && strstr(err.msg, "w1"), "misaligned s1: %d %s", (int)st,
            err.msg);
     CHECK(qplug_cuda__moe_prepare(&bad, NULL, &err) == QPLUG_ERR_ARGUMENT);
+    CHECK(qplug_cuda__moe_workspace_bytes(m, 17, E_, D_, I_) == 0);
+    CHECK(qplug_cuda__moe_workspace_bytes(INT64_C(1) << 40, K_, E_, D_, I_) == 0);
 
     cudaFree(ws);
     cudaFree(dx);
