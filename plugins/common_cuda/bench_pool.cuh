@@ -2,7 +2,8 @@
  * plugins/common_cuda/bench_pool.cuh - what the standalone kernel benches
  * (gemv_bench.cu, gemm_wgmma_bench.cu) share: a CUDA-call check that ends
  * the program, a device-side random fill by data kind, and pools of
- * several operand sets so that timed loops rotate past the L2 cache.
+ * several operand sets so that timed loops rotate past the L2 cache, and
+ * the layer shapes they time.
  * Bench-only code, never linked into the plugins.
  */
 #ifndef QPLUG_BENCH_POOL_CUH
@@ -77,5 +78,22 @@ static pool make_pool(size_t bytes, int count, int kind, unsigned seed)
     CK(cudaGetLastError());
     return p;
 }
+
+/* The DeepSeek V4 linear layers the kernel benches time: n x k per group,
+ * g groups (deepseek_v4.md section 1; the same list as bench/bench.c). */
+struct shape {
+    const char *model, *layer;
+    int64_t n, k, g;
+};
+
+static const shape shapes[] = {
+    {"flash", "attn.wq_a", 1024, 4096, 1},   {"flash", "attn.wq_b", 32768, 1024, 1},
+    {"flash", "attn.wkv", 512, 4096, 1},     {"flash", "attn.wo_a", 1024, 4096, 8},
+    {"flash", "attn.wo_b", 4096, 8192, 1},   {"flash", "ffn.w13", 4096, 4096, 1},
+    {"flash", "ffn.w2", 4096, 2048, 1},      {"pro", "attn.wq_a", 1536, 7168, 1},
+    {"pro", "attn.wq_b", 65536, 1536, 1},    {"pro", "attn.wkv", 512, 7168, 1},
+    {"pro", "attn.wo_a", 1024, 4096, 16},    {"pro", "attn.wo_b", 7168, 16384, 1},
+    {"pro", "ffn.w13", 6144, 7168, 1},       {"pro", "ffn.w2", 7168, 3072, 1},
+};
 
 #endif

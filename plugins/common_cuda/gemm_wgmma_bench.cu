@@ -37,21 +37,6 @@
 
 #include "bench_pool.cuh"
 
-struct shape {
-    const char *model, *layer;
-    int64_t n, k, g;
-};
-
-static const shape shapes[] = {
-    {"flash", "attn.wq_a", 1024, 4096, 1},   {"flash", "attn.wq_b", 32768, 1024, 1},
-    {"flash", "attn.wkv", 512, 4096, 1},     {"flash", "attn.wo_a", 1024, 4096, 8},
-    {"flash", "attn.wo_b", 4096, 8192, 1},   {"flash", "ffn.w13", 4096, 4096, 1},
-    {"flash", "ffn.w2", 4096, 2048, 1},      {"pro", "attn.wq_a", 1536, 7168, 1},
-    {"pro", "attn.wq_b", 65536, 1536, 1},    {"pro", "attn.wkv", 512, 7168, 1},
-    {"pro", "attn.wo_a", 1024, 4096, 16},    {"pro", "attn.wo_b", 7168, 16384, 1},
-    {"pro", "ffn.w13", 6144, 7168, 1},       {"pro", "ffn.w2", 7168, 3072, 1},
-};
-
 struct point {
     int64_t m, n, k, g;
     pool x, w, ws, xq, xs;

@@ -26,6 +26,7 @@
 
 #include "qplug_cuda.h"
 #include "ref_tables.h"
+#include "gpu_test_ref.h"
 #include "testutil.h"
 
 #define SKIP_CODE 77
@@ -34,25 +35,6 @@
 #define QPLUG_TEST_RNG_SEED 0x2545f4914f6cdd1dull
 #include "gpu_test_random.h"
 #include "gpu_test_mem.h"
-
-/* The E4M3 value nearest to v (ties to the even code, saturating at 448). */
-static double ref_e4m3_round(double v)
-{
-    double best = 0.0, bd = INFINITY;
-    int bcode = 0;
-    for (int c = 0; c < 256; c++) {
-        double t = ref_e4m3[c];
-        if (isnan(t))
-            continue;
-        double d = fabs(t - v);
-        if (d < bd || (d == bd && (c & 1) == 0 && (bcode & 1) == 1)) {
-            bd = d;
-            best = t;
-            bcode = c;
-        }
-    }
-    return best;
-}
 
 /* The activation scale of one 128-group by the formats.md rule, in float
  * arithmetic as the rule states it. */

@@ -14,6 +14,7 @@
 
 #include "qplug_cuda.h"
 #include "ref_tables.h"
+#include "gpu_test_ref.h"
 #include "testutil.h"
 
 #define SKIP_CODE 77
@@ -38,25 +39,6 @@ static uint16_t *make_x(int64_t m, int64_t k)
                 x[r * k + kb * 128 + i] = bf16_bits((float)(rng_normal() * mag));
         }
     return x;
-}
-
-/* The E4M3 code nearest to v (ties to even code, saturating at 448). */
-static double ref_e4m3_round(double v)
-{
-    double best = 0.0, bd = INFINITY;
-    int bcode = 0;
-    for (int c = 0; c < 256; c++) {
-        double t = ref_e4m3[c];
-        if (isnan(t))
-            continue;
-        double d = fabs(t - v);
-        if (d < bd || (d == bd && (c & 1) == 0 && (bcode & 1) == 1)) {
-            bd = d;
-            best = t;
-            bcode = c;
-        }
-    }
-    return best;
 }
 
 /* Quantizes x on the GPU; returns device xq and xs, and host copies. */
