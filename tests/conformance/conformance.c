@@ -1130,6 +1130,45 @@ static float bf16_bits_to_f32(uint16_t b)
     return f;
 }
 
+/* Host staging of one device call: x as BF16 or F32 into hx (nx values),
+ * and y (ny values) poisoned with NaN except the last, a canary. */
+static void stage_io(bool bf16, const float *x, size_t nx, void *hx, void *hy, size_t ny)
+{
+    for (size_t i = 0; i < nx; i++) {
+        if (bf16)
+            ((uint16_t *)hx)[i] = f32_to_bf16_bits(x[i]);
+        else
+            ((float *)hx)[i] = x[i];
+    }
+    for (size_t i = 0; i < ny; i++) {
+        if (bf16)
+            ((uint16_t *)hy)[i] = i + 1 < ny ? 0x7fc0 : 0x1234;
+        else
+            ((float *)hy)[i] = i + 1 < ny ? NAN : 1234.5f;
+    }
+}
+
+/* After an apply on `stream`: waits, fails the run on any CUDA error, and
+ * brings y (ny values, the canary last) back as floats into y_host, the
+ * canary's slot 0 when it is intact and NaN when the call wrote past y.
+ * False when the device could not deliver y. */
+static bool collect_y(conf_run *r, cudaStream_t stream, bool bf16, const void *dy, void *hy,
+                      size_t ny, float *y_host)
+{
+    size_t es = bf16 ? 2 : 4;
+    cudaError_t ce = cudaStreamSynchronize(stream);
+    if (ce == cudaSuccess)
+        ce = cudaGetLastError();
+    EXPECT(r, ce == cudaSuccess, "CUDA error after apply: %s", cudaGetErrorString(ce));
+    if (ce != cudaSuccess || cudaMemcpy(hy, dy, ny * es, cudaMemcpyDeviceToHost) != cudaSuccess)
+        return false;
+    for (size_t i = 0; i + 1 < ny; i++)
+        y_host[i] = bf16 ? bf16_bits_to_f32(((uint16_t *)hy)[i]) : ((float *)hy)[i];
+    bool canary = bf16 ? ((uint16_t *)hy)[ny - 1] == 0x1234 : ((float *)hy)[ny - 1] == 1234.5f;
+    y_host[ny - 1] = canary ? 0.0f : NAN;
+    return true;
+}
+
 /* One apply on device tensors: x (host floats, sent as F32 or BF16) into
  * y poisoned with NaN plus a canary element past its end; the result comes
  * back as floats in y_host (m * out + 1 values, the canary last, NaN when
@@ -1151,18 +1190,7 @@ static qplug_status cuda_call(conf_run *r, const qplug_plugin *p, const qplug_ho
         fail(r, "CUDA: cannot allocate the test tensors");
         goto done;
     }
-    for (size_t i = 0; i < nx; i++) {
-        if (bf16)
-            ((uint16_t *)hx)[i] = f32_to_bf16_bits(x[i]);
-        else
-            ((float *)hx)[i] = x[i];
-    }
-    for (size_t i = 0; i < ny; i++) {
-        if (bf16)
-            ((uint16_t *)hy)[i] = i + 1 < ny ? 0x7fc0 : 0x1234;
-        else
-            ((float *)hy)[i] = i + 1 < ny ? NAN : 1234.5f;
-    }
+    stage_io(bf16, x, nx, hx, hy, ny);
     if (cudaMemcpy(dx, hx, nx * es, cudaMemcpyHostToDevice) != cudaSuccess ||
         cudaMemcpy(dy, hy, ny * es, cudaMemcpyHostToDevice) != cudaSuccess) {
         fail(r, "CUDA: cannot copy the test tensors");
@@ -1175,18 +1203,10 @@ static qplug_status cuda_call(conf_run *r, const qplug_plugin *p, const qplug_ho
     ty.device = QPLUG_DEVICE_CUDA;
     qplug_apply_args a = {sizeof a, QPLUG_OP_FORWARD, prec, &tx, &ty, NULL, NULL, NULL, 0, stream};
     st = call_apply(r, p, host, state, &a);
-    cudaError_t ce = cudaStreamSynchronize(stream);
-    if (ce == cudaSuccess)
-        ce = cudaGetLastError();
-    EXPECT(r, ce == cudaSuccess, "CUDA error after apply: %s", cudaGetErrorString(ce));
-    if (ce != cudaSuccess || cudaMemcpy(hy, dy, ny * es, cudaMemcpyDeviceToHost) != cudaSuccess) {
+    if (!collect_y(r, stream, bf16, dy, hy, ny, y_host)) {
         st = QPLUG_ERR_DEVICE;
         goto done;
     }
-    for (size_t i = 0; i + 1 < ny; i++)
-        y_host[i] = bf16 ? bf16_bits_to_f32(((uint16_t *)hy)[i]) : ((float *)hy)[i];
-    bool canary = bf16 ? ((uint16_t *)hy)[ny - 1] == 0x1234 : ((float *)hy)[ny - 1] == 1234.5f;
-    y_host[ny - 1] = canary ? 0.0f : NAN;
 done:
     if (stream)
         cudaStreamDestroy(stream);
@@ -1266,18 +1286,7 @@ static qplug_status cuda_call_moe(conf_run *r, const qplug_plugin *p, const qplu
         fail(r, "CUDA: cannot allocate the test tensors");
         goto done;
     }
-    for (size_t i = 0; i < nx; i++) {
-        if (mc->bf16)
-            ((uint16_t *)hx)[i] = f32_to_bf16_bits(mc->x[i]);
-        else
-            ((float *)hx)[i] = mc->x[i];
-    }
-    for (size_t i = 0; i < ny; i++) {
-        if (mc->bf16)
-            ((uint16_t *)hy)[i] = i + 1 < ny ? 0x7fc0 : 0x1234;
-        else
-            ((float *)hy)[i] = i + 1 < ny ? NAN : 1234.5f;
-    }
+    stage_io(mc->bf16, mc->x, nx, hx, hy, ny);
     if (cudaMemcpy(dx, hx, nx * es, cudaMemcpyHostToDevice) != cudaSuccess ||
         cudaMemcpy(dy, hy, ny * es, cudaMemcpyHostToDevice) != cudaSuccess ||
         cudaMemcpy(di, mc->ids, nk * 4, cudaMemcpyHostToDevice) != cudaSuccess ||
@@ -1293,18 +1302,10 @@ static qplug_status cuda_call_moe(conf_run *r, const qplug_plugin *p, const qplu
     qplug_apply_args a = {sizeof a, mc->op, mc->prec, &tx, &ty, &ti,
                           mc->no_weights ? NULL : &tk, NULL, 0, stream};
     st = call_apply(r, p, host, state, &a);
-    cudaError_t ce = cudaStreamSynchronize(stream);
-    if (ce == cudaSuccess)
-        ce = cudaGetLastError();
-    EXPECT(r, ce == cudaSuccess, "CUDA error after apply: %s", cudaGetErrorString(ce));
-    if (ce != cudaSuccess || cudaMemcpy(hy, dy, ny * es, cudaMemcpyDeviceToHost) != cudaSuccess) {
+    if (!collect_y(r, stream, mc->bf16, dy, hy, ny, y_host)) {
         st = QPLUG_ERR_DEVICE;
         goto done;
     }
-    for (size_t i = 0; i + 1 < ny; i++)
-        y_host[i] = mc->bf16 ? bf16_bits_to_f32(((uint16_t *)hy)[i]) : ((float *)hy)[i];
-    bool canary = mc->bf16 ? ((uint16_t *)hy)[ny - 1] == 0x1234 : ((float *)hy)[ny - 1] == 1234.5f;
-    y_host[ny - 1] = canary ? 0.0f : NAN;
 done:
     if (stream)
         cudaStreamDestroy(stream);
