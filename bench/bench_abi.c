@@ -54,6 +54,50 @@ static void fill_bytes(uint8_t *p, size_t n, qplug_dtype dt, const char *slot, u
     }
 }
 
+/* One synthetic tensor for `slot` (weight, scale, weight_scale,
+ * weight_scale_2, input_scale) of a rows x cols weight in scheme q, with
+ * random contents drawn from seed (input_scale 1, weight_scale_2 0.0123).
+ * False for a slot the scheme does not have, or no memory. */
+static bool synth_tensor(qplug_quant_scheme q, const char *slot, int64_t rows, int64_t cols,
+                         unsigned seed, qplug_tensor *out)
+{
+    qplug_tensor t;
+    memset(&t, 0, sizeof t);
+    t.ndim = 2;
+    t.shape[0] = rows;
+    t.device = QPLUG_DEVICE_CPU;
+    bool nv = q == QPLUG_QUANT_NVFP4;
+    if (!strcmp(slot, "weight")) {
+        t.dtype = q == QPLUG_QUANT_FP8_BLOCK ? QPLUG_DT_F8_E4M3 : QPLUG_DT_U8;
+        t.shape[1] = q == QPLUG_QUANT_FP8_BLOCK ? cols : cols / 2;
+    } else if (!strcmp(slot, "scale") && q == QPLUG_QUANT_FP8_BLOCK) {
+        t.dtype = QPLUG_DT_F8_E8M0;
+        t.shape[0] = (rows + 127) / 128;
+        t.shape[1] = (cols + 127) / 128;
+    } else if (!strcmp(slot, "scale") && q == QPLUG_QUANT_MXFP4) {
+        t.dtype = QPLUG_DT_F8_E8M0;
+        t.shape[1] = cols / 32;
+    } else if (nv && !strcmp(slot, "weight_scale")) {
+        t.dtype = QPLUG_DT_F8_E4M3;
+        t.shape[1] = cols / 16;
+    } else if (nv && (!strcmp(slot, "weight_scale_2") || !strcmp(slot, "input_scale"))) {
+        t.dtype = QPLUG_DT_F32;
+        t.ndim = 0;
+    } else {
+        return false;
+    }
+    size_t bytes = t.ndim == 0 ? 4 : (size_t)(t.shape[0] * t.shape[1]);
+    t.data = malloc(bytes);
+    if (!t.data)
+        return false;
+    if (t.ndim == 0)
+        *(float *)t.data = !strcmp(slot, "input_scale") ? 1.0f : 0.0123f;
+    else
+        fill_bytes(t.data, bytes, t.dtype, slot, seed);
+    *out = t;
+    return true;
+}
+
 static const qplug_tensor *abi_source(void *user, const qplug_layer_desc *l, const char *slot,
                                       const char **file)
 {
@@ -64,40 +108,10 @@ static const qplug_tensor *abi_source(void *user, const qplug_layer_desc *l, con
             return &src->t[i];
     if (src->count == 4)
         return NULL;
-    int64_t rows = l->n * (l->kind == QPLUG_LAYER_GROUPED_LINEAR ? l->groups : 1), k = l->k;
+    int64_t rows = l->n * (l->kind == QPLUG_LAYER_GROUPED_LINEAR ? l->groups : 1);
     qplug_tensor t;
-    memset(&t, 0, sizeof t);
-    t.ndim = 2;
-    t.shape[0] = rows;
-    t.device = QPLUG_DEVICE_CPU;
-    bool nv = l->quant == QPLUG_QUANT_NVFP4;
-    if (!strcmp(slot, "weight")) {
-        t.dtype = l->quant == QPLUG_QUANT_FP8_BLOCK ? QPLUG_DT_F8_E4M3 : QPLUG_DT_U8;
-        t.shape[1] = l->quant == QPLUG_QUANT_FP8_BLOCK ? k : k / 2;
-    } else if (!strcmp(slot, "scale") && l->quant == QPLUG_QUANT_FP8_BLOCK) {
-        t.dtype = QPLUG_DT_F8_E8M0;
-        t.shape[0] = (rows + 127) / 128;
-        t.shape[1] = (k + 127) / 128;
-    } else if (!strcmp(slot, "scale") && l->quant == QPLUG_QUANT_MXFP4) {
-        t.dtype = QPLUG_DT_F8_E8M0;
-        t.shape[1] = k / 32;
-    } else if (nv && !strcmp(slot, "weight_scale")) {
-        t.dtype = QPLUG_DT_F8_E4M3;
-        t.shape[1] = k / 16;
-    } else if (nv && (!strcmp(slot, "weight_scale_2") || !strcmp(slot, "input_scale"))) {
-        t.dtype = QPLUG_DT_F32;
-        t.ndim = 0;
-    } else {
+    if (!synth_tensor(l->quant, slot, rows, l->k, src->seed + (unsigned)src->count, &t))
         return NULL;
-    }
-    size_t bytes = t.ndim == 0 ? 4 : (size_t)(t.shape[0] * t.shape[1]);
-    t.data = malloc(bytes);
-    if (!t.data)
-        return NULL;
-    if (t.ndim == 0)
-        *(float *)t.data = !strcmp(slot, "input_scale") ? 1.0f : 0.0123f;
-    else
-        fill_bytes(t.data, bytes, t.dtype, slot, src->seed + (unsigned)src->count);
     snprintf(src->names[src->count], sizeof src->names[0], "%s", slot);
     t.name = src->names[src->count];
     src->t[src->count] = t;
@@ -265,45 +279,14 @@ static const qplug_tensor *moe_source(void *user, const qplug_layer_desc *l, con
     const char *tail = slot + off;
     int j = wi == 1 ? 0 : wi == 3 ? 1 : 2;
     int si = moe_slot_index(tail);
-    bool input_scale = si == 4;
     if (si < 0)
         return NULL;
     if (src->made[j][si])
         return &src->t[j][si];
     int64_t rows = j < 2 ? l->n : l->k, cols = j < 2 ? l->k : l->n;
     qplug_tensor t;
-    memset(&t, 0, sizeof t);
-    t.ndim = 2;
-    t.shape[0] = rows;
-    t.device = QPLUG_DEVICE_CPU;
-    bool fp8 = l->quant == QPLUG_QUANT_FP8_BLOCK, nv = l->quant == QPLUG_QUANT_NVFP4;
-    if (si == 0) {
-        t.dtype = fp8 ? QPLUG_DT_F8_E4M3 : QPLUG_DT_U8;
-        t.shape[1] = fp8 ? cols : cols / 2;
-    } else if (si == 1 && fp8) {
-        t.dtype = QPLUG_DT_F8_E8M0;
-        t.shape[0] = rows / 128;
-        t.shape[1] = cols / 128;
-    } else if (si == 1) {
-        t.dtype = QPLUG_DT_F8_E8M0;
-        t.shape[1] = cols / 32;
-    } else if (si == 2 && nv) {
-        t.dtype = QPLUG_DT_F8_E4M3;
-        t.shape[1] = cols / 16;
-    } else if (si >= 3 && nv) {
-        t.dtype = QPLUG_DT_F32;
-        t.ndim = 0;
-    } else {
+    if (!synth_tensor(l->quant, tail, rows, cols, src->seed + (unsigned)(4 * j + si), &t))
         return NULL;
-    }
-    size_t bytes = t.ndim == 0 ? 4 : (size_t)(t.shape[0] * t.shape[1]);
-    t.data = malloc(bytes);
-    if (!t.data)
-        return NULL;
-    if (t.ndim == 0)
-        *(float *)t.data = input_scale ? 1.0f : 0.0123f;
-    else
-        fill_bytes(t.data, bytes, t.dtype, tail, src->seed + (unsigned)(4 * j + si));
     t.name = "synthetic expert tensor";
     src->t[j][si] = t;
     src->made[j][si] = true;
