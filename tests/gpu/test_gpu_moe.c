@@ -45,36 +45,32 @@ static const float LIMIT = 10.0f;
 #include "gpu_test_random.h"
 #include "gpu_test_mem.h"
 
-/* The E4M3 code nearest to v, ties to the even code, saturating at 448. */
-static uint8_t enc_e4m3(double v)
+/* The code of the magnitude nearest to a among table[0..n) (ascending
+ * magnitudes), ties to the even code; beyond the last, the last. */
+static int nearest_code(const double *table, int n, double a)
 {
-    uint8_t sign = signbit(v) ? 0x80 : 0;
-    double a = fabs(v), bd = INFINITY;
+    double bd = INFINITY;
     int best = 0;
-    for (int c = 0; c < 127; c++) {
-        double d = fabs(ref_e4m3[c] - a);
+    for (int c = 0; c < n; c++) {
+        double d = fabs(table[c] - a);
         if (d < bd || (d == bd && (c & 1) == 0)) {
             bd = d;
             best = c;
         }
     }
-    return (uint8_t)(sign | best);
+    return best;
+}
+
+/* The E4M3 code nearest to v, ties to the even code, saturating at 448. */
+static uint8_t enc_e4m3(double v)
+{
+    return (uint8_t)((signbit(v) ? 0x80 : 0) | nearest_code(ref_e4m3, 127, fabs(v)));
 }
 
 /* The E2M1 code nearest to v, ties to the even code, saturating at 6. */
 static uint8_t enc_e2m1(double v)
 {
-    uint8_t sign = signbit(v) ? 8 : 0;
-    double a = fabs(v), bd = INFINITY;
-    int best = 0;
-    for (int c = 0; c < 8; c++) {
-        double d = fabs(ref_e2m1[c] - a);
-        if (d < bd || (d == bd && (c & 1) == 0)) {
-            bd = d;
-            best = c;
-        }
-    }
-    return (uint8_t)(sign | best);
+    return (uint8_t)((signbit(v) ? 8 : 0) | nearest_code(ref_e2m1, 8, fabs(v)));
 }
 
 static uint16_t *make_x(int64_t m, int64_t k, double sd)
