@@ -587,39 +587,123 @@ fail:
     return st;
 }
 
+/* Callers built against ABI 1.1 pass args that end with `stream`; they
+ * keep working, with x_scale read as NULL. */
+#define QPLUG__ARGS_1_1_SIZE (offsetof(qplug_apply_args, stream) + sizeof(void *))
+
+/* The checks of a pre-quantized x (plugin.h, qplug_apply_args.x_scale)
+ * that need no knowledge of the layer's shape: the plugin checks K. */
+static qplug_status qplug__check_x_scale(const qplug_layer_inst *l, const qplug_apply_args *a,
+                                         qplug_err *err)
+{
+    const qplug_tensor *x = a->x, *xs = a->x_scale;
+    if (a->op != QPLUG_OP_FORWARD)
+        return qplug_err_set(err, QPLUG_ERR_ARGUMENT,
+                             "layer %s: x_scale is only for the forward op (op %d)", l->name,
+                             (int)a->op);
+    qplug_act_format f = qplug_layer_act_format(l);
+    if (f == QPLUG_ACT_FORMAT_NONE)
+        return qplug_err_set(err, QPLUG_ERR_UNSUPPORTED,
+                             "layer %s: x_scale given, but plugin %s takes no pre-quantized "
+                             "activations for it (act_format none)",
+                             l->name, l->plugin->name);
+    if (x->dtype != QPLUG_DT_F8_E4M3 || xs->dtype != QPLUG_DT_F32)
+        return qplug_err_set(err, QPLUG_ERR_DTYPE,
+                             "layer %s: pre-quantized x must be F8_E4M3 with an F32 x_scale "
+                             "(x %s, x_scale %s)",
+                             l->name, qplug_dtype_name(x->dtype), qplug_dtype_name(xs->dtype));
+    if (x->ndim != 2 || x->shape[0] < 0 || x->shape[1] < 128 || x->shape[1] % 128 != 0)
+        return qplug_err_set(err, QPLUG_ERR_SHAPE,
+                             "layer %s: pre-quantized x must be [m, K] with K a positive multiple "
+                             "of 128",
+                             l->name);
+    int64_t m = x->shape[0], kt = x->shape[1] / 128;
+    if (xs->ndim != 2 || xs->shape[0] != kt || xs->shape[1] != m)
+        return qplug_err_set(err, QPLUG_ERR_SHAPE,
+                             "layer %s: x_scale must be F32 [%lld, %lld] (K/128, m) for x [%lld, "
+                             "%lld]",
+                             l->name, (long long)kt, (long long)m, (long long)m,
+                             (long long)x->shape[1]);
+    if (xs->device != x->device)
+        return qplug_err_set(err, QPLUG_ERR_ARGUMENT,
+                             "layer %s: x_scale and x must be on the same device", l->name);
+    if (m > 0 && (!x->data || !xs->data))
+        return qplug_err_set(err, QPLUG_ERR_ARGUMENT, "layer %s: x or x_scale has no data",
+                             l->name);
+    return QPLUG_OK;
+}
+
 qplug_status qplug_layer_apply(qplug_layer_inst *l, const qplug_apply_args *args, qplug_err *err)
 {
     if (!l || !args)
         return qplug_err_set(err, QPLUG_ERR_ARGUMENT, "qplug_layer_apply: NULL argument");
-    if (args->struct_size < sizeof(qplug_apply_args))
+    if (args->struct_size < QPLUG__ARGS_1_1_SIZE)
         return qplug_err_set(err, QPLUG_ERR_ARGUMENT,
                              "layer %s: apply args struct_size %u, expected at least %zu", l->name,
-                             args->struct_size, sizeof(qplug_apply_args));
-    switch (args->op) {
+                             args->struct_size, (size_t)QPLUG__ARGS_1_1_SIZE);
+    /* The plugin always gets a struct of this core's size, with the fields
+     * the caller did not know of set to zero. */
+    qplug_apply_args a;
+    memset(&a, 0, sizeof a);
+    memcpy(&a, args, args->struct_size < sizeof a ? args->struct_size : sizeof a);
+    a.struct_size = sizeof a;
+    switch (a.op) {
     case QPLUG_OP_FORWARD:
-        if (!args->x || !args->y)
+        if (!a.x || !a.y)
             return qplug_err_set(err, QPLUG_ERR_ARGUMENT, "layer %s: forward needs x and y",
                                  l->name);
         break;
     case QPLUG_OP_KV_WRITE:
-        if (!args->x || !args->cache)
+        if (!a.x || !a.cache)
             return qplug_err_set(err, QPLUG_ERR_ARGUMENT, "layer %s: kv write needs x and cache",
                                  l->name);
         break;
     case QPLUG_OP_KV_READ:
-        if (!args->y || !args->cache)
+        if (!a.y || !a.cache)
             return qplug_err_set(err, QPLUG_ERR_ARGUMENT, "layer %s: kv read needs y and cache",
                                  l->name);
         break;
     default:
         return qplug_err_set(err, QPLUG_ERR_ARGUMENT, "layer %s: unknown op %d", l->name,
-                             (int)args->op);
+                             (int)a.op);
+    }
+    if (a.x_scale) {
+        qplug_status xst = qplug__check_x_scale(l, &a, err);
+        if (xst != QPLUG_OK)
+            return xst;
     }
     l->has_msg = false;
-    qplug_status st = l->plugin->apply(&l->host, l->state, args);
+    qplug_status st = l->plugin->apply(&l->host, l->state, &a);
     if (st != QPLUG_OK)
         return qplug__plugin_fail(l, st, "apply", err);
     return QPLUG_OK;
+}
+
+qplug_act_format qplug_layer_act_format(const qplug_layer_inst *l)
+{
+    /* act_format is an optional 1.2 slot: never read it beyond the
+     * plugin's struct_size, and never call it without a state. */
+    size_t end = offsetof(qplug_plugin, act_format) + sizeof(l->plugin->act_format);
+    if (!l || !l->has_state || l->plugin->struct_size < end || !l->plugin->act_format)
+        return QPLUG_ACT_FORMAT_NONE;
+    qplug_act_format f = l->plugin->act_format(&l->host, l->state);
+    /* An answer this core does not know is treated as "none". */
+    if (f != QPLUG_ACT_FORMAT_E4M3_1X128_F32 && f != QPLUG_ACT_FORMAT_E4M3_1X128_UE8M0)
+        return QPLUG_ACT_FORMAT_NONE;
+    return f;
+}
+
+const char *qplug_act_format_name(qplug_act_format f)
+{
+    switch (f) {
+    case QPLUG_ACT_FORMAT_NONE:
+        return "none";
+    case QPLUG_ACT_FORMAT_E4M3_1X128_F32:
+        return "e4m3_1x128_f32";
+    case QPLUG_ACT_FORMAT_E4M3_1X128_UE8M0:
+        return "e4m3_1x128_ue8m0";
+    }
+    return "unknown";
 }
 
 size_t qplug_layer_kv_entry_bytes(const qplug_layer_inst *l)

@@ -221,3 +221,41 @@ qplug_status qplug__fp4_pack(const qplug_host *host, int group, float gscale, co
                                 "represent");
     return QPLUG_OK;
 }
+
+/* ---- RMSNorm + FP8 quantization (CPU reference) ------------------------ */
+
+qplug_status qplug__rmsnorm_quant_ref(const float *x, int64_t m, int64_t d, int64_t ldx,
+                                      const float *w, float eps, bool ue8m0, uint8_t *q,
+                                      float *scale)
+{
+    if (!x || !w || !q || !scale || m < 0 || d < QPLUG__FP8_BLOCK ||
+        d % QPLUG__FP8_BLOCK != 0 || ldx < d)
+        return QPLUG_ERR_ARGUMENT;
+    int64_t kb = d / QPLUG__FP8_BLOCK;
+    for (int64_t i = 0; i < m; i++) {
+        const float *xr = x + i * ldx;
+        double ss = 0.0;
+        for (int64_t c = 0; c < d; c++) {
+            if (!isfinite(xr[c]))
+                return QPLUG_ERR_NUMERIC;
+            ss += (double)xr[c] * xr[c];
+        }
+        /* The normalizer in fp32, as the kernel forms it. */
+        float r = 1.0f / sqrtf((float)(ss / (double)d) + eps);
+        for (int64_t b = 0; b < kb; b++) {
+            float v[QPLUG__FP8_BLOCK];
+            float amax = 0.0f;
+            for (int j = 0; j < QPLUG__FP8_BLOCK; j++) {
+                int64_t c = b * QPLUG__FP8_BLOCK + j;
+                v[j] = xr[c] * r * w[c];
+                if (fabsf(v[j]) > amax)
+                    amax = fabsf(v[j]);
+            }
+            float s = qplug__fp8_act_scale(amax, ue8m0);
+            for (int j = 0; j < QPLUG__FP8_BLOCK; j++)
+                q[i * d + b * QPLUG__FP8_BLOCK + j] = qplug_f32_to_e4m3(v[j] / s);
+            scale[b * m + i] = s;
+        }
+    }
+    return QPLUG_OK;
+}

@@ -136,6 +136,38 @@ qplug_status qplug__linear_forward(const qplug_host *host, const qplug_layer_des
                                    const qplug__wmat *w, qplug__act_mode mode, bool fp8_split,
                                    const qplug_apply_args *args);
 
+/*
+ * Pre-quantized activations (ABI 1.2, plugin.h qplug_apply_args.x_scale):
+ * the x_scale of args, checked against the layer (x F8_E4M3 [m, G*k],
+ * x_scale F32 [G*k/128, m], host memory, k % 128 == 0, y F32 [m, G*n]).
+ * qplug__linear_forward takes this path by itself when x_scale is set:
+ * the E4M3 codes become the unscaled activation values and the scales the
+ * per-token block scales of the FP8 GEMM, exactly what qplug__act_quant
+ * would have produced for the same codes and scales, so the product is
+ * bit-identical to the native FP8 path. Precision REFERENCE multiplies the
+ * exactly dequantized activations (code * scale) with the exact weights.
+ * A NaN code or a non-finite or non-positive scale is QPLUG_ERR_NUMERIC.
+ */
+qplug_status qplug__check_prequant(const qplug_host *host, const qplug_layer_desc *layer,
+                                   const qplug_apply_args *args);
+
+/* The act_format a linear or grouped linear of this tree's plugins
+ * reports: `fmt` for those kinds when k % 128 == 0, else NONE. */
+qplug_act_format qplug__linear_act_format(const qplug_layer_desc *layer, qplug_act_format fmt);
+
+/* The CPU reference of a fused RMSNorm + FP8 quantization (the producer
+ * side of x_scale): for each of m rows of x (row stride ldx, d values, d %
+ * 128 == 0), r = 1 / sqrt(mean(x^2) + eps) in fp32, v = x * r * w[c] in
+ * fp32 (not rounded to BF16 first), then per 128-group amax = max(|v|,
+ * 1e-4), s = amax/448 or 2^ceil(log2(amax/448)) with ue8m0, q = e4m3(v /
+ * s). Writes q [m, d] (row stride d), scale [d/128][m]. x, w are fp32
+ * here; a BF16 caller widens them exactly first. NaN/Inf in x gives
+ * QPLUG_ERR_NUMERIC. The mean is accumulated in fp64 on the CPU (the CUDA
+ * kernel uses an fp32 tree), so scales can differ in the last bit. */
+qplug_status qplug__rmsnorm_quant_ref(const float *x, int64_t m, int64_t d, int64_t ldx,
+                                      const float *w, float eps, bool ue8m0, uint8_t *q,
+                                      float *scale);
+
 /* Supplies the first GEMM's input rows of one expert already quantized
  * (w4a4 pre-dispatch packing): the rows of the tokens tok[0..cnt) into
  * v[cnt * D] in the layout qplug__act_quant gives for the mode. */
@@ -307,6 +339,9 @@ typedef struct qplug__skeleton {
     qplug_status (*cpu_apply)(const qplug_host *host, void *state, const qplug_apply_args *args);
     /* Frees what load allocated, never the state itself. */
     void (*release)(const qplug_host *host, void *state);
+    /* (optional) The pre-quantized activation form the loaded layer takes
+     * (plugin.h, ABI 1.2 act_format); NULL means none. */
+    qplug_act_format (*act_format)(const void *state);
     /* The CUDA path; all NULL when the plugin was built without one.
      * cuda_supports may be NULL with a CUDA path built: then every layer
      * the CPU path scores is offered on CUDA too. cuda_apply and
@@ -336,6 +371,9 @@ qplug_status qplug__skel_process(const qplug__skeleton *sk, const qplug_host *ho
  * path and host tensors to cpu_apply. */
 qplug_status qplug__skel_apply(const qplug__skeleton *sk, const qplug_host *host, void *state,
                                const qplug_apply_args *args);
+
+/* act_format() (ABI 1.2): the table's act_format, or NONE without one. */
+qplug_act_format qplug__skel_act_format(const qplug__skeleton *sk, const void *state);
 
 /* destroy(): the CUDA release, the table's release, then the state. */
 void qplug__skel_destroy(const qplug__skeleton *sk, const qplug_host *host, void *state);
@@ -423,6 +461,12 @@ qplug_status qplug__no_cuda_path(const qplug_host *host);
     {                                                                                           \
         qplug__skel_destroy(&qplug_##p##__skeleton, host, state);                               \
     }                                                                                           \
+    static qplug_act_format qplug_##p##__abi_act_format(const qplug_host *host,                \
+                                                        const void *state)                     \
+    {                                                                                           \
+        (void)host;                                                                             \
+        return qplug__skel_act_format(&qplug_##p##__skeleton, state);                           \
+    }                                                                                           \
     static const qplug_plugin qplug_##p##__plugin = {                                          \
         .abi_version = QPLUG_ABI_VERSION,                                                       \
         .struct_size = sizeof(qplug_plugin),                                                    \
@@ -435,6 +479,7 @@ qplug_status qplug__no_cuda_path(const qplug_host *host);
         .apply = qplug_##p##__abi_apply,                                                        \
         .destroy = qplug_##p##__abi_destroy,                                                    \
         .kv_entry_bytes = kv_bytes,                                                             \
+        .act_format = qplug_##p##__abi_act_format,                                              \
     };                                                                                          \
     QPLUG_EXPORT const qplug_plugin *qplug_plugin_entry(void)                                  \
     {                                                                                           \

@@ -232,10 +232,92 @@ static float act_alpha(qplug__act_mode mode, float gscale)
     return mode == QPLUG__ACT_NVFP4 ? gscale : 1.0f;
 }
 
+qplug_status qplug__check_prequant(const qplug_host *host, const qplug_layer_desc *layer,
+                                   const qplug_apply_args *args)
+{
+    if (!args || args->op != QPLUG_OP_FORWARD)
+        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT,
+                                "apply: layer %s takes only the forward op",
+                                layer->name ? layer->name : "?");
+    if ((layer->kind != QPLUG_LAYER_LINEAR && layer->kind != QPLUG_LAYER_GROUPED_LINEAR) ||
+        layer->k % QPLUG__FP8_BLOCK != 0)
+        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
+                                "apply: layer %s takes no pre-quantized x (x_scale)",
+                                layer->name ? layer->name : "?");
+    int64_t g = layer->kind == QPLUG_LAYER_GROUPED_LINEAR ? layer->groups : 1;
+    int64_t in = g * layer->k;
+    qplug_status st = check_2d(host, "x", args->x, QPLUG_DT_F8_E4M3, -1, in);
+    if (st)
+        return st;
+    int64_t m = args->x->shape[0];
+    st = check_2d(host, "x_scale", qplug_apply_x_scale(args), QPLUG_DT_F32, in / QPLUG__FP8_BLOCK,
+                  m);
+    if (st)
+        return st;
+    return check_2d(host, "y", args->y, QPLUG_DT_F32, m, g * layer->n);
+}
+
+/* Pre-quantized x: per group, the E4M3 codes and the transposed scales
+ * become the GEMM's inputs in the form qplug__act_quant gives them. */
+static qplug_status linear_prequant(const qplug_host *host, const qplug_layer_desc *layer,
+                                    const qplug__wmat *w, bool fp8_split,
+                                    const qplug_apply_args *args)
+{
+    qplug_status st = qplug__check_prequant(host, layer, args);
+    if (st)
+        return st;
+    bool native = args->precision == QPLUG_PRECISION_NATIVE;
+    int64_t m = args->x->shape[0], k = layer->k, n = layer->n;
+    int64_t groups = layer->kind == QPLUG_LAYER_GROUPED_LINEAR ? layer->groups : 1;
+    int64_t kb = k / QPLUG__FP8_BLOCK, K = groups * k;
+    if (m == 0)
+        return QPLUG_OK;
+    const uint8_t *xq = args->x->data;
+    const float *xs = qplug_apply_x_scale(args)->data;
+    for (int64_t i = 0; i < m * (K / QPLUG__FP8_BLOCK); i++)
+        if (!(xs[i] > 0.0f) || isinf(xs[i]))
+            return host->api->error(host->ctx, QPLUG_ERR_NUMERIC,
+                                    "apply: x_scale[%lld][%lld] = %g is not a positive finite "
+                                    "scale",
+                                    (long long)(i / m), (long long)(i % m), (double)xs[i]);
+    for (int64_t i = 0; i < m * K; i++)
+        if ((xq[i] & 0x7f) == 0x7f)
+            return host->api->error(host->ctx, QPLUG_ERR_NUMERIC,
+                                    "apply: x[%lld][%lld] is an E4M3 NaN code", (long long)(i / K),
+                                    (long long)(i % K));
+    size_t bytes = (size_t)(m * k + m * kb) * sizeof(float);
+    float *v = host->api->alloc(host->ctx, bytes, QPLUG_DEVICE_CPU);
+    if (!v)
+        return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
+                                "out of memory for %lld activation rows", (long long)m);
+    float *sc = v + m * k;
+    float *y = args->y->data;
+    for (int64_t g = 0; g < groups && !st; g++) {
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t b = 0; b < kb; b++) {
+                float s = xs[(g * kb + b) * m + i];
+                sc[i * kb + b] = s;
+                for (int64_t c = b * QPLUG__FP8_BLOCK; c < (b + 1) * QPLUG__FP8_BLOCK; c++) {
+                    float q = qplug_e4m3_to_f32(xq[i * K + g * k + c]);
+                    /* Reference: the exact activation q * s (one rounding
+                     * at most, as the product of two floats). */
+                    v[i * k + c] = native ? q : q * s;
+                }
+            }
+        qplug__gemm_args ga = {m, n, k, v, k, native ? sc : NULL, w, g * n, native && fp8_split,
+                               1.0f, y + g * n, groups * n};
+        st = qplug__gemm(host, &ga);
+    }
+    host->api->free(host->ctx, v, QPLUG_DEVICE_CPU);
+    return st;
+}
+
 qplug_status qplug__linear_forward(const qplug_host *host, const qplug_layer_desc *layer,
                                    const qplug__wmat *w, qplug__act_mode mode, bool fp8_split,
                                    const qplug_apply_args *args)
 {
+    if (args && qplug_apply_x_scale(args))
+        return linear_prequant(host, layer, w, fp8_split, args);
     qplug_status st = qplug__check_forward(host, layer, args);
     if (st)
         return st;

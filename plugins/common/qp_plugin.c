@@ -321,6 +321,20 @@ qplug_status qplug__skel_process(const qplug__skeleton *sk, const qplug_host *ho
     return QPLUG_OK;
 }
 
+qplug_act_format qplug__skel_act_format(const qplug__skeleton *sk, const void *state)
+{
+    if (!state || !sk->act_format)
+        return QPLUG_ACT_FORMAT_NONE;
+    return sk->act_format(state);
+}
+
+qplug_act_format qplug__linear_act_format(const qplug_layer_desc *layer, qplug_act_format fmt)
+{
+    if (layer->kind != QPLUG_LAYER_LINEAR && layer->kind != QPLUG_LAYER_GROUPED_LINEAR)
+        return QPLUG_ACT_FORMAT_NONE;
+    return layer->k % QPLUG__FP8_BLOCK == 0 ? fmt : QPLUG_ACT_FORMAT_NONE;
+}
+
 qplug_status qplug__no_cuda_path(const qplug_host *host)
 {
     return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
@@ -332,6 +346,13 @@ qplug_status qplug__skel_apply(const qplug__skeleton *sk, const qplug_host *host
 {
     if (!state || !args)
         return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: no state or arguments");
+    /* The core refuses these already; a host that does not must not get a
+     * pre-quantized x read as BF16/F32. */
+    if (qplug_apply_x_scale(args) && qplug__skel_act_format(sk, state) == QPLUG_ACT_FORMAT_NONE)
+        return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
+                                "apply: %s takes no pre-quantized activations (x_scale) for "
+                                "this layer",
+                                sk->name);
     if ((args->x && args->x->device == QPLUG_DEVICE_CUDA) ||
         (args->y && args->y->device == QPLUG_DEVICE_CUDA))
         return sk->cuda_apply ? sk->cuda_apply(host, state, args) : qplug__no_cuda_path(host);

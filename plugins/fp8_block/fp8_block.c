@@ -215,6 +215,16 @@ static qplug_status fp8_cpu_apply(const qplug_host *host, void *state,
     return qplug__cpu_forward(host, &st->desc, &c, args);
 }
 
+/* Linear and grouped linear take x pre-quantized with the scale rule of
+ * their own activation quantization: power-of-two scales next to E8M0
+ * weight scales, amax/448 otherwise. */
+static qplug_act_format fp8_act_format(const void *state)
+{
+    const qplug_fp8_block__state *st = state;
+    return qplug__linear_act_format(&st->desc, st->ue8m0 ? QPLUG_ACT_FORMAT_E4M3_1X128_UE8M0
+                                                         : QPLUG_ACT_FORMAT_E4M3_1X128_F32);
+}
+
 static size_t fp8_kv_entry_bytes(const qplug_layer_desc *layer)
 {
     return qplug__kv_bytes_fp8(layer->k);
@@ -224,4 +234,5 @@ QPLUG__DEFINE_PLUGIN(fp8_block,
                      "FP8 E4M3 with 128x128 weight scales (F32 or E8M0), 1x128 activation "
                      "scales, FP8 KV cache",
                      fp8_kv_entry_bytes, .score = fp8_score, .declare = fp8_declare,
-                     .load = fp8_load, .cpu_apply = fp8_cpu_apply, .release = fp8_release)
+                     .load = fp8_load, .cpu_apply = fp8_cpu_apply, .release = fp8_release,
+                     .act_format = fp8_act_format)

@@ -59,7 +59,16 @@ static qplug_status mx_cpu_apply(const qplug_host *host, void *state,
     return qplug__cpu_forward(host, &st->desc, &c, args);
 }
 
+/* The W4A8 linear takes x pre-quantized with power-of-two scales, the rule
+ * of its own activation quantization on CPU and CUDA. */
+static qplug_act_format mx_act_format(const void *state)
+{
+    const qplug_mxfp4__state *st = state;
+    return qplug__linear_act_format(&st->desc, QPLUG_ACT_FORMAT_E4M3_1X128_UE8M0);
+}
+
 QPLUG__DEFINE_PLUGIN(mxfp4,
                      "MXFP4: E2M1 weights with E8M0 scales per 32; W4A8 (FP8 1x128 activations)",
                      NULL, .score = mx_score, .declare = mx_declare,
-                     .load = mx_load, .cpu_apply = mx_cpu_apply, .release = mx_release)
+                     .load = mx_load, .cpu_apply = mx_cpu_apply, .release = mx_release,
+                     .act_format = mx_act_format)

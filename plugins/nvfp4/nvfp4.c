@@ -68,8 +68,22 @@ static qplug_status nv_cpu_apply(const qplug_host *host, void *state,
     return qplug__cpu_forward(host, &st->desc, &c, args);
 }
 
+/* Linear and grouped linear take x pre-quantized to E4M3 with amax/448
+ * scales: the activations of the CUDA path (W4A8 on Hopper, which has no
+ * FP4 tensor cores), so there the result is bit-identical to the layer
+ * quantizing x itself. The CPU native path quantizes activations to FP4
+ * against input_scale instead; given x_scale it runs the W4A8 product of
+ * the given codes (exact FP4 weights, fp32 sums per 128-block), which is
+ * not its FP4-activation result. */
+static qplug_act_format nv_act_format(const void *state)
+{
+    const qplug_nvfp4__state *st = state;
+    return qplug__linear_act_format(&st->desc, QPLUG_ACT_FORMAT_E4M3_1X128_F32);
+}
+
 QPLUG__DEFINE_PLUGIN(nvfp4,
                      "ModelOpt NVFP4: E2M1 weights, E4M3 scales per 16, F32 global; FP4 "
                      "activations against input_scale",
                      NULL, .score = nv_score, .declare = nv_declare,
-                     .load = nv_load, .cpu_apply = nv_cpu_apply, .release = nv_release)
+                     .load = nv_load, .cpu_apply = nv_cpu_apply, .release = nv_release,
+                     .act_format = nv_act_format)

@@ -882,7 +882,7 @@ static void run_kv(conf_run *r, const qplug_plugin *p, const qplug_host *host, v
         qplug_tensor tx = mk(QPLUG_DT_F32, m, k, x), ty = mk(QPLUG_DT_F32, m, k, y);
         qplug_tensor tc = mk(QPLUG_DT_U8, rows, (int64_t)eb, cache);
         qplug_apply_args a = {sizeof a, QPLUG_OP_KV_WRITE, (qplug_precision)prec, &tx, NULL,
-                              NULL, NULL, &tc, row0, NULL};
+                              NULL, NULL, &tc, row0, NULL, NULL};
         qplug_status st = call_apply(r, p, host, state, &a);
         EXPECT(r, st == QPLUG_OK, "KV_WRITE failed: %s", qplug_status_name(st));
         for (int64_t i = 0; i < m * k; i++)
@@ -913,7 +913,7 @@ static void run_kv(conf_run *r, const qplug_plugin *p, const qplug_host *host, v
     {
         qplug_tensor tx = mk(QPLUG_DT_F32, m, k, x), tc = mk(QPLUG_DT_U8, rows, (int64_t)eb, cache);
         qplug_apply_args a = {sizeof a, QPLUG_OP_KV_WRITE, QPLUG_PRECISION_NATIVE, &tx, NULL,
-                              NULL, NULL, &tc, rows - 2, NULL};
+                              NULL, NULL, &tc, rows - 2, NULL, NULL};
         EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
                "KV_WRITE past the cache's last row was accepted");
         a.row0 = 0;
@@ -998,7 +998,7 @@ static void run_forward(conf_run *r, const qplug_plugin *p, const qplug_host *ho
                 y[i] = NAN;
             y[m * out] = 1234.5f; /* a canary just past y */
             qplug_apply_args a = {sizeof a, QPLUG_OP_FORWARD, (qplug_precision)prec, &tx, &ty,
-                                  moe ? &ti : NULL, moe ? &tk : NULL, NULL, 0, NULL};
+                                  moe ? &ti : NULL, moe ? &tk : NULL, NULL, 0, NULL, NULL};
             qplug_status st = call_apply(r, p, host, state, &a);
             EXPECT(r, st == QPLUG_OK, "apply (m = %lld, %s) failed: %s: %s", (long long)m,
                    prec ? "reference" : "native", qplug_status_name(st),
@@ -1028,7 +1028,7 @@ static void run_forward(conf_run *r, const qplug_plugin *p, const qplug_host *ho
         if (mi == 1) {
             /* Bad inputs: each must be refused with a message, no crash. */
             qplug_apply_args a = {sizeof a, QPLUG_OP_FORWARD, QPLUG_PRECISION_NATIVE, &tx, &ty,
-                                  moe ? &ti : NULL, moe ? &tk : NULL, NULL, 0, NULL};
+                                  moe ? &ti : NULL, moe ? &tk : NULL, NULL, 0, NULL, NULL};
             tx.dtype = QPLUG_DT_BF16;
             EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK, "x of dtype BF16 accepted");
             tx.dtype = QPLUG_DT_F32;

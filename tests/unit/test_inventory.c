@@ -629,7 +629,7 @@ static int score_any(const qplug_layer_desc *l)
 }
 static const qplug_plugin p_any = {QPLUG_ABI_VERSION, sizeof(qplug_plugin), "any", "stub", 1u,
                                    score_any, test_stub_create, test_stub_process, test_stub_apply, test_stub_destroy,
-                                   NULL};
+                                   NULL, NULL};
 
 static void test_resolve_flags(void)
 {

@@ -56,7 +56,7 @@ static void case_file_errors(void)
 
 static void case_abi2(void)
 {
-    expect_refused(SINGLE "abi2.so", QPLUG_ERR_ABI, "plugin ABI 2.0, host 1.1");
+    expect_refused(SINGLE "abi2.so", QPLUG_ERR_ABI, "plugin ABI 2.0, host 1.2");
 }
 
 static void case_noentry(void)

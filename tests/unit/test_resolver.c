@@ -52,7 +52,7 @@ static int score_tie(const qplug_layer_desc *l)
 
 #define STUB(var, nm, fn)                                                                          \
     static const qplug_plugin var = {QPLUG_ABI_VERSION, sizeof(qplug_plugin), nm, "stub", 1u,      \
-                                     fn, test_stub_create, test_stub_process, test_stub_apply, test_stub_destroy, NULL}
+                                     fn, test_stub_create, test_stub_process, test_stub_apply, test_stub_destroy, NULL, NULL}
 
 STUB(p_unq, "unquantized", score_unq);
 STUB(p_fp8, "fp8_block", score_fp8);
@@ -367,7 +367,7 @@ static int score_old(const qplug_layer_desc *l)
 
 static const qplug_plugin p_old = {(1u << 16) | 0u, sizeof(qplug_plugin), "old_plain", "stub",
                                    1u, score_old, test_stub_create, test_stub_process, test_stub_apply,
-                                   test_stub_destroy, NULL};
+                                   test_stub_destroy, NULL, NULL};
 
 static result resolve_sharded(const qplug_registry *reg, const qplug_policy *pol, bool sharded)
 {

@@ -53,8 +53,21 @@ qplug_status qplug_layer_create(qplug_runtime *rt, const qplug_plugin *plugin,
                                 const qplug_layer_desc *desc, qplug_tensor_source_fn src,
                                 void *src_user, qplug_layer_inst **out, qplug_err *err);
 /* Calls apply() after checking args->struct_size and the tensors the op
- * needs; a plugin error comes back prefixed "<plugin>: <layer>: ". */
+ * needs; a plugin error comes back prefixed "<plugin>: <layer>: ". Args
+ * from callers built against ABI 1.1 (ending at `stream`) are accepted;
+ * the plugin always gets this core's struct, with unknown fields zero. A
+ * non-NULL x_scale (1.2) is refused, naming the layer, unless the layer's
+ * act_format is not NONE, the op is forward, x is F8_E4M3 [m, K] with K %
+ * 128 == 0 and x_scale F32 [K/128, m] on x's device. */
 qplug_status qplug_layer_apply(qplug_layer_inst *l, const qplug_apply_args *args, qplug_err *err);
+/* Since ABI 1.2: the pre-quantized activation form the layer takes in
+ * qplug_apply_args.x_scale (plugin.h), from the plugin's optional
+ * act_format slot; QPLUG_ACT_FORMAT_NONE for plugins without the slot
+ * (built against 1.0/1.1) and for answers this core does not know.
+ * qplug_layer_apply refuses an x_scale when this is NONE. */
+qplug_act_format qplug_layer_act_format(const qplug_layer_inst *l);
+/* "none", "e4m3_1x128_f32", "e4m3_1x128_ue8m0" (for messages and tables). */
+const char *qplug_act_format_name(qplug_act_format f);
 /* kv_entry_bytes() of an attention layer; 0 when the plugin has none. */
 size_t qplug_layer_kv_entry_bytes(const qplug_layer_inst *l);
 const qplug_layer_desc *qplug_layer_desc_of(const qplug_layer_inst *l);

@@ -57,7 +57,7 @@ extern "C" {
 #endif
 
 #define QPLUG_ABI_VERSION_MAJOR 1u
-#define QPLUG_ABI_VERSION_MINOR 1u
+#define QPLUG_ABI_VERSION_MINOR 2u
 #define QPLUG_ABI_VERSION ((QPLUG_ABI_VERSION_MAJOR << 16) | QPLUG_ABI_VERSION_MINOR)
 #define QPLUG_ABI_MAJOR(v) ((uint32_t)(v) >> 16)
 #define QPLUG_ABI_MINOR(v) ((uint32_t)(v)&0xffffu)
@@ -290,7 +290,74 @@ typedef struct qplug_apply_args {
     qplug_tensor *cache;
     int64_t row0;
     void *stream;
+
+    /*
+     * since 1.2: pre-quantized activations. NULL means x is BF16/F32 as
+     * above (the only form before 1.2). When set, the producer of x (e.g.
+     * a fused RMSNorm + quantization kernel) has already quantized it, the
+     * layer skips its own activation quantization, and:
+     *
+     *   x        F8_E4M3 [m, K], row-major with row stride K, where K = k
+     *            (linear) or groups*k (grouped linear); K % 128 == 0.
+     *   x_scale  F32 [K/128, m]: element [kb][i] (at kb*m + i) is the
+     *            scale of x[i, kb*128 .. kb*128+127], so the activation
+     *            stands for e4m3(x[i, c]) * x_scale[c/128][i]. This is
+     *            the m-contiguous layout cuBLASLt's VEC128_32F B-scale
+     *            mode reads (docs/formats.md), the same on CPU and CUDA;
+     *            for a grouped layer group g's scales are the rows
+     *            g*(k/128) .. (g+1)*(k/128)-1.
+     *
+     * Both tensors live on the device of y (host memory on the CPU path,
+     * device memory on CUDA). Only forward calls of layers whose act_format
+     * (below) is not QPLUG_ACT_FORMAT_NONE take it: the core refuses an
+     * x_scale for any other layer, naming the layer, before the plugin is
+     * called, so plugins built against 1.0/1.1 never see one. Precision
+     * NATIVE computes with the E4M3 codes as the format's GEMM does;
+     * REFERENCE uses the exactly dequantized activations in fp32.
+     * A plugin reads this field through qplug_apply_x_scale(), which also
+     * answers NULL for an args struct from a core older than 1.2.
+     */
+    const qplug_tensor *x_scale;
 } qplug_apply_args;
+
+/* since 1.2: args->x_scale, or NULL when it is unset or the caller's
+ * struct predates it. */
+static inline const qplug_tensor *qplug_apply_x_scale(const qplug_apply_args *args)
+{
+    if (args->struct_size < offsetof(qplug_apply_args, x_scale) + sizeof args->x_scale)
+        return NULL;
+    return args->x_scale;
+}
+
+/*
+ * since 1.2: which pre-quantized activation form a layer takes in
+ * qplug_apply_args.x_scale, as the plugin's act_format slot reports it.
+ * Both non-NONE forms are E4M3 x with one F32 scale per 1x128 group in
+ * the layout above; they differ in the rule the producer must use for
+ * the scales to make the result bit-identical to the layer's own native
+ * quantization of the same BF16/F32 activations (per group of 128, amax
+ * = max(|x|, 1e-4); q = e4m3(x / s), nearest even, saturating at 448):
+ *
+ *   E4M3_1X128_F32    s = amax / 448 (checkpoints with F32 weight scales,
+ *                     e.g. V4 Flash-Base, and the NVFP4 prefill path's
+ *                     FP8 activations).
+ *   E4M3_1X128_UE8M0  s = 2^ceil(log2(amax / 448)): the value of a UE8M0
+ *                     (E8M0) scale byte, still stored as an F32 holding
+ *                     that power of two, because Hopper's block-scaled
+ *                     FP8 GEMM (cuBLASLt VEC128_32F) reads F32 scales
+ *                     (checkpoints with `scale_fmt: ue8m0`, V4 Flash/Pro,
+ *                     and MXFP4's W4A8 path). An F8_E8M0 byte tensor would
+ *                     save 3 bytes per 128 activations (about 2% of x) and
+ *                     is not accepted.
+ *
+ * A layer computes with whatever scales it is given; the form says which
+ * rule reproduces its native path exactly.
+ */
+typedef enum qplug_act_format {
+    QPLUG_ACT_FORMAT_NONE = 0,
+    QPLUG_ACT_FORMAT_E4M3_1X128_F32 = 1,
+    QPLUG_ACT_FORMAT_E4M3_1X128_UE8M0 = 2
+} qplug_act_format;
 
 /* ------------------------------------------------------------------------ */
 /* The plugin vtable                                                        */
@@ -328,6 +395,21 @@ typedef struct qplug_plugin {
     /* (optional) attention layers: bytes of one cached entry of width
      * layer->k. NULL when the plugin claims no attention layers. */
     size_t (*kv_entry_bytes)(const qplug_layer_desc *layer);
+
+    /* since 1.2 (optional): the pre-quantized activation form
+     * (qplug_apply_args.x_scale) that apply() accepts for the layer whose
+     * state process_after_loading returned; QPLUG_ACT_FORMAT_NONE, or a
+     * NULL slot, or a plugin whose struct_size ends before this slot,
+     * means "BF16/F32 x only". Pure and cheap: the host may ask before
+     * every apply. The answer must not change during the layer's life. A
+     * plugin that answers a non-NONE form takes x_scale for every m, and
+     * where its native path quantizes activations to that form itself it
+     * computes, at precision NATIVE, bit for bit what that path computes
+     * when it gets the same codes and scales. (A native path that
+     * quantizes to something else, e.g. NVFP4's FP4 activations on the
+     * CPU, runs the W4A8 product of the given codes instead, and its
+     * header says so.) */
+    qplug_act_format (*act_format)(const qplug_host *host, const void *state);
 } qplug_plugin;
 
 /* The entry point's type and the symbol every plugin defines. */
