@@ -3,7 +3,11 @@
  * a device-to-device copy, all measured in this one process.
  *
  * Method (docs/performance.md): CUDA events around each call, warm-up first,
- * the median of --reps calls; every operand lives in a pool of rotating
+ * the median of --reps calls, enqueued behind a spin kernel that holds the
+ * stream until the host has enqueued them (bench_hold.cu), so each event
+ * pair measures the call's GPU time even where the host needs longer to
+ * submit a call than the GPU to run it; the ABI path also reports the
+ * host's wall time per call. Every operand lives in a pool of rotating
  * copies larger than the L2 cache (so weights come from HBM as in a real
  * forward pass), filled with random data. Each plugin is timed through the
  * ABI (qplug_layer_apply on layers the core loaded and built, one device
@@ -182,62 +186,110 @@ static const char *jnum(char buf[32], double v, int decimals)
     return buf;
 }
 
-static int cmp_float(const void *a, const void *b)
+/* "!" after a time whose batch ran without the hold it asked for (the
+ * spin kernel timed out), "" otherwise. */
+static const char *mark(const qplug_bench__hold *hold, const qplug_bench__timing *t)
 {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
+    return hold && t->batches > 0 && t->not_held > 0 ? "!" : "";
 }
 
-/* Median time of one call in microseconds; NAN when the operation fails. */
-static double time_op(bench_ctx *c, bench_op op, bench_plugin pl, int reps, cudaEvent_t *ev)
+/* One timed operation of a bench_ctx, as qplug_bench__time calls it. */
+typedef struct op_call {
+    bench_ctx *c;
+    bench_op op;
+    bench_plugin pl;
+} op_call;
+
+static int op_call_run(void *ctx, int rep)
 {
+    op_call *oc = ctx;
+    return run_op(oc->c, oc->op, oc->pl, rep);
+}
+
+/* Launches (kernels, stream-ordered allocations) one call of op may
+ * enqueue, an upper estimate for the hold's queue bound: cuBLASLt may run
+ * two kernels per GEMM, the direct path adds an activation quantization per
+ * group, and the ABI's per-group cuBLASLt path adds one quantization pass and
+ * its scratch allocation and release. */
+static int op_launches(const bench_ctx *c, bench_op op)
+{
+    int G = (int)c->groups;
+    switch (op) {
+    case OP_BF16:
+    case OP_FP8_LT:
+    case OP_CORE: return 2 * G;
+    case OP_OURS: return 3 * G;
+    default: return 3 * G + 4;
+    }
+}
+
+/* Times one operation: warm-up, then qplug_bench__time (held unless
+ * hold is NULL). The timing's gpu_us is NAN when the operation fails. */
+static qplug_bench__timing time_op(bench_ctx *c, bench_op op, bench_plugin pl, int reps,
+                                   qplug_bench__hold *hold)
+{
+    qplug_bench__timing t;
+    memset(&t, 0, sizeof t);
+    t.gpu_us = t.host_us = NAN;
     /* Through the ABI every rotation set is its own layer, which makes its
-     * cuBLASLt plan for m on first use: warm up every set the timing uses. */
+     * cuBLASLt plan for m on first use: warm up every set the timing uses.
+     * Warm-up also loads every kernel the timed calls run, so no lazy module
+     * load (which synchronises) happens while the stream is held. */
     int warm = op == OP_ABI ? reps + 3 : 3;
     for (int i = 0; i < warm; i++)
         if (run_op(c, op, pl, i))
-            return NAN;
+            return t;
     if (cuda_check(cudaDeviceSynchronize(), "warm-up"))
-        return NAN;
-    for (int r = 0; r < reps; r++) {
-        cudaEventRecord(ev[2 * r], NULL);
-        if (run_op(c, op, pl, r + 3))
-            return NAN;
-        cudaEventRecord(ev[2 * r + 1], NULL);
+        return t;
+    op_call oc = {c, op, pl};
+    if (qplug_bench__time(hold, op_call_run, &oc, 3, reps, op_launches(c, op), &t)) {
+        t.gpu_us = t.host_us = NAN;
+        cuda_check(cudaGetLastError(), "timed runs");
     }
-    if (cuda_check(cudaDeviceSynchronize(), "timed runs"))
-        return NAN;
-    float t[256];
-    for (int r = 0; r < reps; r++)
-        cudaEventElapsedTime(&t[r], ev[2 * r], ev[2 * r + 1]);
-    qsort(t, (size_t)reps, sizeof t[0], cmp_float);
-    return 1000.0 * (reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]));
+    return t;
 }
 
-/* Device-to-device copy bandwidth, counting bytes read plus written. */
-static double copy_bandwidth(int reps, cudaEvent_t *ev)
+/* One device-to-device copy of the copy-bandwidth measurement. */
+typedef struct copy_call {
+    void *dst;
+    const void *src;
+    size_t bytes;
+} copy_call;
+
+static int copy_call_run(void *ctx, int rep)
+{
+    copy_call *cc = ctx;
+    (void)rep;
+    return cudaMemcpyAsync(cc->dst, cc->src, cc->bytes, cudaMemcpyDeviceToDevice, NULL) ==
+                   cudaSuccess
+               ? 0
+               : -1;
+}
+
+/* Device-to-device copy bandwidth, counting bytes read plus written;
+ * *held says whether every batch ran behind the hold. */
+static double copy_bandwidth(int reps, qplug_bench__hold *hold, bool *held)
 {
     size_t bytes = (size_t)1 << 30;
     void *a = NULL, *b = NULL;
     double bw = NAN;
+    *held = false;
     if (cuda_check(cudaMalloc(&a, bytes), "cudaMalloc") ||
         cuda_check(cudaMalloc(&b, bytes), "cudaMalloc"))
         goto done;
     qplug_bench__fill(a, bytes, QPLUG_BENCH_FILL_RAW, 7);
     for (int i = 0; i < 3; i++)
         cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, NULL);
-    float t[256];
-    for (int r = 0; r < reps; r++) {
-        cudaEventRecord(ev[2 * r], NULL);
-        cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, NULL);
-        cudaEventRecord(ev[2 * r + 1], NULL);
-    }
-    if (cuda_check(cudaDeviceSynchronize(), "copy"))
+    if (cuda_check(cudaDeviceSynchronize(), "copy warm-up"))
         goto done;
-    for (int r = 0; r < reps; r++)
-        cudaEventElapsedTime(&t[r], ev[2 * r], ev[2 * r + 1]);
-    qsort(t, (size_t)reps, sizeof t[0], cmp_float);
-    bw = 2.0 * (double)bytes / (t[reps / 2] * 1e-3) / 1e9;
+    copy_call cc = {b, a, bytes};
+    qplug_bench__timing t;
+    if (qplug_bench__time(hold, copy_call_run, &cc, 0, reps, 1, &t)) {
+        cuda_check(cudaGetLastError(), "copy");
+        goto done;
+    }
+    *held = t.held;
+    bw = 2.0 * (double)bytes / (t.gpu_us * 1e-6) / 1e9;
 done:
     cudaFree(a);
     cudaFree(b);
@@ -379,8 +431,11 @@ static int ctx_acts(bench_ctx *c)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: qplug bench [--plugin fp8_block|mxfp4|nvfp4] [--shapes flash|pro] "
-               "[--m 1,16,...] [--reps N] [--json OUT] [--md OUT] [--check-max-m M]\n"
-               "       qplug bench --moe [--reps N] [--json OUT] [--md OUT]\n");
+               "[--m 1,16,...] [--reps N] [--json OUT] [--md OUT] [--check-max-m M] "
+               "[--no-hold]\n"
+               "       qplug bench --moe [--reps N] [--json OUT] [--md OUT] [--no-hold]\n"
+               "--no-hold: enqueue the timed reps back to back without holding the stream "
+               "(the method of the tables up to v10: short calls then time the host)\n");
 }
 
 int qplug_bench_main(int argc, char **argv)
@@ -404,12 +459,17 @@ int qplug_bench_main(int argc, char **argv)
     int nm = 6;
     /* The accuracy check runs the slow reference kernel: small m only. */
     int64_t check_max_m = 128;
+    bool hold_stream = true;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
+        }
+        if (!strcmp(a, "--no-hold")) {
+            hold_stream = false;
+            continue;
         }
         if (!v) {
             fprintf(stderr, "qplug bench: option '%s' needs a value\n", a);
@@ -439,7 +499,7 @@ int qplug_bench_main(int argc, char **argv)
             }
         } else if (!strcmp(a, "--reps")) {
             reps = atoi(v);
-            if (reps < 5 || reps > 128) {
+            if (reps < 5 || reps > QPLUG_BENCH_MAX_REPS) {
                 fprintf(stderr, "qplug bench: --reps '%s': expected 5..128\n", v);
                 return 2;
             }
@@ -485,12 +545,23 @@ int qplug_bench_main(int argc, char **argv)
             fclose(md);
         return 1;
     }
-    cudaEvent_t ev[256];
-    for (int i = 0; i < 2 * reps; i++)
-        cudaEventCreate(&ev[i]);
+    qplug_bench__hold *hold = NULL;
+    if (hold_stream && !(hold = qplug_bench__hold_create())) {
+        fprintf(stderr, "qplug bench: no mapped pinned memory for the stream hold\n");
+        if (json)
+            fclose(json);
+        if (md)
+            fclose(md);
+        return 1;
+    }
     cublasLtHandle_t lt = NULL;
     if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) {
         fprintf(stderr, "qplug bench: cublasLtCreate failed\n");
+        qplug_bench__hold_destroy(hold);
+        if (json)
+            fclose(json);
+        if (md)
+            fclose(md);
         return 1;
     }
     int rc = 0;
@@ -499,9 +570,30 @@ int qplug_bench_main(int argc, char **argv)
     if (!abi) {
         fprintf(stderr, "qplug bench: cannot load the plugins: %s\n", abi_msg);
         cublasLtDestroy(lt);
+        qplug_bench__hold_destroy(hold);
+        if (json)
+            fclose(json);
+        if (md)
+            fclose(md);
         return 1;
     }
-    double copy_bw = copy_bandwidth(reps, ev);
+    bool copy_held = false;
+    double copy_bw = copy_bandwidth(reps, hold, &copy_held);
+    /* How the times were taken, said once for both the header and JSON. */
+    char timing[640];
+    if (hold)
+        snprintf(timing, sizeof timing,
+                 "GPU time of one call: each call between two CUDA events on the default stream, "
+                 "the reps enqueued (at most %d operations at a time) behind a spin kernel that "
+                 "holds the stream until the host has enqueued them all, so the GPU runs them back "
+                 "to back and no event pair includes host submission time; a time marked ! comes "
+                 "from a batch whose hold timed out after 1 s (a host stall), so it may include "
+                 "host time", QPLUG_BENCH_HOLD_MAX_QUEUED);
+    else
+        snprintf(timing, sizeof timing,
+                 "--no-hold: each call between two CUDA events on the default stream, the reps "
+                 "enqueued back to back without holding the stream, so a call shorter than its "
+                 "host submission time measures the host (the method of the tables up to v10)");
 
     FILE *outs[2] = {stdout, md};
     for (int o = 0; o < 2; o++) {
@@ -511,6 +603,11 @@ int qplug_bench_main(int argc, char **argv)
         fprintf(f, "# qplug bench on %s (%d SMs, %.0f MB L2), median of %d, operands rotated "
                    "over >= 160 MB\n\n",
                 prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6, reps);
+        fprintf(f, "Times (abi, direct, core, BF16, FP8-LT, the copy): %s. host us = median host "
+                   "wall-clock time of one qplug_layer_apply call while it is being enqueued "
+                   "(ABI checks, plugin dispatch, launches; the GPU does not wait for it when "
+                   "the stream is held or graph-captured)%s.\n\n",
+                timing, hold && !copy_held ? "; the copy's hold timed out" : "");
         fprintf(f, "Plugins timed through the ABI: abi = qplug_layer_apply on a layer the core "
                    "loaded (qplug_registry_load_default) and built (qplug_layer_create, synthetic "
                    "weights, one device copy per rotation set), BF16 x/y on the default stream. "
@@ -531,18 +628,20 @@ int qplug_bench_main(int argc, char **argv)
                    "\"not claimed\": the plugin does not take the "
                    "layer kind (mxfp4 claims no grouped linear).\n\n",
                 copy_bw, (long long)check_max_m, QPLUG_CUDA_WGMMA_GROUPED_MAX_M);
-        fprintf(f, "| model | layer | plugin | M | N | K | G | path | abi us | direct us | core us | "
-                   "TFLOP/s | GB/s | %%copy | wt%%copy core | BF16 us | FP8-LT us | vs BF16 | "
-                   "vs FP8-LT | err |\n");
+        fprintf(f, "| model | layer | plugin | M | N | K | G | path | abi us | host us | direct us | "
+                   "core us | TFLOP/s | GB/s | %%copy | wt%%copy core | BF16 us | FP8-LT us | "
+                   "vs BF16 | vs FP8-LT | err |\n");
         fprintf(f, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-                   "---|\n");
+                   "---|---|\n");
     }
     if (json)
     {
         char b[32];
         fprintf(json, "{\"device\": \"%s\", \"sms\": %d, \"l2_bytes\": %d, \"copy_gbps\": %s, "
-                      "\"reps\": %d, \"through_plugin_abi\": true, \"rows\": [\n",
-                prop.name, prop.multiProcessorCount, prop.l2CacheSize, jnum(b, copy_bw, 1), reps);
+                      "\"reps\": %d, \"through_plugin_abi\": true, \"stream_held\": %s, "
+                      "\"copy_held\": %s, \"timing\": \"%s\", \"rows\": [\n",
+                prop.name, prop.multiProcessorCount, prop.l2CacheSize, jnum(b, copy_bw, 1), reps,
+                hold ? "true" : "false", copy_held ? "true" : "false", timing);
     }
     int first_row = 1;
 
@@ -599,22 +698,34 @@ int qplug_bench_main(int argc, char **argv)
                                                  &c.err) != QPLUG_OK)
                     fprintf(stderr, "qplug bench: %s m=%lld: %s\n", sh->layer, (long long)c.m,
                             c.err.msg);
-                double t16 = c.g16 ? time_op(&c, OP_BF16, PL_FP8, reps, ev) : NAN;
-                double t8 = c.g8 ? time_op(&c, OP_FP8_LT, PL_FP8, reps, ev) : NAN;
+                qplug_bench__timing none;
+                memset(&none, 0, sizeof none);
+                none.gpu_us = none.host_us = NAN;
+                qplug_bench__timing T16 = c.g16 ? time_op(&c, OP_BF16, PL_FP8, reps, hold) : none;
+                qplug_bench__timing T8 = c.g8 ? time_op(&c, OP_FP8_LT, PL_FP8, reps, hold) : none;
+                double t16 = T16.gpu_us, t8 = T8.gpu_us;
                 for (int p = 0; p < PL_COUNT; p++) {
                     if (!want[p])
                         continue;
                     /* A plugin that does not claim the layer kind gets no abi
                      * timing: its row says so instead of printing nan. */
                     bool unclaimed = !c.abi[p];
-                    double ta = unclaimed ? NAN : time_op(&c, OP_ABI, (bench_plugin)p, reps, ev);
+                    qplug_bench__timing TA =
+                        unclaimed ? none : time_op(&c, OP_ABI, (bench_plugin)p, reps, hold);
+                    double ta = TA.gpu_us;
                     if (isnan(ta) && !unclaimed)
                         fprintf(stderr, "qplug bench: %s %s m=%lld abi: %s\n", sh->layer,
                                 plugin_names[p], (long long)c.m, c.err.msg);
                     double err = c.abi[p] && c.m <= check_max_m ? abi_check(&c, (bench_plugin)p)
                                                                 : NAN;
-                    double to = time_op(&c, OP_OURS, (bench_plugin)p, reps, ev);
-                    double tc = time_op(&c, OP_CORE, (bench_plugin)p, reps, ev);
+                    qplug_bench__timing TO = time_op(&c, OP_OURS, (bench_plugin)p, reps, hold);
+                    qplug_bench__timing TC = time_op(&c, OP_CORE, (bench_plugin)p, reps, hold);
+                    double to = TO.gpu_us, tc = TC.gpu_us;
+                    /* Marks for times from a batch whose hold timed out. */
+                    const char *ma = mark(hold, &TA), *mo = mark(hold, &TO),
+                               *mc = mark(hold, &TC), *m16 = mark(hold, &T16),
+                               *m8 = mark(hold, &T8);
+                    bool row_held = hold && !*ma && !*mo && !*mc && !*m16 && !*m8;
                     if (isnan(to) || isnan(tc))
                         fprintf(stderr, "qplug bench: %s %s m=%lld: %s\n", sh->layer,
                                 plugin_names[p], (long long)c.m, c.err.msg);
@@ -647,31 +758,32 @@ int qplug_bench_main(int argc, char **argv)
                             snprintf(eb, sizeof eb, "%.3g", err);
                         if (unclaimed) {
                             fprintf(f, "| %s | %s | %s | %lld | %lld | %lld | %lld | %s | not "
-                                       "claimed | %.1f | %.1f | - | - | - | %.0f%% | %.1f | %.1f "
-                                       "| - | - | - |\n",
+                                       "claimed | - | %.1f%s | %.1f%s | - | - | - | %.0f%% | "
+                                       "%.1f%s | %.1f%s | - | - | - |\n",
                                     model ? "pro" : "flash", sh->layer, plugin_names[p],
                                     (long long)c.m, (long long)c.n, (long long)c.k,
-                                    (long long)c.groups, path, to, tc,
-                                    100.0 * wt_core / copy_bw, t16, t8);
+                                    (long long)c.groups, path, to, mo, tc, mc,
+                                    100.0 * wt_core / copy_bw, t16, m16, t8, m8);
                             fflush(f);
                             continue;
                         }
-                        fprintf(f, "| %s | %s | %s | %lld | %lld | %lld | %lld | %s | %.1f | %.1f | "
-                                   "%.1f | %.0f | %.0f | %.0f%% | %.0f%% | %.1f | %.1f | %.2f | "
-                                   "%.2f | %s |\n",
+                        fprintf(f, "| %s | %s | %s | %lld | %lld | %lld | %lld | %s | %.1f%s | "
+                                   "%.1f | %.1f%s | %.1f%s | %.0f | %.0f | %.0f%% | %.0f%% | "
+                                   "%.1f%s | %.1f%s | %.2f | %.2f | %s |\n",
                                 model ? "pro" : "flash", sh->layer, plugin_names[p],
                                 (long long)c.m, (long long)c.n, (long long)c.k,
-                                (long long)c.groups, path, ta, to, tc, tflops, gbps,
-                                100.0 * gbps / copy_bw, 100.0 * wt_core / copy_bw, t16, t8,
-                                t16 / ta, t8 / ta, eb);
+                                (long long)c.groups, path, ta, ma, TA.host_us, to, mo, tc, mc,
+                                tflops, gbps, 100.0 * gbps / copy_bw, 100.0 * wt_core / copy_bw,
+                                t16, m16, t8, m8, t16 / ta, t8 / ta, eb);
                         fflush(f);
                     }
                     if (json) {
-                        char b[11][32];
+                        char b[12][32];
                         fprintf(json,
                                 "%s  {\"model\": \"%s\", \"layer\": \"%s\", \"kind\": \"%s\", "
                                 "\"plugin\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, "
-                                "\"groups\": %lld, \"path\": \"%s\", \"abi_us\": %s, \"rel_l2_vs_ref\": %s, "
+                                "\"groups\": %lld, \"path\": \"%s\", \"abi_us\": %s, "
+                                "\"host_us\": %s, \"held\": %s, \"rel_l2_vs_ref\": %s, "
                                 "\"direct_us\": %s, "
                                 "\"core_us\": %s, \"bf16_us\": %s, \"fp8_lt_us\": %s, "
                                 "\"tflops\": %s, \"gbps\": %s, \"weight_gbps_core\": %s, "
@@ -679,6 +791,7 @@ int qplug_bench_main(int argc, char **argv)
                                 first_row ? "" : ",\n", model ? "pro" : "flash", sh->layer,
                                 sh->kind, plugin_names[p], (long long)c.m, (long long)c.n,
                                 (long long)c.k, (long long)c.groups, path, jnum(b[9], ta, 3),
+                                jnum(b[11], TA.host_us, 3), row_held ? "true" : "false",
                                 jnum(b[10], err, 5), jnum(b[0], to, 3),
                                 jnum(b[1], tc, 3), jnum(b[2], t16, 3), jnum(b[3], t8, 3),
                                 jnum(b[4], tflops, 2), jnum(b[5], gbps, 2), jnum(b[6], wt_core, 2),
@@ -700,9 +813,8 @@ int qplug_bench_main(int argc, char **argv)
     }
     if (md)
         fclose(md);
-    for (int i = 0; i < 2 * reps; i++)
-        cudaEventDestroy(ev[i]);
     bench_abi_close(abi);
     cublasLtDestroy(lt);
+    qplug_bench__hold_destroy(hold);
     return rc;
 }

@@ -5,7 +5,9 @@
  * (E = 256, top-6, D = 4096, I = 2048).
  *
  * Per (path, tokens): the median of the timed calls (CUDA events around
- * each qplug_layer_apply, after warm-up), effective TFLOP/s =
+ * each qplug_layer_apply, after warm-up, enqueued behind a spin kernel that
+ * holds the stream until all are enqueued, so each event pair is GPU time;
+ * bench_hold.cu), effective TFLOP/s =
  * 2 * tokens * top_k * 3 * D * I / time, GB/s = device bytes of the experts
  * the routing touches (weights and scales of w1, w3, w2) / time, and that
  * as a share of the device-to-device copy bandwidth (bytes read plus
@@ -33,10 +35,33 @@ typedef struct moe_path {
     bool nvfp4, fp4_act;
 } moe_path;
 
+/* Launches one fused-MoE apply may enqueue (input check, routing
+ * permutation, quantizations, two grouped GEMMs, combine, conversions,
+ * scratch allocation and release): an upper estimate for the hold's
+ * queue bound. */
+#define MOE_LAUNCHES_PER_CALL 24
+
 static int cmp_f(const void *a, const void *b)
 {
     float x = *(const float *)a, y = *(const float *)b;
     return (x > y) - (x < y);
+}
+
+/* One timed call, as qplug_bench__time makes it. */
+typedef struct moe_call {
+    bench_abi_layers *L;
+    int64_t m;
+    void *x, *y, *ids, *wts;
+    char *msg;
+    size_t msg_size;
+} moe_call;
+
+static int moe_call_run(void *ctx, int rep)
+{
+    moe_call *mc = ctx;
+    (void)rep;
+    return bench_abi_moe_apply(mc->L, mc->m, mc->x, mc->y, mc->ids, mc->wts, mc->msg,
+                               mc->msg_size);
 }
 
 static uint32_t rnd(uint32_t *s)
@@ -80,19 +105,23 @@ int qplug_bench__moe_main(int argc, char **argv)
 {
     const char *json = NULL, *md = NULL;
     int reps = 20;
+    bool hold_stream = true;
     for (int i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "--json") && i + 1 < argc)
+        if (!strcmp(argv[i], "--no-hold"))
+            hold_stream = false;
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = argv[++i];
         else if (!strcmp(argv[i], "--md") && i + 1 < argc)
             md = argv[++i];
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: qplug bench --moe [--reps N] [--json F] [--md F]\n");
+            fprintf(stderr, "usage: qplug bench --moe [--reps N] [--json F] [--md F] "
+                            "[--no-hold]\n");
             return 2;
         }
     }
-    if (reps < 1 || reps > 200)
+    if (reps < 1 || reps > QPLUG_BENCH_MAX_REPS)
         reps = 20;
     char msg[512] = "";
     bench_abi *b = bench_abi_open(msg, sizeof msg);
@@ -100,6 +129,18 @@ int qplug_bench__moe_main(int argc, char **argv)
         fprintf(stderr, "qplug bench --moe: %s\n", msg);
         return 1;
     }
+    qplug_bench__hold *hold = NULL;
+    if (hold_stream && !(hold = qplug_bench__hold_create())) {
+        fprintf(stderr, "qplug bench --moe: no mapped pinned memory for the stream hold\n");
+        bench_abi_close(b);
+        return 1;
+    }
+    const char *timing =
+        hold ? "each call between two CUDA events on the default stream, the reps enqueued behind "
+               "a spin kernel that holds the stream until all are enqueued (GPU time per call; "
+               "! = the hold timed out, time may include the host)"
+             : "--no-hold: each call between two CUDA events on the default stream, reps "
+               "enqueued back to back without holding the stream";
     struct cudaDeviceProp prop;
     cudaGetDeviceProperties(&prop, 0);
     double bw = copy_bw();
@@ -147,19 +188,20 @@ int qplug_bench__moe_main(int argc, char **argv)
            prop.name, MOE_E, MOE_K, MOE_D, MOE_I, bw);
     if (fm) {
         fprintf(fm, "Fused MoE through the ABI on %s: E=%d, top-%d, D=%d, I=%d; median of %d "
-                    "calls; copy bandwidth %.0f GB/s (read + written).\n\n",
-                prop.name, MOE_E, MOE_K, MOE_D, MOE_I, reps, bw);
-        fprintf(fm, "| path | tokens | experts touched | time (ms) | TFLOP/s | GB/s (touched) "
-                    "| %% of copy BW | BF16 experts at copy BW (ms) |\n|---|---|---|---|---|---|"
-                    "---|---|\n");
+                    "calls, %s; host us = median host wall time of one qplug_layer_apply while "
+                    "enqueueing; copy bandwidth %.0f GB/s (read + written, median of 5 "
+                    "synchronised copies).\n\n",
+                prop.name, MOE_E, MOE_K, MOE_D, MOE_I, reps, timing, bw);
+        fprintf(fm, "| path | tokens | experts touched | time (ms) | host us | TFLOP/s | GB/s "
+                    "(touched) | %% of copy BW | BF16 experts at copy BW (ms) |\n|---|---|---|"
+                    "---|---|---|---|---|---|\n");
         fflush(fm);
     }
     if (fj)
-        fprintf(fj, "{\"device\": \"%s\", \"copy_gbps\": %.1f, \"rows\": [", prop.name, bw);
+        fprintf(fj, "{\"device\": \"%s\", \"copy_gbps\": %.1f, \"stream_held\": %s, "
+                    "\"timing\": \"%s\", \"rows\": [",
+                prop.name, bw, hold ? "true" : "false", timing);
     bool first = true;
-    cudaEvent_t ev[400];
-    for (int i = 0; i < 2 * reps; i++)
-        cudaEventCreate(&ev[i]);
     for (int pi = 0; pi < npaths; pi++) {
         const moe_path *P = &paths[pi];
         size_t eb = 0;
@@ -183,50 +225,47 @@ int qplug_bench__moe_main(int argc, char **argv)
             int bad = 0;
             for (int w = 0; w < 3 && !bad; w++)
                 bad = bench_abi_moe_apply(L, m, x, y, ids, wts, msg, sizeof msg);
-            float t[200];
-            for (int r = 0; r < reps && !bad; r++) {
-                cudaEventRecord(ev[2 * r], NULL);
-                bad = bench_abi_moe_apply(L, m, x, y, ids, wts, msg, sizeof msg);
-                cudaEventRecord(ev[2 * r + 1], NULL);
-            }
             cudaError_t ce = cudaDeviceSynchronize();
+            moe_call mc = {L, m, x, y, ids, wts, msg, sizeof msg};
+            qplug_bench__timing T;
+            if (!bad && ce == cudaSuccess)
+                bad = qplug_bench__time(hold, moe_call_run, &mc, 0, reps, MOE_LAUNCHES_PER_CALL,
+                                        &T);
             if (bad || ce != cudaSuccess) {
+                ce = cudaGetLastError();
                 printf("%-26s m=%lld: FAILED: %s\n", P->label, (long long)m,
-                       bad ? msg : cudaGetErrorString(ce));
+                       ce != cudaSuccess ? cudaGetErrorString(ce) : msg);
                 rc = 1;
                 break;
             }
-            for (int r = 0; r < reps; r++)
-                cudaEventElapsedTime(&t[r], ev[2 * r], ev[2 * r + 1]);
-            qsort(t, (size_t)reps, sizeof t[0], cmp_f);
-            double ms_t = t[reps / 2];
+            const char *mk = hold && T.not_held > 0 ? "!" : "";
+            double ms_t = T.gpu_us * 1e-3;
             double flop = 2.0 * (double)m * MOE_K * 3.0 * MOE_D * MOE_I;
             double tflops = flop / (ms_t * 1e-3) / 1e12;
             double bytes = (double)nt * (double)eb;
             double gbps = bytes / (ms_t * 1e-3) / 1e9;
             double ref_ms = (double)nt * 3.0 * MOE_D * MOE_I * 2.0 / (bw * 1e9) * 1e3;
-            printf("%-26s m=%5lld touched %3d  %8.3f ms  %7.1f TFLOP/s  %6.0f GB/s  %5.1f%% "
-                   "of copy BW  (BF16 at copy BW %.3f ms)\n",
-                   P->label, (long long)m, nt, ms_t, tflops, gbps, 100.0 * gbps / bw, ref_ms);
+            printf("%-26s m=%5lld touched %3d  %8.3f ms%s (host %6.1f us)  %7.1f TFLOP/s  "
+                   "%6.0f GB/s  %5.1f%% of copy BW  (BF16 at copy BW %.3f ms)\n",
+                   P->label, (long long)m, nt, ms_t, mk, T.host_us, tflops, gbps,
+                   100.0 * gbps / bw, ref_ms);
             if (fm) {
-                fprintf(fm, "| %s | %lld | %d | %.3f | %.1f | %.0f | %.1f%% | %.3f |\n",
-                        P->label, (long long)m, nt, ms_t, tflops, gbps, 100.0 * gbps / bw,
-                        ref_ms);
+                fprintf(fm, "| %s | %lld | %d | %.3f%s | %.1f | %.1f | %.0f | %.1f%% | %.3f |\n",
+                        P->label, (long long)m, nt, ms_t, mk, T.host_us, tflops, gbps,
+                        100.0 * gbps / bw, ref_ms);
                 fflush(fm);
             }
             if (fj) {
                 fprintf(fj, "%s\n {\"path\": \"%s\", \"tokens\": %lld, \"experts_touched\": %d, "
-                            "\"ms\": %.4f, \"tflops\": %.2f, \"gbps\": %.1f, \"pct_copy\": %.2f, "
-                            "\"bf16_copy_ms\": %.4f}",
-                        first ? "" : ",", P->label, (long long)m, nt, ms_t, tflops, gbps,
-                        100.0 * gbps / bw, ref_ms);
+                            "\"ms\": %.4f, \"host_us\": %.2f, \"held\": %s, \"tflops\": %.2f, "
+                            "\"gbps\": %.1f, \"pct_copy\": %.2f, \"bf16_copy_ms\": %.4f}",
+                        first ? "" : ",", P->label, (long long)m, nt, ms_t, T.host_us,
+                        T.held ? "true" : "false", tflops, gbps, 100.0 * gbps / bw, ref_ms);
                 first = false;
             }
         }
         bench_abi_destroy(L);
     }
-    for (int i = 0; i < 2 * reps; i++)
-        cudaEventDestroy(ev[i]);
     if (fj)
         fprintf(fj, "\n]}\n");
 out:
@@ -240,6 +279,7 @@ out:
     cudaFree(wts);
     free(hids);
     free(hw);
+    qplug_bench__hold_destroy(hold);
     bench_abi_close(b);
     return rc;
 }
