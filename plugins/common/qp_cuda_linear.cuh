@@ -146,14 +146,14 @@ __device__ static float qp_cl_weight(const qp_cuda_lin &L, int64_t r, int64_t c)
 /*
  * One group: y[i, j] = sum_c a[i, c] * W[r0 + j, c] for i < m, j < n. The
  * activations are x (BF16 or F32, row stride ldx) or, when xq is given, the
- * quantized E4M3 xq [m, k] with scales xs [k/128][m]. Per 128-block the
+ * quantized E4M3 xq [m, k] (row stride ldxq) with scales xs [k/128][m]. Per 128-block the
  * partial sum is formed in fp32 and scaled by the activation scale and the
  * FP8 tile scale, as the CPU path does.
  */
 __global__ static void qp_cl_simple_kernel(qp_cuda_lin L, int64_t r0, int64_t m, int64_t n,
                                            const void *x, bool x_bf16, int64_t ldx,
-                                           const uint8_t *xq, const float *xs, void *y,
-                                           bool y_bf16, int64_t ldy)
+                                           const uint8_t *xq, int64_t ldxq, const float *xs,
+                                           void *y, bool y_bf16, int64_t ldy)
 {
     int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n)
@@ -167,7 +167,7 @@ __global__ static void qp_cl_simple_kernel(qp_cuda_lin L, int64_t r0, int64_t m,
             for (int64_t c = kb * 128; c < c1; c++) {
                 float a;
                 if (xq)
-                    a = qp_cl_e4m3(xq[i * k + c]);
+                    a = qp_cl_e4m3(xq[i * ldxq + c]);
                 else if (x_bf16)
                     a = __bfloat162float(((const __nv_bfloat16 *)x)[i * ldx + c]);
                 else
@@ -230,10 +230,11 @@ __global__ static void qp_cl_quant_kernel(const void *x, bool x_bf16, int64_t ld
         xs[kb * m + i] = s;
 }
 
-/* BF16 strided 2-D copy: rows x cols from src (row stride lds) to dst (lddst). */
-__global__ static void qp_cl_copy_kernel(const __nv_bfloat16 *src, int64_t lds,
-                                         __nv_bfloat16 *dst, int64_t ldd, int64_t rows,
-                                         int64_t cols)
+/* Strided 2-D copy of BF16 values or bytes: rows x cols from src (row
+ * stride lds) to dst (row stride ldd). */
+template <typename T>
+__global__ static void qp_cl_copy_kernel(const T *src, int64_t lds, T *dst, int64_t ldd,
+                                         int64_t rows, int64_t cols)
 {
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= rows * cols)
@@ -501,12 +502,12 @@ static qplug_status qp_cl_launch_status(const qplug_host *host, const char *what
 }
 
 static void qp_cl_simple(const qp_cuda_lin *L, int64_t g, int64_t m, const void *x, bool x_bf16,
-                         int64_t ldx, const uint8_t *xq, const float *xs, void *y, bool y_bf16,
-                         int64_t ldy, cudaStream_t s)
+                         int64_t ldx, const uint8_t *xq, int64_t ldxq, const float *xs, void *y,
+                         bool y_bf16, int64_t ldy, cudaStream_t s)
 {
     dim3 grid((unsigned)((L->n + 127) / 128), (unsigned)(m < 65535 ? m : 65535));
-    qp_cl_simple_kernel<<<grid, 128, 0, s>>>(*L, g * L->n, m, L->n, x, x_bf16, ldx, xq, xs, y,
-                                             y_bf16, ldy);
+    qp_cl_simple_kernel<<<grid, 128, 0, s>>>(*L, g * L->n, m, L->n, x, x_bf16, ldx, xq, ldxq, xs,
+                                             y, y_bf16, ldy);
 }
 
 /* One native group with quantized activations xq/xs ([m, k], [k/128][m])
@@ -531,7 +532,7 @@ static qplug_status qp_cl_fast_group(const qplug_host *host, qp_cuda_lin *L, int
                                         L->global, xq, xs, m, n, k, y, s, &e);
         return qp_cl_kernel_status(host, st, &e, "apply");
     }
-    qp_cl_simple(L, g, m, NULL, false, 0, xq, xs, y, true, n, s);
+    qp_cl_simple(L, g, m, NULL, false, 0, xq, k, xs, y, true, n, s);
     return qp_cl_launch_status(host, "simple kernel");
 }
 
@@ -623,8 +624,134 @@ static qplug_status qp_cl_apply_lt(const qplug_host *host, qp_cuda_lin *L,
     return st;
 }
 
+/* ABI 1.2 pre-quantized x: E4M3 [m, G*k] and F32 scales [G*k/128][m] on
+ * the device, y BF16 or F32 [m, G*n]. */
+static qplug_status qp_cl_check_prequant(const qplug_host *host, const qp_cuda_lin *L,
+                                         const qplug_apply_args *a, const qplug_tensor *xs)
+{
+    if (a->op != QPLUG_OP_FORWARD)
+        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT,
+                                "apply: op %d is not FORWARD for a linear layer", (int)a->op);
+    const qplug_tensor *x = a->x, *y = a->y;
+    if (!x || !y || !x->data || !y->data || !xs->data)
+        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT, "apply: x, x_scale or y missing");
+    if (x->device != QPLUG_DEVICE_CUDA || y->device != QPLUG_DEVICE_CUDA ||
+        xs->device != QPLUG_DEVICE_CUDA)
+        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT,
+                                "apply: x, x_scale and y must all be CUDA tensors");
+    if (x->dtype != QPLUG_DT_F8_E4M3 || xs->dtype != QPLUG_DT_F32 || !qp_cl_io_dtype(y))
+        return host->api->error(host->ctx, QPLUG_ERR_DTYPE,
+                                "apply: pre-quantized x must be F8_E4M3 with F32 x_scale and y "
+                                "BF16 or F32 (x %s, x_scale %s, y %s)",
+                                qplug_dtype_name(x->dtype), qplug_dtype_name(xs->dtype),
+                                qplug_dtype_name(y->dtype));
+    int64_t in = L->groups * L->k, outc = L->rows;
+    if (x->ndim != 2 || y->ndim != 2 || xs->ndim != 2 || x->shape[0] < 1 ||
+        x->shape[1] != in || y->shape[0] != x->shape[0] || y->shape[1] != outc ||
+        xs->shape[0] != in / 128 || xs->shape[1] != x->shape[0])
+        return host->api->error(host->ctx, QPLUG_ERR_SHAPE,
+                                "apply: pre-quantized x must be [m, %lld], x_scale [%lld, m] and "
+                                "y [m, %lld]",
+                                (long long)in, (long long)(in / 128), (long long)outc);
+    return QPLUG_OK;
+}
+
+/*
+ * The pre-quantized path: the same kernels as the BF16 path after its own
+ * quantization, fed from the caller's codes and scales, so wherever both
+ * take the same kernel the result is bit-identical to the BF16 path given
+ * x whose quantization gives those codes and scales:
+ *   linear, m <= 16, GEMV shape    -> the GEMV on xq (the BF16 path's
+ *                                     gemv_bf16 is bit-identical to act_quant
+ *                                     + this GEMV for one group)
+ *   m > 16, cuBLASLt shape, xq and
+ *   scales 16-byte aligned         -> cuBLASLt per group, reading xq and the
+ *                                     scales in place (no scratch besides its
+ *                                     workspace)
+ *   grouped, m <= 16, GEMV shape   -> per group: xq slice to scratch, GEMV,
+ *                                     y staged (the BF16 path's one-launch
+ *                                     GEMV may sum in another order)
+ *   otherwise, and REFERENCE       -> the simple kernel per group
+ * Grouped layers with 16 < m <= QPLUG_CUDA_WGMMA_GROUPED_MAX_M run the
+ * fused-quantization wgmma GEMM on BF16 x, which takes no E4M3 input: the
+ * pre-quantized call takes cuBLASLt there, equal to the BF16 path's result
+ * to within the two GEMMs' fp32 summation orders, not bit for bit.
+ */
+static qplug_status qp_cl_apply_prequant(const qplug_host *host, qp_cuda_lin *L,
+                                         const qplug_apply_args *a, const qplug_tensor *xst,
+                                         cudaStream_t s)
+{
+    qplug_status st = qp_cl_check_prequant(host, L, a, xst);
+    if (st)
+        return st;
+    int64_t m = a->x->shape[0], n = L->n, k = L->k, G = L->groups, kt = k / 128;
+    const uint8_t *xq = (const uint8_t *)a->x->data;
+    const float *xs = (const float *)xst->data;
+    bool y_bf16 = a->y->dtype == QPLUG_DT_BF16;
+    bool native = a->precision == QPLUG_PRECISION_NATIVE && L->fmt != QP_CL_F32;
+    bool al = (uintptr_t)xq % 16 == 0 && (uintptr_t)xs % 16 == 0;
+    qplug_cuda__err e;
+    if (native && y_bf16 && al && L->lt_ok && m > QPLUG_CUDA_GEMV_MAX_M) {
+        const uint8_t *w = L->fmt == QP_CL_FP8 ? (const uint8_t *)L->w : L->q8;
+        const float *ws = L->fmt == QP_CL_FP8 ? L->w_scale : L->q8_scale;
+        qplug_cuda__fp8_gemm *plan = NULL;
+        int64_t batch = 1;
+        st = qp_cl_plan_for(host, L, m, &plan, &batch);
+        if (st)
+            return st;
+        void *work = NULL;
+        if (cudaMallocAsync(&work, QP_CL_LT_WORKSPACE, s) != cudaSuccess)
+            return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
+                                    "cuda apply: no %zu bytes of workspace on the stream",
+                                    (size_t)QP_CL_LT_WORKSPACE);
+        __nv_bfloat16 *y = (__nv_bfloat16 *)a->y->data;
+        for (int64_t g = 0; g < G && !st; g += batch)
+            st = qp_cl_kernel_status(
+                host,
+                qplug_cuda__fp8_gemm_run(plan, w + g * n * k, ws + (g * n / 128) * kt,
+                                         xq + g * k, xs + g * kt * m, y + g * n, work, s, &e),
+                &e, "apply");
+        cudaFreeAsync(work, s);
+        return st;
+    }
+    if (native && y_bf16 && al && L->gemv_ok && m <= QPLUG_CUDA_GEMV_MAX_M) {
+        if (G == 1)
+            return qp_cl_fast_group(host, L, 0, m, xq, xs, (__nv_bfloat16 *)a->y->data, s);
+        size_t xq_b = (size_t)(m * k), off_yg = (xq_b + 255) & ~(size_t)255;
+        size_t total = off_yg + (size_t)(m * n) * 2;
+        char *scratch = NULL;
+        if (cudaMallocAsync((void **)&scratch, total, s) != cudaSuccess)
+            return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
+                                    "cuda apply: no %zu bytes of scratch on the stream", total);
+        uint8_t *xg = (uint8_t *)scratch;
+        __nv_bfloat16 *yg = (__nv_bfloat16 *)(scratch + off_yg);
+        __nv_bfloat16 *y = (__nv_bfloat16 *)a->y->data;
+        for (int64_t g = 0; g < G && !st; g++) {
+            qp_cl_copy_kernel<uint8_t><<<(unsigned)((m * k + 255) / 256), 256, 0, s>>>(
+                xq + g * k, G * k, xg, k, m, k);
+            st = qp_cl_launch_status(host, "x copy");
+            if (!st)
+                st = qp_cl_fast_group(host, L, g, m, xg, xs + g * kt * m, yg, s);
+            if (!st) {
+                qp_cl_copy_kernel<__nv_bfloat16><<<(unsigned)((m * n + 255) / 256), 256, 0, s>>>(
+                    yg, n, y + g * n, G * n, m, n);
+                st = qp_cl_launch_status(host, "output copy");
+            }
+        }
+        cudaFreeAsync(scratch, s);
+        return st;
+    }
+    for (int64_t g = 0; g < G; g++)
+        qp_cl_simple(L, g, m, NULL, false, 0, xq + g * k, G * k, xs + g * kt * m,
+                     (char *)a->y->data + (size_t)(g * n) * (y_bf16 ? 2 : 4), y_bf16, G * n, s);
+    return qp_cl_launch_status(host, "simple kernel");
+}
+
 static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qplug_apply_args *a)
 {
+    if (a->struct_size >= offsetof(qplug_apply_args, stream) + sizeof(void *) &&
+        qplug_apply_x_scale(a))
+        return qp_cl_apply_prequant(host, L, a, qplug_apply_x_scale(a), (cudaStream_t)a->stream);
     qplug_status st = qp_cl_check(host, L, a);
     if (st)
         return st;
@@ -646,7 +773,7 @@ static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qp
         for (int64_t g = 0; g < G; g++)
             qp_cl_simple(L, g, m,
                          (const char *)a->x->data + (size_t)(g * k) * (x_bf16 ? 2 : 4), x_bf16,
-                         G * k, NULL, NULL,
+                         G * k, NULL, 0, NULL,
                          (char *)a->y->data + (size_t)(g * n) * (y_bf16 ? 2 : 4), y_bf16, G * n,
                          s);
         return qp_cl_launch_status(host, "simple kernel");
@@ -688,14 +815,14 @@ static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qp
         if (st)
             break;
         if (!fast) {
-            qp_cl_simple(L, g, m, NULL, false, 0, xq, xs, ydst, false, G * n, s);
+            qp_cl_simple(L, g, m, NULL, false, 0, xq, k, xs, ydst, false, G * n, s);
             st = qp_cl_launch_status(host, "simple kernel");
             continue;
         }
         st = qp_cl_fast_group(host, L, g, m, xq, xs, staged ? yg : (__nv_bfloat16 *)ydst, s);
         if (!st && staged) {
             int64_t cnt = m * n;
-            qp_cl_copy_kernel<<<(unsigned)((cnt + 255) / 256), 256, 0, s>>>(
+            qp_cl_copy_kernel<__nv_bfloat16><<<(unsigned)((cnt + 255) / 256), 256, 0, s>>>(
                 yg, n, (__nv_bfloat16 *)ydst, G * n, m, n);
             st = qp_cl_launch_status(host, "output copy");
         }

@@ -244,6 +244,30 @@ qplug_status qplug_cuda__fp8_gemm_bf16x(const void *x, int64_t ldx, int64_t m, i
  * by the call itself. */
 int qplug_cuda__fp8_gemm_bf16x_supported(int64_t m, int64_t n, int64_t k, int64_t groups);
 
+/* ---------------------------------------------------------------- (g) */
+
+/* RMSNorm with the activation quantization of the next FP8 GEMM fused in
+ * (norm_quant.cu): for each of m rows of BF16 x (row stride ldx),
+ *   r = 1 / sqrt(mean(x^2) + eps), v = (x * r) * w   (fp32 throughout)
+ * and then v, as it is in fp32 (not rounded to BF16 first, so the codes
+ * can differ from act_quant on the BF16 RMSNorm output), is quantized by
+ * the rule of qplug_cuda__act_quant_fp8: xq E4M3 [m, d] contiguous and
+ * scale float [d/128][m], the layout the GEMMs and ABI 1.2's x_scale take.
+ * w is BF16 [d]. 128 <= d <= 8192, d % 128 == 0, ldx >= d and a multiple
+ * of 8; x and w 16-byte aligned, xq 8-byte, scale 4-byte aligned. A NaN or
+ * Inf in a row gives NaN scales for its groups. */
+qplug_status qplug_cuda__rmsnorm_quant(const void *x, int64_t ldx, int64_t m, int64_t d,
+                                       const void *w, float eps, qplug_cuda__scale_fmt fmt,
+                                       void *xq, float *scale, void *stream,
+                                       qplug_cuda__err *err);
+
+/* The plain RMSNorm it replaces, with the same arithmetic: y = bf16((x * r)
+ * * w), round to nearest even; y BF16 with row stride ldy (>= d, multiple
+ * of 8, 16-byte aligned). Same limits on x, w and d. */
+qplug_status qplug_cuda__rmsnorm_bf16(const void *x, int64_t ldx, int64_t m, int64_t d,
+                                      const void *w, float eps, void *y, int64_t ldy,
+                                      void *stream, qplug_cuda__err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1107,6 +1107,182 @@ static void run_forward(conf_run *r, const qplug_plugin *p, const qplug_host *ho
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* ABI 1.2: pre-quantized activations (qplug_apply_args.x_scale)           */
+/* ------------------------------------------------------------------------ */
+/*
+ * A layer whose act_format slot answers a non-NONE form must take x as E4M3
+ * codes with F32 scales [K/128][m] (plugin.h). The driver quantizes x with
+ * its own encoder by the rule of the form (formats.md), then checks:
+ *   - the result against the fp64 reference on the dequantized codes (code
+ *     * scale) with exact weights, at the case's reference bound: the only
+ *     error left is the fp32 summation;
+ *   - bit for bit against the layer's own native call on the same x, where
+ *     its native path quantizes to this form (every plugin of this tree on
+ *     CUDA with one group; on the CPU all but NVFP4, whose CPU native
+ *     activations are FP4);
+ *   - that malformed forms are refused with a message.
+ */
+
+/* The plugin's act_format for this state; NONE without the slot. */
+static qplug_act_format conf_act_format(const qplug_plugin *p, const qplug_host *host,
+                                        void *state)
+{
+    if (p->struct_size < offsetof(qplug_plugin, act_format) + sizeof p->act_format ||
+        !p->act_format)
+        return QPLUG_ACT_FORMAT_NONE;
+    return p->act_format(host, state);
+}
+
+/* The value of a finite E4M3 code (formats.md: bias 7, subnormals). */
+static double conf_e4m3_value(unsigned code)
+{
+    unsigned e = (code >> 3) & 15u, mnt = code & 7u;
+    double v = e == 0 ? ldexp(mnt / 8.0, -6) : ldexp(1.0 + mnt / 8.0, (int)e - 7);
+    return (code & 0x80u) ? -v : v;
+}
+
+/* Nearest finite E4M3 code by search over all of them, ties to the even
+ * code, saturating at 448: independent of the plugins' codecs. */
+static uint8_t conf_e4m3_encode(float v)
+{
+    double a = fabs((double)v), best_d = INFINITY;
+    unsigned best = 0;
+    for (unsigned c = 0; c < 127; c++) {
+        double d = fabs(conf_e4m3_value(c) - a);
+        if (d < best_d || (d == best_d && (c & 1u) == 0)) {
+            best_d = d;
+            best = c;
+        }
+    }
+    return (uint8_t)(best | (signbit(v) ? 0x80u : 0u));
+}
+
+/* x [m, K] -> codes q [m, K], scales s [K/128][m] and the dequantized
+ * values deq [m, K], by the rule of `fmt`. */
+static void conf_prequant(const float *x, int64_t m, int64_t K, qplug_act_format fmt, uint8_t *q,
+                          float *s, float *deq)
+{
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t kb = 0; kb < K / 128; kb++) {
+            const float *xb = x + i * K + kb * 128;
+            float amax = 1e-4f;
+            for (int j = 0; j < 128; j++)
+                amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
+            float sc = amax / 448.0f;
+            if (fmt == QPLUG_ACT_FORMAT_E4M3_1X128_UE8M0) {
+                int e;
+                float f = frexpf(sc, &e);
+                sc = ldexpf(1.0f, f == 0.5f ? e - 1 : e);
+            }
+            s[kb * m + i] = sc;
+            for (int j = 0; j < 128; j++) {
+                uint8_t c = conf_e4m3_encode(xb[j] / sc);
+                q[i * K + kb * 128 + j] = c;
+                deq[i * K + kb * 128 + j] = (float)(conf_e4m3_value(c) * sc);
+            }
+        }
+}
+
+static void run_prequant(conf_run *r, const qplug_plugin *p, const qplug_host *host, void *state,
+                         const conf_case *c, const ref_weights *rw, rng *g)
+{
+    qplug_act_format fmt = conf_act_format(p, host, state);
+    if (fmt == QPLUG_ACT_FORMAT_NONE)
+        return;
+    EXPECT(r, fmt == QPLUG_ACT_FORMAT_E4M3_1X128_F32 || fmt == QPLUG_ACT_FORMAT_E4M3_1X128_UE8M0,
+           "act_format answered the unknown form %d", (int)fmt);
+    EXPECT(r, c->kind == QPLUG_LAYER_LINEAR || c->kind == QPLUG_LAYER_GROUPED_LINEAR,
+           "act_format is not NONE for a layer of kind %d", (int)c->kind);
+    int64_t in = (int64_t)c->groups * c->k, out = (int64_t)c->groups * c->n;
+    if (r->failures || in % 128 != 0)
+        return;
+    bool bitwise = c->quant != QPLUG_QUANT_NVFP4;
+    printf("  prequant: act_format %d, bit-identical to native: %s\n", (int)fmt,
+           bitwise ? "required" : "no (FP4 native activations)");
+    static const int64_t ms[3] = {1, 7, 33};
+    for (int mi = 0; mi < 3; mi++) {
+        int64_t m = ms[mi];
+        float *x = malloc((size_t)(m * in) * sizeof(float));
+        float *deq = malloc((size_t)(m * in) * sizeof(float));
+        uint8_t *q = malloc((size_t)(m * in));
+        float *sc = malloc((size_t)(m * in / 128) * sizeof(float));
+        float *y = malloc((size_t)(m * out + 1) * sizeof(float));
+        float *yn = malloc((size_t)(m * out) * sizeof(float));
+        double *ref = malloc((size_t)(m * out) * sizeof(double));
+        if (!x || !deq || !q || !sc || !y || !yn || !ref) {
+            fail(r, "out of memory");
+            free(x), free(deq), free(q), free(sc), free(y), free(yn), free(ref);
+            return;
+        }
+        /* Rows of different magnitudes, so the scales differ per token. */
+        for (int64_t i = 0; i < m * in; i++)
+            x[i] = (float)(rng_normal(g) * ldexp(1.0, (int)((i / in) % 7) - 3));
+        conf_prequant(x, m, in, fmt, q, sc, deq);
+        ref_forward(c, rw, deq, m, NULL, NULL, ref);
+        qplug_tensor tx = mk(QPLUG_DT_F32, m, in, x), ty = mk(QPLUG_DT_F32, m, out, y);
+        qplug_tensor tq = mk(QPLUG_DT_F8_E4M3, m, in, q), ts = mk(QPLUG_DT_F32, in / 128, m, sc);
+        qplug_apply_args a = {sizeof a, QPLUG_OP_FORWARD, QPLUG_PRECISION_NATIVE, &tx, &ty,
+                              NULL, NULL, NULL, 0, NULL, NULL};
+        qplug_status st = call_apply(r, p, host, state, &a);
+        EXPECT(r, st == QPLUG_OK, "native apply (m = %lld) failed: %s", (long long)m,
+               ((host_ctx *)host->ctx)->errmsg);
+        memcpy(yn, y, (size_t)(m * out) * sizeof(float));
+        a.x = &tq;
+        a.x_scale = &ts;
+        for (int prec = 1; prec >= 0 && st == QPLUG_OK; prec--) {
+            for (int64_t i = 0; i < m * out; i++)
+                y[i] = NAN;
+            y[m * out] = 1234.5f;
+            a.precision = (qplug_precision)prec;
+            qplug_status sp = call_apply(r, p, host, state, &a);
+            EXPECT(r, sp == QPLUG_OK, "prequant apply (m = %lld, %s) failed: %s: %s",
+                   (long long)m, prec ? "reference" : "native", qplug_status_name(sp),
+                   ((host_ctx *)host->ctx)->errmsg);
+            if (sp != QPLUG_OK)
+                continue;
+            EXPECT(r, y[m * out] == 1234.5f, "prequant apply wrote past the end of y");
+            double e = rel_l2(y, ref, m * out);
+            printf("  prequant m = %2lld %-9s rel L2 %.3g vs dequantized-x reference (bound "
+                   "%.3g)\n",
+                   (long long)m, prec ? "reference" : "native", e, c->ref_bound);
+            EXPECT(r, e <= c->ref_bound, "prequant m = %lld %s: rel L2 %.3g exceeds %.3g",
+                   (long long)m, prec ? "reference" : "native", e, c->ref_bound);
+            if (!prec && bitwise) {
+                int64_t diff = 0;
+                for (int64_t i = 0; i < m * out; i++)
+                    diff += memcmp(&y[i], &yn[i], sizeof(float)) != 0;
+                EXPECT(r, diff == 0,
+                       "prequant m = %lld: %lld of %lld outputs differ from the native call on "
+                       "the same x",
+                       (long long)m, (long long)diff, (long long)(m * out));
+            }
+        }
+        if (mi == 1) {
+            a.precision = QPLUG_PRECISION_NATIVE;
+            ts.shape[1] = m + 1;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+                   "prequant: x_scale [K/128, m+1] accepted");
+            ts.shape[1] = m;
+            a.x = &tx;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+                   "prequant: F32 x with an x_scale accepted");
+            a.x = &tq;
+            uint8_t keep = q[5];
+            q[5] = 0x7f;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+                   "prequant: an E4M3 NaN code accepted");
+            q[5] = keep;
+            float ks = sc[1];
+            sc[1] = 0.0f;
+            EXPECT(r, call_apply(r, p, host, state, &a) != QPLUG_OK,
+                   "prequant: a zero scale accepted");
+            sc[1] = ks;
+        }
+        free(x), free(deq), free(q), free(sc), free(y), free(yn), free(ref);
+    }
+}
+
 #ifdef QPLUG_CONF_CUDA
 /* ------------------------------------------------------------------------ */
 /* The CUDA path (--device cuda): linear and grouped linear                 */
@@ -1543,6 +1719,142 @@ static void run_forward_cuda(conf_run *r, const qplug_plugin *p, const qplug_hos
         free(x), free(xb), free(y), free(ref), free(refb);
     }
 }
+
+/* One apply with a pre-quantized x on device tensors: codes q [m, in],
+ * scales sc [in/128][m], y BF16 poisoned with a canary past its end; y
+ * comes back as floats in y_host as in cuda_call. */
+static qplug_status cuda_call_prequant(conf_run *r, const qplug_plugin *p, const qplug_host *host,
+                                       void *state, qplug_precision prec, const uint8_t *q,
+                                       const float *sc, int64_t m, int64_t in, int64_t out,
+                                       int64_t sc_cols, float *y_host)
+{
+    size_t nq = (size_t)(m * in), ns = (size_t)(m * in / 128), ny = (size_t)(m * out) + 1;
+    void *hy = malloc(ny * 2), *dq = NULL, *ds = NULL, *dy = NULL;
+    cudaStream_t stream = NULL;
+    qplug_status st = QPLUG_ERR_DEVICE;
+    if (!hy || cudaMalloc(&dq, nq) != cudaSuccess || cudaMalloc(&ds, ns * 4) != cudaSuccess ||
+        cudaMalloc(&dy, ny * 2) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+        fail(r, "CUDA: cannot allocate the test tensors");
+        goto done;
+    }
+    stage_io(true, NULL, 0, NULL, hy, ny);
+    if (cudaMemcpy(dq, q, nq, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(ds, sc, ns * 4, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(dy, hy, ny * 2, cudaMemcpyHostToDevice) != cudaSuccess) {
+        fail(r, "CUDA: cannot copy the test tensors");
+        goto done;
+    }
+    qplug_tensor tq = mk(QPLUG_DT_F8_E4M3, m, in, dq), ts = mk(QPLUG_DT_F32, in / 128, sc_cols, ds);
+    qplug_tensor ty = mk(QPLUG_DT_BF16, m, out, dy);
+    tq.device = ts.device = ty.device = QPLUG_DEVICE_CUDA;
+    qplug_apply_args a = {sizeof a, QPLUG_OP_FORWARD, prec, &tq, &ty, NULL, NULL, NULL, 0,
+                          stream, &ts};
+    st = call_apply(r, p, host, state, &a);
+    if (!collect_y(r, stream, true, dy, hy, ny, y_host))
+        st = QPLUG_ERR_DEVICE;
+done:
+    if (stream)
+        cudaStreamDestroy(stream);
+    cudaFree(dq);
+    cudaFree(ds);
+    cudaFree(dy);
+    free(hy);
+    return st;
+}
+
+/* The CUDA side of run_prequant: x rounded to BF16 first, so that the
+ * layer's own BF16 call sees the values the driver quantized. With one
+ * group the pre-quantized call must match the BF16 call bit for bit (same
+ * GEMV or kernel on the same codes); grouped layers at decode sizes may
+ * sum in another order (plugins/common/qp_cuda_linear.cuh), so there the
+ * two must agree to BF16 output rounding. */
+static void run_prequant_cuda(conf_run *r, const qplug_plugin *p, const qplug_host *host,
+                              void *state, const conf_case *c, const ref_weights *rw, rng *g)
+{
+    qplug_act_format fmt = conf_act_format(p, host, state);
+    if (fmt == QPLUG_ACT_FORMAT_NONE || c->kind == QPLUG_LAYER_FUSED_MOE)
+        return;
+    int64_t in = (int64_t)c->groups * c->k, out = (int64_t)c->groups * c->n;
+    if (r->failures || in % 128 != 0)
+        return;
+    bool bitwise = c->groups == 1;
+    printf("  cuda prequant: act_format %d, bit-identical to the BF16 call: %s\n", (int)fmt,
+           bitwise ? "required" : "no (grouped)");
+    static const int64_t ms[4] = {1, 7, 16, 33};
+    for (int mi = 0; mi < 4; mi++) {
+        int64_t m = ms[mi];
+        float *xb = malloc((size_t)(m * in) * sizeof(float));
+        float *deq = malloc((size_t)(m * in) * sizeof(float));
+        uint8_t *q = malloc((size_t)(m * in));
+        float *sc = malloc((size_t)(m * in / 128) * sizeof(float));
+        float *y = malloc((size_t)(m * out + 1) * sizeof(float));
+        float *yn = malloc((size_t)(m * out + 1) * sizeof(float));
+        double *ref = malloc((size_t)(m * out) * sizeof(double));
+        if (!xb || !deq || !q || !sc || !y || !yn || !ref) {
+            fail(r, "out of memory");
+            free(xb), free(deq), free(q), free(sc), free(y), free(yn), free(ref);
+            return;
+        }
+        for (int64_t i = 0; i < m * in; i++)
+            xb[i] = bf16_bits_to_f32(f32_to_bf16_bits(
+                (float)(rng_normal(g) * ldexp(1.0, (int)((i / in) % 7) - 3))));
+        conf_prequant(xb, m, in, fmt, q, sc, deq);
+        ref_forward(c, rw, deq, m, NULL, NULL, ref);
+        qplug_status st = cuda_call(r, p, host, state, QPLUG_PRECISION_NATIVE, true, xb, m, in,
+                                    out, QPLUG_DT_BF16, 2, in, m, false, yn);
+        EXPECT(r, st == QPLUG_OK, "cuda BF16 apply (m = %lld) failed: %s", (long long)m,
+               ((host_ctx *)host->ctx)->errmsg);
+        for (int prec = 1; prec >= 0 && st == QPLUG_OK; prec--) {
+            qplug_status sp = cuda_call_prequant(r, p, host, state, (qplug_precision)prec, q, sc,
+                                                 m, in, out, m, y);
+            EXPECT(r, sp == QPLUG_OK, "cuda prequant apply (m = %lld, %s) failed: %s: %s",
+                   (long long)m, prec ? "reference" : "native", qplug_status_name(sp),
+                   ((host_ctx *)host->ctx)->errmsg);
+            if (sp != QPLUG_OK)
+                continue;
+            int64_t unwritten = 0;
+            for (int64_t i = 0; i < m * out; i++)
+                unwritten += !isfinite(y[i]);
+            EXPECT(r, unwritten == 0 && y[m * out] == 0.0f,
+                   "cuda prequant (m = %lld): %lld outputs unwritten or the canary changed",
+                   (long long)m, (long long)unwritten);
+            /* Exact weights on every path these shapes take (GEMV, simple
+             * kernel): the error left is the BF16 rounding of y. */
+            double bound = c->ref_bound + ldexp(1.0, -8);
+            double e = rel_l2(y, ref, m * out);
+            printf("  cuda prequant m = %2lld %-9s rel L2 %.3g vs dequantized-x reference "
+                   "(bound %.3g)\n",
+                   (long long)m, prec ? "reference" : "native", e, bound);
+            EXPECT(r, e <= bound, "cuda prequant m = %lld %s: rel L2 %.3g exceeds %.3g",
+                   (long long)m, prec ? "reference" : "native", e, bound);
+            if (prec)
+                continue;
+            int64_t diff = 0;
+            double num = 0.0, den = 0.0;
+            for (int64_t i = 0; i < m * out; i++) {
+                diff += memcmp(&y[i], &yn[i], sizeof(float)) != 0;
+                num += ((double)y[i] - yn[i]) * ((double)y[i] - yn[i]);
+                den += (double)yn[i] * yn[i];
+            }
+            double eb = den > 0.0 ? sqrt(num / den) : sqrt(num);
+            printf("  cuda prequant m = %2lld vs BF16 call: %lld of %lld differ, rel L2 %.3g\n",
+                   (long long)m, (long long)diff, (long long)(m * out), eb);
+            if (bitwise)
+                EXPECT(r, diff == 0, "cuda prequant m = %lld: %lld outputs differ from the BF16 "
+                       "call on the same x", (long long)m, (long long)diff);
+            else
+                EXPECT(r, eb <= ldexp(1.0, -7), "cuda prequant m = %lld: rel L2 %.3g to the "
+                       "BF16 call exceeds 2^-7", (long long)m, eb);
+        }
+        if (mi == 1)
+            EXPECT(r,
+                   cuda_call_prequant(r, p, host, state, QPLUG_PRECISION_NATIVE, q, sc, m, in,
+                                      out, m + 1, y) != QPLUG_OK,
+                   "cuda prequant: x_scale [K/128, m+1] accepted");
+        free(xb), free(deq), free(q), free(sc), free(y), free(yn), free(ref);
+    }
+}
 #endif
 
 /* Runs one case; returns false when the plugin does not claim it. */
@@ -1626,6 +1938,13 @@ static bool run_case(conf_run *r, const qplug_plugin *p, const conf_case *c, con
         run_kv(r, p, &host, state, c, &desc, &g);
     else
         run_forward(r, p, &host, state, c, &rw, &g);
+    /* ABI 1.2: the pre-quantized x of layers that advertise a form. */
+#ifdef QPLUG_CONF_CUDA
+    if (r->cuda)
+        run_prequant_cuda(r, p, &host, state, c, &rw, &g);
+#endif
+    if (!r->cuda && c->kind != QPLUG_LAYER_ATTENTION)
+        run_prequant(r, p, &host, state, c, &rw, &g);
 
     p->destroy(&host, state);
     EXPECT(r, h->live == 0, "destroy left %ld host allocations unfreed", (long)h->live);
