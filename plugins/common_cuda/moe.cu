@@ -171,10 +171,13 @@ extern "C" qplug_status qplug_cuda__moe_route(const void *x, const void *gate, c
 
 /* One block: counts per expert, prefix sums, the tile table, then every
  * valid (token, slot) pair gets its row; inv maps the pair back to it (or
- * -1). Also clears the W4A4 fallback flag. */
+ * -1). Each expert's rows start at a multiple of align (1, or V6_RALIGN
+ * for the v6 kernels, whose token scales are bulk-copied from the tile's
+ * first row); rows between the experts belong to no pair. Also clears the
+ * W4A4 fallback flag. */
 __global__ void __launch_bounds__(1024)
     qplug_cuda__moe_permute_kernel(const int32_t *__restrict__ ids, int64_t R, int K, int E, int bm,
-                                   int32_t *__restrict__ ntiles, int32_t *__restrict__ tile_e,
+                                   int align, int32_t *__restrict__ ntiles, int32_t *__restrict__ tile_e,
                                    int32_t *__restrict__ tile_r0, int32_t *__restrict__ tile_r1,
                                    int32_t *__restrict__ perm_tok, int32_t *__restrict__ inv,
                                    int32_t *__restrict__ flag)
@@ -199,7 +202,7 @@ __global__ void __launch_bounds__(1024)
         for (int e = 0; e < E; e++) {
             cur[e] = run;
             tstart[e] = trun;
-            run += cnt[e];
+            run += (cnt[e] + align - 1) / align * align;
             trun += (cnt[e] + bm - 1) / bm;
         }
         *ntiles = trun;
@@ -250,6 +253,9 @@ struct qplug_cuda__moe_gemm_args {
     /* Device flags that make a launch exit at once: the wgmma kernel when
      * *skip_if != 0, the mma.sync kernel when *run_if == 0 (NULL: run). */
     const int32_t *skip_if, *run_if;
+    /* v6: the large kernel leaves the tiles of at most 16 rows to the
+     * SMALL one (launched too) when set. */
+    int v6_split;
 };
 
 /* Four 32-bit words of packed E2M1 (32 values) to 32 E4M3 bytes (value *
@@ -556,15 +562,18 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
 
 #include "moe_wgmma.cuh"
 #include "moe_ws.cuh"
+#include "moe_v6.cuh"
 
-/* h F32 [R, I] -> E4M3 [R, I] and scales [I/128][R] for the rows that exist
+/* h F32 [R, I] -> E4M3 [R, I] and scales [I/128][ld] for the rows that exist
  * (offsets of the tile table: rows below the last tile's end). One warp per
- * (row, 128-group), the rule of qplug_cuda__act_quant_fp8. */
+ * (row, 128-group), the rule of qplug_cuda__act_quant_fp8. perm: the k
+ * order of the v6 kernel with MXFP4 weights (moe_v6.cuh), word w of each
+ * 128-group stored at word qplug_cuda__moe_v6_perm_word(w). */
 __global__ void __launch_bounds__(256)
     qplug_cuda__moe_hquant_kernel(const float *__restrict__ h, int64_t R, int64_t I,
                                   const int32_t *__restrict__ ntiles,
-                                  const int32_t *__restrict__ tile_r1, int ue8m0,
-                                  uint8_t *__restrict__ hq, float *__restrict__ hs)
+                                  const int32_t *__restrict__ tile_r1, int ue8m0, int perm,
+                                  uint8_t *__restrict__ hq, float *__restrict__ hs, int64_t ld)
 {
     int lane = threadIdx.x & 31;
     int64_t group = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
@@ -592,9 +601,10 @@ __global__ void __launch_bounds__(256)
     unsigned q = 0;
     for (int i = 0; i < 4; i++)
         q |= qplug_cuda__to_e4m3(__fdiv_rn(v[i], s)) << (8 * i);
-    *reinterpret_cast<unsigned *>(hq + off) = q;
+    int w = perm ? ((lane >> 1) & 3) * 8 + (lane & 1) * 4 + (lane >> 3) : lane;
+    reinterpret_cast<unsigned *>(hq + row * I + kb * 128)[w] = q;
     if (lane == 0)
-        hs[kb * R + row] = s;
+        hs[kb * ld + row] = s;
 }
 
 /* y[t] = sum_j w[t,j] * o[inv[t,j]] in slot order, BF16. */
@@ -620,33 +630,49 @@ __global__ void __launch_bounds__(256)
 
 struct qplug_cuda__moe_ws {
     int32_t *ntiles, *tile_e, *tile_r0, *tile_r1, *perm_tok, *inv, *flag;
-    uint8_t *xq, *hq;
-    float *xs, *h, *hs, *o;
+    uint8_t *xq, *hq, *xg;
+    float *xs, *h, *hs, *o, *xgs;
+    /* Rows of the routed-row buffers (h, hq, o, xg) and the leading
+     * dimension of their scales (hs, xgs). */
+    int64_t rows;
 };
+
+/* Rows of the routed-row buffers for R routed rows over E experts: the v6
+ * kernels start each non-empty expert (at most min(E, R) of them) at a
+ * multiple of V6_RALIGN, and a tile's token scales are copied for up to
+ * 31 rows past its end (its wgmma N rounded up), hence the slack. */
+static int64_t qplug_cuda__moe_rows(int64_t R, int32_t E)
+{
+    int64_t r = R + (int64_t)(V6_RALIGN - 1) * (R < E ? R : E);
+    return (r + V6_RALIGN - 1) / V6_RALIGN * V6_RALIGN + 128;
+}
 
 /* Carves the workspace (when base is not NULL) and returns its size. */
 static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t E, int64_t D,
                                     int64_t I, qplug_cuda__moe_ws *ws)
 {
     int64_t R = m * K, tmax = (R + MOE_BM_SMALL - 1) / MOE_BM_SMALL + E;
+    int64_t Rb = qplug_cuda__moe_rows(R, E);
     size_t at = 0;
-    size_t sz[13] = {
+    size_t sz[15] = {
         4,
         (size_t)tmax * 4,
         (size_t)tmax * 4,
         (size_t)tmax * 4,
-        (size_t)R * 4,
+        (size_t)Rb * 4,
         (size_t)R * 4,
         (size_t)(m * D),
         (size_t)(D / 128 * m) * 4,
-        (size_t)(R * I) * 4,
-        (size_t)(R * I),
-        (size_t)(I / 128 * R) * 4,
-        (size_t)(R * D) * 4,
+        (size_t)(Rb * I) * 4,
+        (size_t)(Rb * I),
+        (size_t)(I / 128 * Rb) * 4,
+        (size_t)(Rb * D) * 4,
         4,
+        (size_t)(Rb * D),
+        (size_t)(D / 128 * Rb) * 4,
     };
-    void *ptr[13];
-    for (int i = 0; i < 13; i++) {
+    void *ptr[15];
+    for (int i = 0; i < 15; i++) {
         ptr[i] = base ? base + at : NULL;
         at += moe_align(sz[i]);
     }
@@ -664,6 +690,9 @@ static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t
         ws->hs = (float *)ptr[10];
         ws->o = (float *)ptr[11];
         ws->flag = (int32_t *)ptr[12];
+        ws->xg = (uint8_t *)ptr[13];
+        ws->xgs = (float *)ptr[14];
+        ws->rows = Rb;
     }
     return at;
 }
@@ -838,6 +867,102 @@ template <typename K> static bool qplug_cuda__moe_smem_limit(K *kernel, int byte
            cudaSuccess;
 }
 
+/* v6 kernels (moe_v6.cuh) for FP8 and MXFP4 experts: 1 when prepare set
+ * wgmma_ready to 1 (0: the v3/v4 choice above); wgmma_ready 4 (tests and
+ * benches) forces them. */
+#ifndef QPLUG_MOE_V6
+#define QPLUG_MOE_V6 1
+#endif
+
+/* The grouped GEMMs' path for R routed rows and activation format af. */
+enum { MOE_P_MMA = 0, MOE_P_V3 = 1, MOE_P_V4 = 2, MOE_P_V6 = 3 };
+static int qplug_cuda__moe_path(const qplug_cuda__moe_weights *w, int64_t R, int af)
+{
+    /* The wgmma kernels (128-row tiles, the wgmma N fitted to each tile's
+     * rows) when prepare accepted the experts, the activations are FP8
+     * or MXFP4 like the weights and the tile bound fits the grid's y limit
+     * (65535 tiles, about 8M routed rows). */
+    int64_t twg = (R + WG_BN - 1) / WG_BN + w->num_experts;
+    bool wg = w->wgmma_ready && twg <= 65535 &&
+              (af == MOE_F_FP8 || (af == MOE_F_MX && w->fmt == QPLUG_CUDA_MOE_MXFP4));
+    if (!wg)
+        return MOE_P_MMA;
+    /* v6 addresses weight rows of all experts with 32-bit TMA coordinates. */
+    int64_t nmax = w->hidden > w->intermediate ? w->hidden : w->intermediate;
+    bool v6 = w->fmt != QPLUG_CUDA_MOE_NVFP4 && (int64_t)w->num_experts * nmax < INT32_MAX &&
+              (w->wgmma_ready == 4 || (w->wgmma_ready == 1 && QPLUG_MOE_V6));
+    if (v6)
+        return MOE_P_V6;
+    return qplug_cuda__moe_use_v4(w, R) ? MOE_P_V4 : MOE_P_V3;
+}
+
+typedef CUresult (*qplug_cuda__moe_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t,
+                                              void *, const cuuint64_t *, const cuuint64_t *,
+                                              const cuuint32_t *, const cuuint32_t *,
+                                              CUtensorMapInterleave, CUtensorMapSwizzle,
+                                              CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+/* A 2D tensor map of bytes: rows of `cols` bytes (also the row stride),
+ * boxes of box_cols x box_rows, 128-byte swizzle or none. */
+static bool qplug_cuda__moe_map(qplug_cuda__moe_encode_fn enc, CUtensorMap *map, const void *p,
+                                int64_t cols, int64_t rows, unsigned box_cols, unsigned box_rows,
+                                bool swizzle)
+{
+    cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows};
+    cuuint64_t strides[1] = {(cuuint64_t)cols};
+    cuuint32_t box[2] = {box_cols, box_rows};
+    cuuint32_t estr[2] = {1, 1};
+    return enc(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)p, dims, strides, box, estr,
+               CU_TENSOR_MAP_INTERLEAVE_NONE,
+               swizzle ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+               CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/* One v6 GEMM: the tensor maps of the weights w0 / w1 (w1 = w0 unless
+ * DUAL) and of the gathered tokens tok [rows, k], then the large kernel
+ * and, when split (decode: at most 16 rows per expert on average), the
+ * SMALL one for the tiles of at most 16 rows. */
+template <int WF, bool DUAL>
+static qplug_status qplug_cuda__moe_v6_launch(qplug_cuda__moe_encode_fn enc,
+                                              const qplug_cuda__moe_gemm_args &a, const void *w0,
+                                              const void *w1, const uint8_t *tok, int64_t rows,
+                                              int32_t E, int64_t tmax, bool split,
+                                              cudaStream_t s, const char *fn,
+                                              qplug_cuda__err *err)
+{
+    CUtensorMap m0, m1, mb;
+    int64_t wcols = WF == MOE_F_FP8 ? a.k : a.k / 2;
+    unsigned wbox = WF == MOE_F_FP8 ? 128u : 64u;
+    if (!qplug_cuda__moe_map(enc, &m0, w0, wcols, (int64_t)E * a.n, wbox, 64, WF == MOE_F_FP8) ||
+        !qplug_cuda__moe_map(enc, &m1, w1, wcols, (int64_t)E * a.n, wbox, 64, WF == MOE_F_FP8) ||
+        !qplug_cuda__moe_map(enc, &mb, tok, a.k, rows, 128, 16, true))
+        return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: v6 tensor map refused (n=%lld k=%lld)",
+                                fn, (long long)a.n, (long long)a.k);
+    qplug_cuda__moe_gemm_args b = a;
+    b.v6_split = split;
+    dim3 grid((unsigned)(a.n / (DUAL ? 64 : 128)), (unsigned)tmax);
+    qplug_cuda__moe_v6_kernel<WF, DUAL, false>
+        <<<grid, V6_THREADS, qplug_cuda__moe_v6_smem<WF, false>::LAUNCH, s>>>(m0, m1, mb, b);
+    if (split)
+        qplug_cuda__moe_v6_kernel<WF, DUAL, true>
+            <<<grid, V6_THREADS, qplug_cuda__moe_v6_smem<WF, true>::LAUNCH, s>>>(m0, m1, mb, b);
+    return QPLUG_OK;
+}
+
+/* The driver's tensor-map encoder, reached through the runtime so that the
+ * library needs no link against libcuda; NULL when missing. */
+static qplug_cuda__moe_encode_fn qplug_cuda__moe_encoder(void)
+{
+    void *fn = NULL;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+        return NULL;
+    return (qplug_cuda__moe_encode_fn)fn;
+}
+
 /* Packed MXFP4 activations (the w4a4 buffer rows) to E4M3 [m, D] and F32
  * scales [D/128][m] by the fold of moe_wgmma.cuh: one thread per token and
  * 128-block. A block that cannot be folded exactly (an exponent more than 11
@@ -881,33 +1006,36 @@ __global__ void __launch_bounds__(256)
 
 /* Permutation, both GEMMs, h quantization and the combine; `a1` carries the
  * first GEMM's activation operand (FP8 x or the packed FP4 buffer), `af` its
- * format. */
+ * format; xbf is the BF16 x of the W8A8/W4A8 forward (the v6 path
+ * quantizes it in its gather pass; act_quant has not run then). */
 static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_t m, int32_t K,
                                         const int32_t *ids, const float *wts, int af,
-                                        qplug_cuda__moe_gemm_args a1, const qplug_cuda__moe_ws *ws,
+                                        const void *xbf, qplug_cuda__moe_gemm_args a1,
+                                        const qplug_cuda__moe_ws *ws,
                                         qplug_cuda__scale_fmt act_fmt, void *y, cudaStream_t s,
                                         const char *fn, qplug_cuda__err *err)
 {
     int32_t E = w->num_experts;
     int64_t D = w->hidden, I = w->intermediate, R = m * K;
-    /* The wgmma kernels (128-row tiles, the wgmma N fitted to each tile's
-     * rows) when prepare accepted the experts, the activations are FP8
-     * or MXFP4 like the weights and the tile bound fits the grid's y limit
-     * (65535 tiles, about 8M routed rows); otherwise the mma.sync kernels,
-     * with small
-     * tiles when the experts get 16 rows or fewer on average (decode), so
-     * that the tensor cores do not multiply mostly empty rows. */
-    int64_t twg = (R + WG_BN - 1) / WG_BN + E;
-    bool v3 = !qplug_cuda__moe_use_v4(w, R);
-    bool wg = w->wgmma_ready && twg <= 65535 &&
-              (af == MOE_F_FP8 || (af == MOE_F_MX && w->fmt == QPLUG_CUDA_MOE_MXFP4));
+    int path = qplug_cuda__moe_path(w, R, af);
+    bool wg = path != MOE_P_MMA, v3 = path == MOE_P_V3, v6 = path == MOE_P_V6;
+    /* Without the wgmma kernels: small mma.sync tiles when the experts get
+     * 16 rows or fewer on average (decode), so that the tensor cores do not
+     * multiply mostly empty rows. */
     int bm = wg ? (int)WG_BN
                 : R <= (int64_t)MOE_BM_SMALL * E ? (int)MOE_BM_SMALL : (int)MOE_BM_LARGE;
     int64_t tmax = (R + bm - 1) / bm + E;
+    bool mx = w->fmt == QPLUG_CUDA_MOE_MXFP4, ue8m0 = act_fmt == QPLUG_CUDA_SCALE_UE8M0;
+    bool split = R <= (int64_t)16 * E;
+    qplug_cuda__moe_encode_fn enc = NULL;
+    if (v6 && !(enc = qplug_cuda__moe_encoder()))
+        return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: cuTensorMapEncodeTiled not available",
+                                fn);
 
-    qplug_cuda__moe_permute_kernel<<<1, 1024, 0, s>>>(ids, R, K, E, bm, ws->ntiles, ws->tile_e,
-                                                      ws->tile_r0, ws->tile_r1, ws->perm_tok,
-                                                      ws->inv, ws->flag);
+    qplug_cuda__moe_permute_kernel<<<1, 1024, 0, s>>>(ids, R, K, E, bm, v6 ? (int)V6_RALIGN : 1,
+                                                      ws->ntiles, ws->tile_e, ws->tile_r0,
+                                                      ws->tile_r1, ws->perm_tok, ws->inv,
+                                                      ws->flag);
     a1.ntiles = ws->ntiles;
     a1.tile_e = ws->tile_e;
     a1.tile_r0 = ws->tile_r0;
@@ -923,6 +1051,7 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a1.k = D;
     a1.limit = w->swiglu_limit;
     a1.out = ws->h;
+    qplug_status st = QPLUG_OK;
     if (wg && af == MOE_F_MX) {
         /* W4A4: unpack to E4M3 (flagging blocks that do not fold exactly),
          * then the wgmma GEMM, or, when flagged, the mma.sync one on the
@@ -936,10 +1065,41 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
         a1.a_scale = ws->xs;
         a1.a_sld = m;
         a1.skip_if = ws->flag;
-        qplug_cuda__moe_wg_launch<MOE_F_MX, true>(a1, tmax, v3, s);
+        if (v6) {
+            int64_t jobs = R * (D / 128);
+            qplug_cuda__moe_v6_gather_kernel<false, true>
+                <<<(unsigned)((jobs + 7) / 8), 256, 0, s>>>(ws->xq, ws->xs, m, K, D, ws->inv, 0,
+                                                            ws->xg, ws->xgs, ws->rows);
+            a1.a = ws->xg;
+            a1.a_scale = ws->xgs;
+            a1.a_sld = ws->rows;
+            st = qplug_cuda__moe_v6_launch<MOE_F_MX, true>(enc, a1, w->w1, w->w3, ws->xg,
+                                                           ws->rows, E, tmax, split, s, fn, err);
+        } else {
+            qplug_cuda__moe_wg_launch<MOE_F_MX, true>(a1, tmax, v3, s);
+        }
         f.sub = WG_BN / MOE_BM_LARGE;
         f.run_if = ws->flag;
         qplug_cuda__moe_gemm_launch<MOE_BM_LARGE, MOE_F_MX, MOE_F_MX, true>(f, tmax, s);
+    } else if (v6) {
+        int64_t jobs = R * (D / 128);
+        unsigned gb = (unsigned)((jobs + 7) / 8);
+        if (mx)
+            qplug_cuda__moe_v6_gather_kernel<true, true><<<gb, 256, 0, s>>>(
+                xbf, NULL, m, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows);
+        else
+            qplug_cuda__moe_v6_gather_kernel<true, false><<<gb, 256, 0, s>>>(
+                xbf, NULL, m, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows);
+        a1.a = ws->xg;
+        a1.a_ld = D;
+        a1.a_scale = ws->xgs;
+        a1.a_sld = ws->rows;
+        if (mx)
+            st = qplug_cuda__moe_v6_launch<MOE_F_MX, true>(enc, a1, w->w1, w->w3, ws->xg,
+                                                           ws->rows, E, tmax, split, s, fn, err);
+        else
+            st = qplug_cuda__moe_v6_launch<MOE_F_FP8, true>(enc, a1, w->w1, w->w3, ws->xg,
+                                                            ws->rows, E, tmax, split, s, fn, err);
     } else if (wg) {
         qplug_cuda__moe_wg_wf<true>(w->fmt, a1, tmax, v3, s);
     } else if (bm == MOE_BM_SMALL) {
@@ -947,10 +1107,14 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     } else {
         qplug_cuda__moe_gemm_up<MOE_BM_LARGE>(af, w->fmt, a1, tmax, s);
     }
+    if (st)
+        return st;
 
-    int64_t groups = R * (I / 128);
+    /* Rows up to the last tile's end: R, or more with the v6 alignment. */
+    int64_t hrows = v6 ? ws->rows - 128 : R;
+    int64_t groups = hrows * (I / 128);
     qplug_cuda__moe_hquant_kernel<<<(unsigned)((groups + 7) / 8), 256, 0, s>>>(
-        ws->h, R, I, ws->ntiles, ws->tile_r1, act_fmt == QPLUG_CUDA_SCALE_UE8M0, ws->hq, ws->hs);
+        ws->h, hrows, I, ws->ntiles, ws->tile_r1, ue8m0, v6 && mx, ws->hq, ws->hs, ws->rows);
 
     qplug_cuda__moe_gemm_args a2;
     memset(&a2, 0, sizeof a2);
@@ -962,7 +1126,7 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a2.a = ws->hq;
     a2.a_ld = I;
     a2.a_scale = ws->hs;
-    a2.a_sld = R;
+    a2.a_sld = ws->rows;
     a2.a_gscale = 1.0f;
     a2.w[0] = (const uint8_t *)w->w2;
     a2.ws[0] = (const uint8_t *)w->s2;
@@ -970,12 +1134,20 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a2.n = D;
     a2.k = I;
     a2.out = ws->o;
-    if (wg)
+    if (v6 && mx)
+        st = qplug_cuda__moe_v6_launch<MOE_F_MX, false>(enc, a2, w->w2, w->w2, ws->hq, ws->rows,
+                                                        E, tmax, split, s, fn, err);
+    else if (v6)
+        st = qplug_cuda__moe_v6_launch<MOE_F_FP8, false>(enc, a2, w->w2, w->w2, ws->hq, ws->rows,
+                                                         E, tmax, split, s, fn, err);
+    else if (wg)
         qplug_cuda__moe_wg_wf<false>(w->fmt, a2, tmax, v3, s);
     else if (bm == MOE_BM_SMALL)
         qplug_cuda__moe_gemm_wf<MOE_BM_SMALL, MOE_F_FP8, false>(w->fmt, a2, tmax, s);
     else
         qplug_cuda__moe_gemm_wf<MOE_BM_LARGE, MOE_F_FP8, false>(w->fmt, a2, tmax, s);
+    if (st)
+        return st;
 
     dim3 cgrid((unsigned)m, (unsigned)((D + 255) / 256));
     qplug_cuda__moe_combine_kernel<<<cgrid, 256, 0, s>>>(ws->o, ws->inv, wts, K, D,
@@ -1000,6 +1172,29 @@ __global__ void __launch_bounds__(256)
     }
     if (__syncthreads_or(b) && threadIdx.x == 0)
         atomicOr(bad, 1);
+}
+
+/* The shared-memory limits of the four v6 kernels of weight format WF. */
+template <int WF> static bool qplug_cuda__moe_v6_limits(void)
+{
+    const int big = qplug_cuda__moe_v6_smem<WF, false>::LAUNCH;
+    const int small = qplug_cuda__moe_v6_smem<WF, true>::LAUNCH;
+    return qplug_cuda__moe_smem_limit(qplug_cuda__moe_v6_kernel<WF, true, false>, big) &&
+           qplug_cuda__moe_smem_limit(qplug_cuda__moe_v6_kernel<WF, false, false>, big) &&
+           qplug_cuda__moe_smem_limit(qplug_cuda__moe_v6_kernel<WF, true, true>, small) &&
+           qplug_cuda__moe_smem_limit(qplug_cuda__moe_v6_kernel<WF, false, true>, small);
+}
+
+extern "C" int32_t *qplug_cuda__moe_fallback_flag(void *workspace, int64_t m, int32_t top_k,
+                                                  int32_t num_experts, int64_t hidden,
+                                                  int64_t intermediate)
+{
+    if (!workspace ||
+        qplug_cuda__moe_workspace_bytes(m, top_k, num_experts, hidden, intermediate) == 0)
+        return NULL;
+    qplug_cuda__moe_ws ws;
+    qplug_cuda__moe_carve((uint8_t *)workspace, m, top_k, num_experts, hidden, intermediate, &ws);
+    return ws.flag;
 }
 
 extern "C" qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void *stream,
@@ -1038,7 +1233,8 @@ extern "C" qplug_status qplug_cuda__moe_prepare(qplug_cuda__moe_weights *w, void
         !qplug_cuda__moe_smem_limit(qplug_cuda__moe_ws_kernel<MOE_F_MX, true>, wsx) ||
         !qplug_cuda__moe_smem_limit(qplug_cuda__moe_ws_kernel<MOE_F_MX, false>, wsx) ||
         !qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_NV, true>, wgn) ||
-        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_NV, false>, wgn)) {
+        !qplug_cuda__moe_smem_limit(qplug_cuda__moe_wg_kernel<MOE_F_NV, false>, wgn) ||
+        !qplug_cuda__moe_v6_limits<MOE_F_FP8>() || !qplug_cuda__moe_v6_limits<MOE_F_MX>()) {
         /* A device without that much shared memory (not Hopper) keeps the
          * mma.sync kernels. */
         cudaGetLastError();
@@ -1092,9 +1288,12 @@ extern "C" qplug_status qplug_cuda__moe_forward(const qplug_cuda__moe_weights *w
     qplug_cuda__moe_carve((uint8_t *)workspace, m, top_k, w->num_experts, w->hidden,
                           w->intermediate, &ws);
     cudaStream_t s = (cudaStream_t)stream;
-    st = qplug_cuda__act_quant_fp8(x, m, w->hidden, act_fmt, ws.xq, ws.xs, stream, err);
-    if (st)
-        return st;
+    /* The v6 path quantizes x in its gather pass. */
+    if (qplug_cuda__moe_path(w, m * top_k, MOE_F_FP8) != MOE_P_V6) {
+        st = qplug_cuda__act_quant_fp8(x, m, w->hidden, act_fmt, ws.xq, ws.xs, stream, err);
+        if (st)
+            return st;
+    }
     qplug_cuda__moe_gemm_args a1;
     memset(&a1, 0, sizeof a1);
     a1.a = ws.xq;
@@ -1102,7 +1301,7 @@ extern "C" qplug_status qplug_cuda__moe_forward(const qplug_cuda__moe_weights *w
     a1.a_scale = ws.xs;
     a1.a_sld = m;
     a1.a_gscale = 1.0f;
-    return qplug_cuda__moe_run(w, m, top_k, topk_ids, topk_weights, MOE_F_FP8, a1, &ws, act_fmt,
+    return qplug_cuda__moe_run(w, m, top_k, topk_ids, topk_weights, MOE_F_FP8, x, a1, &ws, act_fmt,
                                y, s, "moe_forward", err);
 }
 
@@ -1310,6 +1509,7 @@ extern "C" qplug_status qplug_cuda__moe_forward_w4a4(const qplug_cuda__moe_weigh
     a1.a = b;
     a1.a_ld = bpt;
     a1.a_gscale = group == 16 ? gscale : 1.0f;
-    return qplug_cuda__moe_run(w, m, top_k, ids, wts, group == 32 ? MOE_F_MX : MOE_F_NV, a1, &ws,
+    return qplug_cuda__moe_run(w, m, top_k, ids, wts, group == 32 ? MOE_F_MX : MOE_F_NV, NULL, a1,
+                               &ws,
                                act_fmt, y, (cudaStream_t)stream, "moe_forward_w4a4", err);
 }

@@ -449,6 +449,58 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_fp4_f16(unsigned w, __
     }
 }
 
+/*
+ * The end of a block of the wgmma kernels (v3, v4, v6), run by the 256
+ * threads of the two warpgroups that hold the accumulators (named barrier
+ * 1; in v3 that is the whole block): acc holds rows wg * 64 + m0 (+ 8) and
+ * token columns 8j + c0 (+ 1) of the block, in the wgmma D layout. DUAL:
+ * warpgroup 1 (u = w3 rows) hands its accumulators to warpgroup 0 (g = w1
+ * rows) through u (NC * 256 bytes of shared memory no longer in use;
+ * thread-major, so conflict-free), which writes silu(min(g, L)) * clamp(u,
+ * -L, L); otherwise both write their rows. out is F32 [rows, n].
+ */
+template <bool DUAL, int NC>
+static __device__ __forceinline__ void qplug_cuda__moe_wg_epilogue(
+    const qplug_cuda__moe_gemm_args &p, const float *acc, float *u, int wg, int wt, int r0,
+    int nrows, int64_t n0, int m0, int c0)
+{
+    int64_t n = p.n;
+    if (DUAL) {
+        asm volatile("bar.sync 1, 256;\n" ::: "memory");
+        if (wg == 1) {
+#pragma unroll
+            for (int i = 0; i < NC / 2; i++)
+                u[i * 128 + wt] = acc[i];
+        }
+        asm volatile("bar.sync 1, 256;\n" ::: "memory");
+        if (wg == 1)
+            return;
+        float lim = p.limit;
+#pragma unroll
+        for (int i = 0; i < NC / 2; i++) {
+            int col = (i >> 2) * 8 + c0 + (i & 1);
+            if (col >= nrows)
+                continue;
+            int row = m0 + ((i & 2) ? 8 : 0);
+            float g = acc[i], uu = u[i * 128 + wt];
+            if (lim > 0.0f) {
+                g = fminf(g, lim);
+                uu = fminf(fmaxf(uu, -lim), lim);
+            }
+            p.out[(int64_t)(r0 + col) * n + n0 + row] = g / (1.0f + expf(-g)) * uu;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < NC / 2; i++) {
+            int col = (i >> 2) * 8 + c0 + (i & 1);
+            if (col >= nrows)
+                continue;
+            int row = wg * 64 + m0 + ((i & 2) ? 8 : 0);
+            p.out[(int64_t)(r0 + col) * n + n0 + row] = acc[i];
+        }
+    }
+}
+
 /* The body of qplug_cuda__moe_wg_kernel (documented there) for one wgmma
  * N = NC of 16, 32, 64, 96 or 128 token rows. */
 template <int WF, bool DUAL, int NC>
@@ -741,42 +793,8 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
     }
     qplug_cuda__moe_wg_cpwait<0>();
 
-    if (DUAL) {
-        /* Warpgroup 1 hands u over through shared memory (thread-major
-         * columns, conflict-free); warpgroup 0 writes h. */
-        float *u = reinterpret_cast<float *>(sm + L::B);
-        if (wg == 1) {
-#pragma unroll
-            for (int i = 0; i < NC / 2; i++)
-                u[i * 128 + wt] = acc[i];
-        }
-        __syncthreads();
-        if (wg == 1)
-            return;
-        float lim = p.limit;
-#pragma unroll
-        for (int i = 0; i < NC / 2; i++) {
-            int col = (i >> 2) * 8 + c0 + (i & 1);
-            if (col >= nrows)
-                continue;
-            int row = m0 + ((i & 2) ? 8 : 0);
-            float g = acc[i], uu = u[i * 128 + wt];
-            if (lim > 0.0f) {
-                g = fminf(g, lim);
-                uu = fminf(fmaxf(uu, -lim), lim);
-            }
-            p.out[(int64_t)(r0 + col) * n + n0 + row] = g / (1.0f + expf(-g)) * uu;
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < NC / 2; i++) {
-            int col = (i >> 2) * 8 + c0 + (i & 1);
-            if (col >= nrows)
-                continue;
-            int row = wg * 64 + m0 + ((i & 2) ? 8 : 0);
-            p.out[(int64_t)(r0 + col) * n + n0 + row] = acc[i];
-        }
-    }
+    qplug_cuda__moe_wg_epilogue<DUAL, NC>(p, acc, reinterpret_cast<float *>(sm + L::B), wg, wt,
+                                          r0, nrows, n0, m0, c0);
 }
 
 /*

@@ -122,12 +122,6 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_wait(uint64_t *b, unsi
                  : "memory");
 }
 
-/* Synchronises the 256 consumer threads only (named barrier 1). */
-static __device__ __forceinline__ void qplug_cuda__moe_ws_consumer_sync()
-{
-    asm volatile("bar.sync 1, 256;\n" ::: "memory");
-}
-
 /* Turn signals between the consumer warpgroups: named barrier id of 256
  * threads, one warpgroup arrives (does not wait), the other syncs. */
 static __device__ __forceinline__ void qplug_cuda__moe_ws_turn_wait(int id)
@@ -381,44 +375,11 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
     if (QPLUG_MOE_WS_PINGPONG && wg == 0 && nk > 0)
         qplug_cuda__moe_ws_turn_wait(2);
 
-    if (DUAL) {
-        /* Warpgroup 1 hands u to warpgroup 0 through slot 0 (every wgmma
-         * of both has completed at the first barrier, and the producer has
-         * no copies left). */
-        float *u = reinterpret_cast<float *>(sm);
-        qplug_cuda__moe_ws_consumer_sync();
-        if (wg == 1) {
-#pragma unroll
-            for (int i = 0; i < NC / 2; i++)
-                u[i * 128 + wt] = acc[i];
-        }
-        qplug_cuda__moe_ws_consumer_sync();
-        if (wg == 1)
-            return;
-        float lim = p.limit;
-#pragma unroll
-        for (int i = 0; i < NC / 2; i++) {
-            int col = (i >> 2) * 8 + c0 + (i & 1);
-            if (col >= nrows)
-                continue;
-            int row = m0 + ((i & 2) ? 8 : 0);
-            float g = acc[i], uu = u[i * 128 + wt];
-            if (lim > 0.0f) {
-                g = fminf(g, lim);
-                uu = fminf(fmaxf(uu, -lim), lim);
-            }
-            p.out[(int64_t)(r0 + col) * n + n0 + row] = g / (1.0f + expf(-g)) * uu;
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < NC / 2; i++) {
-            int col = (i >> 2) * 8 + c0 + (i & 1);
-            if (col >= nrows)
-                continue;
-            int row = wg * 64 + m0 + ((i & 2) ? 8 : 0);
-            p.out[(int64_t)(r0 + col) * n + n0 + row] = acc[i];
-        }
-    }
+    /* Every wgmma of both consumers has completed at the epilogue's first
+     * barrier, and the producers have no copies left: slot 0 is free for
+     * the hand-over of u. */
+    qplug_cuda__moe_wg_epilogue<DUAL, NC>(p, acc, reinterpret_cast<float *>(sm), wg, wt, r0,
+                                          nrows, n0, m0, c0);
 }
 
 /* Same grid and arguments as qplug_cuda__moe_wg_kernel (FP8 and MXFP4

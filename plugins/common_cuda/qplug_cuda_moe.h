@@ -154,6 +154,16 @@ size_t qplug_cuda__moe_workspace_bytes(int64_t m, int32_t top_k, int32_t num_exp
                                        int64_t hidden, int64_t intermediate);
 
 /*
+ * The device word of `workspace` (laid out for these shapes) that the
+ * W4A4 MXFP4 path sets to 1 when some token's 128-block cannot be folded
+ * exactly and its gate/up GEMM ran on the mma.sync fallback (0 otherwise;
+ * cleared by every forward). For tests; NULL for shapes the workspace
+ * cannot hold.
+ */
+int32_t *qplug_cuda__moe_fallback_flag(void *workspace, int64_t m, int32_t top_k,
+                                       int32_t num_experts, int64_t hidden, int64_t intermediate);
+
+/*
  * Fused MoE (W8A8 for FP8 experts, W4A8 for FP4 experts): x BF16 [m, D],
  * topk_ids I32 [m, top_k], topk_weights F32 [m, top_k] -> y BF16 [m, D]
  * (overwritten; all of it, also for tokens with no expert). act_fmt picks the

@@ -10,7 +10,8 @@
  *
  * `gpu_test_gpu_moe bench` instead times the MoE at DeepSeek V4 Flash shapes
  * (E=256, top-6, D=4096, I=2048) and prints a markdown table, on the
- * default (v4, warp-specialized) and the v3 wgmma kernels;
+ * v6, v3 and v4 wgmma kernels (`profile`: two calls of the default path
+ * each, for a per-kernel breakdown under ncu);
  * `gpu_test_gpu_moe quick` runs only the v4 / v3 bit-equality checks. */
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -288,10 +289,28 @@ static void make_routing(int64_t m, int32_t *ids, float *wts)
 /* Routing of the edge cases: mode 1 puts every token's slot 0 on expert
  * E_ - 1 and slot 1 at -1 (one expert with all rows, the others none, tiles
  * of 128 + a partial one); mode 2 uses experts 1 and 4 only (experts with
- * 0 rows between experts with rows); mode 0 is make_routing. */
+ * 0 rows between experts with rows); mode 3 (m = 300 only) gives experts
+ * 0..4 exactly 129, 128, 127, 1 and 0 rows (the 128-row tile boundaries
+ * of the wgmma kernels and the wgmma N steps 16..128) and experts 5..7 the
+ * other 215; mode 0 is make_routing. */
 static void make_routing_mode(int64_t m, int mode, int32_t *ids, float *wts)
 {
     make_routing(m, ids, wts);
+    if (mode == 3) {
+        /* The 600 slots sorted by expert; token t takes entries t and t +
+         * 300, which are never the same expert (expert 2's entries in the
+         * first half are t >= 257, in the second half t < 84). */
+        static const int cnt[E_] = {129, 128, 127, 1, 0, 72, 72, 71};
+        int list[600], at = 0;
+        for (int e = 0; e < E_; e++)
+            for (int i = 0; i < cnt[e]; i++)
+                list[at++] = e;
+        for (int64_t t = 0; t < m && m == 300; t++) {
+            ids[t * K_] = list[t];
+            ids[t * K_ + 1] = list[t + 300];
+        }
+        return;
+    }
     for (int64_t t = 0; t < m && mode; t++) {
         ids[t * K_] = mode == 1 ? E_ - 1 : (t & 1) ? 1 : 4;
         ids[t * K_ + 1] = mode == 1 ? -1 : (t & 1) ? 4 : 1;
@@ -596,6 +615,17 @@ static void test_w4a4(experts *ex, int64_t m, int spread)
            (long long)m, spread, e, BOUND_MOE);
     printf("w4a4  %-5s m=%3lld spread %d: rel L2 %.3g\n", fmt_name(ex->fmt), (long long)m,
            spread, e);
+    /* The MXFP4 wgmma paths must have handed the gate/up GEMM to the
+     * mma.sync fallback exactly when a block could not be folded. */
+    if (ex->fmt == QPLUG_CUDA_MOE_MXFP4 && ex->desc.wgmma_ready) {
+        int32_t *dflag = qplug_cuda__moe_fallback_flag(ws, m, K_, E_, D_, I_);
+        int32_t flag = -1;
+        CHECK(dflag != NULL);
+        if (dflag)
+            download(&flag, dflag, 4);
+        CHECKF(flag == spread, "w4a4 mxfp4 m=%lld spread %d wgmma %d: fallback flag %d",
+               (long long)m, spread, (int)ex->desc.wgmma_ready, (int)flag);
+    }
     CHECK(qplug_cuda__moe_forward_w4a4(&ex->desc, dbuf, bytes, m, K_, group == 16 ? 32 : 16,
                                        gscale, QPLUG_CUDA_SCALE_F32, dy, ws, wsb, NULL,
                                        &err) == QPLUG_ERR_ARGUMENT);
@@ -1014,8 +1044,11 @@ static int cmp_float(const void *a, const void *b)
 }
 
 /* Flash shapes; weights are constant byte patterns (the kernels' speed
- * does not depend on the values), routing uniform at random. */
-static int bench(void)
+ * does not depend on the values), routing uniform at random. Each format
+ * runs on its wgmma kernels (v6, v3 and v4; NVFP4: v3, then mma.sync).
+ * profile: two calls of the default path per format and token count only
+ * (for a per-kernel breakdown under a profiler such as ncu). */
+static int bench(int profile)
 {
     const int32_t E = 256, K = 6;
     const int64_t D = 4096, I = 2048, ms[2] = {64, 4096};
@@ -1082,14 +1115,16 @@ static int bench(void)
             return 1;
         }
         int ready = desc.wgmma_ready;
-        /* Runs: 64 and 4096 tokens on the v3 and then the v4 wgmma kernel
-         * when they took the experts, else on the mma.sync ones. */
-        for (int mi = 0; mi < (ready ? 4 : 2); mi++) {
+        /* Runs: 64 and 4096 tokens on v6, v3 and v4 when the wgmma kernels
+         * took the experts (NVFP4: v3 and mma.sync), else on mma.sync. */
+        static const int vars_fp[3] = {4, 2, 3}, vars_nv[2] = {2, 0};
+        int nvar = !ready ? 1 : profile ? 1 : fmt == QPLUG_CUDA_MOE_NVFP4 ? 2 : 3;
+        for (int mi = 0; mi < 2 * nvar; mi++) {
             int64_t m = ms[mi & 1];
-            /* NVFP4 has no v4 kernel: its second pair of runs is the
-             * mma.sync path, for comparison. */
-            desc.wgmma_ready =
-                ready ? (mi < 2 ? 2 : fmt == QPLUG_CUDA_MOE_NVFP4 ? 0 : 3) : 0;
+            desc.wgmma_ready = !ready             ? 0
+                               : profile          ? ready
+                               : fmt == QPLUG_CUDA_MOE_NVFP4 ? vars_nv[mi >> 1]
+                                                             : vars_fp[mi >> 1];
             uint16_t *x = make_x(m, D, 1.0);
             int32_t *ids = malloc((size_t)(m * K) * 4);
             float *wts = malloc((size_t)(m * K) * 4);
@@ -1119,9 +1154,9 @@ static int bench(void)
             size_t bytes = qplug_cuda__w4a4_dispatch_bytes(m, D, K, 32);
             void *buf = dev_alloc_poison(bytes);
             qplug_cuda__err err = {{0}};
-            float t[20];
+            float t[20] = {0};
             qplug_status st = QPLUG_OK;
-            for (int it = 0; it < 23 && !st; it++) {
+            for (int it = 0; it < (profile ? 2 : 23) && !st; it++) {
                 cudaEventRecord(e0, 0);
                 if (w4a4) {
                     st = qplug_cuda__w4a4_pack(dx, m, D, 32, 1.0f, dids, dwts, K, buf, bytes,
@@ -1151,7 +1186,10 @@ static int bench(void)
             double ebytes = (double)nt * 3.0 * ((double)wb / E + (double)sbb / E);
             printf("| %s%s%s | %lld | %d | %.3f | %.1f | %.0f | %.1f%% |\n", w4a4 ? "w4a4 " : "",
                    fmt_name(fmt),
-                   desc.wgmma_ready == 2 ? " wgmma v3" : desc.wgmma_ready ? " ws v4" : "",
+                   desc.wgmma_ready == 2   ? " wgmma v3"
+                   : desc.wgmma_ready == 3 ? " ws v4"
+                   : desc.wgmma_ready      ? " v6"
+                                           : "",
                    (long long)m, nt, t[10],
                    flops / sec / 1e12, ebytes / sec / 1e9, 100.0 * (ebytes / sec / 1e9) / copy_gbs);
             fflush(stdout);
@@ -1184,7 +1222,9 @@ int main(int argc, char **argv)
         return SKIP_CODE;
     }
     if (argc > 1 && strcmp(argv[1], "bench") == 0)
-        return bench();
+        return bench(0);
+    if (argc > 1 && strcmp(argv[1], "profile") == 0)
+        return bench(1);
     /* `quick`: only the v4 / v3 comparison (bench builds of variants). */
     if (argc > 1 && strcmp(argv[1], "quick") == 0) {
         test_v4_vs_v3(QPLUG_CUDA_MOE_FP8);
@@ -1212,14 +1252,17 @@ int main(int argc, char **argv)
         test_moe(&ex, 7, 0, 0);
         test_moe(&ex, 300, 0, 0);
         test_moe(&ex, 300, 0, 1);
-        /* And on each wgmma kernel by force (2: v3, 3: v4). */
-        for (int v = 2; ready && v <= 3; v++) {
+        /* And on each wgmma kernel by force (2: v3, 3: v4, 4: v6, which
+         * NVFP4 does not have); the tile boundaries on each. */
+        for (int v = 2; ready && v <= (f == QPLUG_CUDA_MOE_NVFP4 ? 3 : 4); v++) {
             ex.desc.wgmma_ready = v;
             test_moe(&ex, 7, 0, 0);
             test_moe(&ex, 300, 1, 1);
+            test_moe(&ex, 300, 0, 3);
             if (f == QPLUG_CUDA_MOE_MXFP4) {
                 test_w4a4(&ex, 1, 0);
                 test_w4a4(&ex, 300, 0);
+                test_w4a4(&ex, 300, 1);
             }
         }
         ex.desc.wgmma_ready = ready;
