@@ -173,16 +173,20 @@ extern "C" qplug_status qplug_cuda__moe_route(const void *x, const void *gate, c
  * valid (token, slot) pair gets its row; inv maps the pair back to it (or
  * -1). Each expert's rows start at a multiple of align (1, or V6_RALIGN
  * for the v6 kernels, whose token scales are bulk-copied from the tile's
- * first row); rows between the experts belong to no pair. Also clears the
- * W4A4 fallback flag. */
+ * first row); rows between the experts belong to no pair. big (when not
+ * NULL) gets the indices of the tiles of more than 16 rows, in no
+ * particular order, and nbig their count. Also clears the W4A4 fallback
+ * flag. */
 __global__ void __launch_bounds__(1024)
     qplug_cuda__moe_permute_kernel(const int32_t *__restrict__ ids, int64_t R, int K, int E, int bm,
                                    int align, int32_t *__restrict__ ntiles, int32_t *__restrict__ tile_e,
                                    int32_t *__restrict__ tile_r0, int32_t *__restrict__ tile_r1,
                                    int32_t *__restrict__ perm_tok, int32_t *__restrict__ inv,
-                                   int32_t *__restrict__ flag)
+                                   int32_t *__restrict__ flag, int32_t *__restrict__ big,
+                                   int32_t *__restrict__ nbig)
 {
     __shared__ int cnt[MOE_MAX_E];
+    __shared__ int nbig_s;
     /* The W4A4 unpack, later on the stream, only ever sets the flag. */
     if (flag && threadIdx.x == 0)
         *flag = 0;
@@ -206,6 +210,7 @@ __global__ void __launch_bounds__(1024)
             trun += (cnt[e] + bm - 1) / bm;
         }
         *ntiles = trun;
+        nbig_s = 0;
     }
     __syncthreads();
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
@@ -215,9 +220,13 @@ __global__ void __launch_bounds__(1024)
             tile_e[tstart[e] + q] = e;
             tile_r0[tstart[e] + q] = r0;
             tile_r1[tstart[e] + q] = min(r0 + bm, end);
+            if (big && min(r0 + bm, end) - r0 > 16)
+                big[atomicAdd(&nbig_s, 1)] = tstart[e] + q;
         }
     }
     __syncthreads();
+    if (big && threadIdx.x == 0)
+        *nbig = nbig_s;
     for (int64_t i = threadIdx.x; i < R; i += blockDim.x) {
         int e = ids[i];
         if (e >= 0 && e < E) {
@@ -256,6 +265,7 @@ struct qplug_cuda__moe_gemm_args {
     /* v6: the large kernel leaves the tiles of at most 16 rows to the
      * SMALL one (launched too) when set. */
     int v6_split;
+    const int32_t *v6_big, *v6_nbig;
 };
 
 /* Four 32-bit words of packed E2M1 (32 values) to 32 E4M3 bytes (value *
@@ -564,47 +574,45 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
 #include "moe_ws.cuh"
 #include "moe_v6.cuh"
 
-/* h F32 [R, I] -> E4M3 [R, I] and scales [I/128][ld] for the rows that exist
- * (offsets of the tile table: rows below the last tile's end). One warp per
- * (row, 128-group), the rule of qplug_cuda__act_quant_fp8. perm: the k
+/* h F32 [rows, I] -> E4M3 [rows, I] and scales [I/128][ld] for the rows
+ * that exist (offsets of the tile table: rows below the last tile's end).
+ * One warp per (row, 128-group), the rule of qplug_cuda__act_quant_fp8. perm: the k
  * order of the v6 kernel with MXFP4 weights (moe_v6.cuh), word w of each
  * 128-group stored at word qplug_cuda__moe_v6_perm_word(w). */
 __global__ void __launch_bounds__(256)
-    qplug_cuda__moe_hquant_kernel(const float *__restrict__ h, int64_t R, int64_t I,
+    qplug_cuda__moe_hquant_kernel(const float *__restrict__ h, int64_t I,
                                   const int32_t *__restrict__ ntiles,
                                   const int32_t *__restrict__ tile_r1, int ue8m0, int perm,
                                   uint8_t *__restrict__ hq, float *__restrict__ hs, int64_t ld)
 {
-    int lane = threadIdx.x & 31;
-    int64_t group = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
-    int64_t kbn = I / 128;
-    if (group >= R * kbn)
-        return;
+    int lane = threadIdx.x & 31, kbn = (int)(I / 128);
     int nt = *ntiles;
-    int64_t rows = nt > 0 ? tile_r1[nt - 1] : 0;
-    int64_t row = group / kbn, kb = group % kbn;
-    if (row >= rows)
-        return;
-    int64_t off = row * I + kb * 128 + lane * 4;
-    float4 v4 = *reinterpret_cast<const float4 *>(h + off);
-    float v[4] = {v4.x, v4.y, v4.z, v4.w};
-    float amax = 1e-4f;
-    for (int i = 0; i < 4; i++) {
-        float a = fabsf(v[i]);
-        amax = (a > amax || a != a) ? a : amax;
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        float b = __shfl_xor_sync(0xffffffffu, amax, o);
-        amax = (b > amax || b != b) ? b : amax;
-    }
-    float s = ue8m0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
-    unsigned q = 0;
-    for (int i = 0; i < 4; i++)
-        q |= qplug_cuda__to_e4m3(__fdiv_rn(v[i], s)) << (8 * i);
+    int rows = nt > 0 ? tile_r1[nt - 1] : 0;
     int w = perm ? ((lane >> 1) & 3) * 8 + (lane & 1) * 4 + (lane >> 3) : lane;
-    reinterpret_cast<unsigned *>(hq + row * I + kb * 128)[w] = q;
-    if (lane == 0)
-        hs[kb * ld + row] = s;
+    /* A block per row (grid-stride: the host sizes the grid by a bound). */
+    for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+        for (int kb = threadIdx.x >> 5; kb < kbn; kb += 8) {
+            int64_t off = (int64_t)row * I + kb * 128;
+            float4 v4 = reinterpret_cast<const float4 *>(h + off)[lane];
+            float v[4] = {v4.x, v4.y, v4.z, v4.w};
+            float amax = 1e-4f;
+            for (int i = 0; i < 4; i++) {
+                float a = fabsf(v[i]);
+                amax = (a > amax || a != a) ? a : amax;
+            }
+            for (int o = 16; o > 0; o >>= 1) {
+                float b = __shfl_xor_sync(0xffffffffu, amax, o);
+                amax = (b > amax || b != b) ? b : amax;
+            }
+            float s = ue8m0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
+            unsigned q = 0;
+            for (int i = 0; i < 4; i++)
+                q |= qplug_cuda__to_e4m3(__fdiv_rn(v[i], s)) << (8 * i);
+            reinterpret_cast<unsigned *>(hq + off)[w] = q;
+            if (lane == 0)
+                hs[(int64_t)kb * ld + row] = s;
+        }
+    }
 }
 
 /* y[t] = sum_j w[t,j] * o[inv[t,j]] in slot order, BF16. */
@@ -629,7 +637,7 @@ __global__ void __launch_bounds__(256)
 /* ------------------------------------------------------------ workspace */
 
 struct qplug_cuda__moe_ws {
-    int32_t *ntiles, *tile_e, *tile_r0, *tile_r1, *perm_tok, *inv, *flag;
+    int32_t *ntiles, *tile_e, *tile_r0, *tile_r1, *perm_tok, *inv, *flag, *big, *nbig;
     uint8_t *xq, *hq, *xg;
     float *xs, *h, *hs, *o, *xgs;
     /* Rows of the routed-row buffers (h, hq, o, xg) and the leading
@@ -654,7 +662,7 @@ static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t
     int64_t R = m * K, tmax = (R + MOE_BM_SMALL - 1) / MOE_BM_SMALL + E;
     int64_t Rb = qplug_cuda__moe_rows(R, E);
     size_t at = 0;
-    size_t sz[15] = {
+    size_t sz[17] = {
         4,
         (size_t)tmax * 4,
         (size_t)tmax * 4,
@@ -670,9 +678,11 @@ static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t
         4,
         (size_t)(Rb * D),
         (size_t)(D / 128 * Rb) * 4,
+        (size_t)tmax * 4,
+        4,
     };
-    void *ptr[15];
-    for (int i = 0; i < 15; i++) {
+    void *ptr[17];
+    for (int i = 0; i < 17; i++) {
         ptr[i] = base ? base + at : NULL;
         at += moe_align(sz[i]);
     }
@@ -692,6 +702,8 @@ static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t
         ws->flag = (int32_t *)ptr[12];
         ws->xg = (uint8_t *)ptr[13];
         ws->xgs = (float *)ptr[14];
+        ws->big = (int32_t *)ptr[15];
+        ws->nbig = (int32_t *)ptr[16];
         ws->rows = Rb;
     }
     return at;
@@ -927,7 +939,7 @@ template <int WF, bool DUAL>
 static qplug_status qplug_cuda__moe_v6_launch(qplug_cuda__moe_encode_fn enc,
                                               const qplug_cuda__moe_gemm_args &a, const void *w0,
                                               const void *w1, const uint8_t *tok, int64_t rows,
-                                              int32_t E, int64_t tmax, bool split,
+                                              int32_t E, int64_t R, int64_t tmax, bool split,
                                               cudaStream_t s, const char *fn,
                                               qplug_cuda__err *err)
 {
@@ -942,8 +954,11 @@ static qplug_status qplug_cuda__moe_v6_launch(qplug_cuda__moe_encode_fn enc,
     qplug_cuda__moe_gemm_args b = a;
     b.v6_split = split;
     dim3 grid((unsigned)(a.n / (DUAL ? 64 : 128)), (unsigned)tmax);
+    /* Split: the large kernel takes only the listed tiles of more than
+     * 16 rows, at most R / 17 of them. */
+    dim3 gbig(grid.x, split ? (unsigned)(R / 17 + 1) : grid.y);
     qplug_cuda__moe_v6_kernel<WF, DUAL, false>
-        <<<grid, V6_THREADS, qplug_cuda__moe_v6_smem<WF, false>::LAUNCH, s>>>(m0, m1, mb, b);
+        <<<gbig, V6_THREADS, qplug_cuda__moe_v6_smem<WF, false>::LAUNCH, s>>>(m0, m1, mb, b);
     if (split)
         qplug_cuda__moe_v6_kernel<WF, DUAL, true>
             <<<grid, V6_THREADS, qplug_cuda__moe_v6_smem<WF, true>::LAUNCH, s>>>(m0, m1, mb, b);
@@ -1035,12 +1050,14 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     qplug_cuda__moe_permute_kernel<<<1, 1024, 0, s>>>(ids, R, K, E, bm, v6 ? (int)V6_RALIGN : 1,
                                                       ws->ntiles, ws->tile_e, ws->tile_r0,
                                                       ws->tile_r1, ws->perm_tok, ws->inv,
-                                                      ws->flag);
+                                                      ws->flag, v6 ? ws->big : NULL, ws->nbig);
     a1.ntiles = ws->ntiles;
     a1.tile_e = ws->tile_e;
     a1.tile_r0 = ws->tile_r0;
     a1.tile_r1 = ws->tile_r1;
     a1.perm_tok = ws->perm_tok;
+    a1.v6_big = ws->big;
+    a1.v6_nbig = ws->nbig;
     a1.w[0] = (const uint8_t *)w->w1;
     a1.w[1] = (const uint8_t *)w->w3;
     a1.ws[0] = (const uint8_t *)w->s1;
@@ -1053,53 +1070,54 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a1.out = ws->h;
     qplug_status st = QPLUG_OK;
     if (wg && af == MOE_F_MX) {
-        /* W4A4: unpack to E4M3 (flagging blocks that do not fold exactly),
-         * then the wgmma GEMM, or, when flagged, the mma.sync one on the
-         * packed rows in 64-row halves of the 128-row tiles. */
-        int64_t th = m * (D / 128);
-        qplug_cuda__moe_w4a4_unpack_kernel<<<(unsigned)((th + 255) / 256), 256, 0, s>>>(
-            a1.a, m, D, ws->xq, ws->xs, ws->flag);
+        /* W4A4: unpack to E4M3 (flagging blocks that do not fold exactly;
+         * v6: in its gather pass), then the wgmma GEMM, or, when flagged,
+         * the mma.sync one on the packed rows in 64-row halves of the
+         * 128-row tiles. */
         qplug_cuda__moe_gemm_args f = a1;
-        a1.a = ws->xq;
-        a1.a_ld = D;
-        a1.a_scale = ws->xs;
-        a1.a_sld = m;
+        if (!v6) {
+            int64_t th = m * (D / 128);
+            qplug_cuda__moe_w4a4_unpack_kernel<<<(unsigned)((th + 255) / 256), 256, 0, s>>>(
+                a1.a, m, D, ws->xq, ws->xs, ws->flag);
+        }
         a1.skip_if = ws->flag;
         if (v6) {
-            int64_t jobs = R * (D / 128);
-            qplug_cuda__moe_v6_gather_kernel<false, true>
-                <<<(unsigned)((jobs + 7) / 8), 256, 0, s>>>(ws->xq, ws->xs, m, K, D, ws->inv, 0,
-                                                            ws->xg, ws->xgs, ws->rows);
+            qplug_cuda__moe_v6_gather_kernel<true, true><<<(unsigned)R, 256, 0, s>>>(
+                a1.a, a1.a_ld, K, D, ws->inv, 0, ws->xg, ws->xgs, ws->rows, ws->flag);
             a1.a = ws->xg;
+            a1.a_ld = D;
             a1.a_scale = ws->xgs;
             a1.a_sld = ws->rows;
             st = qplug_cuda__moe_v6_launch<MOE_F_MX, true>(enc, a1, w->w1, w->w3, ws->xg,
-                                                           ws->rows, E, tmax, split, s, fn, err);
+                                                           ws->rows, E, R, tmax, split, s, fn, err);
         } else {
+            a1.a = ws->xq;
+            a1.a_ld = D;
+            a1.a_scale = ws->xs;
+            a1.a_sld = m;
             qplug_cuda__moe_wg_launch<MOE_F_MX, true>(a1, tmax, v3, s);
         }
         f.sub = WG_BN / MOE_BM_LARGE;
         f.run_if = ws->flag;
         qplug_cuda__moe_gemm_launch<MOE_BM_LARGE, MOE_F_MX, MOE_F_MX, true>(f, tmax, s);
     } else if (v6) {
-        int64_t jobs = R * (D / 128);
-        unsigned gb = (unsigned)((jobs + 7) / 8);
+        const uint8_t *xb = (const uint8_t *)xbf;
         if (mx)
-            qplug_cuda__moe_v6_gather_kernel<true, true><<<gb, 256, 0, s>>>(
-                xbf, NULL, m, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows);
+            qplug_cuda__moe_v6_gather_kernel<false, true><<<(unsigned)R, 256, 0, s>>>(
+                xb, D * 2, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows, NULL);
         else
-            qplug_cuda__moe_v6_gather_kernel<true, false><<<gb, 256, 0, s>>>(
-                xbf, NULL, m, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows);
+            qplug_cuda__moe_v6_gather_kernel<false, false><<<(unsigned)R, 256, 0, s>>>(
+                xb, D * 2, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows, NULL);
         a1.a = ws->xg;
         a1.a_ld = D;
         a1.a_scale = ws->xgs;
         a1.a_sld = ws->rows;
         if (mx)
             st = qplug_cuda__moe_v6_launch<MOE_F_MX, true>(enc, a1, w->w1, w->w3, ws->xg,
-                                                           ws->rows, E, tmax, split, s, fn, err);
+                                                           ws->rows, E, R, tmax, split, s, fn, err);
         else
             st = qplug_cuda__moe_v6_launch<MOE_F_FP8, true>(enc, a1, w->w1, w->w3, ws->xg,
-                                                            ws->rows, E, tmax, split, s, fn, err);
+                                                            ws->rows, E, R, tmax, split, s, fn, err);
     } else if (wg) {
         qplug_cuda__moe_wg_wf<true>(w->fmt, a1, tmax, v3, s);
     } else if (bm == MOE_BM_SMALL) {
@@ -1112,9 +1130,10 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
 
     /* Rows up to the last tile's end: R, or more with the v6 alignment. */
     int64_t hrows = v6 ? ws->rows - 128 : R;
-    int64_t groups = hrows * (I / 128);
-    qplug_cuda__moe_hquant_kernel<<<(unsigned)((groups + 7) / 8), 256, 0, s>>>(
-        ws->h, hrows, I, ws->ntiles, ws->tile_r1, ue8m0, v6 && mx, ws->hq, ws->hs, ws->rows);
+    unsigned hblocks = (unsigned)(hrows < 16384 ? hrows : 16384);
+    qplug_cuda__moe_hquant_kernel<<<hblocks, 256, 0, s>>>(ws->h, I, ws->ntiles, ws->tile_r1,
+                                                          ue8m0, v6 && mx, ws->hq, ws->hs,
+                                                          ws->rows);
 
     qplug_cuda__moe_gemm_args a2;
     memset(&a2, 0, sizeof a2);
@@ -1136,10 +1155,10 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a2.out = ws->o;
     if (v6 && mx)
         st = qplug_cuda__moe_v6_launch<MOE_F_MX, false>(enc, a2, w->w2, w->w2, ws->hq, ws->rows,
-                                                        E, tmax, split, s, fn, err);
+                                                        E, R, tmax, split, s, fn, err);
     else if (v6)
         st = qplug_cuda__moe_v6_launch<MOE_F_FP8, false>(enc, a2, w->w2, w->w2, ws->hq, ws->rows,
-                                                         E, tmax, split, s, fn, err);
+                                                         E, R, tmax, split, s, fn, err);
     else if (wg)
         qplug_cuda__moe_wg_wf<false>(w->fmt, a2, tmax, v3, s);
     else if (bm == MOE_BM_SMALL)

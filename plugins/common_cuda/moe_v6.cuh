@@ -240,60 +240,73 @@ static __device__ __forceinline__ int qplug_cuda__moe_v6_perm_word(int w)
 /*
  * The gathered token operand of the gate/up GEMM: for every valid (token,
  * slot) pair, row inv[pair] of xg [rows, D] gets the token's E4M3 values
- * (k order permuted when PERM, for MXFP4 weights) and xgs [D/128][ld]
- * its scales. One warp per (pair, 128-block). From BF16 x (BF16 = true:
- * quantized here by the rule of qplug_cuda__act_quant_fp8) or from E4M3
- * xq [m, D] with scales [D/128][m] (the unpacked W4A4 activations).
+ * (k order permuted when PERM, for MXFP4 weights) and xgs [D/128][ld] its
+ * scales. One block of 256 threads per pair, one warp per 128-block, lane
+ * l making word l (4 values). PACKED = false: from BF16 x [m, D],
+ * quantized here by the rule of qplug_cuda__act_quant_fp8. PACKED = true:
+ * from the W4A4 MXFP4 rows (src_ld bytes each: D/2 code bytes, then the
+ * E8M0 scales), folded per 128-block exactly as
+ * qplug_cuda__moe_w4a4_unpack_kernel does, setting *flag for a block that
+ * cannot be folded exactly (the mma.sync fallback then runs instead).
  */
-template <bool BF16, bool PERM>
+template <bool PACKED, bool PERM>
 __global__ void __launch_bounds__(256)
-    qplug_cuda__moe_v6_gather_kernel(const void *__restrict__ src, const float *__restrict__ src_s,
-                                     int64_t m, int K, int64_t D, const int32_t *__restrict__ inv,
-                                     int ue8m0, uint8_t *__restrict__ xg, float *__restrict__ xgs,
-                                     int64_t ld)
+    qplug_cuda__moe_v6_gather_kernel(const uint8_t *__restrict__ src, int64_t src_ld, int K,
+                                     int64_t D, const int32_t *__restrict__ inv, int ue8m0,
+                                     uint8_t *__restrict__ xg, float *__restrict__ xgs,
+                                     int64_t ld, int32_t *__restrict__ flag)
 {
-    int lane = threadIdx.x & 31;
-    int64_t job = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5), kbn = D / 128;
-    if (job >= m * K * kbn)
-        return;
-    int64_t pair = job / kbn, kb = job % kbn;
-    int row = inv[pair];
+    int lane = threadIdx.x & 31, kbn = (int)(D / 128);
+    int row = inv[blockIdx.x];
     if (row < 0)
         return;
-    int64_t t = pair / K;
-    unsigned q;
-    float s;
-    if (BF16) {
-        const __nv_bfloat16 *x = reinterpret_cast<const __nv_bfloat16 *>(src) + t * D + kb * 128;
-        uint2 u = *reinterpret_cast<const uint2 *>(x + lane * 4);
-        float2 f0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.x));
-        float2 f1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.y));
-        float v[4] = {f0.x, f0.y, f1.x, f1.y};
-        float amax = 1e-4f;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float a = fabsf(v[i]);
-            amax = (a > amax || a != a) ? a : amax;
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float b = __shfl_xor_sync(0xffffffffu, amax, o);
-            amax = (b > amax || b != b) ? b : amax;
-        }
-        s = ue8m0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
-        q = 0;
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-            q |= qplug_cuda__to_e4m3(__fdiv_rn(v[i], s)) << (8 * i);
-    } else {
-        q = reinterpret_cast<const unsigned *>(reinterpret_cast<const uint8_t *>(src) + t * D +
-                                               kb * 128)[lane];
-        s = src_s[kb * m + t];
-    }
+    int64_t t = (int64_t)(blockIdx.x / (unsigned)K);
+    const uint8_t *xr = src + t * src_ld;
+    uint8_t *gr = xg + (int64_t)row * D;
     int w = PERM ? qplug_cuda__moe_v6_perm_word(lane) : lane;
-    reinterpret_cast<unsigned *>(xg + (int64_t)row * D + kb * 128)[w] = q;
-    if (lane == 0)
-        xgs[kb * ld + row] = s;
+    bool bad = false;
+    for (int kb = threadIdx.x >> 5; kb < kbn; kb += 8) {
+        unsigned q;
+        float s;
+        if (!PACKED) {
+            uint2 u = reinterpret_cast<const uint2 *>(xr + kb * 256)[lane];
+            float2 f0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.x));
+            float2 f1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.y));
+            float v[4] = {f0.x, f0.y, f1.x, f1.y};
+            float amax = 1e-4f;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float a = fabsf(v[i]);
+                amax = (a > amax || a != a) ? a : amax;
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                float b = __shfl_xor_sync(0xffffffffu, amax, o);
+                amax = (b > amax || b != b) ? b : amax;
+            }
+            s = ue8m0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
+            q = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                q |= qplug_cuda__to_e4m3(__fdiv_rn(v[i], s)) << (8 * i);
+        } else {
+            /* Lane l's four codes are bytes 2l, 2l + 1 of the block. */
+            unsigned codes = reinterpret_cast<const unsigned short *>(xr + kb * 64)[lane];
+            unsigned sw = *reinterpret_cast<const unsigned *>(xr + D / 2 + kb * 4);
+            int emax = qplug_cuda__moe_wg_emax(sw);
+            int tp = (int)((sw >> (8 * (lane >> 3))) & 0xffu) - emax + 12;
+            bad |= emax == 255 || (tp < 1 && (codes & 0x7777u) != 0);
+            unsigned lo, hi, o1;
+            qplug_cuda__moe_wg_fp4_table(max(1, tp), &lo, &hi);
+            qplug_cuda__moe_wg_fp4_decode(codes, lo, hi, &q, &o1);
+            s = qplug_cuda__e8m0_dev((unsigned)emax) * 0.015625f;
+        }
+        reinterpret_cast<unsigned *>(gr + kb * 128)[w] = q;
+        if (lane == 0)
+            xgs[(int64_t)kb * ld + row] = s;
+    }
+    if (PACKED && __syncthreads_or(bad) && threadIdx.x == 0)
+        atomicOr(flag, 1);
 }
 
 /* --------------------------------------------------------------- the GEMM */
@@ -311,7 +324,7 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
     uint32_t base = (uint32_t)__cvta_generic_to_shared(qplug_cuda__moe_v6_sm);
     uint8_t *sm = qplug_cuda__moe_v6_sm + ((1024u - (base & 1023u)) & 1023u);
 
-    int tile = blockIdx.y;
+    int tile = !SMALL && p.v6_split ? p.v6_big[blockIdx.y] : (int)blockIdx.y;
     int e = p.tile_e[tile], r0 = p.tile_r0[tile], r1 = p.tile_r1[tile];
     int nrows = r1 - r0;
     int64_t n = p.n, k = p.k, nk = k / WG_BK;
@@ -511,7 +524,8 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
  * rows); mb: the gathered tokens [rows, k] (128-byte boxes of 16 rows,
  * 128-byte swizzle); p.a_scale / a_sld: their scales [k/128][a_sld]. The
  * SMALL kernel takes the tiles of at most 16 rows; the large one the
- * others, or all when p.v6_split is 0.
+ * others (p.v6_big, a list of *p.v6_nbig tile indices, when p.v6_split is
+ * set; its grid is bounded by R / 17 + 1 then), or all.
  */
 template <int WF, bool DUAL, bool SMALL>
 __global__ void __launch_bounds__(V6_THREADS, SMALL ? 2 : 1)
@@ -523,16 +537,20 @@ __global__ void __launch_bounds__(V6_THREADS, SMALL ? 2 : 1)
     if (p.skip_if && *p.skip_if != 0)
         return;
     int tile = blockIdx.y;
-    if (tile >= *p.ntiles)
+    if (!SMALL && p.v6_split) {
+        /* Only the listed tiles of more than 16 rows. */
+        if (tile >= *p.v6_nbig)
+            return;
+        tile = p.v6_big[tile];
+    } else if (tile >= *p.ntiles) {
         return;
+    }
     int nrows = p.tile_r1[tile] - p.tile_r0[tile];
     if (SMALL) {
         if (nrows <= 16)
             qplug_cuda__moe_v6_body<WF, DUAL, true, 16>(&ma0, &ma1, &mb, p);
         return;
     }
-    if (p.v6_split && nrows <= 16)
-        return;
     if (nrows <= 16)
         qplug_cuda__moe_v6_body<WF, DUAL, false, 16>(&ma0, &ma1, &mb, p);
     else if (nrows <= 32)
