@@ -1377,7 +1377,7 @@ static qplug_status cuda_call(conf_run *r, const qplug_plugin *p, const qplug_ho
     tx.ndim = x_ndim;
     tx.device = x_dev_on_cpu ? QPLUG_DEVICE_CPU : QPLUG_DEVICE_CUDA;
     ty.device = QPLUG_DEVICE_CUDA;
-    qplug_apply_args a = {sizeof a, QPLUG_OP_FORWARD, prec, &tx, &ty, NULL, NULL, NULL, 0, stream};
+    qplug_apply_args a = {sizeof a, QPLUG_OP_FORWARD, prec, &tx, &ty, NULL, NULL, NULL, 0, stream, NULL};
     st = call_apply(r, p, host, state, &a);
     if (!collect_y(r, stream, bf16, dy, hy, ny, y_host)) {
         st = QPLUG_ERR_DEVICE;
@@ -1476,7 +1476,7 @@ static qplug_status cuda_call_moe(conf_run *r, const qplug_plugin *p, const qplu
     tx.device = ty.device = tk.device = QPLUG_DEVICE_CUDA;
     ti.device = mc->ids_on_cpu ? QPLUG_DEVICE_CPU : QPLUG_DEVICE_CUDA;
     qplug_apply_args a = {sizeof a, mc->op, mc->prec, &tx, &ty, &ti,
-                          mc->no_weights ? NULL : &tk, NULL, 0, stream};
+                          mc->no_weights ? NULL : &tk, NULL, 0, stream, NULL};
     st = call_apply(r, p, host, state, &a);
     if (!collect_y(r, stream, mc->bf16, dy, hy, ny, y_host)) {
         st = QPLUG_ERR_DEVICE;
