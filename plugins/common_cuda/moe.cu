@@ -1142,6 +1142,8 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a2.tile_r0 = ws->tile_r0;
     a2.tile_r1 = ws->tile_r1;
     a2.perm_tok = NULL;
+    a2.v6_big = ws->big;
+    a2.v6_nbig = ws->nbig;
     a2.a = ws->hq;
     a2.a_ld = I;
     a2.a_scale = ws->hs;
