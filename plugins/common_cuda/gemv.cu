@@ -101,35 +101,6 @@ static __device__ __forceinline__ void qplug_cuda__gemv_sa(float sa[NT][2], cons
         }
 }
 
-/* One FP8 k-block: a[rt] holds rows g, g+8 (r) of row tile rt and halves
- * h of this lane, xw its activation words (qplug_cuda__gemv_acts) and sa
- * the scales of its two output columns per token tile. The RT row tiles
- * share one 128-row block of weight scales (sw) and the activation words. */
-template <int NT, int RT>
-static __device__ __forceinline__ void qplug_cuda__gemv_fp8_step(float tot[RT][NT][4],
-                                                                 const unsigned a[RT][2][2][4],
-                                                                 const unsigned xw[NT][8],
-                                                                 const float sa[NT][2], float sw)
-{
-#pragma unroll
-    for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-#pragma unroll
-                for (int i = 0; i < 2; i++)
-                    qplug_cuda__mma_e4m3(c, a[rt][0][h][2 * i], a[rt][1][h][2 * i],
-                                         a[rt][0][h][2 * i + 1], a[rt][1][h][2 * i + 1],
-                                         xw[nt][4 * h + 2 * i], xw[nt][4 * h + 2 * i + 1]);
-            tot[rt][nt][0] += c[0] * sw * sa[nt][0];
-            tot[rt][nt][1] += c[1] * sw * sa[nt][1];
-            tot[rt][nt][2] += c[2] * sw * sa[nt][0];
-            tot[rt][nt][3] += c[3] * sw * sa[nt][1];
-        }
-}
-
 /* The element offset, within a k-block, of activation word i (4 E4M3
  * codes) of lane t: the FP8 kernel's lane holds bytes 16t..16t+15 of each
  * 64-byte half, the FP4 kernel's bytes 4t..4t+3 and 16+4t..16+4t+3 of each
@@ -159,6 +130,48 @@ static __device__ __forceinline__ float qplug_cuda__div_rn(float v, float s, flo
     float q0 = v * inv;
     float q = __fmaf_rn(__fmaf_rn(-q0, s, v), inv, q0);
     return finite ? q : q0;
+}
+
+/* The activation scale of a 128-group with maximum amax (already floored
+ * at 1e-4) by act_quant's rule: UE8M0 s = 2^ceil(log2(amax / 448)), else
+ * s = amax / 448; inv = 1/s and fin = s is finite (for qplug_cuda__div_rn). */
+static __device__ __forceinline__ void qplug_cuda__gemv_qscale(float amax, int ue8m0, float *s,
+                                                               float *inv, bool *fin)
+{
+    if (ue8m0) {
+        *s = qplug_cuda__pow2_scale(amax);
+        *inv = 1.0f / *s;
+        *fin = true;
+    } else {
+        *s = amax / 448.0f;
+        *fin = fabsf(*s) < INFINITY;
+        *inv = __frcp_rn(*s);
+    }
+}
+
+/* Four BF16 values (two per word, low half first) quantized by act_quant's
+ * rule with the group's scale s (inv = 1/s; UE8M0 scales divide exactly by
+ * multiplying, F32 ones through qplug_cuda__div_rn) into one word of four
+ * E4M3 codes, round to nearest even, saturating. */
+static __device__ __forceinline__ unsigned qplug_cuda__gemv_qword(unsigned b0, unsigned b1,
+                                                                  int ue8m0, float s, float inv,
+                                                                  bool fin)
+{
+    unsigned word = 0;
+    const unsigned b[2] = {b0, b1};
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        float2 f = make_float2(__uint_as_float(b[e] << 16), __uint_as_float(b[e] & 0xffff0000u));
+        if (ue8m0) {
+            f.x *= inv;
+            f.y *= inv;
+        } else {
+            f.x = qplug_cuda__div_rn(f.x, s, inv, fin);
+            f.y = qplug_cuda__div_rn(f.y, s, inv, fin);
+        }
+        word |= (unsigned)__nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3) << (16 * e);
+    }
+    return word;
 }
 
 /* The largest m whose fused quantization is shared by the whole warp
@@ -205,29 +218,9 @@ static __device__ __forceinline__ void qplug_cuda__gemv_quant_coop(unsigned xw[8
             amax_bits = max(amax_bits, __shfl_xor_sync(0xffffffffu, amax_bits, o));
         float amax = __uint_as_float(amax_bits);
         float s, inv;
-        bool fin = true;
-        if (p.ue8m0) {
-            s = qplug_cuda__pow2_scale(amax);
-            inv = 1.0f / s;
-        } else {
-            s = amax / 448.0f;
-            fin = fabsf(s) < INFINITY;
-            inv = __frcp_rn(s);
-        }
-        unsigned word = 0;
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            float2 f = make_float2(__uint_as_float(rb[e] << 16),
-                                   __uint_as_float(rb[e] & 0xffff0000u));
-            if (p.ue8m0) {
-                f.x *= inv;
-                f.y *= inv;
-            } else {
-                f.x = qplug_cuda__div_rn(f.x, s, inv, fin);
-                f.y = qplug_cuda__div_rn(f.y, s, inv, fin);
-            }
-            word |= (unsigned)__nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3) << (16 * e);
-        }
+        bool fin;
+        qplug_cuda__gemv_qscale(amax, p.ue8m0, &s, &inv, &fin);
+        unsigned word = qplug_cuda__gemv_qword(rb[0], rb[1], p.ue8m0, s, inv, fin);
         /* Word i of lane t holds elements xoff(i, t)..+3, made by lane
          * xoff(i, t) / 4; only the lanes of row g == j keep it. */
 #pragma unroll
@@ -283,33 +276,11 @@ static __device__ __forceinline__ void qplug_cuda__gemv_quant(unsigned xw[NT][8]
         amax_bits = max(amax_bits, __shfl_xor_sync(0xffffffffu, amax_bits, 2));
         float amax = __uint_as_float(amax_bits);
         float s, inv;
-        bool fin = true;
-        if (p.ue8m0) {
-            s = qplug_cuda__pow2_scale(amax);
-            inv = 1.0f / s;
-        } else {
-            s = amax / 448.0f;
-            fin = fabsf(s) < INFINITY;
-            inv = __frcp_rn(s);
-        }
+        bool fin;
+        qplug_cuda__gemv_qscale(amax, p.ue8m0, &s, &inv, &fin);
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            unsigned word = 0;
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                unsigned b = rb[2 * i + e];
-                float2 f = make_float2(__uint_as_float(b << 16), __uint_as_float(b & 0xffff0000u));
-                if (p.ue8m0) {
-                    f.x *= inv;
-                    f.y *= inv;
-                } else {
-                    f.x = qplug_cuda__div_rn(f.x, s, inv, fin);
-                    f.y = qplug_cuda__div_rn(f.y, s, inv, fin);
-                }
-                word |= (unsigned)__nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3) << (16 * e);
-            }
-            xw[nt][i] = word;
-        }
+        for (int i = 0; i < 8; i++)
+            xw[nt][i] = qplug_cuda__gemv_qword(rb[2 * i], rb[2 * i + 1], p.ue8m0, s, inv, fin);
         sa[nt][0] = __shfl_sync(0xffffffffu, s, 8 * t);
         sa[nt][1] = __shfl_sync(0xffffffffu, s, 8 * t + 4);
     }
@@ -418,6 +389,75 @@ static __device__ __forceinline__ unsigned qplug_cuda__hmul2(unsigned a, unsigne
     return d;
 }
 
+/* One FP8 k-block: a[rt] holds rows g, g+8 (r) of row tile rt and halves
+ * h of this lane, xw its activation words (qplug_cuda__gemv_acts) and sa
+ * the scales of its two output columns per token tile. The RT row tiles
+ * share one 128-row block of weight scales (sw) and the activation words.
+ * Each E4M3 m16n8k32 product of the fragments is computed as sm_90 itself
+ * runs mma.sync on E4M3 (the SASS of that instruction is 12 E4M3 -> F16
+ * conversions and two F16 m16n8k16 mmas, the low halves of every register
+ * first), so the sums are the same bit for bit; but the weight conversions
+ * are done once for all NT token tiles and the activation conversions once
+ * for all RT row tiles, instead of once per mma (at RT = NT = 2 half of the
+ * conversions). */
+template <int NT, int RT>
+static __device__ __forceinline__ void qplug_cuda__gemv_fp8_step(float tot[RT][NT][4],
+                                                                 const unsigned a[RT][2][2][4],
+                                                                 const unsigned xw[NT][8],
+                                                                 const float sa[NT][2], float sw)
+{
+    float c[RT][NT][4];
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                c[rt][nt][i] = 0.0f;
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            /* The E4M3 mma's fragments (a0..a3, b0, b1), split into their
+             * low (e = 0) and high (e = 1) F16 pairs. */
+            unsigned bh[NT][2][2];
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    unsigned v = xw[nt][4 * h + 2 * i + j];
+                    bh[nt][0][j] = qplug_cuda__e4m3x2_to_f16x2(v);
+                    bh[nt][1][j] = qplug_cuda__e4m3x2_to_f16x2(v >> 16);
+                }
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                const unsigned q[4] = {a[rt][0][h][2 * i], a[rt][1][h][2 * i],
+                                       a[rt][0][h][2 * i + 1], a[rt][1][h][2 * i + 1]};
+                unsigned ah[2][4];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    ah[0][j] = qplug_cuda__e4m3x2_to_f16x2(q[j]);
+                    ah[1][j] = qplug_cuda__e4m3x2_to_f16x2(q[j] >> 16);
+                }
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                        qplug_cuda__mma_f16(c[rt][nt], ah[e][0], ah[e][1], ah[e][2], ah[e][3],
+                                            bh[nt][e][0], bh[nt][e][1]);
+            }
+        }
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            tot[rt][nt][0] += c[rt][nt][0] * sw * sa[nt][0];
+            tot[rt][nt][1] += c[rt][nt][1] * sw * sa[nt][1];
+            tot[rt][nt][2] += c[rt][nt][2] * sw * sa[nt][0];
+            tot[rt][nt][3] += c[rt][nt][3] * sw * sa[nt][1];
+        }
+}
+
 /* The E8M0 value 2^(b-127) as a float, without branches (the shared
  * helper compiles to divergent branches in this loop): b << 23 is exact for
  * b = 1..254, and bit 22 turns b = 0 into the subnormal 2^-127 and b = 255
@@ -426,6 +466,25 @@ static __device__ __forceinline__ float qplug_cuda__e8m0_sel(unsigned b)
 {
     unsigned edge = (b == 0u || b == 255u) ? 0x00400000u : 0u;
     return __uint_as_float((b << 23) | edge);
+}
+
+/* Byte s of four E8M0 codes as the float 2^(b-127), exact for b = 1..254
+ * only (b << 23 in place: one shift and one mask); the caller checks for
+ * the codes 0 and 255 first (qplug_cuda__e8m0_edge). */
+static __device__ __forceinline__ float qplug_cuda__e8m0_fast(unsigned w, int s)
+{
+    unsigned b = s < 3 ? w << (23 - 8 * s) : w >> 1;
+    return __uint_as_float(b & 0x7f800000u);
+}
+
+/* Whether any byte of w is 0x00 or 0xff (an E8M0 code that
+ * qplug_cuda__e8m0_fast gets wrong): a byte is constant exactly when its
+ * bits 0..6 equal their upper neighbours, i.e. when its 7 low bits of
+ * w ^ (w >> 1) are zero; a zero 7-bit byte borrows in the subtraction. */
+static __device__ __forceinline__ unsigned qplug_cuda__e8m0_edge(unsigned w)
+{
+    unsigned z = (w ^ (w >> 1)) & 0x7f7f7f7fu;
+    return (z - 0x01010101u) & 0x80808080u;
 }
 
 /* One FP4 k-block on the F16 tensor cores: a[rt] holds the repacked 16
@@ -443,7 +502,7 @@ static __device__ __forceinline__ float qplug_cuda__e8m0_sel(unsigned b)
  * 2^-24, so it is an F16 exactly and the whole k-block runs in one
  * accumulator. MXFP4 scales (E8M0, out of F16 range) multiply the fp32
  * result of each slot. */
-template <int NT, int RT, bool NV>
+template <int NT, int RT, bool NV, bool EX>
 static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[RT][NT][4],
                                                                  const unsigned a[RT][2][4],
                                                                  const uint2 sc[RT][2],
@@ -496,8 +555,14 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[RT][N
                                         b[nt][3]);
                 }
             } else {
-                float s0 = qplug_cuda__e8m0_sel((sc[rt][0].x >> (8 * s)) & 0xffu);
-                float s1 = qplug_cuda__e8m0_sel((sc[rt][1].x >> (8 * s)) & 0xffu);
+                float s0, s1;
+                if (EX) {
+                    s0 = qplug_cuda__e8m0_sel((sc[rt][0].x >> (8 * s)) & 0xffu);
+                    s1 = qplug_cuda__e8m0_sel((sc[rt][1].x >> (8 * s)) & 0xffu);
+                } else {
+                    s0 = qplug_cuda__e8m0_fast(sc[rt][0].x, s);
+                    s1 = qplug_cuda__e8m0_fast(sc[rt][1].x, s);
+                }
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) {
                     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -523,36 +588,31 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[RT][N
 }
 
 /* Compile-time tunables (the bench builds variants with -D): the number of
- * warps per multiprocessor the k-split aims for, and the k-blocks whose
- * loads one warp issues before it multiplies (FP8 and FP4). */
+ * warps per multiprocessor the k-split aims for. */
 #ifndef QPLUG_GEMV_SPREAD
 #define QPLUG_GEMV_SPREAD 4
 #endif
-#ifndef QPLUG_GEMV_U_FP8
-#define QPLUG_GEMV_U_FP8 2
+
+/* The weight ring (qplug_cuda__gemv_ring): the most stages (k-blocks of one
+ * warp's rows) in it, fewer where the shared memory of 16 warps per
+ * multiprocessor does not hold them; at least 2. A tunable. */
+#ifndef QPLUG_GEMV_STAGES
+#define QPLUG_GEMV_STAGES 4
 #endif
-#ifndef QPLUG_GEMV_U_FP4
-#define QPLUG_GEMV_U_FP4 4
+/* Launches without a cluster cap the grid at the blocks that are resident
+ * at once (16 warps per multiprocessor) and let each block loop over row
+ * tiles, so that a warp's copies of its next tile are in flight while it
+ * finishes the current one (1), or launch one block per row tile (0). A
+ * tunable. */
+#ifndef QPLUG_GEMV_PERSIST
+#define QPLUG_GEMV_PERSIST 1
 #endif
 
 /* Two row tiles per warp (RT = 2, 32 rows): the activation words, their
- * fused quantization and, for FP4, their F16 conversion then serve twice
- * the weight bytes. The k-blocks in flight per warp for RT = 2 (FP8 with
- * one token tile; with two it is 1), and where RT = 2 is used, for n % 32
- * == 0 only: 0 never, 1 on wide launches, 2 on every launch (see
- * qplug_cuda__gemv_geom). Compile-time tunables for the bench; FP8 and FP4
- * separately. */
-#ifndef QPLUG_GEMV_U_FP8_RT2
-#define QPLUG_GEMV_U_FP8_RT2 1
-#endif
-#ifndef QPLUG_GEMV_U_FP4_RT2
-#define QPLUG_GEMV_U_FP4_RT2 2
-#endif
-/* The same for two token tiles (m > 8), where U = 2 spills at 128
- * registers. */
-#ifndef QPLUG_GEMV_U_FP4_RT2_NT2
-#define QPLUG_GEMV_U_FP4_RT2_NT2 1
-#endif
+ * fused quantization and their F16 conversion then serve twice the weight
+ * bytes. Where RT = 2 is used, for n % 32 == 0 only: 0 never, 1 on wide
+ * launches, 2 on every launch (see qplug_cuda__gemv_geom). Compile-time
+ * tunables for the bench; FP8 and FP4 separately. */
 #ifndef QPLUG_GEMV_RT2_FP8
 #define QPLUG_GEMV_RT2_FP8 2
 #endif
@@ -585,27 +645,94 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[RT][N
 #define QPLUG_GEMV_PDL_CLUSTER 0
 #endif
 
+/* The shared memory a multiprocessor gives its blocks (233472 bytes on
+ * sm_90, less 1 KB reserved per block), and what one block of W warps may
+ * take when 16 / W blocks share it. */
+enum { QPLUG_GEMV_SMEM_SM = 233472 };
+
+static __host__ __device__ constexpr int qplug_cuda__gemv_smem_block(int w)
+{
+    return QPLUG_GEMV_SMEM_SM / (16 / w) - 1024;
+}
+
+/*
+ * The per-warp ring of weight copies. Each lane copies, with cp.async, the
+ * 16-byte weight fragments (and, for FP4, the scale bytes) that it will
+ * read itself, into slots of its own: chunk c of lane l of a stage lies at
+ * (c * 32 + l) * 16, so copies and reads are conflict-free and no lane
+ * reads another's data. A lane's cp.async.wait_group then orders its own
+ * copies before its reads, and no barrier is needed. The copies of S - 1
+ * k-blocks ahead are in flight while the warp works on one, across its row
+ * tiles, without registers held for them (the v7 kernel held U k-blocks in
+ * registers and had none in flight while it multiplied).
+ * Per stage and lane: CW 16-byte weight chunks (FP8: RT x 2 rows x 2
+ * halves; FP4: RT x 2 rows) and CS scale words of SB bytes (FP4: RT x 2
+ * rows of 4 (MXFP4) or 8 (NVFP4) bytes; FP8 reads its one float per
+ * k-block from global memory). S: the stages that fit next to the
+ * reduction buffers when 16 / W blocks share a multiprocessor.
+ */
+template <int NT, int F, int W, int RT>
+struct qplug_cuda__gemv_ring {
+    static constexpr int CW = F == QPLUG_GEMV_FMT_FP8 ? RT * 4 : RT * 2;
+    static constexpr int CS = F == QPLUG_GEMV_FMT_FP8 ? 0 : RT * 2;
+    static constexpr int SB = F == QPLUG_GEMV_FMT_NV ? 8 : 4;
+    static constexpr int STAGE = 32 * (16 * CW + SB * CS);
+    static constexpr int RED = (W + 1) * 16 * RT * NT * 8 * 4;
+    static constexpr int FIT = (qplug_cuda__gemv_smem_block(W) - RED) / (W * STAGE);
+    static constexpr int S = FIT < 2 ? 2 : FIT > QPLUG_GEMV_STAGES ? QPLUG_GEMV_STAGES : FIT;
+    static constexpr int BYTES = W * S * STAGE + RED;
+};
+
+static __device__ __forceinline__ void qplug_cuda__cp16(uint32_t dst, const void *src)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
+template <int B>
+static __device__ __forceinline__ void qplug_cuda__cp_small(uint32_t dst, const void *src)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(src), "n"(B)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void qplug_cuda__cp_commit(void)
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N>
+static __device__ __forceinline__ void qplug_cuda__cp_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 /* At most 128 registers (16 warps per multiprocessor at least): fewer
  * resident warps leave too few loads in flight. FQ: the fused kernel, which
- * reads BF16 x and quantizes it itself (qplug_cuda__gemv_acts). */
+ * reads BF16 x and quantizes it itself (qplug_cuda__gemv_acts). Block b
+ * works on row tiles b, b + gridDim.x, ... (one tile per block for cluster
+ * launches); the k-blocks of a tile are split over its W warps (and the
+ * blocks of a cluster) in contiguous slices, and each warp streams its
+ * slice of every tile through its ring. Dynamic shared memory:
+ * qplug_cuda__gemv_ring<...>::BYTES. */
 template <int NT, int F, bool CL, int W, bool FQ, int RT>
 __global__ void __launch_bounds__(W * 32, 16 / W)
     qplug_cuda__gemv_kernel(qplug_cuda__gemv_args p)
 {
-    constexpr int U = F == QPLUG_GEMV_FMT_FP8 ? (RT == 1 ? QPLUG_GEMV_U_FP8
-                                                 : NT == 1 ? QPLUG_GEMV_U_FP8_RT2
-                                                           : 1)
-                                              : RT == 1 ? QPLUG_GEMV_U_FP4
-                                              : NT == 1 ? QPLUG_GEMV_U_FP4_RT2
-                                                        : QPLUG_GEMV_U_FP4_RT2_NT2;
+    typedef qplug_cuda__gemv_ring<NT, F, W, RT> ring;
+    constexpr int S = ring::S;
     constexpr bool NV = F == QPLUG_GEMV_FMT_NV;
-    constexpr int R = 16 * RT; /* rows per block */
-    __shared__ float red[W][R][NT * 8];
-    __shared__ float part[R * NT * 8];
+    constexpr int R = 16 * RT; /* rows per tile */
+    extern __shared__ __align__(16) uint8_t qplug_cuda__gemv_smem[];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    int64_t n0 = (int64_t)blockIdx.x * R, k = p.k;
+    float(*red)[R][NT * 8] =
+        reinterpret_cast<float(*)[R][NT * 8]>(qplug_cuda__gemv_smem + W * S * ring::STAGE);
+    float *part = &red[W][0][0];
+    uint8_t *my_ring = qplug_cuda__gemv_smem + warp * S * ring::STAGE;
+    uint32_t ring0 = (uint32_t)__cvta_generic_to_shared(my_ring);
+    int64_t k = p.k;
     int m = p.m;
     int kbn = (int)(k / 128);
+    int64_t ntiles = p.n / R;
     /* This block's group: its weights, scales, activation and output
      * columns. */
     int64_t grp = blockIdx.z;
@@ -618,7 +745,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
         p.x += grp * k;
     else
         p.x_scale += grp * kbn * m;
-    /* This warp's contiguous slice of the row tile's k-blocks. */
+    /* This warp's contiguous slice of each row tile's k-blocks. */
     int slices = (int)gridDim.y * W;
     int slice = (int)blockIdx.y * W + warp;
     int kb0 = (int)((int64_t)kbn * slice / slices);
@@ -640,158 +767,205 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
             xrow[nt] = p.xq + jr * p.ldx + grp * k + (F == QPLUG_GEMV_FMT_FP8 ? 16 * t : 4 * t);
         }
     }
-    float tot[RT][NT][4];
-#pragma unroll
-    for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                tot[rt][nt][i] = 0.0f;
 
 #if QPLUG_GEMV_PDL > 0
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 
-    if (F == QPLUG_GEMV_FMT_FP8) {
-        /* The RT row tiles lie in one 128-row block of scales (R divides
-         * 128). */
-        const uint8_t *wrow[RT][2];
-#pragma unroll
-        for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-            for (int r = 0; r < 2; r++)
-                wrow[rt][r] = p.w + (n0 + 16 * rt + g + 8 * r) * k + 16 * t;
-        const float *wscale = (const float *)p.w_scale + (n0 / 128) * kbn;
-        for (int kb = kb0; kb < kb1; kb += U) {
-            unsigned a[U][RT][2][2][4];
-            float sw[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                bool in = kb + u < kb1;
-#pragma unroll
-                for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-                    for (int r = 0; r < 2; r++)
-#pragma unroll
-                        for (int h = 0; h < 2; h++) {
-                            uint4 v = make_uint4(0, 0, 0, 0);
-                            if (in)
-                                v = qplug_cuda__ld_stream(wrow[rt][r] + (int64_t)(kb + u) * 128 +
-                                                          h * 64);
-                            qplug_cuda__u4(a[u][rt][r][h], v);
-                        }
-                sw[u] = in ? __ldg(wscale + kb + u) : 0.0f;
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++)
-                if (kb + u < kb1) {
-                    unsigned xw[NT][8];
-                    float sa[NT][2];
-                    qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb + u, t);
-                    qplug_cuda__gemv_fp8_step<NT, RT>(tot, a[u], xw, sa, sw[u]);
-                }
-        }
-    } else {
-        const int sb = NV ? 8 : 4; /* scale bytes per row and 128-block */
-        const uint8_t *wrow[RT][2], *srow[RT][2];
+    /* The copies of one k-block into stage st: the same fragments the v7
+     * kernel loaded into registers. iw points at this lane's first weight
+     * chunk of the k-block (row g of the tile) and is_ at the row's scale
+     * bytes; the other rows are whole multiples of 8 rows further. */
+    const int64_t wrow_bytes = F == QPLUG_GEMV_FMT_FP8 ? k : k / 2;
+    const int64_t srow_bytes = (int64_t)kbn * ring::SB;
+    constexpr int KB_BYTES = F == QPLUG_GEMV_FMT_FP8 ? 128 : 64;
+    const uint8_t *iw = NULL, *is_ = NULL;
+    auto issue = [&](int st) {
+        uint32_t dst = ring0 + st * ring::STAGE;
 #pragma unroll
         for (int rt = 0; rt < RT; rt++)
 #pragma unroll
             for (int r = 0; r < 2; r++) {
-                int64_t row = n0 + 16 * rt + g + 8 * r;
-                wrow[rt][r] = p.w + row * (k / 2) + 16 * t;
-                srow[rt][r] = (const uint8_t *)p.w_scale + row * kbn * sb;
-            }
-        for (int kb = kb0; kb < kb1; kb += U) {
-            unsigned a[U][RT][2][4];
-            uint2 sc[U][RT][2];
+                const int64_t rows = 16 * rt + 8 * r;
+                if (F == QPLUG_GEMV_FMT_FP8) {
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                bool in = kb + u < kb1;
-#pragma unroll
-                for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-                    for (int r = 0; r < 2; r++) {
-                        uint4 v = make_uint4(0, 0, 0, 0);
-                        uint2 s = make_uint2(0, 0);
-                        if (in) {
-                            v = qplug_cuda__ld_stream(wrow[rt][r] + (int64_t)(kb + u) * 64);
-                            if (NV)
-                                s = __ldg(reinterpret_cast<const uint2 *>(srow[rt][r] +
-                                                                          (kb + u) * 8));
-                            else
-                                s.x = __ldg(reinterpret_cast<const unsigned *>(srow[rt][r] +
-                                                                               (kb + u) * 4));
-                        }
-                        qplug_cuda__u4(a[u][rt][r], v);
-                        sc[u][rt][r] = s;
-                    }
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++)
-                if (kb + u < kb1) {
-                    unsigned xw[NT][8];
-                    float sa[NT][2];
-                    qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb + u, t);
-                    qplug_cuda__gemv_fp4_step<NT, RT, NV>(tot, a[u], sc[u], xw, sa);
+                    for (int h = 0; h < 2; h++)
+                        qplug_cuda__cp16(dst + (((rt * 2 + r) * 2 + h) * 32 + lane) * 16,
+                                         iw + rows * wrow_bytes + 64 * h);
+                } else {
+                    qplug_cuda__cp16(dst + ((rt * 2 + r) * 32 + lane) * 16,
+                                     iw + rows * wrow_bytes);
+                    qplug_cuda__cp_small<ring::SB>(
+                        dst + 32 * 16 * ring::CW + ((rt * 2 + r) * 32 + lane) * ring::SB,
+                        is_ + rows * srow_bytes);
                 }
+            }
+    };
+
+    /* The stream of this warp's k-blocks over its tiles: the copies run
+     * S - 1 k-blocks ahead of the products (one commit group per k-block,
+     * empty past the end, so that after the commit of k-block u + S - 1,
+     * wait_group<S - 1> means "k-block u has landed"). */
+    const int nk = kb1 - kb0;
+    int64_t it_tile = blockIdx.x;
+    int it_kb = kb0;
+    int st_issue = 0;
+    auto seek = [&]() {
+        int64_t row = it_tile * R + g;
+        iw = p.w + row * wrow_bytes + (int64_t)kb0 * KB_BYTES + 16 * t;
+        is_ = (const uint8_t *)p.w_scale + row * srow_bytes + (int64_t)kb0 * ring::SB;
+    };
+    seek();
+    auto issue_next = [&]() {
+        if (nk > 0 && it_tile < ntiles) {
+            issue(st_issue);
+            iw += KB_BYTES;
+            is_ += ring::SB;
+            if (++it_kb == kb1) {
+                it_kb = kb0;
+                it_tile += gridDim.x;
+                seek();
+            }
         }
+        qplug_cuda__cp_commit();
+        st_issue = st_issue + 1 == S ? 0 : st_issue + 1;
+    };
+#pragma unroll
+    for (int s = 0; s < S - 1; s++)
+        issue_next();
+    int st_use = 0;
+
+    for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+        int64_t n0 = tile * R;
+        float tot[RT][NT][4];
 #pragma unroll
         for (int rt = 0; rt < RT; rt++)
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int i = 0; i < 4; i++)
-                    tot[rt][nt][i] *= p.post;
-    }
-
-    /* Each warp parks its 16 x NT*8 partial tile in shared memory and the
-     * block adds its warps' tiles in warp order. Without a cluster that sum
-     * is the output. In a cluster, the barrier makes every block's sum
-     * visible to all; block r then adds the sums of outputs r, r + C, ... in
-     * rank order (deterministic), reading the other blocks' shared memory,
-     * and a second barrier keeps that memory alive until it has been read. */
+                    tot[rt][nt][i] = 0.0f;
+        /* FP8: the RT row tiles lie in one 128-row block of scales (R
+         * divides 128). */
+        const float *wscale = (const float *)p.w_scale + (n0 / 128) * kbn;
+        for (int kb = kb0; kb < kb1; kb++) {
+            issue_next();
+            qplug_cuda__cp_wait<S - 1>();
+            const uint8_t *slot = my_ring + st_use * ring::STAGE;
+            st_use = st_use + 1 == S ? 0 : st_use + 1;
+            unsigned xw[NT][8];
+            float sa[NT][2];
+            if (F == QPLUG_GEMV_FMT_FP8) {
+                float sw = __ldg(wscale + kb);
+                unsigned a[RT][2][2][4];
 #pragma unroll
-    for (int rt = 0; rt < RT; rt++)
+                for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            red[warp][16 * rt + g][nt * 8 + 2 * t] = tot[rt][nt][0];
-            red[warp][16 * rt + g][nt * 8 + 2 * t + 1] = tot[rt][nt][1];
-            red[warp][16 * rt + g + 8][nt * 8 + 2 * t] = tot[rt][nt][2];
-            red[warp][16 * rt + g + 8][nt * 8 + 2 * t + 1] = tot[rt][nt][3];
+                    for (int r = 0; r < 2; r++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++)
+                            qplug_cuda__u4(a[rt][r][h],
+                                           *reinterpret_cast<const uint4 *>(
+                                               slot + (((rt * 2 + r) * 2 + h) * 32 + lane) * 16));
+                qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb, t);
+                qplug_cuda__gemv_fp8_step<NT, RT>(tot, a, xw, sa, sw);
+            } else {
+                unsigned a[RT][2][4];
+                uint2 sc[RT][2];
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        qplug_cuda__u4(a[rt][r], *reinterpret_cast<const uint4 *>(
+                                                     slot + ((rt * 2 + r) * 32 + lane) * 16));
+                        const uint8_t *sp =
+                            slot + 32 * 16 * ring::CW + ((rt * 2 + r) * 32 + lane) * ring::SB;
+                        if (NV)
+                            sc[rt][r] = *reinterpret_cast<const uint2 *>(sp);
+                        else
+                            sc[rt][r] = make_uint2(*reinterpret_cast<const unsigned *>(sp), 0u);
+                    }
+                qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb, t);
+                /* MXFP4 converts its scales with two instructions unless a
+                 * code 0 or 255 is in the warp's k-block (uniform branch). */
+                unsigned edge = 0;
+                if (!NV) {
+#pragma unroll
+                    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                        for (int r = 0; r < 2; r++)
+                            edge |= qplug_cuda__e8m0_edge(sc[rt][r].x);
+                }
+                if (NV || !__any_sync(0xffffffffu, edge != 0))
+                    qplug_cuda__gemv_fp4_step<NT, RT, NV, false>(tot, a, sc, xw, sa);
+                else
+                    qplug_cuda__gemv_fp4_step<NT, RT, NV, true>(tot, a, sc, xw, sa);
+            }
         }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < R * m; idx += blockDim.x) {
-        int row = idx % R, tok = idx / R;
-        float s = 0.0f;
+        if (F != QPLUG_GEMV_FMT_FP8) {
 #pragma unroll
-        for (int w = 0; w < W; w++)
-            s += red[w][row][tok];
-        if (!CL)
-            p.y[(int64_t)tok * p.ldy + n0 + row] = __float2bfloat16_rn(s);
-        else
-            part[idx] = s;
-    }
-    if (CL) {
-        cg::cluster_group cluster = cg::this_cluster();
-        cluster.sync();
-        int ranks = (int)cluster.num_blocks(), me = (int)cluster.block_rank();
-        for (int idx = me + ranks * (int)threadIdx.x; idx < R * m;
-             idx += ranks * (int)blockDim.x) {
-            float v[QPLUG_GEMV_MAX_CLUSTER];
+            for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-            for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
-                v[r] = r < ranks ? cluster.map_shared_rank(part, r)[idx] : 0.0f;
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        tot[rt][nt][i] *= p.post;
+        }
+
+        /* Each warp parks its R x NT*8 partial tile in shared memory and
+         * the block adds its warps' tiles in warp order. Without a cluster
+         * that sum is the output. In a cluster, the barrier makes every
+         * block's sum visible to all; block r then adds the sums of outputs
+         * r, r + C, ... in rank order (deterministic), reading the other
+         * blocks' shared memory, and a second barrier keeps that memory
+         * alive until it has been read. */
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                red[warp][16 * rt + g][nt * 8 + 2 * t] = tot[rt][nt][0];
+                red[warp][16 * rt + g][nt * 8 + 2 * t + 1] = tot[rt][nt][1];
+                red[warp][16 * rt + g + 8][nt * 8 + 2 * t] = tot[rt][nt][2];
+                red[warp][16 * rt + g + 8][nt * 8 + 2 * t + 1] = tot[rt][nt][3];
+            }
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < R * m; idx += blockDim.x) {
+            int row = idx % R, tok = idx / R;
             float s = 0.0f;
 #pragma unroll
-            for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
-                s += v[r];
-            p.y[(int64_t)(idx / R) * p.ldy + n0 + idx % R] = __float2bfloat16_rn(s);
+            for (int w = 0; w < W; w++)
+                s += red[w][row][tok];
+            if (!CL)
+                p.y[(int64_t)tok * p.ldy + n0 + row] = __float2bfloat16_rn(s);
+            else
+                part[idx] = s;
         }
-        cluster.sync();
+        if (CL) {
+            cg::cluster_group cluster = cg::this_cluster();
+            cluster.sync();
+            int ranks = (int)cluster.num_blocks(), me = (int)cluster.block_rank();
+            for (int idx = me + ranks * (int)threadIdx.x; idx < R * m;
+                 idx += ranks * (int)blockDim.x) {
+                float v[QPLUG_GEMV_MAX_CLUSTER];
+#pragma unroll
+                for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
+                    v[r] = r < ranks ? cluster.map_shared_rank(part, r)[idx] : 0.0f;
+                float s = 0.0f;
+#pragma unroll
+                for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
+                    s += v[r];
+                p.y[(int64_t)(idx / R) * p.ldy + n0 + idx % R] = __float2bfloat16_rn(s);
+            }
+            cluster.sync();
+        } else {
+            /* The next tile's partial sums overwrite red. */
+            __syncthreads();
+        }
     }
+    /* No copy is left in flight at exit (the groups past the end are
+     * empty, but a block that ran no tile still committed S - 1). */
+    qplug_cuda__cp_wait<0>();
 }
 
 /* The kernels read w and the FP8 xq with 16-byte loads, FP4 xq with 4-byte
@@ -857,26 +1031,41 @@ static bool qplug_cuda__gemv_pdl(int64_t blocks, int m, bool wide, int w, int c,
     return blocks * w * 10 >= (int64_t)16 * sms * 9;
 }
 
+/* A kernel instance and the dynamic shared memory it takes. */
+struct qplug_cuda__gemv_fn {
+    void *fn;
+    int smem;
+};
+
+template <int NT, int F, bool CL, int W, bool FQ, int RT>
+static qplug_cuda__gemv_fn qplug_cuda__gemv_inst(void)
+{
+    qplug_cuda__gemv_fn f;
+    f.fn = (void *)qplug_cuda__gemv_kernel<NT, F, CL, W, FQ, RT>;
+    f.smem = qplug_cuda__gemv_ring<NT, F, W, RT>::BYTES;
+    return f;
+}
+
 /* The kernel instance for a launch: token tiles, block shape, fused
  * quantization. */
 template <int F, bool FQ, int RT>
-static void *qplug_cuda__gemv_pick_rt(int m, int w, int c)
+static qplug_cuda__gemv_fn qplug_cuda__gemv_pick_rt(int m, int w, int c)
 {
     if (m <= 8)
-        return w == 4  ? (void *)qplug_cuda__gemv_kernel<1, F, false, 4, FQ, RT>
-               : c > 1 ? (void *)qplug_cuda__gemv_kernel<1, F, true, 8, FQ, RT>
-                       : (void *)qplug_cuda__gemv_kernel<1, F, false, 8, FQ, RT>;
-    return w == 4  ? (void *)qplug_cuda__gemv_kernel<2, F, false, 4, FQ, RT>
-           : c > 1 ? (void *)qplug_cuda__gemv_kernel<2, F, true, 8, FQ, RT>
-                   : (void *)qplug_cuda__gemv_kernel<2, F, false, 8, FQ, RT>;
+        return w == 4  ? qplug_cuda__gemv_inst<1, F, false, 4, FQ, RT>()
+               : c > 1 ? qplug_cuda__gemv_inst<1, F, true, 8, FQ, RT>()
+                       : qplug_cuda__gemv_inst<1, F, false, 8, FQ, RT>();
+    return w == 4  ? qplug_cuda__gemv_inst<2, F, false, 4, FQ, RT>()
+           : c > 1 ? qplug_cuda__gemv_inst<2, F, true, 8, FQ, RT>()
+                   : qplug_cuda__gemv_inst<2, F, false, 8, FQ, RT>();
 }
 
 template <int F, bool FQ>
-static void *qplug_cuda__gemv_pick(int m, int w, int c, int rt)
+static qplug_cuda__gemv_fn qplug_cuda__gemv_pick(int m, int w, int c, int rt)
 {
     if (w == 16)
-        return m <= 8 ? (void *)qplug_cuda__gemv_kernel<1, F, false, 16, FQ, 2>
-                      : (void *)qplug_cuda__gemv_kernel<2, F, false, 16, FQ, 2>;
+        return m <= 8 ? qplug_cuda__gemv_inst<1, F, false, 16, FQ, 2>()
+                      : qplug_cuda__gemv_inst<2, F, false, 16, FQ, 2>();
     return rt == 2 ? qplug_cuda__gemv_pick_rt<F, FQ, 2>(m, w, c)
                    : qplug_cuda__gemv_pick_rt<F, FQ, 1>(m, w, c);
 }
@@ -1026,17 +1215,33 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, int6
         attr[nattr].val.programmaticStreamSerializationAllowed = 1;
         nattr++;
     }
+    /* Row tiles per group, and the blocks per group: one per tile, or with
+     * QPLUG_GEMV_PERSIST and no cluster at most as many as are resident at
+     * once (16 / w per multiprocessor, over all groups), each looping over
+     * tiles. */
+    int64_t tiles = a.n / (16 * rt), bx = tiles;
+    if (QPLUG_GEMV_PERSIST && c == 1) {
+        int64_t cap = ((int64_t)sms * (16 / w) + groups - 1) / groups;
+        if (bx > cap)
+            bx = cap;
+    }
+    qplug_cuda__gemv_fn kf = fused ? qplug_cuda__gemv_pick<F, true>(a.m, w, c, rt)
+                                   : qplug_cuda__gemv_pick<F, false>(a.m, w, c, rt);
+    e = cudaFuncSetAttribute(kf.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, kf.smem);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: %d bytes of shared memory refused: %s",
+                                what, kf.smem, cudaGetErrorString(e));
+    }
     cudaLaunchConfig_t cfg;
-    cfg.gridDim = dim3((unsigned)(a.n / (16 * rt)), (unsigned)c, (unsigned)groups);
+    cfg.gridDim = dim3((unsigned)bx, (unsigned)c, (unsigned)groups);
     cfg.blockDim = dim3((unsigned)w * 32);
-    cfg.dynamicSmemBytes = 0;
+    cfg.dynamicSmemBytes = (size_t)kf.smem;
     cfg.stream = (cudaStream_t)stream;
     cfg.attrs = attr;
     cfg.numAttrs = nattr;
-    void *fn = fused ? qplug_cuda__gemv_pick<F, true>(a.m, w, c, rt)
-                     : qplug_cuda__gemv_pick<F, false>(a.m, w, c, rt);
     void *args[1] = {(void *)&a};
-    e = cudaLaunchKernelExC(&cfg, fn, args);
+    e = cudaLaunchKernelExC(&cfg, kf.fn, args);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: kernel launch failed: %s", what,

@@ -22,7 +22,9 @@
  *
  * GEMV_BENCH_WAYS (environment) lists the ways to time as digits (default
  * "01234"); the others print as 0 us, so that several variants fit in one
- * device call. */
+ * device call. GEMV_BENCH_ONLY (environment), when set, is a comma-separated
+ * list of layer names ("wq_b,wo_b"): only layers whose name contains one of
+ * them are timed. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -157,9 +159,22 @@ static double bf16f(uint16_t b)
     return f;
 }
 
+/* Whether layer name `layer` contains one of the comma-separated names of
+ * `list`. */
+static bool layer_listed(const char *list, const char *layer)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ","))
+        if (*tok && strstr(layer, tok))
+            return true;
+    return false;
+}
+
 int main(int argc, char **argv)
 {
-    const char *tag = argc > 1 ? argv[1] : "v7";
+    const char *tag = argc > 1 ? argv[1] : "v8";
+    const char *only = getenv("GEMV_BENCH_ONLY");
     const char *ways = getenv("GEMV_BENCH_WAYS");
     if (!ways)
         ways = "01234";
@@ -195,6 +210,8 @@ int main(int argc, char **argv)
     const int64_t ms[2] = {1, 16};
     for (const shape &sh : shapes)
         for (int fmt = 0; fmt < 3; fmt++) {
+            if (only && !layer_listed(only, sh.layer))
+                continue;
             point p;
             p.n = sh.n;
             p.k = sh.k;
