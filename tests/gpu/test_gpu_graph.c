@@ -147,7 +147,7 @@ static void make_weights(src_tensors *s, qplug_quant_scheme q, int64_t rows, int
     for (int64_t i = 0; i < rows * k / 2; i++)
         wq[i] = (uint8_t)rng_next();
     for (int64_t i = 0; i < rows * k / per; i++)
-        /* NVFP4: positive E4M3 scales 0.125 .. 1.75 (codes 0x28..0x3f);
+        /* NVFP4: positive E4M3 scales 0.25 .. 1.875 (codes 0x28..0x3f);
          * MXFP4: E8M0 2^-9 .. 2^-5. */
         sc[i] = nv ? (uint8_t)(0x28 + rng_next() % 0x18) : (uint8_t)(118 + rng_next() % 5);
     float global = 0.0123f;
