@@ -122,9 +122,11 @@ typedef struct qplug_cuda__moe_weights {
      * these experts (0, e.g. from a zeroed struct: the mma.sync kernels).
      * 1 lets the forward pick between the v3 kernel (moe_wgmma.cuh) and
      * the warp-specialized v4 kernel (moe_ws.cuh) from the host shapes;
-     * tests and benches may replace a 1 that prepare set with 2 (v3) or
-     * 3 (v4); the forward does not check that prepare ran. Both give
-     * bit-identical results. */
+     * tests and benches may replace a 1 that prepare set with 2 (v3), 3
+     * (v4) or 4 (v6, moe_v6.cuh: TMA producer warp, MXFP4 decoded into the
+     * wgmma A registers; FP8 and MXFP4 only, the default for them); the
+     * forward does not check that prepare ran. v3 and v4 give
+     * bit-identical results; v6 the same values summed in another order. */
     int32_t wgmma_ready;
 } qplug_cuda__moe_weights;
 
