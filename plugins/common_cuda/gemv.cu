@@ -588,31 +588,36 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[RT][N
 }
 
 /* Compile-time tunables (the bench builds variants with -D): the number of
- * warps per multiprocessor the k-split aims for. */
+ * warps per multiprocessor the k-split aims for, and the k-blocks whose
+ * loads one warp issues before it multiplies (FP8 and FP4). */
 #ifndef QPLUG_GEMV_SPREAD
 #define QPLUG_GEMV_SPREAD 4
 #endif
-
-/* The weight ring (qplug_cuda__gemv_ring): the most stages (k-blocks of one
- * warp's rows) in it, fewer where the shared memory of 16 warps per
- * multiprocessor does not hold them; at least 2. A tunable. */
-#ifndef QPLUG_GEMV_STAGES
-#define QPLUG_GEMV_STAGES 4
+#ifndef QPLUG_GEMV_U_FP8
+#define QPLUG_GEMV_U_FP8 2
 #endif
-/* Launches without a cluster cap the grid at the blocks that are resident
- * at once (16 warps per multiprocessor) and let each block loop over row
- * tiles, so that a warp's copies of its next tile are in flight while it
- * finishes the current one (1), or launch one block per row tile (0). A
- * tunable. */
-#ifndef QPLUG_GEMV_PERSIST
-#define QPLUG_GEMV_PERSIST 1
+#ifndef QPLUG_GEMV_U_FP4
+#define QPLUG_GEMV_U_FP4 4
 #endif
 
 /* Two row tiles per warp (RT = 2, 32 rows): the activation words, their
- * fused quantization and their F16 conversion then serve twice the weight
- * bytes. Where RT = 2 is used, for n % 32 == 0 only: 0 never, 1 on wide
- * launches, 2 on every launch (see qplug_cuda__gemv_geom). Compile-time
- * tunables for the bench; FP8 and FP4 separately. */
+ * fused quantization and, for FP4, their F16 conversion then serve twice
+ * the weight bytes. The k-blocks in flight per warp for RT = 2 (FP8 with
+ * one token tile; with two it is 1), and where RT = 2 is used, for n % 32
+ * == 0 only: 0 never, 1 on wide launches, 2 on every launch (see
+ * qplug_cuda__gemv_geom). Compile-time tunables for the bench; FP8 and FP4
+ * separately. */
+#ifndef QPLUG_GEMV_U_FP8_RT2
+#define QPLUG_GEMV_U_FP8_RT2 1
+#endif
+#ifndef QPLUG_GEMV_U_FP4_RT2
+#define QPLUG_GEMV_U_FP4_RT2 2
+#endif
+/* The same for two token tiles (m > 8), where U = 2 spills at 128
+ * registers. */
+#ifndef QPLUG_GEMV_U_FP4_RT2_NT2
+#define QPLUG_GEMV_U_FP4_RT2_NT2 1
+#endif
 #ifndef QPLUG_GEMV_RT2_FP8
 #define QPLUG_GEMV_RT2_FP8 2
 #endif
@@ -645,94 +650,27 @@ static __device__ __forceinline__ void qplug_cuda__gemv_fp4_step(float tot[RT][N
 #define QPLUG_GEMV_PDL_CLUSTER 0
 #endif
 
-/* The shared memory a multiprocessor gives its blocks (233472 bytes on
- * sm_90, less 1 KB reserved per block), and what one block of W warps may
- * take when 16 / W blocks share it. */
-enum { QPLUG_GEMV_SMEM_SM = 233472 };
-
-static __host__ __device__ constexpr int qplug_cuda__gemv_smem_block(int w)
-{
-    return QPLUG_GEMV_SMEM_SM / (16 / w) - 1024;
-}
-
-/*
- * The per-warp ring of weight copies. Each lane copies, with cp.async, the
- * 16-byte weight fragments (and, for FP4, the scale bytes) that it will
- * read itself, into slots of its own: chunk c of lane l of a stage lies at
- * (c * 32 + l) * 16, so copies and reads are conflict-free and no lane
- * reads another's data. A lane's cp.async.wait_group then orders its own
- * copies before its reads, and no barrier is needed. The copies of S - 1
- * k-blocks ahead are in flight while the warp works on one, across its row
- * tiles, without registers held for them (the v7 kernel held U k-blocks in
- * registers and had none in flight while it multiplied).
- * Per stage and lane: CW 16-byte weight chunks (FP8: RT x 2 rows x 2
- * halves; FP4: RT x 2 rows) and CS scale words of SB bytes (FP4: RT x 2
- * rows of 4 (MXFP4) or 8 (NVFP4) bytes; FP8 reads its one float per
- * k-block from global memory). S: the stages that fit next to the
- * reduction buffers when 16 / W blocks share a multiprocessor.
- */
-template <int NT, int F, int W, int RT>
-struct qplug_cuda__gemv_ring {
-    static constexpr int CW = F == QPLUG_GEMV_FMT_FP8 ? RT * 4 : RT * 2;
-    static constexpr int CS = F == QPLUG_GEMV_FMT_FP8 ? 0 : RT * 2;
-    static constexpr int SB = F == QPLUG_GEMV_FMT_NV ? 8 : 4;
-    static constexpr int STAGE = 32 * (16 * CW + SB * CS);
-    static constexpr int RED = (W + 1) * 16 * RT * NT * 8 * 4;
-    static constexpr int FIT = (qplug_cuda__gemv_smem_block(W) - RED) / (W * STAGE);
-    static constexpr int S = FIT < 2 ? 2 : FIT > QPLUG_GEMV_STAGES ? QPLUG_GEMV_STAGES : FIT;
-    static constexpr int BYTES = W * S * STAGE + RED;
-};
-
-static __device__ __forceinline__ void qplug_cuda__cp16(uint32_t dst, const void *src)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
-}
-
-template <int B>
-static __device__ __forceinline__ void qplug_cuda__cp_small(uint32_t dst, const void *src)
-{
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(src), "n"(B)
-                 : "memory");
-}
-
-static __device__ __forceinline__ void qplug_cuda__cp_commit(void)
-{
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N>
-static __device__ __forceinline__ void qplug_cuda__cp_wait(void)
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
 /* At most 128 registers (16 warps per multiprocessor at least): fewer
  * resident warps leave too few loads in flight. FQ: the fused kernel, which
- * reads BF16 x and quantizes it itself (qplug_cuda__gemv_acts). Block b
- * works on row tiles b, b + gridDim.x, ... (one tile per block for cluster
- * launches); the k-blocks of a tile are split over its W warps (and the
- * blocks of a cluster) in contiguous slices, and each warp streams its
- * slice of every tile through its ring. Dynamic shared memory:
- * qplug_cuda__gemv_ring<...>::BYTES. */
+ * reads BF16 x and quantizes it itself (qplug_cuda__gemv_acts). */
 template <int NT, int F, bool CL, int W, bool FQ, int RT>
 __global__ void __launch_bounds__(W * 32, 16 / W)
     qplug_cuda__gemv_kernel(qplug_cuda__gemv_args p)
 {
-    typedef qplug_cuda__gemv_ring<NT, F, W, RT> ring;
-    constexpr int S = ring::S;
+    constexpr int U = F == QPLUG_GEMV_FMT_FP8 ? (RT == 1 ? QPLUG_GEMV_U_FP8
+                                                 : NT == 1 ? QPLUG_GEMV_U_FP8_RT2
+                                                           : 1)
+                                              : RT == 1 ? QPLUG_GEMV_U_FP4
+                                              : NT == 1 ? QPLUG_GEMV_U_FP4_RT2
+                                                        : QPLUG_GEMV_U_FP4_RT2_NT2;
     constexpr bool NV = F == QPLUG_GEMV_FMT_NV;
-    constexpr int R = 16 * RT; /* rows per tile */
-    extern __shared__ __align__(16) uint8_t qplug_cuda__gemv_smem[];
+    constexpr int R = 16 * RT; /* rows per block */
+    __shared__ float red[W][R][NT * 8];
+    __shared__ float part[R * NT * 8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    float(*red)[R][NT * 8] =
-        reinterpret_cast<float(*)[R][NT * 8]>(qplug_cuda__gemv_smem + W * S * ring::STAGE);
-    float *part = &red[W][0][0];
-    uint8_t *my_ring = qplug_cuda__gemv_smem + warp * S * ring::STAGE;
-    uint32_t ring0 = (uint32_t)__cvta_generic_to_shared(my_ring);
-    int64_t k = p.k;
+    int64_t n0 = (int64_t)blockIdx.x * R, k = p.k;
     int m = p.m;
     int kbn = (int)(k / 128);
-    int64_t ntiles = p.n / R;
     /* This block's group: its weights, scales, activation and output
      * columns. */
     int64_t grp = blockIdx.z;
@@ -745,7 +683,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
         p.x += grp * k;
     else
         p.x_scale += grp * kbn * m;
-    /* This warp's contiguous slice of each row tile's k-blocks. */
+    /* This warp's contiguous slice of the row tile's k-blocks. */
     int slices = (int)gridDim.y * W;
     int slice = (int)blockIdx.y * W + warp;
     int kb0 = (int)((int64_t)kbn * slice / slices);
@@ -767,205 +705,174 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
             xrow[nt] = p.xq + jr * p.ldx + grp * k + (F == QPLUG_GEMV_FMT_FP8 ? 16 * t : 4 * t);
         }
     }
+    float tot[RT][NT][4];
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                tot[rt][nt][i] = 0.0f;
 
 #if QPLUG_GEMV_PDL > 0
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 
-    /* The copies of one k-block into stage st: the same fragments the v7
-     * kernel loaded into registers. iw points at this lane's first weight
-     * chunk of the k-block (row g of the tile) and is_ at the row's scale
-     * bytes; the other rows are whole multiples of 8 rows further. */
-    const int64_t wrow_bytes = F == QPLUG_GEMV_FMT_FP8 ? k : k / 2;
-    const int64_t srow_bytes = (int64_t)kbn * ring::SB;
-    constexpr int KB_BYTES = F == QPLUG_GEMV_FMT_FP8 ? 128 : 64;
-    const uint8_t *iw = NULL, *is_ = NULL;
-    auto issue = [&](int st) {
-        uint32_t dst = ring0 + st * ring::STAGE;
+    if (F == QPLUG_GEMV_FMT_FP8) {
+        /* The RT row tiles lie in one 128-row block of scales (R divides
+         * 128). */
+        const uint8_t *wrow[RT][2];
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                wrow[rt][r] = p.w + (n0 + 16 * rt + g + 8 * r) * k + 16 * t;
+        const float *wscale = (const float *)p.w_scale + (n0 / 128) * kbn;
+        for (int kb = kb0; kb < kb1; kb += U) {
+            unsigned a[U][RT][2][2][4];
+            float sw[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                bool in = kb + u < kb1;
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            uint4 v = make_uint4(0, 0, 0, 0);
+                            if (in)
+                                v = qplug_cuda__ld_stream(wrow[rt][r] + (int64_t)(kb + u) * 128 +
+                                                          h * 64);
+                            qplug_cuda__u4(a[u][rt][r][h], v);
+                        }
+                sw[u] = in ? __ldg(wscale + kb + u) : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                if (kb + u < kb1) {
+                    unsigned xw[NT][8];
+                    float sa[NT][2];
+                    qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb + u, t);
+                    qplug_cuda__gemv_fp8_step<NT, RT>(tot, a[u], xw, sa, sw[u]);
+                }
+        }
+    } else {
+        const int sb = NV ? 8 : 4; /* scale bytes per row and 128-block */
+        const uint8_t *wrow[RT][2], *srow[RT][2];
 #pragma unroll
         for (int rt = 0; rt < RT; rt++)
 #pragma unroll
             for (int r = 0; r < 2; r++) {
-                const int64_t rows = 16 * rt + 8 * r;
-                if (F == QPLUG_GEMV_FMT_FP8) {
+                int64_t row = n0 + 16 * rt + g + 8 * r;
+                wrow[rt][r] = p.w + row * (k / 2) + 16 * t;
+                srow[rt][r] = (const uint8_t *)p.w_scale + row * kbn * sb;
+            }
+        for (int kb = kb0; kb < kb1; kb += U) {
+            unsigned a[U][RT][2][4];
+            uint2 sc[U][RT][2];
 #pragma unroll
-                    for (int h = 0; h < 2; h++)
-                        qplug_cuda__cp16(dst + (((rt * 2 + r) * 2 + h) * 32 + lane) * 16,
-                                         iw + rows * wrow_bytes + 64 * h);
-                } else {
-                    qplug_cuda__cp16(dst + ((rt * 2 + r) * 32 + lane) * 16,
-                                     iw + rows * wrow_bytes);
-                    qplug_cuda__cp_small<ring::SB>(
-                        dst + 32 * 16 * ring::CW + ((rt * 2 + r) * 32 + lane) * ring::SB,
-                        is_ + rows * srow_bytes);
+            for (int u = 0; u < U; u++) {
+                bool in = kb + u < kb1;
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        uint4 v = make_uint4(0, 0, 0, 0);
+                        uint2 s = make_uint2(0, 0);
+                        if (in) {
+                            v = qplug_cuda__ld_stream(wrow[rt][r] + (int64_t)(kb + u) * 64);
+                            if (NV)
+                                s = __ldg(reinterpret_cast<const uint2 *>(srow[rt][r] +
+                                                                          (kb + u) * 8));
+                            else
+                                s.x = __ldg(reinterpret_cast<const unsigned *>(srow[rt][r] +
+                                                                               (kb + u) * 4));
+                        }
+                        qplug_cuda__u4(a[u][rt][r], v);
+                        sc[u][rt][r] = s;
+                    }
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                if (kb + u < kb1) {
+                    unsigned xw[NT][8];
+                    float sa[NT][2];
+                    qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb + u, t);
+                    /* MXFP4 with one token tile converts its scales with two
+                     * instructions unless a code 0 or 255 is in the warp's
+                     * k-block (uniform branch); with two token tiles the two
+                     * paths together spill, so that one keeps the exact
+                     * conversion. */
+                    unsigned edge = NT == 1 ? 0u : 1u;
+                    if (!NV && NT == 1) {
+#pragma unroll
+                        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                            for (int r = 0; r < 2; r++)
+                                edge |= qplug_cuda__e8m0_edge(sc[u][rt][r].x);
+                    }
+                    if (NV || (NT == 1 && !__any_sync(0xffffffffu, edge != 0)))
+                        qplug_cuda__gemv_fp4_step<NT, RT, NV, false>(tot, a[u], sc[u], xw, sa);
+                    else
+                        qplug_cuda__gemv_fp4_step<NT, RT, NV, true>(tot, a[u], sc[u], xw, sa);
                 }
-            }
-    };
-
-    /* The stream of this warp's k-blocks over its tiles: the copies run
-     * S - 1 k-blocks ahead of the products (one commit group per k-block,
-     * empty past the end, so that after the commit of k-block u + S - 1,
-     * wait_group<S - 1> means "k-block u has landed"). */
-    const int nk = kb1 - kb0;
-    int64_t it_tile = blockIdx.x;
-    int it_kb = kb0;
-    int st_issue = 0;
-    auto seek = [&]() {
-        int64_t row = it_tile * R + g;
-        iw = p.w + row * wrow_bytes + (int64_t)kb0 * KB_BYTES + 16 * t;
-        is_ = (const uint8_t *)p.w_scale + row * srow_bytes + (int64_t)kb0 * ring::SB;
-    };
-    seek();
-    auto issue_next = [&]() {
-        if (nk > 0 && it_tile < ntiles) {
-            issue(st_issue);
-            iw += KB_BYTES;
-            is_ += ring::SB;
-            if (++it_kb == kb1) {
-                it_kb = kb0;
-                it_tile += gridDim.x;
-                seek();
-            }
         }
-        qplug_cuda__cp_commit();
-        st_issue = st_issue + 1 == S ? 0 : st_issue + 1;
-    };
-#pragma unroll
-    for (int s = 0; s < S - 1; s++)
-        issue_next();
-    int st_use = 0;
-
-    for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
-        int64_t n0 = tile * R;
-        float tot[RT][NT][4];
 #pragma unroll
         for (int rt = 0; rt < RT; rt++)
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int i = 0; i < 4; i++)
-                    tot[rt][nt][i] = 0.0f;
-        /* FP8: the RT row tiles lie in one 128-row block of scales (R
-         * divides 128). */
-        const float *wscale = (const float *)p.w_scale + (n0 / 128) * kbn;
-        for (int kb = kb0; kb < kb1; kb++) {
-            issue_next();
-            qplug_cuda__cp_wait<S - 1>();
-            const uint8_t *slot = my_ring + st_use * ring::STAGE;
-            st_use = st_use + 1 == S ? 0 : st_use + 1;
-            unsigned xw[NT][8];
-            float sa[NT][2];
-            if (F == QPLUG_GEMV_FMT_FP8) {
-                float sw = __ldg(wscale + kb);
-                unsigned a[RT][2][2][4];
-#pragma unroll
-                for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-                    for (int r = 0; r < 2; r++)
-#pragma unroll
-                        for (int h = 0; h < 2; h++)
-                            qplug_cuda__u4(a[rt][r][h],
-                                           *reinterpret_cast<const uint4 *>(
-                                               slot + (((rt * 2 + r) * 2 + h) * 32 + lane) * 16));
-                qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb, t);
-                qplug_cuda__gemv_fp8_step<NT, RT>(tot, a, xw, sa, sw);
-            } else {
-                unsigned a[RT][2][4];
-                uint2 sc[RT][2];
-#pragma unroll
-                for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-                    for (int r = 0; r < 2; r++) {
-                        qplug_cuda__u4(a[rt][r], *reinterpret_cast<const uint4 *>(
-                                                     slot + ((rt * 2 + r) * 32 + lane) * 16));
-                        const uint8_t *sp =
-                            slot + 32 * 16 * ring::CW + ((rt * 2 + r) * 32 + lane) * ring::SB;
-                        if (NV)
-                            sc[rt][r] = *reinterpret_cast<const uint2 *>(sp);
-                        else
-                            sc[rt][r] = make_uint2(*reinterpret_cast<const unsigned *>(sp), 0u);
-                    }
-                qplug_cuda__gemv_acts<NT, F, FQ>(xw, sa, p, xrow, xbrow, xvalid, kb, t);
-                /* MXFP4 converts its scales with two instructions unless a
-                 * code 0 or 255 is in the warp's k-block (uniform branch). */
-                unsigned edge = 0;
-                if (!NV) {
-#pragma unroll
-                    for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-                        for (int r = 0; r < 2; r++)
-                            edge |= qplug_cuda__e8m0_edge(sc[rt][r].x);
-                }
-                if (NV || !__any_sync(0xffffffffu, edge != 0))
-                    qplug_cuda__gemv_fp4_step<NT, RT, NV, false>(tot, a, sc, xw, sa);
-                else
-                    qplug_cuda__gemv_fp4_step<NT, RT, NV, true>(tot, a, sc, xw, sa);
-            }
-        }
-        if (F != QPLUG_GEMV_FMT_FP8) {
-#pragma unroll
-            for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int i = 0; i < 4; i++)
-                        tot[rt][nt][i] *= p.post;
-        }
+                    tot[rt][nt][i] *= p.post;
+    }
 
-        /* Each warp parks its R x NT*8 partial tile in shared memory and
-         * the block adds its warps' tiles in warp order. Without a cluster
-         * that sum is the output. In a cluster, the barrier makes every
-         * block's sum visible to all; block r then adds the sums of outputs
-         * r, r + C, ... in rank order (deterministic), reading the other
-         * blocks' shared memory, and a second barrier keeps that memory
-         * alive until it has been read. */
+    /* Each warp parks its 16 x NT*8 partial tile in shared memory and the
+     * block adds its warps' tiles in warp order. Without a cluster that sum
+     * is the output. In a cluster, the barrier makes every block's sum
+     * visible to all; block r then adds the sums of outputs r, r + C, ... in
+     * rank order (deterministic), reading the other blocks' shared memory,
+     * and a second barrier keeps that memory alive until it has been read. */
 #pragma unroll
-        for (int rt = 0; rt < RT; rt++)
+    for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                red[warp][16 * rt + g][nt * 8 + 2 * t] = tot[rt][nt][0];
-                red[warp][16 * rt + g][nt * 8 + 2 * t + 1] = tot[rt][nt][1];
-                red[warp][16 * rt + g + 8][nt * 8 + 2 * t] = tot[rt][nt][2];
-                red[warp][16 * rt + g + 8][nt * 8 + 2 * t + 1] = tot[rt][nt][3];
-            }
-        __syncthreads();
-        for (int idx = threadIdx.x; idx < R * m; idx += blockDim.x) {
-            int row = idx % R, tok = idx / R;
+        for (int nt = 0; nt < NT; nt++) {
+            red[warp][16 * rt + g][nt * 8 + 2 * t] = tot[rt][nt][0];
+            red[warp][16 * rt + g][nt * 8 + 2 * t + 1] = tot[rt][nt][1];
+            red[warp][16 * rt + g + 8][nt * 8 + 2 * t] = tot[rt][nt][2];
+            red[warp][16 * rt + g + 8][nt * 8 + 2 * t + 1] = tot[rt][nt][3];
+        }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < R * m; idx += blockDim.x) {
+        int row = idx % R, tok = idx / R;
+        float s = 0.0f;
+#pragma unroll
+        for (int w = 0; w < W; w++)
+            s += red[w][row][tok];
+        if (!CL)
+            p.y[(int64_t)tok * p.ldy + n0 + row] = __float2bfloat16_rn(s);
+        else
+            part[idx] = s;
+    }
+    if (CL) {
+        cg::cluster_group cluster = cg::this_cluster();
+        cluster.sync();
+        int ranks = (int)cluster.num_blocks(), me = (int)cluster.block_rank();
+        for (int idx = me + ranks * (int)threadIdx.x; idx < R * m;
+             idx += ranks * (int)blockDim.x) {
+            float v[QPLUG_GEMV_MAX_CLUSTER];
+#pragma unroll
+            for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
+                v[r] = r < ranks ? cluster.map_shared_rank(part, r)[idx] : 0.0f;
             float s = 0.0f;
 #pragma unroll
-            for (int w = 0; w < W; w++)
-                s += red[w][row][tok];
-            if (!CL)
-                p.y[(int64_t)tok * p.ldy + n0 + row] = __float2bfloat16_rn(s);
-            else
-                part[idx] = s;
+            for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
+                s += v[r];
+            p.y[(int64_t)(idx / R) * p.ldy + n0 + idx % R] = __float2bfloat16_rn(s);
         }
-        if (CL) {
-            cg::cluster_group cluster = cg::this_cluster();
-            cluster.sync();
-            int ranks = (int)cluster.num_blocks(), me = (int)cluster.block_rank();
-            for (int idx = me + ranks * (int)threadIdx.x; idx < R * m;
-                 idx += ranks * (int)blockDim.x) {
-                float v[QPLUG_GEMV_MAX_CLUSTER];
-#pragma unroll
-                for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
-                    v[r] = r < ranks ? cluster.map_shared_rank(part, r)[idx] : 0.0f;
-                float s = 0.0f;
-#pragma unroll
-                for (int r = 0; r < QPLUG_GEMV_MAX_CLUSTER; r++)
-                    s += v[r];
-                p.y[(int64_t)(idx / R) * p.ldy + n0 + idx % R] = __float2bfloat16_rn(s);
-            }
-            cluster.sync();
-        } else {
-            /* The next tile's partial sums overwrite red. */
-            __syncthreads();
-        }
+        cluster.sync();
     }
-    /* No copy is left in flight at exit (the groups past the end are
-     * empty, but a block that ran no tile still committed S - 1). */
-    qplug_cuda__cp_wait<0>();
 }
 
 /* The kernels read w and the FP8 xq with 16-byte loads, FP4 xq with 4-byte
@@ -1031,41 +938,26 @@ static bool qplug_cuda__gemv_pdl(int64_t blocks, int m, bool wide, int w, int c,
     return blocks * w * 10 >= (int64_t)16 * sms * 9;
 }
 
-/* A kernel instance and the dynamic shared memory it takes. */
-struct qplug_cuda__gemv_fn {
-    void *fn;
-    int smem;
-};
-
-template <int NT, int F, bool CL, int W, bool FQ, int RT>
-static qplug_cuda__gemv_fn qplug_cuda__gemv_inst(void)
-{
-    qplug_cuda__gemv_fn f;
-    f.fn = (void *)qplug_cuda__gemv_kernel<NT, F, CL, W, FQ, RT>;
-    f.smem = qplug_cuda__gemv_ring<NT, F, W, RT>::BYTES;
-    return f;
-}
-
 /* The kernel instance for a launch: token tiles, block shape, fused
  * quantization. */
 template <int F, bool FQ, int RT>
-static qplug_cuda__gemv_fn qplug_cuda__gemv_pick_rt(int m, int w, int c)
+static void *qplug_cuda__gemv_pick_rt(int m, int w, int c)
 {
     if (m <= 8)
-        return w == 4  ? qplug_cuda__gemv_inst<1, F, false, 4, FQ, RT>()
-               : c > 1 ? qplug_cuda__gemv_inst<1, F, true, 8, FQ, RT>()
-                       : qplug_cuda__gemv_inst<1, F, false, 8, FQ, RT>();
-    return w == 4  ? qplug_cuda__gemv_inst<2, F, false, 4, FQ, RT>()
-           : c > 1 ? qplug_cuda__gemv_inst<2, F, true, 8, FQ, RT>()
-                   : qplug_cuda__gemv_inst<2, F, false, 8, FQ, RT>();
+        return w == 4  ? (void *)qplug_cuda__gemv_kernel<1, F, false, 4, FQ, RT>
+               : c > 1 ? (void *)qplug_cuda__gemv_kernel<1, F, true, 8, FQ, RT>
+                       : (void *)qplug_cuda__gemv_kernel<1, F, false, 8, FQ, RT>;
+    return w == 4  ? (void *)qplug_cuda__gemv_kernel<2, F, false, 4, FQ, RT>
+           : c > 1 ? (void *)qplug_cuda__gemv_kernel<2, F, true, 8, FQ, RT>
+                   : (void *)qplug_cuda__gemv_kernel<2, F, false, 8, FQ, RT>;
 }
 
 template <int F, bool FQ>
-static qplug_cuda__gemv_fn qplug_cuda__gemv_pick(int m, int w, int c, int rt)
+static void *qplug_cuda__gemv_pick(int m, int w, int c, int rt)
 {
     if (w == 16)
-        return m <= 8 ? qplug_cuda__gemv_inst<1, F, false, 16, FQ, 2>()
-                      : qplug_cuda__gemv_inst<2, F, false, 16, FQ, 2>();
+        return m <= 8 ? (void *)qplug_cuda__gemv_kernel<1, F, false, 16, FQ, 2>
+                      : (void *)qplug_cuda__gemv_kernel<2, F, false, 16, FQ, 2>;
     return rt == 2 ? qplug_cuda__gemv_pick_rt<F, FQ, 2>(m, w, c)
                    : qplug_cuda__gemv_pick_rt<F, FQ, 1>(m, w, c);
 }
@@ -1215,33 +1107,17 @@ static qplug_status qplug_cuda__gemv_launch(const qplug_cuda__gemv_args &a, int6
         attr[nattr].val.programmaticStreamSerializationAllowed = 1;
         nattr++;
     }
-    /* Row tiles per group, and the blocks per group: one per tile, or with
-     * QPLUG_GEMV_PERSIST and no cluster at most as many as are resident at
-     * once (16 / w per multiprocessor, over all groups), each looping over
-     * tiles. */
-    int64_t tiles = a.n / (16 * rt), bx = tiles;
-    if (QPLUG_GEMV_PERSIST && c == 1) {
-        int64_t cap = ((int64_t)sms * (16 / w) + groups - 1) / groups;
-        if (bx > cap)
-            bx = cap;
-    }
-    qplug_cuda__gemv_fn kf = fused ? qplug_cuda__gemv_pick<F, true>(a.m, w, c, rt)
-                                   : qplug_cuda__gemv_pick<F, false>(a.m, w, c, rt);
-    e = cudaFuncSetAttribute(kf.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, kf.smem);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: %d bytes of shared memory refused: %s",
-                                what, kf.smem, cudaGetErrorString(e));
-    }
     cudaLaunchConfig_t cfg;
-    cfg.gridDim = dim3((unsigned)bx, (unsigned)c, (unsigned)groups);
+    cfg.gridDim = dim3((unsigned)(a.n / (16 * rt)), (unsigned)c, (unsigned)groups);
     cfg.blockDim = dim3((unsigned)w * 32);
-    cfg.dynamicSmemBytes = (size_t)kf.smem;
+    cfg.dynamicSmemBytes = 0;
     cfg.stream = (cudaStream_t)stream;
     cfg.attrs = attr;
     cfg.numAttrs = nattr;
+    void *fn = fused ? qplug_cuda__gemv_pick<F, true>(a.m, w, c, rt)
+                     : qplug_cuda__gemv_pick<F, false>(a.m, w, c, rt);
     void *args[1] = {(void *)&a};
-    e = cudaLaunchKernelExC(&cfg, kf.fn, args);
+    e = cudaLaunchKernelExC(&cfg, fn, args);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: kernel launch failed: %s", what,
