@@ -101,6 +101,35 @@ static __device__ __forceinline__ void qplug_cuda__gemv_sa(float sa[NT][2], cons
         }
 }
 
+/* One FP8 k-block: a[rt] holds rows g, g+8 (r) of row tile rt and halves
+ * h of this lane, xw its activation words (qplug_cuda__gemv_acts) and sa
+ * the scales of its two output columns per token tile. The RT row tiles
+ * share one 128-row block of weight scales (sw) and the activation words. */
+template <int NT, int RT>
+static __device__ __forceinline__ void qplug_cuda__gemv_fp8_step(float tot[RT][NT][4],
+                                                                 const unsigned a[RT][2][2][4],
+                                                                 const unsigned xw[NT][8],
+                                                                 const float sa[NT][2], float sw)
+{
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+                    qplug_cuda__mma_e4m3(c, a[rt][0][h][2 * i], a[rt][1][h][2 * i],
+                                         a[rt][0][h][2 * i + 1], a[rt][1][h][2 * i + 1],
+                                         xw[nt][4 * h + 2 * i], xw[nt][4 * h + 2 * i + 1]);
+            tot[rt][nt][0] += c[0] * sw * sa[nt][0];
+            tot[rt][nt][1] += c[1] * sw * sa[nt][1];
+            tot[rt][nt][2] += c[2] * sw * sa[nt][0];
+            tot[rt][nt][3] += c[3] * sw * sa[nt][1];
+        }
+}
+
 /* The element offset, within a k-block, of activation word i (4 E4M3
  * codes) of lane t: the FP8 kernel's lane holds bytes 16t..16t+15 of each
  * 64-byte half, the FP4 kernel's bytes 4t..4t+3 and 16+4t..16+4t+3 of each
@@ -387,75 +416,6 @@ static __device__ __forceinline__ unsigned qplug_cuda__hmul2(unsigned a, unsigne
     unsigned d;
     asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
     return d;
-}
-
-/* One FP8 k-block: a[rt] holds rows g, g+8 (r) of row tile rt and halves
- * h of this lane, xw its activation words (qplug_cuda__gemv_acts) and sa
- * the scales of its two output columns per token tile. The RT row tiles
- * share one 128-row block of weight scales (sw) and the activation words.
- * Each E4M3 m16n8k32 product of the fragments is computed as sm_90 itself
- * runs mma.sync on E4M3 (the SASS of that instruction is 12 E4M3 -> F16
- * conversions and two F16 m16n8k16 mmas, the low halves of every register
- * first), so the sums are the same bit for bit; but the weight conversions
- * are done once for all NT token tiles and the activation conversions once
- * for all RT row tiles, instead of once per mma (at RT = NT = 2 half of the
- * conversions). */
-template <int NT, int RT>
-static __device__ __forceinline__ void qplug_cuda__gemv_fp8_step(float tot[RT][NT][4],
-                                                                 const unsigned a[RT][2][2][4],
-                                                                 const unsigned xw[NT][8],
-                                                                 const float sa[NT][2], float sw)
-{
-    float c[RT][NT][4];
-#pragma unroll
-    for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                c[rt][nt][i] = 0.0f;
-#pragma unroll
-    for (int h = 0; h < 2; h++)
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            /* The E4M3 mma's fragments (a0..a3, b0, b1), split into their
-             * low (e = 0) and high (e = 1) F16 pairs. */
-            unsigned bh[NT][2][2];
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int j = 0; j < 2; j++) {
-                    unsigned v = xw[nt][4 * h + 2 * i + j];
-                    bh[nt][0][j] = qplug_cuda__e4m3x2_to_f16x2(v);
-                    bh[nt][1][j] = qplug_cuda__e4m3x2_to_f16x2(v >> 16);
-                }
-#pragma unroll
-            for (int rt = 0; rt < RT; rt++) {
-                const unsigned q[4] = {a[rt][0][h][2 * i], a[rt][1][h][2 * i],
-                                       a[rt][0][h][2 * i + 1], a[rt][1][h][2 * i + 1]};
-                unsigned ah[2][4];
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    ah[0][j] = qplug_cuda__e4m3x2_to_f16x2(q[j]);
-                    ah[1][j] = qplug_cuda__e4m3x2_to_f16x2(q[j] >> 16);
-                }
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++)
-                        qplug_cuda__mma_f16(c[rt][nt], ah[e][0], ah[e][1], ah[e][2], ah[e][3],
-                                            bh[nt][e][0], bh[nt][e][1]);
-            }
-        }
-#pragma unroll
-    for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            tot[rt][nt][0] += c[rt][nt][0] * sw * sa[nt][0];
-            tot[rt][nt][1] += c[rt][nt][1] * sw * sa[nt][1];
-            tot[rt][nt][2] += c[rt][nt][2] * sw * sa[nt][0];
-            tot[rt][nt][3] += c[rt][nt][3] * sw * sa[nt][1];
-        }
 }
 
 /* The E8M0 value 2^(b-127) as a float, without branches (the shared
