@@ -169,14 +169,57 @@ extern "C" qplug_status qplug_cuda__moe_route(const void *x, const void *gate, c
 
 /* ---------------------------------------------------------- permutation */
 
-/* One block: counts per expert, prefix sums, the tile table, then every
- * valid (token, slot) pair gets its row; inv maps the pair back to it (or
- * -1). Each expert's rows start at a multiple of align (1, or V6_RALIGN
- * for the v6 kernels, whose token scales are bulk-copied from the tile's
- * first row); rows between the experts belong to no pair. big (when not
- * NULL) gets the indices of the tiles of more than 16 rows, in no
- * particular order, and nbig their count. Also clears the W4A4 fallback
- * flag. */
+/* Inclusive sum of v over the block's 1024 threads (32 warps); `part`
+ * is 32 ints of shared memory. Ends with the block synchronised. */
+static __device__ __forceinline__ int qplug_cuda__moe_block_scan(int v, int *part)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int u = __shfl_up_sync(0xffffffffu, v, o);
+        v += lane >= o ? u : 0;
+    }
+    if (lane == 31)
+        part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        int w = part[lane];
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            int u = __shfl_up_sync(0xffffffffu, w, o);
+            w += lane >= o ? u : 0;
+        }
+        part[lane] = w;
+    }
+    __syncthreads();
+    return v + (warp > 0 ? part[warp - 1] : 0);
+}
+
+/* The expert ids of up to 8 routed rows base + 1024 u + threadIdx.x (-1
+ * past R or outside [0, E)), all loads issued before any is used: a lone
+ * block is bound by the latency of its loads, not by their bandwidth. */
+static __device__ __forceinline__ void qplug_cuda__moe_ids8(const int32_t *__restrict__ ids,
+                                                            int64_t base, int64_t R, int E,
+                                                            int *e)
+{
+#pragma unroll
+    for (int u = 0; u < 8; u++) {
+        int64_t i = base + 1024 * u + threadIdx.x;
+        e[u] = i < R ? ids[i] : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < 8; u++)
+        e[u] = e[u] >= 0 && e[u] < E ? e[u] : -1;
+}
+
+/* One block of 1024 threads: counts per expert, prefix sums (a block
+ * scan, one thread per expert), the tile table, then every valid (token,
+ * slot) pair gets its row; inv maps the pair back to it (or -1). Each
+ * expert's rows start at a multiple of align (1, or V6_RALIGN for the v6
+ * kernels, whose token scales are bulk-copied from the tile's first row);
+ * rows between the experts belong to no pair. big (when not NULL) gets the
+ * indices of the tiles of more than 16 rows, in no particular order, and
+ * nbig their count. Also clears the W4A4 fallback flag. */
 __global__ void __launch_bounds__(1024)
     qplug_cuda__moe_permute_kernel(const int32_t *__restrict__ ids, int64_t R, int K, int E, int bm,
                                    int align, int32_t *__restrict__ ntiles, int32_t *__restrict__ tile_e,
@@ -186,55 +229,66 @@ __global__ void __launch_bounds__(1024)
                                    int32_t *__restrict__ nbig)
 {
     __shared__ int cnt[MOE_MAX_E];
-    __shared__ int nbig_s;
-    /* The W4A4 unpack, later on the stream, only ever sets the flag. */
-    if (flag && threadIdx.x == 0)
-        *flag = 0;
     __shared__ int cur[MOE_MAX_E];
-    __shared__ int tstart[MOE_MAX_E];
-    for (int e = threadIdx.x; e < E; e += blockDim.x)
+    __shared__ int part[32];
+    __shared__ int nbig_s;
+    int tid = threadIdx.x;
+    /* The W4A4 unpack, later on the stream, only ever sets the flag. */
+    if (flag && tid == 0)
+        *flag = 0;
+    if (tid == 0)
+        nbig_s = 0;
+    for (int e = tid; e < E; e += 1024)
         cnt[e] = 0;
     __syncthreads();
-    for (int64_t i = threadIdx.x; i < R; i += blockDim.x) {
-        int e = ids[i];
-        if (e >= 0 && e < E)
-            atomicAdd(&cnt[e], 1);
+    for (int64_t base = 0; base < R; base += 8 * 1024) {
+        int e[8];
+        qplug_cuda__moe_ids8(ids, base, R, E, e);
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+            if (e[u] >= 0)
+                atomicAdd(&cnt[e[u]], 1);
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-        int run = 0, trun = 0;
-        for (int e = 0; e < E; e++) {
-            cur[e] = run;
-            tstart[e] = trun;
-            run += (cnt[e] + align - 1) / align * align;
-            trun += (cnt[e] + bm - 1) / bm;
-        }
-        *ntiles = trun;
-        nbig_s = 0;
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        int nt = (cnt[e] + bm - 1) / bm, end = cur[e] + cnt[e];
+    /* Thread e: expert e's padded rows and tiles, then their exclusive
+     * prefix sums (E <= 1024, one thread each). */
+    int c = tid < E ? cnt[tid] : 0;
+    int rows = (c + align - 1) / align * align, nt = (c + bm - 1) / bm;
+    int rincl = qplug_cuda__moe_block_scan(rows, part);
+    int tincl = qplug_cuda__moe_block_scan(nt, part);
+    if (tid == 1023)
+        *ntiles = tincl;
+    if (tid < E) {
+        int r0e = rincl - rows, t0 = tincl - nt, end = r0e + c;
+        cur[tid] = r0e;
         for (int q = 0; q < nt; q++) {
-            int r0 = cur[e] + q * bm;
-            tile_e[tstart[e] + q] = e;
-            tile_r0[tstart[e] + q] = r0;
-            tile_r1[tstart[e] + q] = min(r0 + bm, end);
-            if (big && min(r0 + bm, end) - r0 > 16)
-                big[atomicAdd(&nbig_s, 1)] = tstart[e] + q;
+            int r0 = r0e + q * bm, r1 = min(r0 + bm, end);
+            tile_e[t0 + q] = tid;
+            tile_r0[t0 + q] = r0;
+            tile_r1[t0 + q] = r1;
+            if (big && r1 - r0 > 16)
+                big[atomicAdd(&nbig_s, 1)] = t0 + q;
         }
     }
     __syncthreads();
-    if (big && threadIdx.x == 0)
+    if (big && tid == 0)
         *nbig = nbig_s;
-    for (int64_t i = threadIdx.x; i < R; i += blockDim.x) {
-        int e = ids[i];
-        if (e >= 0 && e < E) {
-            int pos = atomicAdd(&cur[e], 1);
-            perm_tok[pos] = (int32_t)(i / K);
-            inv[i] = pos;
-        } else {
-            inv[i] = -1;
+    for (int64_t base = 0; base < R; base += 8 * 1024) {
+        int e[8];
+        qplug_cuda__moe_ids8(ids, base, R, E, e);
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int64_t i = base + 1024 * u + tid;
+            if (i >= R)
+                break;
+            if (e[u] >= 0) {
+                int pos = atomicAdd(&cur[e[u]], 1);
+                /* 32-bit division where it fits (always, below 2^31 pairs). */
+                perm_tok[pos] = (int32_t)(i < 0x7fffffff ? (int)i / K : i / K);
+                inv[i] = pos;
+            } else {
+                inv[i] = -1;
+            }
         }
     }
 }
@@ -266,6 +320,14 @@ struct qplug_cuda__moe_gemm_args {
      * SMALL one (launched too) when set. */
     int v6_split;
     const int32_t *v6_big, *v6_nbig;
+    /* v6 gate/up with the h quantization fused into its epilogue (hq not
+     * NULL): h goes straight to E4M3 hq [rows, n] and scales hs
+     * [n/128][hs_ld] by the rule of qplug_cuda__moe_hquant_kernel (ue8m0,
+     * hperm: the MXFP4 k order), not to out. */
+    uint8_t *hq;
+    float *hs;
+    int64_t hs_ld;
+    int ue8m0, hperm;
 };
 
 /* Four 32-bit words of packed E2M1 (32 values) to 32 E4M3 bytes (value *
@@ -575,7 +637,9 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
 #include "moe_v6.cuh"
 
 /* h F32 [rows, I] -> E4M3 [rows, I] and scales [I/128][ld] for the rows
- * that exist (offsets of the tile table: rows below the last tile's end).
+ * that exist (offsets of the tile table: rows below the last tile's end);
+ * nothing when run_if is not NULL and *run_if is 0 (the v6 W4A4 path, whose
+ * gate/up kernel quantizes h itself unless its mma.sync fallback ran).
  * One warp per (row, 128-group), the rule of qplug_cuda__act_quant_fp8. perm: the k
  * order of the v6 kernel with MXFP4 weights (moe_v6.cuh), word w of each
  * 128-group stored at word qplug_cuda__moe_v6_perm_word(w). */
@@ -583,8 +647,11 @@ __global__ void __launch_bounds__(256)
     qplug_cuda__moe_hquant_kernel(const float *__restrict__ h, int64_t I,
                                   const int32_t *__restrict__ ntiles,
                                   const int32_t *__restrict__ tile_r1, int ue8m0, int perm,
-                                  uint8_t *__restrict__ hq, float *__restrict__ hs, int64_t ld)
+                                  uint8_t *__restrict__ hq, float *__restrict__ hs, int64_t ld,
+                                  const int32_t *__restrict__ run_if)
 {
+    if (run_if && *run_if == 0)
+        return;
     int lane = threadIdx.x & 31, kbn = (int)(I / 128);
     int nt = *ntiles;
     int rows = nt > 0 ? tile_r1[nt - 1] : 0;
@@ -957,11 +1024,30 @@ static qplug_status qplug_cuda__moe_v6_launch(qplug_cuda__moe_encode_fn enc,
     /* Split: the large kernel takes only the listed tiles of more than
      * 16 rows, at most R / 17 of them. */
     dim3 gbig(grid.x, split ? (unsigned)(R / 17 + 1) : grid.y);
-    qplug_cuda__moe_v6_kernel<WF, DUAL, false>
-        <<<gbig, V6_THREADS, qplug_cuda__moe_v6_smem<WF, false>::LAUNCH, s>>>(m0, m1, mb, b);
-    if (split)
-        qplug_cuda__moe_v6_kernel<WF, DUAL, true>
-            <<<grid, V6_THREADS, qplug_cuda__moe_v6_smem<WF, true>::LAUNCH, s>>>(m0, m1, mb, b);
+    /* The gate/up pair with the fused h quantization runs in clusters of
+     * the two blocks of each 128 columns of h (n / 64 is even). */
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = 2;
+    at[0].val.clusterDim.y = 1;
+    at[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.blockDim = dim3(V6_THREADS);
+    cfg.stream = s;
+    cfg.attrs = at;
+    cfg.numAttrs = DUAL && QPLUG_MOE_V6_FUSE ? 1 : 0;
+    cfg.gridDim = gbig;
+    cfg.dynamicSmemBytes = qplug_cuda__moe_v6_smem<WF, false>::LAUNCH;
+    cudaError_t ce = cudaLaunchKernelEx(&cfg, qplug_cuda__moe_v6_kernel<WF, DUAL, false>, m0, m1,
+                                        mb, b);
+    if (ce == cudaSuccess && split) {
+        cfg.gridDim = grid;
+        cfg.dynamicSmemBytes = qplug_cuda__moe_v6_smem<WF, true>::LAUNCH;
+        ce = cudaLaunchKernelEx(&cfg, qplug_cuda__moe_v6_kernel<WF, DUAL, true>, m0, m1, mb, b);
+    }
+    if (ce != cudaSuccess)
+        return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: v6 launch failed (n=%lld k=%lld): %s",
+                                fn, (long long)a.n, (long long)a.k, cudaGetErrorString(ce));
     return QPLUG_OK;
 }
 
@@ -1068,6 +1154,12 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a1.k = D;
     a1.limit = w->swiglu_limit;
     a1.out = ws->h;
+    /* Read by the v6 gate/up kernel when it quantizes h itself. */
+    a1.hq = ws->hq;
+    a1.hs = ws->hs;
+    a1.hs_ld = ws->rows;
+    a1.ue8m0 = ue8m0;
+    a1.hperm = mx;
     qplug_status st = QPLUG_OK;
     if (wg && af == MOE_F_MX) {
         /* W4A4: unpack to E4M3 (flagging blocks that do not fold exactly;
@@ -1082,7 +1174,7 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
         }
         a1.skip_if = ws->flag;
         if (v6) {
-            qplug_cuda__moe_v6_gather_kernel<true, true><<<(unsigned)R, 256, 0, s>>>(
+            qplug_cuda__moe_v6_gather_kernel<true, true><<<(unsigned)m, 256, 0, s>>>(
                 a1.a, a1.a_ld, K, D, ws->inv, 0, ws->xg, ws->xgs, ws->rows, ws->flag);
             a1.a = ws->xg;
             a1.a_ld = D;
@@ -1103,10 +1195,10 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     } else if (v6) {
         const uint8_t *xb = (const uint8_t *)xbf;
         if (mx)
-            qplug_cuda__moe_v6_gather_kernel<false, true><<<(unsigned)R, 256, 0, s>>>(
+            qplug_cuda__moe_v6_gather_kernel<false, true><<<(unsigned)m, 256, 0, s>>>(
                 xb, D * 2, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows, NULL);
         else
-            qplug_cuda__moe_v6_gather_kernel<false, false><<<(unsigned)R, 256, 0, s>>>(
+            qplug_cuda__moe_v6_gather_kernel<false, false><<<(unsigned)m, 256, 0, s>>>(
                 xb, D * 2, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows, NULL);
         a1.a = ws->xg;
         a1.a_ld = D;
@@ -1128,12 +1220,17 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     if (st)
         return st;
 
-    /* Rows up to the last tile's end: R, or more with the v6 alignment. */
+    /* Rows up to the last tile's end: R, or more with the v6 alignment.
+     * The v6 gate/up kernel quantizes h in its epilogue; on the W4A4 path
+     * its mma.sync fallback may have run instead (flag set), which needs
+     * this pass. */
     int64_t hrows = v6 ? ws->rows - 128 : R;
     unsigned hblocks = (unsigned)(hrows < 16384 ? hrows : 16384);
-    qplug_cuda__moe_hquant_kernel<<<hblocks, 256, 0, s>>>(ws->h, I, ws->ntiles, ws->tile_r1,
-                                                          ue8m0, v6 && mx, ws->hq, ws->hs,
-                                                          ws->rows);
+    bool fused = v6 && QPLUG_MOE_V6_FUSE;
+    if (!fused || af == MOE_F_MX)
+        qplug_cuda__moe_hquant_kernel<<<hblocks, 256, 0, s>>>(
+            ws->h, I, ws->ntiles, ws->tile_r1, ue8m0, v6 && mx, ws->hq, ws->hs, ws->rows,
+            fused ? ws->flag : NULL);
 
     qplug_cuda__moe_gemm_args a2;
     memset(&a2, 0, sizeof a2);

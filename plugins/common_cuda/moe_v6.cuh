@@ -60,6 +60,13 @@
 #ifndef QPLUG_MOE_V6_SMALL_STAGES_FP8
 #define QPLUG_MOE_V6_SMALL_STAGES_FP8 5
 #endif
+/* 1: the gate/up kernel quantizes h itself (a cluster of two blocks per
+ * 128 columns of h, which exchange their column maxima); 0: it writes F32
+ * h for qplug_cuda__moe_hquant_kernel (the v6 of session 3, for
+ * comparison builds). */
+#ifndef QPLUG_MOE_V6_FUSE
+#define QPLUG_MOE_V6_FUSE 1
+#endif
 
 enum {
     V6_THREADS = 384,
@@ -87,7 +94,12 @@ template <int WF, bool SMALL> struct qplug_cuda__moe_v6_smem {
     static constexpr int OB = 0, OA = BB, OS = OA + AB, OT = OS + SB;
     static constexpr int STAGE = (OT + NCMAX * 4 + 1023) / 1024 * 1024;
     static constexpr int BAR = S * STAGE;
-    static constexpr int BYTES = BAR + 2 * S * 8;
+    /* After the S full and S empty barriers: the gate/up kernel's h
+     * exchange barrier and the partner block's 128 column maxima (written
+     * by the partner, so outside the ring that this block still uses). */
+    static constexpr int XBAR = BAR + 2 * S * 8;
+    static constexpr int REM = XBAR + 16;
+    static constexpr int BYTES = REM + 128 * 4;
     static constexpr int LAUNCH = BYTES + 1024; /* room to align the base */
     static_assert(LAUNCH <= (SMALL ? 113 : 227) * 1024, "moe_v6: stages exceed the shared memory");
     static_assert(OA % 1024 == 0 && STAGE % 1024 == 0, "moe_v6: swizzled tiles need 1024 alignment");
@@ -138,6 +150,59 @@ static __device__ __forceinline__ uint4 qplug_cuda__moe_v6_lds16(const void *p)
                  : "r"((uint32_t)__cvta_generic_to_shared(p))
                  : "memory");
     return v;
+}
+
+/* ------------------------------------------------ cluster helpers */
+
+/* Every thread of both blocks of the cluster; release / acquire, so the
+ * barrier initialisations of each block are visible to the other. */
+static __device__ __forceinline__ void qplug_cuda__moe_v6_cluster_sync(void)
+{
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ unsigned qplug_cuda__moe_v6_cluster_rank(void)
+{
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+
+/* The address in the cluster's shared window of p in block `rank`. */
+static __device__ __forceinline__ uint32_t qplug_cuda__moe_v6_mapa(const void *p, unsigned rank)
+{
+    uint32_t r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+                 : "=r"(r)
+                 : "r"((uint32_t)__cvta_generic_to_shared(p)), "r"(rank));
+    return r;
+}
+
+static __device__ __forceinline__ void qplug_cuda__moe_v6_st_remote(uint32_t a, float v)
+{
+    asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(a), "f"(v) : "memory");
+}
+
+/* Arrives on a barrier of the other block, releasing this thread's
+ * earlier writes at cluster scope. */
+static __device__ __forceinline__ void qplug_cuda__moe_v6_arrive_remote(uint32_t a)
+{
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(a)
+                 : "memory");
+}
+
+/* Waits for phase `par` of a barrier of this block that the other block
+ * arrives on (acquire at cluster scope). */
+static __device__ __forceinline__ void qplug_cuda__moe_v6_wait_cluster(uint64_t *b, unsigned par)
+{
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(b);
+    asm volatile("{\n.reg .pred p;\n"
+                 "WAITC_%=:\n"
+                 "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra WAITC_%=;\n}\n" ::"r"(a),
+                 "r"(par)
+                 : "memory");
 }
 
 /* ------------------------------------------- wgmma with A from registers */
@@ -238,14 +303,15 @@ static __device__ __forceinline__ int qplug_cuda__moe_v6_perm_word(int w)
 }
 
 /*
- * The gathered token operand of the gate/up GEMM: for every valid (token,
- * slot) pair, row inv[pair] of xg [rows, D] gets the token's E4M3 values
+ * The gathered token operand of the gate/up GEMM: every valid (token,
+ * slot) pair's row inv[pair] of xg [rows, D] gets the token's E4M3 values
  * (k order permuted when PERM, for MXFP4 weights) and xgs [D/128][ld] its
- * scales. One block of 256 threads per pair, one warp per 128-block, lane
- * l making word l (4 values). PACKED = false: from BF16 x [m, D],
- * quantized here by the rule of qplug_cuda__act_quant_fp8. PACKED = true:
- * from the W4A4 MXFP4 rows (src_ld bytes each: D/2 code bytes, then the
- * E8M0 scales), folded per 128-block exactly as
+ * scales. One block of 256 threads per token (its values are quantized
+ * once and written to each of its K rows), one warp per 128-block, lane l
+ * making word l (4 values). PACKED = false: from BF16 x [m, D], quantized
+ * here by the rule of qplug_cuda__act_quant_fp8. PACKED = true: from the
+ * W4A4 MXFP4 rows (src_ld bytes each: D/2 code bytes, then the E8M0
+ * scales), folded per 128-block exactly as
  * qplug_cuda__moe_w4a4_unpack_kernel does, setting *flag for a block that
  * cannot be folded exactly (the mma.sync fallback then runs instead).
  */
@@ -256,13 +322,24 @@ __global__ void __launch_bounds__(256)
                                      uint8_t *__restrict__ xg, float *__restrict__ xgs,
                                      int64_t ld, int32_t *__restrict__ flag)
 {
+    __shared__ int rows[16];
+    __shared__ int any;
     int lane = threadIdx.x & 31, kbn = (int)(D / 128);
-    int row = inv[blockIdx.x];
-    if (row < 0)
+    int64_t t = blockIdx.x;
+    if (threadIdx.x == 0)
+        any = 0;
+    __syncthreads();
+    if (threadIdx.x < K) {
+        int r = inv[t * K + threadIdx.x];
+        rows[threadIdx.x] = r;
+        if (r >= 0)
+            any = 1;
+    }
+    __syncthreads();
+    /* A token routed nowhere is neither written nor checked. */
+    if (!any)
         return;
-    int64_t t = (int64_t)(blockIdx.x / (unsigned)K);
     const uint8_t *xr = src + t * src_ld;
-    uint8_t *gr = xg + (int64_t)row * D;
     int w = PERM ? qplug_cuda__moe_v6_perm_word(lane) : lane;
     bool bad = false;
     for (int kb = threadIdx.x >> 5; kb < kbn; kb += 8) {
@@ -301,12 +378,133 @@ __global__ void __launch_bounds__(256)
             qplug_cuda__moe_wg_fp4_decode(codes, lo, hi, &q, &o1);
             s = qplug_cuda__e8m0_dev((unsigned)emax) * 0.015625f;
         }
-        reinterpret_cast<unsigned *>(gr + kb * 128)[w] = q;
-        if (lane == 0)
-            xgs[(int64_t)kb * ld + row] = s;
+        for (int j = 0; j < K; j++) {
+            int row = rows[j];
+            if (row < 0)
+                continue;
+            reinterpret_cast<unsigned *>(xg + (int64_t)row * D + kb * 128)[w] = q;
+            if (lane == 0)
+                xgs[(int64_t)kb * ld + row] = s;
+        }
     }
     if (PACKED && __syncthreads_or(bad) && threadIdx.x == 0)
         atomicOr(flag, 1);
+}
+
+/* The larger of a and b where NaN wins (the amax rule of the activation
+ * quantizers). */
+static __device__ __forceinline__ float qplug_cuda__moe_v6_fold(float a, float b)
+{
+    return (b > a || b != b) ? b : a;
+}
+
+/*
+ * The end of a gate/up block with the h quantization fused: the 256
+ * consumer threads hold, in the wgmma D layout, g (warpgroup 0, rows of
+ * w1) and u (warpgroup 1, rows of w3) for this block's 64 columns n0.. of
+ * h and NC token columns. Warpgroup 1 hands u over through the ring
+ * (free: every slot has been consumed); warpgroup 0 forms h = silu(min(g,
+ * L)) * clamp(u, -L, L) exactly as qplug_cuda__moe_wg_epilogue does, takes
+ * each token's maximum |h| over its 64 columns, swaps it with the other
+ * block of the cluster (the other 64 columns of the same 128-group: its
+ * column maxima land in `rem` and its 128 arrivals on `xbar`), and
+ * quantizes with the scale of both halves, by the rule and in the k order
+ * of qplug_cuda__moe_hquant_kernel (bit-identical to that kernel on the
+ * F32 h). The E4M3 bytes go through shared memory so that each token's
+ * 64 bytes leave as 4-byte words; block rank 0 of the pair writes the
+ * scales.
+ */
+template <int NC>
+static __device__ __forceinline__ void qplug_cuda__moe_v6_epilogue_hq(
+    const qplug_cuda__moe_gemm_args &p, float *acc, uint8_t *ring, uint64_t *xbar, float *rem,
+    int cw, int wt, int wl, int lane, int r0, int nrows, int n0)
+{
+    /* Ring use: u [NC/2][128 threads], red [4 warps][NC], sc [NC], the
+     * staged bytes [NC][68] (68: the four lane quads of a warp store to
+     * different banks). */
+    constexpr int SP = 68;
+    float *u = reinterpret_cast<float *>(ring);
+    float *red = u + (NC / 2) * 128;
+    float *sc = red + 4 * NC;
+    uint8_t *stg = reinterpret_cast<uint8_t *>(sc + NC);
+    int g = lane >> 2, c0 = 2 * (lane & 3), m0 = wl * 16 + g;
+    unsigned rank = qplug_cuda__moe_v6_cluster_rank();
+
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    if (cw == 1) {
+#pragma unroll
+        for (int i = 0; i < NC / 2; i++)
+            u[i * 128 + wt] = acc[i];
+    }
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    if (cw == 1)
+        return;
+
+    float lim = p.limit;
+#pragma unroll
+    for (int i = 0; i < NC / 2; i++) {
+        int col = (i >> 2) * 8 + c0 + (i & 1);
+        float gg = acc[i], uu = u[i * 128 + wt];
+        if (lim > 0.0f) {
+            gg = fminf(gg, lim);
+            uu = fminf(fmaxf(uu, -lim), lim);
+        }
+        /* Columns past the tile's rows hold other rows' data: 0 keeps
+         * them out of the maxima. */
+        acc[i] = col < nrows ? gg / (1.0f + expf(-gg)) * uu : 0.0f;
+    }
+    /* Column maxima: this thread's two rows, the 8 lane groups of the
+     * warp, then the 4 warps. */
+#pragma unroll
+    for (int j = 0; j < NC / 8; j++) {
+        float a0 = qplug_cuda__moe_v6_fold(qplug_cuda__moe_v6_fold(1e-4f, fabsf(acc[4 * j])),
+                                           fabsf(acc[4 * j + 2]));
+        float a1 = qplug_cuda__moe_v6_fold(
+            qplug_cuda__moe_v6_fold(1e-4f, fabsf(acc[4 * j + 1])), fabsf(acc[4 * j + 3]));
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) {
+            a0 = qplug_cuda__moe_v6_fold(a0, __shfl_xor_sync(0xffffffffu, a0, o));
+            a1 = qplug_cuda__moe_v6_fold(a1, __shfl_xor_sync(0xffffffffu, a1, o));
+        }
+        if (g == 0) {
+            red[wl * NC + 8 * j + c0] = a0;
+            red[wl * NC + 8 * j + c0 + 1] = a1;
+        }
+    }
+    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+    float loc = 1e-4f;
+    if (wt < NC) {
+#pragma unroll
+        for (int w = 0; w < 4; w++)
+            loc = qplug_cuda__moe_v6_fold(loc, red[w * NC + wt]);
+        qplug_cuda__moe_v6_st_remote(qplug_cuda__moe_v6_mapa(rem + wt, rank ^ 1u), loc);
+    }
+    qplug_cuda__moe_v6_arrive_remote(qplug_cuda__moe_v6_mapa(xbar, rank ^ 1u));
+    qplug_cuda__moe_v6_wait_cluster(xbar, 0u);
+    if (wt < NC) {
+        float amax = qplug_cuda__moe_v6_fold(loc, rem[wt]);
+        float s = p.ue8m0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
+        sc[wt] = s;
+        if (rank == 0 && wt < nrows)
+            p.hs[(int64_t)(n0 >> 7) * p.hs_ld + r0 + wt] = s;
+    }
+    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+#pragma unroll
+    for (int i = 0; i < NC / 2; i++) {
+        int col = (i >> 2) * 8 + c0 + (i & 1), row = m0 + ((i & 2) ? 8 : 0);
+        stg[col * SP + row] = (uint8_t)qplug_cuda__to_e4m3(__fdiv_rn(acc[i], sc[col]));
+    }
+    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+    /* Word w of this block's 64 bytes is word 16 rank + w of the 128-group. */
+    uint8_t *hq = p.hq + (int64_t)r0 * p.n + (n0 & ~127);
+    for (int idx = wt; idx < NC * 16; idx += 128) {
+        int col = idx >> 4, w = (int)rank * 16 + (idx & 15);
+        if (col >= nrows)
+            break;
+        int d = p.hperm ? qplug_cuda__moe_v6_perm_word(w) : w;
+        reinterpret_cast<unsigned *>(hq + (int64_t)col * p.n)[d] =
+            *reinterpret_cast<const unsigned *>(stg + col * SP + 4 * (idx & 15));
+    }
 }
 
 /* --------------------------------------------------------------- the GEMM */
@@ -332,6 +530,11 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     uint64_t *full = reinterpret_cast<uint64_t *>(sm + L::BAR);
     uint64_t *empty = full + L::S;
+    uint64_t *xbar = reinterpret_cast<uint64_t *>(sm + L::XBAR);
+    /* The gate/up pair quantizes h in its epilogue (a cluster of 2). */
+    constexpr bool FUSE = DUAL && QPLUG_MOE_V6_FUSE;
+    static_assert(!FUSE || NC * (256 + 16 + 4 + 68) <= L::BAR,
+                  "moe_v6: the fused epilogue's buffers exceed the ring");
     if (tid == 0) {
         for (int s = 0; s < L::S; s++) {
             /* full: the producer lane's expect_tx plus the 32 lanes'
@@ -339,9 +542,15 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
             qplug_cuda__moe_ws_bar_init(&full[s], 33);
             qplug_cuda__moe_ws_bar_init(&empty[s], 8);
         }
+        /* xbar: the other block's 128 epilogue threads. */
+        if (FUSE)
+            qplug_cuda__moe_ws_bar_init(xbar, 128);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    __syncthreads();
+    if (FUSE)
+        qplug_cuda__moe_v6_cluster_sync();
+    else
+        __syncthreads();
 
     if (warp < 4) {
         /* ------------------------------------------------ producer */
@@ -435,10 +644,10 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
             qplug_cuda__moe_wg_fence();
 #pragma unroll
             for (int ks = 0; ks < 4; ks++)
-                qplug_cuda__moe_ws_mma<NC>(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
+                qplug_cuda__moe_wg_mma<false, NC>(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
             qplug_cuda__moe_wg_commit_mma();
             float w = reinterpret_cast<const float *>(st + L::OS)[cw];
-            qplug_cuda__moe_ws_mma_wait<NC>(tmp);
+            qplug_cuda__moe_wg_wait<NC>(tmp);
             promote(st, w, w);
             release(s);
         }
@@ -492,7 +701,7 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
                 qplug_cuda__moe_ws_wait(&full[s1], (unsigned)(((kb + 1) / L::S) & 1));
                 decode(sm + s1 * L::STAGE, nxt, nw0, nw1);
             }
-            qplug_cuda__moe_ws_mma_wait<NC>(tmp);
+            qplug_cuda__moe_wg_wait<NC>(tmp);
             qplug_cuda__moe_v6_pin(cur);
             promote(st, cw0, cw1);
             release(s);
@@ -512,8 +721,13 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
 
     /* All slots are consumed (every copy has landed and been read): the
      * ring's memory is free for the hand-over of u. */
-    qplug_cuda__moe_wg_epilogue<DUAL, NC>(p, acc, reinterpret_cast<float *>(sm), cw, wt, r0,
-                                          nrows, n0, wl * 16 + g, c0);
+    if (FUSE)
+        qplug_cuda__moe_v6_epilogue_hq<NC>(p, acc, sm, xbar,
+                                           reinterpret_cast<float *>(sm + L::REM), cw, wt, wl,
+                                           lane, r0, nrows, n0);
+    else
+        qplug_cuda__moe_wg_epilogue<DUAL, NC>(p, acc, reinterpret_cast<float *>(sm), cw, wt, r0,
+                                              nrows, n0, wl * 16 + g, c0);
 }
 
 /*

@@ -366,6 +366,44 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_mmah_n128(float *d, ui
                  : "l"(da), "l"(db), "r"(acc));
 }
 
+/* One wgmma of N = NC token columns on the FP8 (F16 false: m64nNk32 E4M3)
+ * or the F16 (m64nNk16) tensor cores, both operands in shared memory; the
+ * one place that maps NC to an instruction, for every kernel. */
+template <bool F16, int NC>
+static __device__ __forceinline__ void qplug_cuda__moe_wg_mma(float *d, uint64_t da, uint64_t db,
+                                                              int acc)
+{
+    static_assert(NC == 16 || NC == 32 || NC == 64 || NC == 96 || NC == 128,
+                  "moe wgmma: N must be 16, 32, 64, 96 or 128");
+    if (NC == 16)
+        F16 ? qplug_cuda__moe_wg_mmah_n16(d, da, db, acc) : qplug_cuda__moe_wg_mma_n16(d, da, db, acc);
+    else if (NC == 32)
+        F16 ? qplug_cuda__moe_wg_mmah_n32(d, da, db, acc) : qplug_cuda__moe_wg_mma_n32(d, da, db, acc);
+    else if (NC == 64)
+        F16 ? qplug_cuda__moe_wg_mmah_n64(d, da, db, acc) : qplug_cuda__moe_wg_mma_n64(d, da, db, acc);
+    else if (NC == 96)
+        F16 ? qplug_cuda__moe_wg_mmah_n96(d, da, db, acc) : qplug_cuda__moe_wg_mma_n96(d, da, db, acc);
+    else
+        F16 ? qplug_cuda__moe_wg_mmah_n128(d, da, db, acc)
+            : qplug_cuda__moe_wg_mma_n128(d, da, db, acc);
+}
+
+/* Waits for all of this thread's wgmma groups, the NC / 2 accumulators
+ * of N = NC as operands. */
+template <int NC> static __device__ __forceinline__ void qplug_cuda__moe_wg_wait(float *d)
+{
+    if (NC == 16)
+        qplug_cuda__moe_wg_wait8(d);
+    else if (NC == 32)
+        qplug_cuda__moe_wg_wait16(d);
+    else if (NC == 64)
+        qplug_cuda__moe_wg_wait32(d);
+    else if (NC == 96)
+        qplug_cuda__moe_wg_wait48(d);
+    else
+        qplug_cuda__moe_wg_wait64(d);
+}
+
 /* The E4M3 bytes of the eight E2M1 magnitudes times 2^(tp - 6), tp in
  * [1, 12] (every result a normal number): code 1 (0.5) has exponent field
  * tp, codes 2..7 have (e + tp) with their mantissa bit at bit 2. */
@@ -715,34 +753,14 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
                 uint64_t ha = qplug_cuda__moe_wg_desc(at + kh * WG_TILE);
                 uint64_t hb = qplug_cuda__moe_wg_desc(bh + kh * WG_TILE);
 #pragma unroll
-                for (int ks = 0; ks < 4; ks++) {
-                    int use = kh | ks;
-                    if (NC == 16)
-                        qplug_cuda__moe_wg_mmah_n16(tmp, ha + WG_KSTEP * ks, hb + WG_KSTEP * ks, use);
-                    else if (NC == 32)
-                        qplug_cuda__moe_wg_mmah_n32(tmp, ha + WG_KSTEP * ks, hb + WG_KSTEP * ks, use);
-                    else if (NC == 64)
-                        qplug_cuda__moe_wg_mmah_n64(tmp, ha + WG_KSTEP * ks, hb + WG_KSTEP * ks, use);
-                    else if (NC == 96)
-                        qplug_cuda__moe_wg_mmah_n96(tmp, ha + WG_KSTEP * ks, hb + WG_KSTEP * ks, use);
-                    else
-                        qplug_cuda__moe_wg_mmah_n128(tmp, ha + WG_KSTEP * ks, hb + WG_KSTEP * ks, use);
-                }
+                for (int ks = 0; ks < 4; ks++)
+                    qplug_cuda__moe_wg_mma<true, NC>(tmp, ha + WG_KSTEP * ks, hb + WG_KSTEP * ks,
+                                                     kh | ks);
             }
         }
 #pragma unroll
-        for (int ks = 0; ks < 4 && WF != MOE_F_NV; ks++) {
-            if (NC == 16)
-                qplug_cuda__moe_wg_mma_n16(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
-            else if (NC == 32)
-                qplug_cuda__moe_wg_mma_n32(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
-            else if (NC == 64)
-                qplug_cuda__moe_wg_mma_n64(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
-            else if (NC == 96)
-                qplug_cuda__moe_wg_mma_n96(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
-            else
-                qplug_cuda__moe_wg_mma_n128(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
-        }
+        for (int ks = 0; ks < 4 && WF != MOE_F_NV; ks++)
+            qplug_cuda__moe_wg_mma<false, NC>(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
         qplug_cuda__moe_wg_commit_mma();
 
         if (kb + L::S - 1 < nk)
@@ -754,16 +772,7 @@ static __device__ __forceinline__ void qplug_cuda__moe_wg_body(const qplug_cuda_
             decode((int)((kb + 1) % L::S), ab ^ 1);
             qplug_cuda__moe_wg_fence_async();
         }
-        if (NC == 16)
-            qplug_cuda__moe_wg_wait8(tmp);
-        else if (NC == 32)
-            qplug_cuda__moe_wg_wait16(tmp);
-        else if (NC == 64)
-            qplug_cuda__moe_wg_wait32(tmp);
-        else if (NC == 96)
-            qplug_cuda__moe_wg_wait48(tmp);
-        else
-            qplug_cuda__moe_wg_wait64(tmp);
+        qplug_cuda__moe_wg_wait<NC>(tmp);
 
         /* Scales of this k-block: weight rows m0, m0 + 8 and the tokens. */
         float w0, w1;

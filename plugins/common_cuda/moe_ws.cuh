@@ -134,36 +134,6 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_turn_give(int id)
     asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
 }
 
-template <int NC>
-static __device__ __forceinline__ void qplug_cuda__moe_ws_mma(float *d, uint64_t da, uint64_t db,
-                                                              int acc)
-{
-    if (NC == 16)
-        qplug_cuda__moe_wg_mma_n16(d, da, db, acc);
-    else if (NC == 32)
-        qplug_cuda__moe_wg_mma_n32(d, da, db, acc);
-    else if (NC == 64)
-        qplug_cuda__moe_wg_mma_n64(d, da, db, acc);
-    else if (NC == 96)
-        qplug_cuda__moe_wg_mma_n96(d, da, db, acc);
-    else
-        qplug_cuda__moe_wg_mma_n128(d, da, db, acc);
-}
-
-template <int NC> static __device__ __forceinline__ void qplug_cuda__moe_ws_mma_wait(float *d)
-{
-    if (NC == 16)
-        qplug_cuda__moe_wg_wait8(d);
-    else if (NC == 32)
-        qplug_cuda__moe_wg_wait16(d);
-    else if (NC == 64)
-        qplug_cuda__moe_wg_wait32(d);
-    else if (NC == 96)
-        qplug_cuda__moe_wg_wait48(d);
-    else
-        qplug_cuda__moe_wg_wait64(d);
-}
-
 template <int WF, bool DUAL, int NC>
 static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda__moe_gemm_args &p)
 {
@@ -335,7 +305,7 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
         if (QPLUG_MOE_WS_DIAG != 1) {
 #pragma unroll
             for (int ks = 0; ks < 4; ks++)
-                qplug_cuda__moe_ws_mma<NC>(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
+                qplug_cuda__moe_wg_mma<false, NC>(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
         }
         qplug_cuda__moe_wg_commit_mma();
         if (QPLUG_MOE_WS_PINGPONG)
@@ -356,7 +326,7 @@ static __device__ __forceinline__ void qplug_cuda__moe_ws_body(const qplug_cuda_
         for (int j = 0; j < NC / 8; j++)
             ts[j] = *reinterpret_cast<const float2 *>(as + j * 8 + c0);
 
-        qplug_cuda__moe_ws_mma_wait<NC>(tmp);
+        qplug_cuda__moe_wg_wait<NC>(tmp);
         __syncwarp();
         if (lane == 0)
             qplug_cuda__moe_ws_arrive(&empty[s]);
