@@ -230,7 +230,9 @@ __global__ void __launch_bounds__(1024)
 {
     __shared__ int cnt[MOE_MAX_E];
     __shared__ int cur[MOE_MAX_E];
-    __shared__ int part[32];
+    /* One partial-sum buffer per scan: a warp may still read the first
+     * scan's partials while another already writes the second's. */
+    __shared__ int part[2][32];
     __shared__ int nbig_s;
     int tid = threadIdx.x;
     /* The W4A4 unpack, later on the stream, only ever sets the flag. */
@@ -254,8 +256,8 @@ __global__ void __launch_bounds__(1024)
      * prefix sums (E <= 1024, one thread each). */
     int c = tid < E ? cnt[tid] : 0;
     int rows = (c + align - 1) / align * align, nt = (c + bm - 1) / bm;
-    int rincl = qplug_cuda__moe_block_scan(rows, part);
-    int tincl = qplug_cuda__moe_block_scan(nt, part);
+    int rincl = qplug_cuda__moe_block_scan(rows, part[0]);
+    int tincl = qplug_cuda__moe_block_scan(nt, part[1]);
     if (tid == 1023)
         *ntiles = tincl;
     if (tid < E) {
