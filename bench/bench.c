@@ -434,22 +434,26 @@ static void usage(FILE *f)
                "[--m 1,16,...] [--reps N] [--json OUT] [--md OUT] [--check-max-m M] "
                "[--no-hold]\n"
                "       qplug bench --moe [--reps N] [--json OUT] [--md OUT] [--no-hold]\n"
+               "       qplug bench --prequant [--plugin P] [--shapes flash|pro] [--m 64,...] "
+               "[--reps N] [--md OUT] [--no-hold] [--kernels-only | --no-kernels]\n"
                "--no-hold: enqueue the timed reps back to back without holding the stream "
                "(the method of the tables up to v10: short calls then time the host)\n");
 }
 
 int qplug_bench_main(int argc, char **argv)
 {
-    /* --moe anywhere selects the fused-MoE bench (bench_moe.c), which takes
-     * the other arguments. */
+    /* --moe anywhere selects the fused-MoE bench (bench_moe.c), --prequant
+     * the pre-quantized-activation bench (bench_prequant.c); each takes the
+     * other arguments. */
     for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--moe")) {
+        if (!strcmp(argv[i], "--moe") || !strcmp(argv[i], "--prequant")) {
             char *rest[32];
             int nr = 0;
             for (int j = 1; j < argc && nr < 32; j++)
                 if (j != i)
                     rest[nr++] = argv[j];
-            return qplug_bench__moe_main(nr, rest);
+            return strcmp(argv[i], "--moe") ? qplug_bench__prequant_main(nr, rest)
+                                            : qplug_bench__moe_main(nr, rest);
         }
     int want[PL_COUNT] = {1, 1, 1};
     int models = 3; /* bit 0 flash, bit 1 pro */

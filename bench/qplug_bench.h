@@ -20,6 +20,12 @@ int qplug_bench_main(int argc, char **argv);
  * with the arguments other than "bench" and "--moe". */
 int qplug_bench__moe_main(int argc, char **argv);
 
+/* `qplug bench --prequant`: the RMSNorm kernels against copy bandwidth and
+ * the prefill rows with the activation quantization in the producer
+ * (bench_prequant.c), with the arguments other than "bench" and
+ * "--prequant". */
+int qplug_bench__prequant_main(int argc, char **argv);
+
 /* Buffer contents for qplug_bench__fill. */
 enum {
     QPLUG_BENCH_FILL_RAW = 0,

@@ -2,29 +2,60 @@
  * in (the producer side of ABI 1.2's pre-quantized x), and the plain BF16
  * RMSNorm it replaces.
  *
- * Both kernels give one warp one row. Lane l reads elements (i*32 + l)*8
- * .. +7 of the row with 16-byte loads in step i, so half-warp h of step i
- * holds exactly the 128-group 2i + h: the group's amax is a reduction over
- * 16 lanes and needs no shared memory. The row stays in registers between
- * the sum of squares and the normalisation (NV uint4 per lane, NV chosen
- * at launch for d), so x is read from memory once. The weight is read per
- * use through the read-only path; it is d*2 bytes shared by every row.
+ * Both kernels give one block one row (v2; v1 gave one warp a whole row,
+ * which at d = 7168 held 128 registers of row per lane, left one block of
+ * 8 warps per multiprocessor and ran at 30-50% of copy bandwidth). Thread t
+ * owns the 8 * QPLUG_NQ_VEC consecutive elements from t * 8 * QPLUG_NQ_VEC:
+ * its x and weight pieces are 16-byte loads issued together before any
+ * arithmetic, the row stays in registers between the sum of squares and
+ * the normalisation, so x is read from memory once. The sum of squares is
+ * a warp shuffle tree, then one shared-memory word per warp and a second
+ * shuffle tree over those words (every warp does the same tree, so every
+ * thread gets the same r). A 128-group is 16 / QPLUG_NQ_VEC consecutive
+ * lanes of one warp: its amax is a shuffle reduction over those lanes, its
+ * scale is stored by the group's first lane. The codes of a thread are one
+ * 16-byte store (8-byte when xq is only 8-byte aligned), the BF16 outputs
+ * QPLUG_NQ_VEC 16-byte stores. At up to 512 threads per block of few
+ * registers several rows are in flight per multiprocessor, so loads of one
+ * row overlap the arithmetic and stores of others.
  *
  * The memory floor: RMSNorm reads 2 and writes 2 bytes per element;
  * RMSNorm + quantization reads 2 and writes 1 plus 4 bytes per 128 of
  * scale, so it moves 25% fewer bytes than the RMSNorm it replaces and
  * removes the separate quantization pass (2 read + 1 written) entirely.
+ * The weight (d * 2 bytes) is shared by every row and comes from L1/L2.
  *
- * Numerics: sum of squares in fp32 (per-lane sums, then a fixed xor tree:
- * deterministic), r = 1 / sqrt(ss / d + eps) with IEEE sqrt and division,
- * v = (x * r) * w in fp32. The quantized form takes v as it is in fp32;
- * it is not rounded to BF16 first, so its codes can differ from those of
- * act_quant run on the BF16 RMSNorm output (one BF16 rounding fewer: the
- * fused result is the closer one to the exact normalised value). The BF16
- * kernel writes bf16(v), round to nearest even. */
+ * Numerics: sum of squares in fp32 (per-thread fma chains, then fixed
+ * shuffle trees: deterministic), r = 1 / sqrt(ss / d + eps) with IEEE sqrt
+ * and division, v = (x * r) * w in fp32. The quantized form takes v as it
+ * is in fp32; it is not rounded to BF16 first, so its codes can differ
+ * from those of act_quant run on the BF16 RMSNorm output (one BF16
+ * rounding fewer: the fused result is the closer one to the exact
+ * normalised value). The codes are e4m3(v / s) with v / s the correctly
+ * rounded fp32 quotient, the rule of formats.md and act_quant: for UE8M0
+ * scales v * (1 / s) is that quotient exactly (s is a power of two); for
+ * F32 scales it is formed without a division per value, as q0 = v * y with
+ * y = 1 / s correctly rounded, then q0 + (v - q0 * s) * y with both steps
+ * fused multiply-adds (Markstein's correction, which gives the correctly
+ * rounded quotient of normal operands; the sign is copied from v so that
+ * -0 stays -0). A brute-force check of 4e8 (v, s) pairs of the kernel's
+ * ranges against IEEE division found no difference (bench/NOTES.md,
+ * preq2). A non-finite scale (a NaN or Inf in the group) takes the IEEE
+ * division. The BF16 kernel writes bf16(v), round to nearest even. */
 #include "internal.cuh"
 
-enum { QPLUG_NQ_WARPS = 8, QPLUG_NQ_MAX_D = 8192 };
+/* Elements per thread / 8: 2 gives 16 elements (16 bytes of codes) per
+ * thread; the bench builds 1 as well to compare. */
+#ifndef QPLUG_NQ_VEC
+#define QPLUG_NQ_VEC 2
+#endif
+
+enum {
+    QPLUG_NQ_MAX_D = 8192,
+    QPLUG_NQ_ELEMS = 8 * QPLUG_NQ_VEC,
+    QPLUG_NQ_MAX_THREADS = QPLUG_NQ_MAX_D / QPLUG_NQ_ELEMS,
+    QPLUG_NQ_GROUP_LANES = 128 / QPLUG_NQ_ELEMS
+};
 
 /* The eight fp32 values of a uint4 of BF16 (exact widening). */
 __device__ __forceinline__ void qplug_cuda__bf16x8(uint4 r, float f[8])
@@ -37,19 +68,47 @@ __device__ __forceinline__ void qplug_cuda__bf16x8(uint4 r, float f[8])
     }
 }
 
-/* The row's normaliser 1 / sqrt(mean(x^2) + eps), identical in every lane;
- * raw[] holds the lane's nv 16-byte pieces of the row. */
-template <int NV>
-__device__ __forceinline__ float qplug_cuda__rms_r(const uint4 (&raw)[NV], int nv, int64_t d,
-                                                   float eps)
+/* Threads per block for a row of d elements: whole warps, so that every
+ * lane of a warp takes part in its shuffles; threads past d (d % 512 != 0
+ * at QPLUG_NQ_VEC 2) hold zeros and store nothing. */
+static unsigned qplug_cuda__nq_threads(int64_t d)
 {
+    unsigned t = (unsigned)(d / QPLUG_NQ_ELEMS);
+    return (t + 31u) / 32u * 32u;
+}
+
+/* One row's pieces of a thread, loaded before anything else: x[] and the
+ * weight's w[] (zeros past d), and the thread's first element c. Returns
+ * whether the thread owns elements of the row. */
+__device__ __forceinline__ bool qplug_cuda__nq_load(const __nv_bfloat16 *xr,
+                                                    const __nv_bfloat16 *w, int64_t d,
+                                                    uint4 (&xv)[QPLUG_NQ_VEC],
+                                                    uint4 (&wv)[QPLUG_NQ_VEC], int64_t *c)
+{
+    *c = (int64_t)threadIdx.x * QPLUG_NQ_ELEMS;
+    bool live = *c < d;
+#pragma unroll
+    for (int i = 0; i < QPLUG_NQ_VEC; i++) {
+        xv[i] = live ? qplug_cuda__ld_stream(xr + *c + 8 * i) : make_uint4(0u, 0u, 0u, 0u);
+        wv[i] = live ? __ldg(reinterpret_cast<const uint4 *>(w + *c + 8 * i))
+                     : make_uint4(0u, 0u, 0u, 0u);
+    }
+    return live;
+}
+
+/* The row's normaliser 1 / sqrt(mean(x^2) + eps), identical in every
+ * thread of the block: per-thread fma chain, a shuffle tree per warp, one
+ * shared word per warp, and the same shuffle tree over those words in
+ * every warp. Every thread of the block must call it. */
+__device__ __forceinline__ float qplug_cuda__nq_rms(const uint4 (&xv)[QPLUG_NQ_VEC], int64_t d,
+                                                    float eps)
+{
+    __shared__ float part[32];
     float ss = 0.0f;
 #pragma unroll
-    for (int i = 0; i < NV; i++) {
-        if (i >= nv)
-            break;
+    for (int i = 0; i < QPLUG_NQ_VEC; i++) {
         float f[8];
-        qplug_cuda__bf16x8(raw[i], f);
+        qplug_cuda__bf16x8(xv[i], f);
 #pragma unroll
         for (int t = 0; t < 8; t++)
             ss = fmaf(f[t], f[t], ss);
@@ -57,109 +116,120 @@ __device__ __forceinline__ float qplug_cuda__rms_r(const uint4 (&raw)[NV], int n
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
         ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    if (lane == 0)
+        part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    ss = lane < nw ? part[lane] : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        ss += __shfl_xor_sync(0xffffffffu, ss, o);
     return __fdiv_rn(1.0f, __fsqrt_rn(__fdiv_rn(ss, (float)d) + eps));
 }
 
-/* Loads the lane's pieces of row `row`; pieces past d (d % 256 == 128
- * leaves the upper half-warp idle in the last step) read as zero. */
-template <int NV>
-__device__ __forceinline__ void qplug_cuda__rms_load(const __nv_bfloat16 *x, int64_t d, int lane,
-                                                     int nv, uint4 (&raw)[NV])
+/* e4m3 code pair of the correctly rounded fp32 quotients (a / s, b / s),
+ * given y = 1 / s correctly rounded and s finite and positive (see the
+ * head comment for why this equals the division). */
+__device__ __forceinline__ unsigned qplug_cuda__nq_div_pair(float a, float b, float s, float y)
 {
-#pragma unroll
-    for (int i = 0; i < NV; i++) {
-        int64_t c = ((int64_t)i * 32 + lane) * 8;
-        raw[i] = (i < nv && c < d) ? qplug_cuda__ld_stream(x + c) : make_uint4(0u, 0u, 0u, 0u);
-    }
+    float qa = a * y, qb = b * y;
+    qa = copysignf(fmaf(fmaf(-qa, s, a), y, qa), a);
+    qb = copysignf(fmaf(fmaf(-qb, s, b), y, qb), b);
+    return __nv_cvt_float2_to_fp8x2(make_float2(qa, qb), __NV_SATFINITE, __NV_E4M3);
 }
 
-template <int NV, bool UE8M0>
-__global__ void __launch_bounds__(QPLUG_NQ_WARPS * 32)
+template <bool UE8M0>
+__global__ void __launch_bounds__(QPLUG_NQ_MAX_THREADS)
     qplug_cuda__rmsnorm_quant_kernel(const __nv_bfloat16 *__restrict__ x, int64_t ldx, int64_t m,
                                      int64_t d, const __nv_bfloat16 *__restrict__ w, float eps,
-                                     uint8_t *__restrict__ xq, float *__restrict__ scale)
+                                     bool xq16, uint8_t *__restrict__ xq,
+                                     float *__restrict__ scale)
 {
-    int lane = threadIdx.x & 31;
-    int64_t row = (int64_t)blockIdx.x * QPLUG_NQ_WARPS + (threadIdx.x >> 5);
-    if (row >= m)
-        return;
-    int nv = (int)((d + 255) / 256);
-    uint4 raw[NV];
-    qplug_cuda__rms_load<NV>(x + row * ldx, d, lane, nv, raw);
-    float r = qplug_cuda__rms_r<NV>(raw, nv, d, eps);
-    unsigned half_mask = (lane & 16) ? 0xffff0000u : 0x0000ffffu;
+    int64_t row = blockIdx.x, c;
+    uint4 xv[QPLUG_NQ_VEC], wv[QPLUG_NQ_VEC];
+    bool live = qplug_cuda__nq_load(x + row * ldx, w, d, xv, wv, &c);
+    float r = qplug_cuda__nq_rms(xv, d, eps);
+    float v[QPLUG_NQ_ELEMS];
+    /* |v| maximised on the bits as unsigned integers: orders non-negative
+     * floats and puts NaN above Inf, so a NaN in the row reaches the scale
+     * (and every code of its group) as act_quant's does. */
+    unsigned amax_bits = __float_as_uint(1e-4f);
 #pragma unroll
-    for (int i = 0; i < NV; i++) {
-        if (i >= nv)
-            break;
-        int64_t c = ((int64_t)i * 32 + lane) * 8;
-        /* A half-warp past d skips the step as a whole, so the reduction
-         * below only names lanes that take part. */
-        if (c >= d)
-            continue;
+    for (int i = 0; i < QPLUG_NQ_VEC; i++) {
         float f[8], g[8];
-        qplug_cuda__bf16x8(raw[i], f);
-        qplug_cuda__bf16x8(__ldg(reinterpret_cast<const uint4 *>(w + c)), g);
-        /* |v| maximised on the bits as unsigned integers: orders
-         * non-negative floats and puts NaN above Inf, so a NaN in the row
-         * reaches the scale (and every code of its group) as act_quant's
-         * does. */
-        unsigned amax_bits = __float_as_uint(1e-4f);
+        qplug_cuda__bf16x8(xv[i], f);
+        qplug_cuda__bf16x8(wv[i], g);
 #pragma unroll
         for (int t = 0; t < 8; t++) {
-            f[t] = f[t] * r * g[t];
-            amax_bits = max(amax_bits, __float_as_uint(f[t]) & 0x7fffffffu);
+            v[8 * i + t] = f[t] * r * g[t];
+            amax_bits = max(amax_bits, __float_as_uint(v[8 * i + t]) & 0x7fffffffu);
         }
-#pragma unroll
-        for (int o = 8; o > 0; o >>= 1)
-            amax_bits = max(amax_bits, __shfl_xor_sync(half_mask, amax_bits, o));
-        float amax = __uint_as_float(amax_bits);
-        float s = UE8M0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
-        float inv = UE8M0 ? 1.0f / s : 0.0f;
-        unsigned q[2] = {0u, 0u};
-#pragma unroll
-        for (int t = 0; t < 4; t++) {
-            float2 p = make_float2(f[2 * t], f[2 * t + 1]);
-            if (UE8M0) {
-                p.x *= inv;
-                p.y *= inv;
-            } else {
-                p.x = __fdiv_rn(p.x, s);
-                p.y = __fdiv_rn(p.y, s);
-            }
-            unsigned pair = __nv_cvt_float2_to_fp8x2(p, __NV_SATFINITE, __NV_E4M3);
-            q[t / 2] |= (t % 2 == 0) ? pair : pair << 16;
-        }
-        *reinterpret_cast<uint2 *>(xq + row * d + c) = make_uint2(q[0], q[1]);
-        if ((lane & 15) == 0)
-            scale[(c / 128) * m + row] = s;
     }
+    /* The group's lanes are consecutive and aligned inside the warp; every
+     * lane takes part (lanes past d form whole groups of their own). */
+#pragma unroll
+    for (int o = QPLUG_NQ_GROUP_LANES / 2; o > 0; o >>= 1)
+        amax_bits = max(amax_bits, __shfl_xor_sync(0xffffffffu, amax_bits, o));
+    if (!live)
+        return;
+    float amax = __uint_as_float(amax_bits);
+    float s = UE8M0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
+    unsigned q[QPLUG_NQ_ELEMS / 4];
+    if (UE8M0) {
+        /* s is a power of two: v * (1 / s) is v / s exactly. */
+        float y = 1.0f / s;
+#pragma unroll
+        for (int t = 0; t < QPLUG_NQ_ELEMS / 2; t++) {
+            unsigned pair = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * t] * y, v[2 * t + 1] * y),
+                                                     __NV_SATFINITE, __NV_E4M3);
+            q[t / 2] = t % 2 == 0 ? pair : q[t / 2] | pair << 16;
+        }
+    } else if (isfinite(s)) {
+        float y = __frcp_rn(s);
+#pragma unroll
+        for (int t = 0; t < QPLUG_NQ_ELEMS / 2; t++) {
+            unsigned pair = qplug_cuda__nq_div_pair(v[2 * t], v[2 * t + 1], s, y);
+            q[t / 2] = t % 2 == 0 ? pair : q[t / 2] | pair << 16;
+        }
+    } else {
+#pragma unroll
+        for (int t = 0; t < QPLUG_NQ_ELEMS / 2; t++) {
+            unsigned pair = __nv_cvt_float2_to_fp8x2(
+                make_float2(__fdiv_rn(v[2 * t], s), __fdiv_rn(v[2 * t + 1], s)), __NV_SATFINITE,
+                __NV_E4M3);
+            q[t / 2] = t % 2 == 0 ? pair : q[t / 2] | pair << 16;
+        }
+    }
+    uint8_t *out = xq + row * d + c;
+#if QPLUG_NQ_VEC == 2
+    if (xq16)
+        *reinterpret_cast<uint4 *>(out) = make_uint4(q[0], q[1], q[2], q[3]);
+    else
+        for (int h = 0; h < 2; h++)
+            *reinterpret_cast<uint2 *>(out + 8 * h) = make_uint2(q[2 * h], q[2 * h + 1]);
+#else
+    (void)xq16;
+    *reinterpret_cast<uint2 *>(out) = make_uint2(q[0], q[1]);
+#endif
+    if ((threadIdx.x & (QPLUG_NQ_GROUP_LANES - 1)) == 0)
+        scale[(c / 128) * m + row] = s;
 }
 
-template <int NV>
-__global__ void __launch_bounds__(QPLUG_NQ_WARPS * 32)
-    qplug_cuda__rmsnorm_kernel(const __nv_bfloat16 *__restrict__ x, int64_t ldx, int64_t m,
-                               int64_t d, const __nv_bfloat16 *__restrict__ w, float eps,
+__global__ void __launch_bounds__(QPLUG_NQ_MAX_THREADS)
+    qplug_cuda__rmsnorm_kernel(const __nv_bfloat16 *__restrict__ x, int64_t ldx, int64_t d, const __nv_bfloat16 *__restrict__ w, float eps,
                                __nv_bfloat16 *__restrict__ y, int64_t ldy)
 {
-    int lane = threadIdx.x & 31;
-    int64_t row = (int64_t)blockIdx.x * QPLUG_NQ_WARPS + (threadIdx.x >> 5);
-    if (row >= m)
+    int64_t row = blockIdx.x, c;
+    uint4 xv[QPLUG_NQ_VEC], wv[QPLUG_NQ_VEC];
+    bool live = qplug_cuda__nq_load(x + row * ldx, w, d, xv, wv, &c);
+    float r = qplug_cuda__nq_rms(xv, d, eps);
+    if (!live)
         return;
-    int nv = (int)((d + 255) / 256);
-    uint4 raw[NV];
-    qplug_cuda__rms_load<NV>(x + row * ldx, d, lane, nv, raw);
-    float r = qplug_cuda__rms_r<NV>(raw, nv, d, eps);
 #pragma unroll
-    for (int i = 0; i < NV; i++) {
-        if (i >= nv)
-            break;
-        int64_t c = ((int64_t)i * 32 + lane) * 8;
-        if (c >= d)
-            continue;
+    for (int i = 0; i < QPLUG_NQ_VEC; i++) {
         float f[8], g[8];
-        qplug_cuda__bf16x8(raw[i], f);
-        qplug_cuda__bf16x8(__ldg(reinterpret_cast<const uint4 *>(w + c)), g);
+        qplug_cuda__bf16x8(xv[i], f);
+        qplug_cuda__bf16x8(wv[i], g);
         unsigned o[4];
 #pragma unroll
         for (int t = 0; t < 4; t++) {
@@ -167,7 +237,7 @@ __global__ void __launch_bounds__(QPLUG_NQ_WARPS * 32)
                                                      f[2 * t + 1] * r * g[2 * t + 1]);
             o[t] = *reinterpret_cast<unsigned *>(&b);
         }
-        *reinterpret_cast<uint4 *>(y + row * ldy + c) = make_uint4(o[0], o[1], o[2], o[3]);
+        *reinterpret_cast<uint4 *>(y + row * ldy + c + 8 * i) = make_uint4(o[0], o[1], o[2], o[3]);
     }
 }
 
@@ -191,25 +261,10 @@ static qplug_status qplug_cuda__rms_check(const char *fn, const void *x, int64_t
     if (!(eps >= 0.0f) || eps > 1.0f)
         return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "%s: eps %g is not in [0, 1]", fn,
                                 (double)eps);
-    if ((m + QPLUG_NQ_WARPS - 1) / QPLUG_NQ_WARPS > 0x7fffffff)
-        return qplug_cuda__fail(err, QPLUG_ERR_SHAPE, "%s: %lld rows exceed one grid", fn,
-                                (long long)m);
+    if (m > 0x7fffffff)
+        return qplug_cuda__fail(err, QPLUG_ERR_SHAPE, "%s: %lld rows exceed one grid (one block "
+                                "per row)", fn, (long long)m);
     return QPLUG_OK;
-}
-
-template <int NV>
-static void qplug_cuda__launch_nq(const void *x, int64_t ldx, int64_t m, int64_t d, const void *w,
-                                  float eps, bool ue8m0, void *xq, float *scale,
-                                  cudaStream_t s)
-{
-    unsigned blocks = (unsigned)((m + QPLUG_NQ_WARPS - 1) / QPLUG_NQ_WARPS);
-    const __nv_bfloat16 *xb = (const __nv_bfloat16 *)x, *wb = (const __nv_bfloat16 *)w;
-    if (ue8m0)
-        qplug_cuda__rmsnorm_quant_kernel<NV, true><<<blocks, QPLUG_NQ_WARPS * 32, 0, s>>>(
-            xb, ldx, m, d, wb, eps, (uint8_t *)xq, scale);
-    else
-        qplug_cuda__rmsnorm_quant_kernel<NV, false><<<blocks, QPLUG_NQ_WARPS * 32, 0, s>>>(
-            xb, ldx, m, d, wb, eps, (uint8_t *)xq, scale);
 }
 
 extern "C" qplug_status qplug_cuda__rmsnorm_quant(const void *x, int64_t ldx, int64_t m,
@@ -228,18 +283,18 @@ extern "C" qplug_status qplug_cuda__rmsnorm_quant(const void *x, int64_t ldx, in
     if (fmt != QPLUG_CUDA_SCALE_F32 && fmt != QPLUG_CUDA_SCALE_UE8M0)
         return qplug_cuda__fail(err, QPLUG_ERR_ARGUMENT, "rmsnorm_quant: unknown scale format %d",
                                 (int)fmt);
-    bool ue = fmt == QPLUG_CUDA_SCALE_UE8M0;
+    unsigned threads = qplug_cuda__nq_threads(d);
     cudaStream_t s = (cudaStream_t)stream;
-    /* Registers for the row: NV 16-byte pieces per lane, the smallest
-     * instance that holds d. */
-    if (d <= 1024)
-        qplug_cuda__launch_nq<4>(x, ldx, m, d, w, eps, ue, xq, scale, s);
-    else if (d <= 2048)
-        qplug_cuda__launch_nq<8>(x, ldx, m, d, w, eps, ue, xq, scale, s);
-    else if (d <= 4096)
-        qplug_cuda__launch_nq<16>(x, ldx, m, d, w, eps, ue, xq, scale, s);
+    const __nv_bfloat16 *xb = (const __nv_bfloat16 *)x, *wb = (const __nv_bfloat16 *)w;
+    /* Rows start at multiples of d (a multiple of 128), so 16-byte code
+     * stores need only xq itself 16-byte aligned. */
+    bool xq16 = (uintptr_t)xq % 16 == 0;
+    if (fmt == QPLUG_CUDA_SCALE_UE8M0)
+        qplug_cuda__rmsnorm_quant_kernel<true><<<(unsigned)m, threads, 0, s>>>(
+            xb, ldx, m, d, wb, eps, xq16, (uint8_t *)xq, scale);
     else
-        qplug_cuda__launch_nq<32>(x, ldx, m, d, w, eps, ue, xq, scale, s);
+        qplug_cuda__rmsnorm_quant_kernel<false><<<(unsigned)m, threads, 0, s>>>(
+            xb, ldx, m, d, wb, eps, xq16, (uint8_t *)xq, scale);
     return qplug_cuda__check_launch(err, "rmsnorm_quant");
 }
 
@@ -255,21 +310,9 @@ extern "C" qplug_status qplug_cuda__rmsnorm_bf16(const void *x, int64_t ldx, int
                                 "rmsnorm_bf16: y must be 16-byte aligned with a row stride >= d "
                                 "and a multiple of 8 (stride %lld)",
                                 (long long)ldy);
-    unsigned blocks = (unsigned)((m + QPLUG_NQ_WARPS - 1) / QPLUG_NQ_WARPS);
-    cudaStream_t s = (cudaStream_t)stream;
-    const __nv_bfloat16 *xb = (const __nv_bfloat16 *)x, *wb = (const __nv_bfloat16 *)w;
-    __nv_bfloat16 *yb = (__nv_bfloat16 *)y;
-    if (d <= 1024)
-        qplug_cuda__rmsnorm_kernel<4><<<blocks, QPLUG_NQ_WARPS * 32, 0, s>>>(xb, ldx, m, d, wb,
-                                                                            eps, yb, ldy);
-    else if (d <= 2048)
-        qplug_cuda__rmsnorm_kernel<8><<<blocks, QPLUG_NQ_WARPS * 32, 0, s>>>(xb, ldx, m, d, wb,
-                                                                            eps, yb, ldy);
-    else if (d <= 4096)
-        qplug_cuda__rmsnorm_kernel<16><<<blocks, QPLUG_NQ_WARPS * 32, 0, s>>>(xb, ldx, m, d, wb,
-                                                                             eps, yb, ldy);
-    else
-        qplug_cuda__rmsnorm_kernel<32><<<blocks, QPLUG_NQ_WARPS * 32, 0, s>>>(xb, ldx, m, d, wb,
-                                                                             eps, yb, ldy);
+    qplug_cuda__rmsnorm_kernel<<<(unsigned)m, qplug_cuda__nq_threads(d), 0,
+                                 (cudaStream_t)stream>>>((const __nv_bfloat16 *)x, ldx, d,
+                                                         (const __nv_bfloat16 *)w, eps,
+                                                         (__nv_bfloat16 *)y, ldy);
     return qplug_cuda__check_launch(err, "rmsnorm_bf16");
 }

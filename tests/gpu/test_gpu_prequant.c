@@ -19,6 +19,27 @@
  *     bits: relative rounding error up to 2^-4, about 0.03 in L2 on
  *     normal data);
  *   - BF16 RMSNorm: 3e-3 (BF16 rounding, 2^-9 relative at most per value).
+ *
+ * Layer cases (built when the build names the fp8_block plugin file,
+ * QPLUG_PREQUANT_PLUGIN_FP8_BLOCK): an fp8_block linear layer (n = 1024,
+ * k = 4096, random E4M3 weights with E8M0 128x128 tile scales) built
+ * through the core's loader and host, applied at the prefill sizes m = 64
+ * and 512 (m > 16: the plugin's cuBLASLt path, which reads pre-quantized x
+ * in place), y poisoned (0xFF) before every call:
+ *   - x_scale call on act_quant's codes of BF16 x against the BF16-x call:
+ *     bit for bit equal, every output written;
+ *   - the same y against float64 references from the weights dequantized
+ *     with ml_dtypes' E4M3 table: x quantized by formats.md's rule (E4M3
+ *     per 128 along k, s = amax/448 in fp32 or its power of two rounded up,
+ *     exact products): bound 1e-2 (fp32 accumulation, the BF16 output and
+ *     rare E4M3 flips where the GPU's fp32 x/s lands across a rounding
+ *     boundary); the BF16 x itself: 0.05 (E4M3 activations add at most
+ *     2^-4/sqrt(3) = 0.036 RMS relative error, tests/conformance/cases.h);
+ *   - the producer chain: rmsnorm_quant of random x, then the x_scale call,
+ *     against the float64 RMSNorm quantized by the same rule (1e-2) and not
+ *     quantized (0.05).
+ * The float64 references of m = 512 cover every fourth row (the bit-exact
+ * comparison covers all rows).
  */
 #include <math.h>
 #include <stdbool.h>
@@ -33,6 +54,10 @@
 #include "gpu_test_random.h"
 #include "gpu_test_mem.h"
 #include "qplug_cuda.h"
+#ifdef QPLUG_PREQUANT_PLUGIN_FP8_BLOCK
+#include "qplug/host.h"
+#include "qplug/registry.h"
+#endif
 #include "ref_tables.h"
 #include "gpu_test_ref.h"
 #include "testutil.h"
@@ -214,6 +239,278 @@ static void bad_arguments(void)
     cudaFree(dx), cudaFree(dw), cudaFree(dq), cudaFree(ds);
 }
 
+#ifdef QPLUG_PREQUANT_PLUGIN_FP8_BLOCK
+#define LAYER_N 1024
+#define LAYER_K 4096
+#define BOUND_Q 1e-2
+#define BOUND_X 0.05
+
+/* The host tensors of the layer; they outlive it. */
+typedef struct layer_src {
+    qplug_tensor t[2];
+    const char *names[2];
+} layer_src;
+
+static const qplug_tensor *layer_find(void *user, const qplug_layer_desc *l, const char *slot,
+                                      const char **file)
+{
+    layer_src *s = user;
+    (void)l;
+    *file = "test_gpu_prequant (random)";
+    for (int i = 0; i < 2; i++)
+        if (!strcmp(s->names[i], slot))
+            return &s->t[i];
+    return NULL;
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "test_gpu_prequant: out of host memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+/* y[i, j] = sum_c a[i, c] * w[j, c] for the rows i % stride == 0. */
+static void ref_gemm(const double *a, const double *w, int64_t m, int64_t n, int64_t k,
+                     int64_t stride, double *y)
+{
+    for (int64_t i = 0; i < m; i += stride)
+        for (int64_t j = 0; j < n; j++) {
+            double acc = 0.0;
+            for (int64_t c = 0; c < k; c++)
+                acc += a[i * k + c] * w[j * k + c];
+            y[i * n + j] = acc;
+        }
+}
+
+/* Values a [m, k] quantized by formats.md's rule: per row and 128-block
+ * amax = max(|a|, 1e-4), s = amax/448 formed in fp32 (as the GPU does), or
+ * its power of two rounded up for ue8m0; the E4M3 code nearest a/s times s. */
+static void ref_quantize(const double *a, int64_t m, int64_t k, bool ue8m0, double *aq)
+{
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t b = 0; b < k; b += 128) {
+            double amax = 1e-4;
+            for (int64_t c = b; c < b + 128; c++)
+                amax = fmax(amax, fabs(a[i * k + c]));
+            double s = (double)((float)amax / 448.0f);
+            if (ue8m0)
+                s = ldexp(1.0, (int)ceil(log2(s)));
+            for (int64_t c = b; c < b + 128; c++)
+                aq[i * k + c] = ref_e4m3_round(a[i * k + c] / s) * s;
+        }
+}
+
+/* Relative L2 error of BF16 y against ref over the rows i % stride == 0;
+ * +inf when y holds a non-finite value there. */
+static double rel_l2_rows(const uint16_t *y, const double *ref, int64_t m, int64_t n,
+                          int64_t stride)
+{
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < m; i += stride)
+        for (int64_t j = 0; j < n; j++) {
+            double v = bf16_value(y[i * n + j]), r = ref[i * n + j];
+            if (!isfinite(v))
+                return INFINITY;
+            num += (v - r) * (v - r);
+            den += r * r;
+        }
+    return den > 0 ? sqrt(num / den) : INFINITY;
+}
+
+static qplug_status layer_apply(qplug_layer_inst *l, void *x, qplug_dtype xdt, float *xs,
+                                void *y, int64_t m, qplug_err *err)
+{
+    qplug_tensor tx, ty, ts;
+    memset(&tx, 0, sizeof tx);
+    tx.dtype = xdt;
+    tx.ndim = 2;
+    tx.device = QPLUG_DEVICE_CUDA;
+    tx.shape[0] = m;
+    tx.shape[1] = LAYER_K;
+    tx.data = x;
+    ts = tx;
+    ts.dtype = QPLUG_DT_F32;
+    ts.shape[0] = LAYER_K / 128;
+    ts.shape[1] = m;
+    ts.data = xs;
+    ty = tx;
+    ty.dtype = QPLUG_DT_BF16;
+    ty.shape[1] = LAYER_N;
+    ty.data = y;
+    qplug_apply_args a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.op = QPLUG_OP_FORWARD;
+    a.precision = QPLUG_PRECISION_NATIVE;
+    a.x = &tx;
+    a.y = &ty;
+    a.x_scale = xs ? &ts : NULL;
+    return qplug_layer_apply(l, &a, err);
+}
+
+/* One prefill size m through the layer: the three checks of the head
+ * comment. */
+static void layer_case(qplug_layer_inst *l, const double *w, bool ue8m0, int64_t m)
+{
+    const int64_t n = LAYER_N, k = LAYER_K, kt = k / 128, stride = m >= 256 ? 4 : 1;
+    qplug_cuda__scale_fmt fmt = ue8m0 ? QPLUG_CUDA_SCALE_UE8M0 : QPLUG_CUDA_SCALE_F32;
+    size_t ny = (size_t)(m * n);
+    uint16_t *x = xmalloc((size_t)(m * k) * 2), *wn = xmalloc((size_t)k * 2);
+    uint16_t *y1 = xmalloc(ny * 2), *y2 = xmalloc(ny * 2), *y3 = xmalloc(ny * 2);
+    double *a = xmalloc((size_t)(m * k) * sizeof(double));
+    double *aq = xmalloc((size_t)(m * k) * sizeof(double));
+    double *rq = xmalloc(ny * sizeof(double)), *rx = xmalloc(ny * sizeof(double));
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t b = 0; b < k; b += 128) {
+            double mag = ldexp(1.0, (int)(rng_next() % 7) - 3);
+            for (int64_t c = b; c < b + 128; c++)
+                x[i * k + c] = bf16_bits((float)(mag * rng_normal()));
+        }
+    for (int64_t c = 0; c < k; c++)
+        wn[c] = bf16_bits((float)(1.0 + 0.5 * rng_normal()));
+    void *dx = dev_upload(x, (size_t)(m * k) * 2), *dwn = dev_upload(wn, (size_t)k * 2);
+    void *dxq = dev_alloc_poison((size_t)(m * k));
+    float *dxs = dev_alloc_poison((size_t)(m * kt) * sizeof(float));
+    void *dy = dev_alloc_poison(ny * 2);
+    qplug_err err;
+    memset(&err, 0, sizeof err);
+    qplug_cuda__err e;
+
+    /* BF16 x, then its act_quant codes through x_scale. */
+    qplug_status st = layer_apply(l, dx, QPLUG_DT_BF16, NULL, dy, m, &err);
+    CHECKF(st == QPLUG_OK, "m %lld: BF16-x apply: %s", (long long)m, err.msg);
+    download(y1, dy, ny * 2);
+    st = qplug_cuda__act_quant_fp8(dx, m, k, fmt, dxq, dxs, NULL, &e);
+    CHECKF(st == QPLUG_OK, "m %lld: act_quant: %s", (long long)m, e.msg);
+    CHECK(cuda_ok(cudaMemset(dy, 0xff, ny * 2), "poison y"));
+    st = layer_apply(l, dxq, QPLUG_DT_F8_E4M3, dxs, dy, m, &err);
+    CHECKF(st == QPLUG_OK, "m %lld: x_scale apply: %s", (long long)m, err.msg);
+    download(y2, dy, ny * 2);
+    size_t diff = 0, unwritten = 0;
+    for (size_t i = 0; i < ny; i++) {
+        diff += y1[i] != y2[i];
+        unwritten += y2[i] == 0xffff;
+    }
+    for (int64_t i = 0; i < m * k; i++)
+        a[i] = bf16_value(x[i]);
+    ref_quantize(a, m, k, ue8m0, aq);
+    ref_gemm(aq, w, m, n, k, stride, rq);
+    ref_gemm(a, w, m, n, k, stride, rx);
+    double eq = rel_l2_rows(y2, rq, m, n, stride), ex = rel_l2_rows(y2, rx, m, n, stride);
+    printf("fp8_block %dx%d m %4lld x_scale (act_quant codes): %zu of %zu outputs differ from "
+           "the BF16-x call, %zu unwritten; rel L2 %.3g vs quantized-x ref (bound %.3g), %.3g "
+           "vs BF16-x ref (bound %.3g)\n",
+           LAYER_N, LAYER_K, (long long)m, diff, ny, unwritten, eq, BOUND_Q, ex, BOUND_X);
+    CHECKF(diff == 0 && unwritten == 0, "m %lld: %zu outputs differ, %zu unwritten",
+           (long long)m, diff, unwritten);
+    CHECKF(eq <= BOUND_Q, "m %lld: rel L2 %.3g vs the quantized-x reference", (long long)m, eq);
+    CHECKF(ex <= BOUND_X, "m %lld: rel L2 %.3g vs the BF16-x reference", (long long)m, ex);
+
+    /* The producer chain: RMSNorm+quant of x, then the x_scale call. */
+    st = qplug_cuda__rmsnorm_quant(dx, k, m, k, dwn, 1e-6f, fmt, dxq, dxs, NULL, &e);
+    CHECKF(st == QPLUG_OK, "m %lld: rmsnorm_quant: %s", (long long)m, e.msg);
+    CHECK(cuda_ok(cudaMemset(dy, 0xff, ny * 2), "poison y"));
+    st = layer_apply(l, dxq, QPLUG_DT_F8_E4M3, dxs, dy, m, &err);
+    CHECKF(st == QPLUG_OK, "m %lld: x_scale apply after rmsnorm_quant: %s", (long long)m,
+           err.msg);
+    download(y3, dy, ny * 2);
+    ref_rmsnorm(x, m, k, k, wn, 1e-6, a);
+    ref_quantize(a, m, k, ue8m0, aq);
+    ref_gemm(aq, w, m, n, k, stride, rq);
+    ref_gemm(a, w, m, n, k, stride, rx);
+    eq = rel_l2_rows(y3, rq, m, n, stride);
+    ex = rel_l2_rows(y3, rx, m, n, stride);
+    printf("fp8_block %dx%d m %4lld rmsnorm_quant -> x_scale: rel L2 %.3g vs quantized "
+           "RMSNorm ref (bound %.3g), %.3g vs RMSNorm ref (bound %.3g)\n",
+           LAYER_N, LAYER_K, (long long)m, eq, BOUND_Q, ex, BOUND_X);
+    CHECKF(eq <= BOUND_Q, "m %lld: chain rel L2 %.3g vs the quantized RMSNorm reference",
+           (long long)m, eq);
+    CHECKF(ex <= BOUND_X, "m %lld: chain rel L2 %.3g vs the RMSNorm reference", (long long)m, ex);
+
+    cudaFree(dx), cudaFree(dwn), cudaFree(dxq), cudaFree(dxs), cudaFree(dy);
+    free(x), free(wn), free(y1), free(y2), free(y3), free(a), free(aq), free(rq), free(rx);
+}
+
+static void layer_cases(void)
+{
+    qplug_registry *reg = NULL;
+    qplug_runtime *rt = NULL;
+    qplug_err err;
+    memset(&err, 0, sizeof err);
+    if (qplug_registry_create(&reg, &err) != QPLUG_OK ||
+        qplug_registry_load_file(reg, QPLUG_PREQUANT_PLUGIN_FP8_BLOCK, &err) != QPLUG_OK ||
+        qplug_runtime_create(NULL, QPLUG_DEVICE_CUDA, 1, &rt, &err) != QPLUG_OK) {
+        CHECKF(0, "fp8_block layer setup (%s): %s", QPLUG_PREQUANT_PLUGIN_FP8_BLOCK, err.msg);
+        qplug_registry_destroy(reg);
+        return;
+    }
+    const qplug_plugin *p = qplug_registry_find(reg, "fp8_block");
+    qplug_layer_desc d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    d.name = "layers.0.attn.wq_a";
+    d.kind = QPLUG_LAYER_LINEAR;
+    d.quant = QPLUG_QUANT_FP8_BLOCK;
+    d.weight_dtype = QPLUG_DT_F8_E4M3;
+    d.scale_dtype = QPLUG_DT_F8_E8M0;
+    d.device = QPLUG_DEVICE_CUDA;
+    d.n = LAYER_N;
+    d.k = LAYER_K;
+    d.groups = 1;
+    const int64_t n = LAYER_N, k = LAYER_K, kt = k / 128;
+    uint8_t *wq = xmalloc((size_t)(n * k)), *sc = xmalloc((size_t)((n / 128) * kt));
+    double *w = xmalloc((size_t)(n * k) * sizeof(double));
+    for (int64_t i = 0; i < n * k; i++)
+        wq[i] = rand_e4m3();
+    /* Tile scales 2^-10 .. 2^-6. */
+    for (int64_t i = 0; i < (n / 128) * kt; i++)
+        sc[i] = (uint8_t)(117 + rng_next() % 5);
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t c = 0; c < k; c++)
+            w[r * k + c] = ref_e4m3[wq[r * k + c]] *
+                           ldexp(1.0, (int)sc[(r / 128) * kt + c / 128] - 127);
+    layer_src src;
+    memset(&src, 0, sizeof src);
+    src.names[0] = "weight";
+    src.names[1] = "scale";
+    src.t[0].name = "weight";
+    src.t[0].dtype = QPLUG_DT_F8_E4M3;
+    src.t[0].ndim = 2;
+    src.t[0].shape[0] = n;
+    src.t[0].shape[1] = k;
+    src.t[0].device = QPLUG_DEVICE_CPU;
+    src.t[0].data = wq;
+    src.t[1] = src.t[0];
+    src.t[1].name = "scale";
+    src.t[1].dtype = QPLUG_DT_F8_E8M0;
+    src.t[1].shape[0] = n / 128;
+    src.t[1].shape[1] = kt;
+    src.t[1].data = sc;
+    qplug_layer_inst *l = NULL;
+    CHECKF(p && p->score(&d) > 0, "fp8_block does not claim a %lldx%lld linear", (long long)n,
+           (long long)k);
+    qplug_status st = p ? qplug_layer_create(rt, p, &d, layer_find, &src, &l, &err)
+                        : QPLUG_ERR_ARGUMENT;
+    CHECKF(st == QPLUG_OK, "fp8_block layer_create: %s", err.msg);
+    if (st == QPLUG_OK) {
+        qplug_act_format af = qplug_layer_act_format(l);
+        CHECKF(af != QPLUG_ACT_FORMAT_NONE, "fp8_block advertises no pre-quantized act form");
+        if (af != QPLUG_ACT_FORMAT_NONE) {
+            layer_case(l, w, af == QPLUG_ACT_FORMAT_E4M3_1X128_UE8M0, 64);
+            layer_case(l, w, af == QPLUG_ACT_FORMAT_E4M3_1X128_UE8M0, 512);
+        }
+        qplug_layer_destroy(l);
+    }
+    free(wq), free(sc), free(w);
+    qplug_runtime_destroy(rt);
+    qplug_registry_destroy(reg);
+}
+#endif
+
 int main(void)
 {
     int ndev = 0;
@@ -228,5 +525,8 @@ int main(void)
         for (int ue = 0; ue < 2; ue++)
             run_case(&cases[i], ue == 1, i == 1);
     bad_arguments();
+#ifdef QPLUG_PREQUANT_PLUGIN_FP8_BLOCK
+    layer_cases();
+#endif
     return test_done();
 }

@@ -1,15 +1,41 @@
-# The pre-quantized-activation bench (bench/bench_prequant.c, ABI 1.2):
-# a standalone CUDA-build executable until `qplug bench` gets its hook
-# (bench/ is being reworked by another change; its CMakeLists is not
-# touched here). Built with the GPU targets by name:
-#   cmake --build BUILD --target qplug_bench_prequant
-if(QPLUG_CUDA AND TARGET qplug_common_cuda)
-  add_executable(qplug_bench_prequant EXCLUDE_FROM_ALL
-    ${PROJECT_SOURCE_DIR}/bench/bench_prequant.c)
-  target_link_libraries(qplug_bench_prequant PRIVATE
-    qplug_core qplug_common_cuda CUDA::cudart CUDA::cublasLt m)
-  get_property(_pq_plugins GLOBAL PROPERTY QPLUG_PLUGINS)
-  if(_pq_plugins)
-    add_dependencies(qplug_bench_prequant ${_pq_plugins})
+# The pre-quantized-activation bench lives in `qplug bench --prequant`
+# (bench/bench_prequant.c, part of qplug_bench). For comparing versions of
+# the RMSNorm kernels in one device run, the same bench is also built as
+# standalone executables around another build of norm_quant.cu (its objects
+# come first on the link line, so the library's norm_quant object is not
+# pulled in):
+#   qplug_bench_prequant_vec1: QPLUG_NQ_VEC=1 (8 elements per thread)
+#   qplug_bench_prequant_alt:  the file named by QPLUG_PREQUANT_ALT_NQ, when
+#                              set (e.g. an older norm_quant.cu)
+# Neither is built by default:
+#   cmake --build BUILD --target qplug_bench_prequant_vec1
+set(QPLUG_PREQUANT_ALT_NQ "" CACHE FILEPATH
+  "Another norm_quant.cu to build qplug_bench_prequant_alt from (bench comparisons)")
+if(QPLUG_CUDA AND TARGET qplug_common_cuda AND TARGET qplug_bench)
+  set(_pq_variants vec1)
+  if(QPLUG_PREQUANT_ALT_NQ)
+    list(APPEND _pq_variants alt)
   endif()
+  foreach(_v ${_pq_variants})
+    if(_v STREQUAL "alt")
+      set(_nq ${QPLUG_PREQUANT_ALT_NQ})
+    else()
+      set(_nq ${PROJECT_SOURCE_DIR}/plugins/common_cuda/norm_quant.cu)
+    endif()
+    add_executable(qplug_bench_prequant_${_v} EXCLUDE_FROM_ALL
+      ${PROJECT_SOURCE_DIR}/bench/bench_prequant.c ${_nq}
+      ${PROJECT_SOURCE_DIR}/bench/bench_hold.cu ${PROJECT_SOURCE_DIR}/bench/bench_fill.cu)
+    target_include_directories(qplug_bench_prequant_${_v} PRIVATE
+      ${PROJECT_SOURCE_DIR}/bench ${PROJECT_SOURCE_DIR}/plugins/common_cuda)
+    target_compile_definitions(qplug_bench_prequant_${_v} PRIVATE QPLUG_PREQUANT_MAIN)
+    if(_v STREQUAL "vec1")
+      target_compile_definitions(qplug_bench_prequant_${_v} PRIVATE QPLUG_NQ_VEC=1)
+    endif()
+    target_link_libraries(qplug_bench_prequant_${_v} PRIVATE
+      qplug_core qplug_common_cuda CUDA::cudart CUDA::cublasLt m)
+    get_property(_pq_plugins GLOBAL PROPERTY QPLUG_PLUGINS)
+    if(_pq_plugins)
+      add_dependencies(qplug_bench_prequant_${_v} ${_pq_plugins})
+    endif()
+  endforeach()
 endif()
