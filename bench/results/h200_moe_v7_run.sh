@@ -6,7 +6,8 @@
 # ABI bench (qplug_bench_run --moe), ncu's per-kernel times of the default
 # paths (gpu_test_gpu_moe profile) and compute-sanitizer memcheck of
 # gpu_test_gpu_moe, each bounded by a timeout so that the whole fits one
-# call; a summary table comes last. Logs go to $OUT.
+# call; a summary table comes last. Logs go to $OUT. MOE7_VARIANTS adds
+# comparison builds of the standalone bench with other macro values.
 set -u -o pipefail
 ROOT=$(pwd)
 OUT=${OUT:-/tmp/moe7}
@@ -34,6 +35,18 @@ else
     grep -E "error" "$OUT/build.log" | head -30
 fi
 
+# Comparison builds of gpu_test_gpu_moe (MOE7_VARIANTS="name:-DMACRO=V ..."),
+# built in the background while the GPU checks run.
+vpids=()
+for v in ${MOE7_VARIANTS:-}; do
+    name=${v%%:*}
+    flags=${v#*:}
+    (cmake -S "$ROOT" -B "$B-$name" -DBUILD_TESTING=ON -DCMAKE_BUILD_TYPE=Release \
+        "-DCMAKE_CUDA_FLAGS=${flags//,/ }" ${PKG_CONFIG:+-DPKG_CONFIG_EXECUTABLE=$PKG_CONFIG} &&
+        cmake --build "$B-$name" -j6 --target gpu_test_gpu_moe) >"$OUT/build_$name.log" 2>&1 &
+    vpids+=($!)
+done
+
 if ctest --test-dir "$B" -L gpu -R "moe|conformance" --output-on-failure --timeout 120 \
         >"$OUT/ctest.log" 2>&1; then
     res[ctest]=pass
@@ -51,6 +64,15 @@ timeout 70 "$B/bin/qplug_bench_run" --moe --md "$OUT/abi.md" --json "$OUT/abi.js
     >"$OUT/abi.log" 2>&1
 res[abi]="rc $? ($(el) s)"
 
+for p in ${vpids[@]+"${vpids[@]}"}; do wait "$p"; done
+for v in ${MOE7_VARIANTS:-}; do
+    name=${v%%:*}
+    echo "== variant $name (${v#*:})" >>"$OUT/standalone.md"
+    timeout 40 "$B-$name/bin/gpu_test_gpu_moe" bench default 2>&1 | grep -E "^\|" |
+        sed "s/^| /| [$name] /" >>"$OUT/standalone.md"
+    res[variant_$name]="rc $? ($(el) s)"
+done
+
 if [ "${MOE7_NCU:-1}" = 1 ]; then
     timeout 60 ncu --clock-control none --cache-control all --metrics gpu__time_duration.sum \
         --csv "$B/bin/gpu_test_gpu_moe" profile >"$OUT/ncu.csv" 2>&1
@@ -63,7 +85,7 @@ if [ "${MOE7_MEMCHECK:-1}" = 1 ]; then
 fi
 
 echo "== standalone"
-grep -E "^\|" "$OUT/standalone.md"
+grep -E "^\||^==" "$OUT/standalone.md"
 echo "== abi"
 grep -E "^\|" "$OUT/abi.md"
 echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1))"

@@ -217,29 +217,24 @@ static __device__ __forceinline__ void qplug_cuda__moe_ids8(const int32_t *__res
  * slot) pair gets its row; inv maps the pair back to it (or -1). Each
  * expert's rows start at a multiple of align (1, or V6_RALIGN for the v6
  * kernels, whose token scales are bulk-copied from the tile's first row);
- * rows between the experts belong to no pair. big (when not NULL) gets the
- * indices of the tiles of more than 16 rows, in no particular order, and
- * nbig their count. Also clears the W4A4 fallback flag. */
+ * rows between the experts belong to no pair (perm_tok -1). Also clears
+ * the W4A4 fallback flag. */
 __global__ void __launch_bounds__(1024)
     qplug_cuda__moe_permute_kernel(const int32_t *__restrict__ ids, int64_t R, int K, int E, int bm,
                                    int align, int32_t *__restrict__ ntiles, int32_t *__restrict__ tile_e,
                                    int32_t *__restrict__ tile_r0, int32_t *__restrict__ tile_r1,
                                    int32_t *__restrict__ perm_tok, int32_t *__restrict__ inv,
-                                   int32_t *__restrict__ flag, int32_t *__restrict__ big,
-                                   int32_t *__restrict__ nbig)
+                                   int32_t *__restrict__ flag)
 {
     __shared__ int cnt[MOE_MAX_E];
     __shared__ int cur[MOE_MAX_E];
     /* One partial-sum buffer per scan: a warp may still read the first
      * scan's partials while another already writes the second's. */
     __shared__ int part[2][32];
-    __shared__ int nbig_s;
     int tid = threadIdx.x;
     /* The W4A4 unpack, later on the stream, only ever sets the flag. */
     if (flag && tid == 0)
         *flag = 0;
-    if (tid == 0)
-        nbig_s = 0;
     for (int e = tid; e < E; e += 1024)
         cnt[e] = 0;
     __syncthreads();
@@ -263,18 +258,18 @@ __global__ void __launch_bounds__(1024)
     if (tid < E) {
         int r0e = rincl - rows, t0 = tincl - nt, end = r0e + c;
         cur[tid] = r0e;
+        /* The alignment's padding rows belong to no pair (the h
+         * quantization skips them). */
+        for (int r = end; r < r0e + rows; r++)
+            perm_tok[r] = -1;
         for (int q = 0; q < nt; q++) {
             int r0 = r0e + q * bm, r1 = min(r0 + bm, end);
             tile_e[t0 + q] = tid;
             tile_r0[t0 + q] = r0;
             tile_r1[t0 + q] = r1;
-            if (big && r1 - r0 > 16)
-                big[atomicAdd(&nbig_s, 1)] = t0 + q;
         }
     }
     __syncthreads();
-    if (big && tid == 0)
-        *nbig = nbig_s;
     for (int64_t base = 0; base < R; base += 8 * 1024) {
         int e[8];
         qplug_cuda__moe_ids8(ids, base, R, E, e);
@@ -318,10 +313,6 @@ struct qplug_cuda__moe_gemm_args {
     /* Device flags that make a launch exit at once: the wgmma kernel when
      * *skip_if != 0, the mma.sync kernel when *run_if == 0 (NULL: run). */
     const int32_t *skip_if, *run_if;
-    /* v6: the large kernel leaves the tiles of at most 16 rows to the
-     * SMALL one (launched too) when set. */
-    int v6_split;
-    const int32_t *v6_big, *v6_nbig;
     /* v6 gate/up with the h quantization fused into its epilogue (hq not
      * NULL): h goes straight to E4M3 hq [rows, n] and scales hs
      * [n/128][hs_ld] by the rule of qplug_cuda__moe_hquant_kernel (ue8m0,
@@ -639,7 +630,9 @@ __global__ void __launch_bounds__(MOE_THREADS, 2)
 #include "moe_v6.cuh"
 
 /* h F32 [rows, I] -> E4M3 [rows, I] and scales [I/128][ld] for the rows
- * that exist (offsets of the tile table: rows below the last tile's end);
+ * that exist (offsets of the tile table: rows below the last tile's end,
+ * except the v6 alignment's padding rows, perm_tok -1, when perm_tok is
+ * not NULL);
  * nothing when run_if is not NULL and *run_if is 0 (the v6 W4A4 path, whose
  * gate/up kernel quantizes h itself unless its mma.sync fallback ran).
  * One warp per (row, 128-group), the rule of qplug_cuda__act_quant_fp8. perm: the k
@@ -650,7 +643,8 @@ __global__ void __launch_bounds__(256)
                                   const int32_t *__restrict__ ntiles,
                                   const int32_t *__restrict__ tile_r1, int ue8m0, int perm,
                                   uint8_t *__restrict__ hq, float *__restrict__ hs, int64_t ld,
-                                  const int32_t *__restrict__ run_if)
+                                  const int32_t *__restrict__ run_if,
+                                  const int32_t *__restrict__ perm_tok)
 {
     if (run_if && *run_if == 0)
         return;
@@ -660,6 +654,8 @@ __global__ void __launch_bounds__(256)
     int w = perm ? ((lane >> 1) & 3) * 8 + (lane & 1) * 4 + (lane >> 3) : lane;
     /* A block per row (grid-stride: the host sizes the grid by a bound). */
     for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+        if (perm_tok && perm_tok[row] < 0)
+            continue;
         for (int kb = threadIdx.x >> 5; kb < kbn; kb += 8) {
             int64_t off = (int64_t)row * I + kb * 128;
             float4 v4 = reinterpret_cast<const float4 *>(h + off)[lane];
@@ -706,7 +702,7 @@ __global__ void __launch_bounds__(256)
 /* ------------------------------------------------------------ workspace */
 
 struct qplug_cuda__moe_ws {
-    int32_t *ntiles, *tile_e, *tile_r0, *tile_r1, *perm_tok, *inv, *flag, *big, *nbig;
+    int32_t *ntiles, *tile_e, *tile_r0, *tile_r1, *perm_tok, *inv, *flag;
     uint8_t *xq, *hq, *xg;
     float *xs, *h, *hs, *o, *xgs;
     /* Rows of the routed-row buffers (h, hq, o, xg) and the leading
@@ -731,7 +727,7 @@ static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t
     int64_t R = m * K, tmax = (R + MOE_BM_SMALL - 1) / MOE_BM_SMALL + E;
     int64_t Rb = qplug_cuda__moe_rows(R, E);
     size_t at = 0;
-    size_t sz[17] = {
+    size_t sz[15] = {
         4,
         (size_t)tmax * 4,
         (size_t)tmax * 4,
@@ -747,11 +743,9 @@ static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t
         4,
         (size_t)(Rb * D),
         (size_t)(D / 128 * Rb) * 4,
-        (size_t)tmax * 4,
-        4,
     };
-    void *ptr[17];
-    for (int i = 0; i < 17; i++) {
+    void *ptr[15];
+    for (int i = 0; i < 15; i++) {
         ptr[i] = base ? base + at : NULL;
         at += moe_align(sz[i]);
     }
@@ -771,8 +765,6 @@ static size_t qplug_cuda__moe_carve(uint8_t *base, int64_t m, int32_t K, int32_t
         ws->flag = (int32_t *)ptr[12];
         ws->xg = (uint8_t *)ptr[13];
         ws->xgs = (float *)ptr[14];
-        ws->big = (int32_t *)ptr[15];
-        ws->nbig = (int32_t *)ptr[16];
         ws->rows = Rb;
     }
     return at;
@@ -1001,14 +993,14 @@ static bool qplug_cuda__moe_map(qplug_cuda__moe_encode_fn enc, CUtensorMap *map,
 }
 
 /* One v6 GEMM: the tensor maps of the weights w0 / w1 (w1 = w0 unless
- * DUAL) and of the gathered tokens tok [rows, k], then the large kernel
- * and, when split (decode: at most 16 rows per expert on average), the
- * SMALL one for the tiles of at most 16 rows. */
+ * DUAL) and of the gathered tokens tok [rows, k], then the large kernel,
+ * or, when `small` (decode: at most 16 rows per expert on average, and
+ * the tile table made of tiles of at most 16 rows), the SMALL one. */
 template <int WF, bool DUAL>
 static qplug_status qplug_cuda__moe_v6_launch(qplug_cuda__moe_encode_fn enc,
                                               const qplug_cuda__moe_gemm_args &a, const void *w0,
                                               const void *w1, const uint8_t *tok, int64_t rows,
-                                              int32_t E, int64_t R, int64_t tmax, bool split,
+                                              int32_t E, int64_t tmax, bool small,
                                               cudaStream_t s, const char *fn,
                                               qplug_cuda__err *err)
 {
@@ -1020,12 +1012,7 @@ static qplug_status qplug_cuda__moe_v6_launch(qplug_cuda__moe_encode_fn enc,
         !qplug_cuda__moe_map(enc, &mb, tok, a.k, rows, 128, 16, true))
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: v6 tensor map refused (n=%lld k=%lld)",
                                 fn, (long long)a.n, (long long)a.k);
-    qplug_cuda__moe_gemm_args b = a;
-    b.v6_split = split;
     dim3 grid((unsigned)(a.n / (DUAL ? 64 : 128)), (unsigned)tmax);
-    /* Split: the large kernel takes only the listed tiles of more than
-     * 16 rows, at most R / 17 of them. */
-    dim3 gbig(grid.x, split ? (unsigned)(R / 17 + 1) : grid.y);
     /* The gate/up pair with the fused h quantization runs in clusters of
      * the two blocks of each 128 columns of h (n / 64 is even). */
     cudaLaunchAttribute at[1];
@@ -1038,14 +1025,14 @@ static qplug_status qplug_cuda__moe_v6_launch(qplug_cuda__moe_encode_fn enc,
     cfg.stream = s;
     cfg.attrs = at;
     cfg.numAttrs = DUAL && QPLUG_MOE_V6_FUSE ? 1 : 0;
-    cfg.gridDim = gbig;
-    cfg.dynamicSmemBytes = qplug_cuda__moe_v6_smem<WF, false>::LAUNCH;
-    cudaError_t ce = cudaLaunchKernelEx(&cfg, qplug_cuda__moe_v6_kernel<WF, DUAL, false>, m0, m1,
-                                        mb, b);
-    if (ce == cudaSuccess && split) {
-        cfg.gridDim = grid;
+    cfg.gridDim = grid;
+    cudaError_t ce;
+    if (small) {
         cfg.dynamicSmemBytes = qplug_cuda__moe_v6_smem<WF, true>::LAUNCH;
-        ce = cudaLaunchKernelEx(&cfg, qplug_cuda__moe_v6_kernel<WF, DUAL, true>, m0, m1, mb, b);
+        ce = cudaLaunchKernelEx(&cfg, qplug_cuda__moe_v6_kernel<WF, DUAL, true>, m0, m1, mb, a);
+    } else {
+        cfg.dynamicSmemBytes = qplug_cuda__moe_v6_smem<WF, false>::LAUNCH;
+        ce = cudaLaunchKernelEx(&cfg, qplug_cuda__moe_v6_kernel<WF, DUAL, false>, m0, m1, mb, a);
     }
     if (ce != cudaSuccess)
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: v6 launch failed (n=%lld k=%lld): %s",
@@ -1122,15 +1109,23 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     int64_t D = w->hidden, I = w->intermediate, R = m * K;
     int path = qplug_cuda__moe_path(w, R, af);
     bool wg = path != MOE_P_MMA, v3 = path == MOE_P_V3, v6 = path == MOE_P_V6;
-    /* Without the wgmma kernels: small mma.sync tiles when the experts get
-     * 16 rows or fewer on average (decode), so that the tensor cores do not
-     * multiply mostly empty rows. */
-    int bm = wg ? (int)WG_BN
-                : R <= (int64_t)MOE_BM_SMALL * E ? (int)MOE_BM_SMALL : (int)MOE_BM_LARGE;
+    /* Decode (the experts average 16 routed rows or fewer): tiles of at
+     * most 16 rows, on the small mma.sync tiles, or, on v6, all on its
+     * SMALL kernel (an expert with more rows gets several tiles, which
+     * read its weights again, mostly from L2), so that the tensor cores do
+     * not multiply mostly empty rows. */
+    bool small = R <= (int64_t)16 * E;
+    int bm = v6 && small ? (int)MOE_BM_SMALL
+             : wg        ? (int)WG_BN
+             : small     ? (int)MOE_BM_SMALL
+                         : (int)MOE_BM_LARGE;
     int64_t tmax = (R + bm - 1) / bm + E;
     bool mx = w->fmt == QPLUG_CUDA_MOE_MXFP4, ue8m0 = act_fmt == QPLUG_CUDA_SCALE_UE8M0;
-    bool split = R <= (int64_t)16 * E;
     qplug_cuda__moe_encode_fn enc = NULL;
+    /* The v6 gather: a block per token and up to four parts of D (eight
+     * 128-blocks each, one per warp), so that decode-sized m fills the GPU. */
+    int64_t kbn = D / 128;
+    dim3 gg((unsigned)m, (unsigned)(kbn >= 32 ? 4 : kbn >= 16 ? 2 : 1));
     if (v6 && !(enc = qplug_cuda__moe_encoder()))
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: cuTensorMapEncodeTiled not available",
                                 fn);
@@ -1138,14 +1133,12 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     qplug_cuda__moe_permute_kernel<<<1, 1024, 0, s>>>(ids, R, K, E, bm, v6 ? (int)V6_RALIGN : 1,
                                                       ws->ntiles, ws->tile_e, ws->tile_r0,
                                                       ws->tile_r1, ws->perm_tok, ws->inv,
-                                                      ws->flag, v6 ? ws->big : NULL, ws->nbig);
+                                                      ws->flag);
     a1.ntiles = ws->ntiles;
     a1.tile_e = ws->tile_e;
     a1.tile_r0 = ws->tile_r0;
     a1.tile_r1 = ws->tile_r1;
     a1.perm_tok = ws->perm_tok;
-    a1.v6_big = ws->big;
-    a1.v6_nbig = ws->nbig;
     a1.w[0] = (const uint8_t *)w->w1;
     a1.w[1] = (const uint8_t *)w->w3;
     a1.ws[0] = (const uint8_t *)w->s1;
@@ -1176,14 +1169,14 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
         }
         a1.skip_if = ws->flag;
         if (v6) {
-            qplug_cuda__moe_v6_gather_kernel<true, true><<<(unsigned)m, 256, 0, s>>>(
+            qplug_cuda__moe_v6_gather_kernel<true, true><<<gg, 256, 0, s>>>(
                 a1.a, a1.a_ld, K, D, ws->inv, 0, ws->xg, ws->xgs, ws->rows, ws->flag);
             a1.a = ws->xg;
             a1.a_ld = D;
             a1.a_scale = ws->xgs;
             a1.a_sld = ws->rows;
             st = qplug_cuda__moe_v6_launch<MOE_F_MX, true>(enc, a1, w->w1, w->w3, ws->xg,
-                                                           ws->rows, E, R, tmax, split, s, fn, err);
+                                                           ws->rows, E, tmax, small, s, fn, err);
         } else {
             a1.a = ws->xq;
             a1.a_ld = D;
@@ -1191,16 +1184,16 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
             a1.a_sld = m;
             qplug_cuda__moe_wg_launch<MOE_F_MX, true>(a1, tmax, v3, s);
         }
-        f.sub = WG_BN / MOE_BM_LARGE;
+        f.sub = bm > MOE_BM_LARGE ? bm / MOE_BM_LARGE : 1;
         f.run_if = ws->flag;
         qplug_cuda__moe_gemm_launch<MOE_BM_LARGE, MOE_F_MX, MOE_F_MX, true>(f, tmax, s);
     } else if (v6) {
         const uint8_t *xb = (const uint8_t *)xbf;
         if (mx)
-            qplug_cuda__moe_v6_gather_kernel<false, true><<<(unsigned)m, 256, 0, s>>>(
+            qplug_cuda__moe_v6_gather_kernel<false, true><<<gg, 256, 0, s>>>(
                 xb, D * 2, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows, NULL);
         else
-            qplug_cuda__moe_v6_gather_kernel<false, false><<<(unsigned)m, 256, 0, s>>>(
+            qplug_cuda__moe_v6_gather_kernel<false, false><<<gg, 256, 0, s>>>(
                 xb, D * 2, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows, NULL);
         a1.a = ws->xg;
         a1.a_ld = D;
@@ -1208,10 +1201,10 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
         a1.a_sld = ws->rows;
         if (mx)
             st = qplug_cuda__moe_v6_launch<MOE_F_MX, true>(enc, a1, w->w1, w->w3, ws->xg,
-                                                           ws->rows, E, R, tmax, split, s, fn, err);
+                                                           ws->rows, E, tmax, small, s, fn, err);
         else
             st = qplug_cuda__moe_v6_launch<MOE_F_FP8, true>(enc, a1, w->w1, w->w3, ws->xg,
-                                                            ws->rows, E, R, tmax, split, s, fn, err);
+                                                            ws->rows, E, tmax, small, s, fn, err);
     } else if (wg) {
         qplug_cuda__moe_wg_wf<true>(w->fmt, a1, tmax, v3, s);
     } else if (bm == MOE_BM_SMALL) {
@@ -1232,7 +1225,7 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     if (!fused || af == MOE_F_MX)
         qplug_cuda__moe_hquant_kernel<<<hblocks, 256, 0, s>>>(
             ws->h, I, ws->ntiles, ws->tile_r1, ue8m0, v6 && mx, ws->hq, ws->hs, ws->rows,
-            fused ? ws->flag : NULL);
+            fused ? ws->flag : NULL, v6 ? ws->perm_tok : NULL);
 
     qplug_cuda__moe_gemm_args a2;
     memset(&a2, 0, sizeof a2);
@@ -1241,8 +1234,6 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a2.tile_r0 = ws->tile_r0;
     a2.tile_r1 = ws->tile_r1;
     a2.perm_tok = NULL;
-    a2.v6_big = ws->big;
-    a2.v6_nbig = ws->nbig;
     a2.a = ws->hq;
     a2.a_ld = I;
     a2.a_scale = ws->hs;
@@ -1256,10 +1247,10 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a2.out = ws->o;
     if (v6 && mx)
         st = qplug_cuda__moe_v6_launch<MOE_F_MX, false>(enc, a2, w->w2, w->w2, ws->hq, ws->rows,
-                                                        E, R, tmax, split, s, fn, err);
+                                                        E, tmax, small, s, fn, err);
     else if (v6)
         st = qplug_cuda__moe_v6_launch<MOE_F_FP8, false>(enc, a2, w->w2, w->w2, ws->hq, ws->rows,
-                                                         E, R, tmax, split, s, fn, err);
+                                                         E, tmax, small, s, fn, err);
     else if (wg)
         qplug_cuda__moe_wg_wf<false>(w->fmt, a2, tmax, v3, s);
     else if (bm == MOE_BM_SMALL)

@@ -37,12 +37,13 @@
  * The fold (row scale per 128-block) is the same in any order, so the
  * results equal v3's up to the order of the tensor cores' sums.
  *
- * Decode (few rows per expert) runs a SMALL instantiation (wgmma N = 16,
- * about 90-100 KB of shared memory, two blocks per SM, so one block's
- * pipeline fill overlaps the other's stream) for the tiles of at most 16
- * rows, next to the large one for the rest; prefill runs the large one
- * (N of 16..128 fitted to the tile, one block per SM, setmaxnreg moving
- * registers to the consumers). */
+ * Decode (at most 16 rows per expert on average) runs a SMALL
+ * instantiation (wgmma N = 16, about 90-100 KB of shared memory, two
+ * blocks per SM, so one block's pipeline fill overlaps the other's
+ * stream) on a tile table of tiles of at most 16 rows (an expert with more
+ * rows gets several); prefill runs the large one (N of 16..128 fitted to
+ * the tile, one block per SM, setmaxnreg moving registers to the
+ * consumers, which take turns on the tensor cores). */
 #ifndef QPLUG_CUDA_MOE_V6_CUH
 #define QPLUG_CUDA_MOE_V6_CUH
 
@@ -61,11 +62,20 @@
 #define QPLUG_MOE_V6_SMALL_STAGES_FP8 5
 #endif
 /* 1: the gate/up kernel quantizes h itself (a cluster of two blocks per
- * 128 columns of h, which exchange their column maxima); 0: it writes F32
- * h for qplug_cuda__moe_hquant_kernel (the v6 of session 3, for
- * comparison builds). */
+ * 128 columns of h, which exchange their column maxima); 0 (default): it
+ * writes F32 h for qplug_cuda__moe_hquant_kernel. The fused epilogue was
+ * slower on the H200 (bench/NOTES.md, "Fused MoE v7", run 1: gate/up
+ * 1.89 -> 2.45 ms at 4096 tokens, 672 -> 721 us at 64): with one block per
+ * SM its longer epilogue runs while the tensor cores idle, and the
+ * clusters constrain block placement. Kept for comparison builds. */
 #ifndef QPLUG_MOE_V6_FUSE
-#define QPLUG_MOE_V6_FUSE 1
+#define QPLUG_MOE_V6_FUSE 0
+#endif
+/* 1 (default): the two consumer warpgroups of the large kernel take turns
+ * issuing their wgmmas (named barriers 2 and 3, as v4 does), so that the
+ * tensor cores run one warpgroup's block while the other promotes. */
+#ifndef QPLUG_MOE_V6_PINGPONG
+#define QPLUG_MOE_V6_PINGPONG 1
 #endif
 
 enum {
@@ -306,9 +316,9 @@ static __device__ __forceinline__ int qplug_cuda__moe_v6_perm_word(int w)
  * The gathered token operand of the gate/up GEMM: every valid (token,
  * slot) pair's row inv[pair] of xg [rows, D] gets the token's E4M3 values
  * (k order permuted when PERM, for MXFP4 weights) and xgs [D/128][ld] its
- * scales. One block of 256 threads per token (its values are quantized
- * once and written to each of its K rows), one warp per 128-block, lane l
- * making word l (4 values). PACKED = false: from BF16 x [m, D], quantized
+ * scales. Blocks of 256 threads (grid: tokens x parts of D): a token's
+ * values are quantized once and written to each of its K rows; one warp
+ * per 128-block, lane l making word l (4 values). PACKED = false: from BF16 x [m, D], quantized
  * here by the rule of qplug_cuda__act_quant_fp8. PACKED = true: from the
  * W4A4 MXFP4 rows (src_ld bytes each: D/2 code bytes, then the E8M0
  * scales), folded per 128-block exactly as
@@ -342,7 +352,7 @@ __global__ void __launch_bounds__(256)
     const uint8_t *xr = src + t * src_ld;
     int w = PERM ? qplug_cuda__moe_v6_perm_word(lane) : lane;
     bool bad = false;
-    for (int kb = threadIdx.x >> 5; kb < kbn; kb += 8) {
+    for (int kb = (int)blockIdx.y * 8 + (threadIdx.x >> 5); kb < kbn; kb += 8 * (int)gridDim.y) {
         unsigned q;
         float s;
         if (!PACKED) {
@@ -471,7 +481,7 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_epilogue_hq(
             red[wl * NC + 8 * j + c0 + 1] = a1;
         }
     }
-    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+    asm volatile("bar.sync 4, 128;\n" ::: "memory");
     float loc = 1e-4f;
     if (wt < NC) {
 #pragma unroll
@@ -488,13 +498,13 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_epilogue_hq(
         if (rank == 0 && wt < nrows)
             p.hs[(int64_t)(n0 >> 7) * p.hs_ld + r0 + wt] = s;
     }
-    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+    asm volatile("bar.sync 4, 128;\n" ::: "memory");
 #pragma unroll
     for (int i = 0; i < NC / 2; i++) {
         int col = (i >> 2) * 8 + c0 + (i & 1), row = m0 + ((i & 2) ? 8 : 0);
         stg[col * SP + row] = (uint8_t)qplug_cuda__to_e4m3(__fdiv_rn(acc[i], sc[col]));
     }
-    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+    asm volatile("bar.sync 4, 128;\n" ::: "memory");
     /* Word w of this block's 64 bytes is word 16 rank + w of the 128-group. */
     uint8_t *hq = p.hq + (int64_t)r0 * p.n + (n0 & ~127);
     for (int idx = wt; idx < NC * 16; idx += 128) {
@@ -522,7 +532,7 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
     uint32_t base = (uint32_t)__cvta_generic_to_shared(qplug_cuda__moe_v6_sm);
     uint8_t *sm = qplug_cuda__moe_v6_sm + ((1024u - (base & 1023u)) & 1023u);
 
-    int tile = !SMALL && p.v6_split ? p.v6_big[blockIdx.y] : (int)blockIdx.y;
+    int tile = blockIdx.y;
     int e = p.tile_e[tile], r0 = p.tile_r0[tile], r1 = p.tile_r1[tile];
     int nrows = r1 - r0;
     int64_t n = p.n, k = p.k, nk = k / WG_BK;
@@ -633,6 +643,19 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
         if (lane == 0)
             qplug_cuda__moe_ws_arrive(&empty[s]);
     };
+    /* Ping-pong (large kernel): warpgroup 0 issues block kb after
+     * warpgroup 1 has issued block kb - 1, warpgroup 1 after warpgroup 0
+     * has issued kb, so the tensor cores run the two alternately and each
+     * warpgroup promotes while the other's wgmmas run. */
+    constexpr bool PP = !SMALL && QPLUG_MOE_V6_PINGPONG;
+    auto turn_take = [&](int64_t kb) {
+        if (PP && (cw == 1 || kb > 0))
+            qplug_cuda__moe_ws_turn_wait(cw == 0 ? 2 : 3);
+    };
+    auto turn_give = [&]() {
+        if (PP)
+            qplug_cuda__moe_ws_turn_give(cw == 0 ? 3 : 2);
+    };
 
     if (WF == MOE_F_FP8) {
         for (int64_t kb = 0; kb < nk; kb++) {
@@ -641,11 +664,13 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
             qplug_cuda__moe_ws_wait(&full[s], (unsigned)((kb / L::S) & 1));
             uint64_t da = qplug_cuda__moe_wg_desc(st + L::OA + cw * 8192);
             uint64_t db = qplug_cuda__moe_wg_desc(st + L::OB);
+            turn_take(kb);
             qplug_cuda__moe_wg_fence();
 #pragma unroll
             for (int ks = 0; ks < 4; ks++)
                 qplug_cuda__moe_wg_mma<false, NC>(tmp, da + WG_KSTEP * ks, db + WG_KSTEP * ks, ks);
             qplug_cuda__moe_wg_commit_mma();
+            turn_give();
             float w = reinterpret_cast<const float *>(st + L::OS)[cw];
             qplug_cuda__moe_wg_wait<NC>(tmp);
             promote(st, w, w);
@@ -691,11 +716,13 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
             int s = (int)(kb % L::S);
             const uint8_t *st = sm + s * L::STAGE;
             uint64_t db = qplug_cuda__moe_wg_desc(st + L::OB);
+            turn_take(kb);
             qplug_cuda__moe_wg_fence();
 #pragma unroll
             for (int ks = 0; ks < 4; ks++)
                 qplug_cuda__moe_v6_mma_r<NC>(tmp, cur + 4 * ks, db + WG_KSTEP * ks, ks);
             qplug_cuda__moe_wg_commit_mma();
+            turn_give();
             if (kb + 1 < nk) {
                 int s1 = (int)((kb + 1) % L::S);
                 qplug_cuda__moe_ws_wait(&full[s1], (unsigned)(((kb + 1) / L::S) & 1));
@@ -719,6 +746,10 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
         }
     }
 
+    /* Warpgroup 1's last turn signal has no wait in the loop. */
+    if (PP && cw == 0 && nk > 0)
+        qplug_cuda__moe_ws_turn_wait(2);
+
     /* All slots are consumed (every copy has landed and been read): the
      * ring's memory is free for the hand-over of u. */
     if (FUSE)
@@ -737,9 +768,8 @@ static __device__ __forceinline__ void qplug_cuda__moe_v6_body(const CUtensorMap
  * 64 rows, 128-byte swizzle; MXFP4: the packed rows, 64-byte boxes of 64
  * rows); mb: the gathered tokens [rows, k] (128-byte boxes of 16 rows,
  * 128-byte swizzle); p.a_scale / a_sld: their scales [k/128][a_sld]. The
- * SMALL kernel takes the tiles of at most 16 rows; the large one the
- * others (p.v6_big, a list of *p.v6_nbig tile indices, when p.v6_split is
- * set; its grid is bounded by R / 17 + 1 then), or all.
+ * SMALL kernel runs on a tile table of tiles of at most 16 rows (decode),
+ * the large one on the 128-row table.
  */
 template <int WF, bool DUAL, bool SMALL>
 __global__ void __launch_bounds__(V6_THREADS, SMALL ? 2 : 1)
@@ -751,14 +781,8 @@ __global__ void __launch_bounds__(V6_THREADS, SMALL ? 2 : 1)
     if (p.skip_if && *p.skip_if != 0)
         return;
     int tile = blockIdx.y;
-    if (!SMALL && p.v6_split) {
-        /* Only the listed tiles of more than 16 rows. */
-        if (tile >= *p.v6_nbig)
-            return;
-        tile = p.v6_big[tile];
-    } else if (tile >= *p.ntiles) {
+    if (tile >= *p.ntiles)
         return;
-    }
     int nrows = p.tile_r1[tile] - p.tile_r0[tile];
     if (SMALL) {
         if (nrows <= 16)

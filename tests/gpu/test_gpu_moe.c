@@ -10,8 +10,9 @@
  *
  * `gpu_test_gpu_moe bench` instead times the MoE at DeepSeek V4 Flash shapes
  * (E=256, top-6, D=4096, I=2048) and prints a markdown table, on the
- * v6, v3 and v4 wgmma kernels (`profile`: two calls of the default path
- * each, for a per-kernel breakdown under ncu);
+ * v6, v3 and v4 wgmma kernels (`bench default`: the default path only;
+ * `profile`: two calls of the default path each, for a per-kernel
+ * breakdown under ncu);
  * `gpu_test_gpu_moe quick` runs only the v4 / v3 bit-equality checks. */
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -1047,8 +1048,9 @@ static int cmp_float(const void *a, const void *b)
  * does not depend on the values), routing uniform at random. Each format
  * runs on its wgmma kernels (v6, v3 and v4; NVFP4: v3, then mma.sync).
  * profile: two calls of the default path per format and token count only
- * (for a per-kernel breakdown under a profiler such as ncu). */
-static int bench(int profile)
+ * (for a per-kernel breakdown under a profiler such as ncu); only_default:
+ * the timed runs of the default path only (comparison builds). */
+static int bench(int profile, int only_default)
 {
     const int32_t E = 256, K = 6;
     const int64_t D = 4096, I = 2048, ms[2] = {64, 4096};
@@ -1118,11 +1120,11 @@ static int bench(int profile)
         /* Runs: 64 and 4096 tokens on v6, v3 and v4 when the wgmma kernels
          * took the experts (NVFP4: v3 and mma.sync), else on mma.sync. */
         static const int vars_fp[3] = {4, 2, 3}, vars_nv[2] = {2, 0};
-        int nvar = !ready ? 1 : profile ? 1 : fmt == QPLUG_CUDA_MOE_NVFP4 ? 2 : 3;
+        int nvar = !ready || profile || only_default ? 1 : fmt == QPLUG_CUDA_MOE_NVFP4 ? 2 : 3;
         for (int mi = 0; mi < 2 * nvar; mi++) {
             int64_t m = ms[mi & 1];
-            desc.wgmma_ready = !ready             ? 0
-                               : profile          ? ready
+            desc.wgmma_ready = !ready                  ? 0
+                               : profile || only_default ? ready
                                : fmt == QPLUG_CUDA_MOE_NVFP4 ? vars_nv[mi >> 1]
                                                              : vars_fp[mi >> 1];
             uint16_t *x = make_x(m, D, 1.0);
@@ -1222,9 +1224,9 @@ int main(int argc, char **argv)
         return SKIP_CODE;
     }
     if (argc > 1 && strcmp(argv[1], "bench") == 0)
-        return bench(0);
+        return bench(0, argc > 2 && strcmp(argv[2], "default") == 0);
     if (argc > 1 && strcmp(argv[1], "profile") == 0)
-        return bench(1);
+        return bench(1, 0);
     /* `quick`: only the v4 / v3 comparison (bench builds of variants). */
     if (argc > 1 && strcmp(argv[1], "quick") == 0) {
         test_v4_vs_v3(QPLUG_CUDA_MOE_FP8);
