@@ -28,7 +28,9 @@
  * forward pass adds to the RMSNorm it runs anyway; >= 1 meets the target).
  *
  * Method (docs/performance.md): each timed op between two CUDA events,
- * warm-up first, median of --reps, the reps enqueued behind bench4's spin
+ * warm-up first, median of --reps (table 2: the mean of that median taken
+ * in a forward and in a reverse pass over the ops, against clock drift
+ * under long GEMM runs), the reps enqueued behind bench4's spin
  * kernel (bench_hold.cu) so that every event pair measures GPU time and no
  * host submission time (--no-hold: back to back without it). Every operand
  * rotates over pools larger than the L2 (x, its normalised and quantized
@@ -530,15 +532,29 @@ static int pq_row(FILE *outs[2], const pq_opts *o, qplug_bench__hold *hold, cubl
     int exact = ok ? pq_bitexact(c) : -1;
     pq_timed t[PQ_NOPS];
     /* Warm-up covers every layer of the rotation: each makes its cuBLASLt
-     * plan for m on first use. */
+     * plan for m on first use. The ops are timed in order, then in reverse
+     * order, and each gets the mean of its two medians: the GPU's clock
+     * drifts down under a long run of large GEMMs (power), which would
+     * otherwise favour whichever op came first. */
     int warm = (c->nl > c->xin.count ? c->nl : c->xin.count) + 3;
-    for (int w = 0; w < PQ_NOPS; w++) {
-        c->what = (pq_what)w;
-        t[w] = ok ? pq_time(o, hold, pq_run, c, warm, PQ_LAUNCHES) : (pq_timed){NAN, NAN, false};
-        if (ok && isnan(t[w].us))
-            fprintf(stderr, "qplug bench --prequant: %s %s %s m=%lld op %d: %s\n", sh->model,
-                    sh->layer, plugin, (long long)m, w, c->msg);
-    }
+    for (int w = 0; w < PQ_NOPS; w++)
+        t[w] = (pq_timed){NAN, NAN, false};
+    for (int pass = 0; pass < 2 && ok; pass++)
+        for (int i = 0; i < PQ_NOPS; i++) {
+            int w = pass == 0 ? i : PQ_NOPS - 1 - i;
+            c->what = (pq_what)w;
+            pq_timed r = pq_time(o, hold, pq_run, c, warm, PQ_LAUNCHES);
+            if (isnan(r.us))
+                fprintf(stderr, "qplug bench --prequant: %s %s %s m=%lld op %d: %s\n",
+                        sh->model, sh->layer, plugin, (long long)m, w, c->msg);
+            if (pass == 0) {
+                t[w] = r;
+            } else {
+                t[w].us = 0.5 * (t[w].us + r.us);
+                t[w].host_us = 0.5 * (t[w].host_us + r.host_us);
+                t[w].marked = t[w].marked || r.marked;
+            }
+        }
     double lt_us = t[PQ_LT].us;
     for (int f = 0; f < 2; f++) {
         if (!outs[f])
@@ -588,8 +604,9 @@ static int pq_prefill_table(FILE *outs[2], const pq_opts *o, qplug_bench__hold *
             continue;
         fprintf(outs[f],
                 "\n## Prefill with the quantization in the producer (ABI 1.2)\n\n"
-                "GPU time per call (us), all through qplug_layer_apply on layers the core built "
-                "(one layer per weight rotation set), legacy default stream. t0 = "
+                "GPU time per call (us; each op timed once in order t0..LT and once in reverse "
+                "order, the mean of the two medians), all through qplug_layer_apply on layers "
+                "the core built (one layer per weight rotation set), legacy default stream. t0 = "
                 "qplug_cuda__rmsnorm_bf16 alone; tq = qplug_cuda__rmsnorm_quant alone (the "
                 "layer's act form); ta = apply(BF16 x) alone (act_quant inside); tp = "
                 "apply(pre-quantized x, x_scale) alone; t1 = RMSNorm BF16 then apply(BF16 x), "

@@ -44,16 +44,27 @@
  * division. The BF16 kernel writes bf16(v), round to nearest even. */
 #include "internal.cuh"
 
-/* Elements per thread / 8: 2 gives 16 elements (16 bytes of codes) per
- * thread; the bench builds 1 as well to compare. */
+/* Elements per thread / 8 (1, 2 or 4): 2 gives 16 elements (16 bytes of
+ * codes) per thread. QPLUG_NQ_PERSIST 1 runs a grid of resident blocks that
+ * loop over rows, loading the next row while they normalise the current
+ * one. The bench builds other settings as well to compare
+ * (tests/unit/prequant.cmake). */
 #ifndef QPLUG_NQ_VEC
 #define QPLUG_NQ_VEC 2
+#endif
+#ifndef QPLUG_NQ_PERSIST
+#define QPLUG_NQ_PERSIST 0
+#endif
+/* QPLUG_NQ_L2_HINT 1 asks L2 to fetch 256-byte blocks for the x loads. */
+#ifndef QPLUG_NQ_L2_HINT
+#define QPLUG_NQ_L2_HINT 0
 #endif
 
 enum {
     QPLUG_NQ_MAX_D = 8192,
     QPLUG_NQ_ELEMS = 8 * QPLUG_NQ_VEC,
-    QPLUG_NQ_MAX_THREADS = QPLUG_NQ_MAX_D / QPLUG_NQ_ELEMS,
+    QPLUG_NQ_MAX_THREADS = QPLUG_NQ_MAX_D / QPLUG_NQ_ELEMS < 32 ? 32
+                                                               : QPLUG_NQ_MAX_D / QPLUG_NQ_ELEMS,
     QPLUG_NQ_GROUP_LANES = 128 / QPLUG_NQ_ELEMS
 };
 
@@ -77,33 +88,37 @@ static unsigned qplug_cuda__nq_threads(int64_t d)
     return (t + 31u) / 32u * 32u;
 }
 
-/* One row's pieces of a thread, loaded before anything else: x[] and the
- * weight's w[] (zeros past d), and the thread's first element c. Returns
- * whether the thread owns elements of the row. */
-__device__ __forceinline__ bool qplug_cuda__nq_load(const __nv_bfloat16 *xr,
-                                                    const __nv_bfloat16 *w, int64_t d,
-                                                    uint4 (&xv)[QPLUG_NQ_VEC],
-                                                    uint4 (&wv)[QPLUG_NQ_VEC], int64_t *c)
+/* The thread's QPLUG_NQ_VEC 16-byte pieces of one row (zeros for a thread
+ * past d). */
+__device__ __forceinline__ void qplug_cuda__nq_load(const __nv_bfloat16 *r, bool live,
+                                                    uint4 (&v)[QPLUG_NQ_VEC])
 {
-    *c = (int64_t)threadIdx.x * QPLUG_NQ_ELEMS;
-    bool live = *c < d;
 #pragma unroll
     for (int i = 0; i < QPLUG_NQ_VEC; i++) {
-        xv[i] = live ? qplug_cuda__ld_stream(xr + *c + 8 * i) : make_uint4(0u, 0u, 0u, 0u);
-        wv[i] = live ? __ldg(reinterpret_cast<const uint4 *>(w + *c + 8 * i))
-                     : make_uint4(0u, 0u, 0u, 0u);
+        v[i] = make_uint4(0u, 0u, 0u, 0u);
+        if (!live)
+            continue;
+#if QPLUG_NQ_L2_HINT
+        asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(v[i].x), "=r"(v[i].y), "=r"(v[i].z), "=r"(v[i].w)
+                     : "l"(r + 8 * i));
+#else
+        v[i] = qplug_cuda__ld_stream(r + 8 * i);
+#endif
     }
-    return live;
 }
 
 /* The row's normaliser 1 / sqrt(mean(x^2) + eps), identical in every
  * thread of the block: per-thread fma chain, a shuffle tree per warp, one
  * shared word per warp, and the same shuffle tree over those words in
- * every warp. Every thread of the block must call it. */
+ * every warp. Every thread of the block must call it. The words alternate
+ * between two buffers by row parity, so one barrier per row suffices: a
+ * warp can only write a buffer again after every warp has passed the next
+ * row's barrier, that is, after every warp has read it. */
 __device__ __forceinline__ float qplug_cuda__nq_rms(const uint4 (&xv)[QPLUG_NQ_VEC], int64_t d,
-                                                    float eps)
+                                                    float eps, int parity)
 {
-    __shared__ float part[32];
+    __shared__ float part[2][32];
     float ss = 0.0f;
 #pragma unroll
     for (int i = 0; i < QPLUG_NQ_VEC; i++) {
@@ -118,13 +133,44 @@ __device__ __forceinline__ float qplug_cuda__nq_rms(const uint4 (&xv)[QPLUG_NQ_V
         ss += __shfl_xor_sync(0xffffffffu, ss, o);
     int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     if (lane == 0)
-        part[threadIdx.x >> 5] = ss;
+        part[parity][threadIdx.x >> 5] = ss;
     __syncthreads();
-    ss = lane < nw ? part[lane] : 0.0f;
+    ss = lane < nw ? part[parity][lane] : 0.0f;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
         ss += __shfl_xor_sync(0xffffffffu, ss, o);
     return __fdiv_rn(1.0f, __fsqrt_rn(__fdiv_rn(ss, (float)d) + eps));
+}
+
+/* amax / 448 correctly rounded, without a division: Markstein's correction
+ * with the correctly rounded constant 1/448 gives the IEEE quotient for
+ * every finite amax >= 1e-4 (checked exhaustively on the CPU, bench/NOTES.md
+ * preq2); Inf and NaN give themselves, as the division does. */
+__device__ __forceinline__ float qplug_cuda__nq_div448(float amax)
+{
+    const float y = 1.0f / 448.0f;
+    float q = amax * y;
+    q = fmaf(fmaf(-q, 448.0f, amax), y, q);
+    return __float_as_uint(amax) < 0x7f800000u ? q : amax;
+}
+
+/* formats.md's ue8m0 activation scale from the rounded quotient r = amax /
+ * 448: the smallest power of two >= r (as qplug_cuda__pow2_scale), and its
+ * reciprocal by the exponent bits (exact: s is a normal power of two <=
+ * 2^120 for finite amax); NaN for a non-finite r. */
+__device__ __forceinline__ float qplug_cuda__nq_pow2(float r, float *inv)
+{
+    unsigned bits = __float_as_uint(r), e = (bits >> 23) & 0xffu;
+    if (e == 0xffu) {
+        *inv = __uint_as_float(0x7fc00000u);
+        return *inv;
+    }
+    if (e == 0)
+        e = 1; /* r below the normal range: the smallest normal */
+    else if ((bits & 0x7fffffu) != 0)
+        e++;
+    *inv = __uint_as_float((254u - e) << 23);
+    return __uint_as_float(e << 23);
 }
 
 /* e4m3 code pair of the correctly rounded fp32 quotients (a / s, b / s),
@@ -138,17 +184,18 @@ __device__ __forceinline__ unsigned qplug_cuda__nq_div_pair(float a, float b, fl
     return __nv_cvt_float2_to_fp8x2(make_float2(qa, qb), __NV_SATFINITE, __NV_E4M3);
 }
 
+/* One row of the fused kernel: normalise the thread's pieces xv (weight
+ * pieces wv, first element c), quantize, store codes and scales. Every
+ * thread of the block must call it (barrier, shuffles). */
 template <bool UE8M0>
-__global__ void __launch_bounds__(QPLUG_NQ_MAX_THREADS)
-    qplug_cuda__rmsnorm_quant_kernel(const __nv_bfloat16 *__restrict__ x, int64_t ldx, int64_t m,
-                                     int64_t d, const __nv_bfloat16 *__restrict__ w, float eps,
-                                     bool xq16, uint8_t *__restrict__ xq,
-                                     float *__restrict__ scale)
+__device__ __forceinline__ void qplug_cuda__nq_quant_row(const uint4 (&xv)[QPLUG_NQ_VEC],
+                                                         const uint4 (&wv)[QPLUG_NQ_VEC],
+                                                         int64_t row, int64_t c, bool live,
+                                                         int64_t m, int64_t d, float eps,
+                                                         int parity, bool xq16, uint8_t *xq,
+                                                         float *scale)
 {
-    int64_t row = blockIdx.x, c;
-    uint4 xv[QPLUG_NQ_VEC], wv[QPLUG_NQ_VEC];
-    bool live = qplug_cuda__nq_load(x + row * ldx, w, d, xv, wv, &c);
-    float r = qplug_cuda__nq_rms(xv, d, eps);
+    float r = qplug_cuda__nq_rms(xv, d, eps, parity);
     float v[QPLUG_NQ_ELEMS];
     /* |v| maximised on the bits as unsigned integers: orders non-negative
      * floats and puts NaN above Inf, so a NaN in the row reaches the scale
@@ -172,57 +219,59 @@ __global__ void __launch_bounds__(QPLUG_NQ_MAX_THREADS)
         amax_bits = max(amax_bits, __shfl_xor_sync(0xffffffffu, amax_bits, o));
     if (!live)
         return;
-    float amax = __uint_as_float(amax_bits);
-    float s = UE8M0 ? qplug_cuda__pow2_scale(amax) : amax / 448.0f;
+    float s = qplug_cuda__nq_div448(__uint_as_float(amax_bits)), y;
+    if (UE8M0)
+        s = qplug_cuda__nq_pow2(s, &y);
+    else
+        y = __frcp_rn(s);
     unsigned q[QPLUG_NQ_ELEMS / 4];
-    if (UE8M0) {
-        /* s is a power of two: v * (1 / s) is v / s exactly. */
-        float y = 1.0f / s;
 #pragma unroll
-        for (int t = 0; t < QPLUG_NQ_ELEMS / 2; t++) {
-            unsigned pair = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * t] * y, v[2 * t + 1] * y),
-                                                     __NV_SATFINITE, __NV_E4M3);
-            q[t / 2] = t % 2 == 0 ? pair : q[t / 2] | pair << 16;
+    for (int t = 0; t < QPLUG_NQ_ELEMS / 2; t++) {
+        float a = v[2 * t], b = v[2 * t + 1];
+        unsigned pair;
+        if (UE8M0) {
+            /* s is a power of two: v * (1 / s) is v / s exactly. */
+            pair = __nv_cvt_float2_to_fp8x2(make_float2(a * y, b * y), __NV_SATFINITE,
+                                            __NV_E4M3);
+        } else if (isfinite(s)) {
+            pair = qplug_cuda__nq_div_pair(a, b, s, y);
+        } else {
+            /* v / Inf is a zero of v's sign for finite v, NaN otherwise;
+             * anything / NaN is NaN. */
+            float qa = isnan(s) || !(fabsf(a) < INFINITY) ? __uint_as_float(0x7fc00000u)
+                                                           : copysignf(0.0f, a);
+            float qb = isnan(s) || !(fabsf(b) < INFINITY) ? __uint_as_float(0x7fc00000u)
+                                                           : copysignf(0.0f, b);
+            pair = __nv_cvt_float2_to_fp8x2(make_float2(qa, qb), __NV_SATFINITE, __NV_E4M3);
         }
-    } else if (isfinite(s)) {
-        float y = __frcp_rn(s);
-#pragma unroll
-        for (int t = 0; t < QPLUG_NQ_ELEMS / 2; t++) {
-            unsigned pair = qplug_cuda__nq_div_pair(v[2 * t], v[2 * t + 1], s, y);
-            q[t / 2] = t % 2 == 0 ? pair : q[t / 2] | pair << 16;
-        }
-    } else {
-#pragma unroll
-        for (int t = 0; t < QPLUG_NQ_ELEMS / 2; t++) {
-            unsigned pair = __nv_cvt_float2_to_fp8x2(
-                make_float2(__fdiv_rn(v[2 * t], s), __fdiv_rn(v[2 * t + 1], s)), __NV_SATFINITE,
-                __NV_E4M3);
-            q[t / 2] = t % 2 == 0 ? pair : q[t / 2] | pair << 16;
-        }
+        q[t / 2] = t % 2 == 0 ? pair : q[t / 2] | pair << 16;
     }
     uint8_t *out = xq + row * d + c;
-#if QPLUG_NQ_VEC == 2
-    if (xq16)
-        *reinterpret_cast<uint4 *>(out) = make_uint4(q[0], q[1], q[2], q[3]);
-    else
-        for (int h = 0; h < 2; h++)
+    if (QPLUG_NQ_VEC >= 2 && xq16) {
+#pragma unroll
+        for (int h = 0; h < QPLUG_NQ_VEC / 2; h++)
+            *reinterpret_cast<uint4 *>(out + 16 * h) =
+                make_uint4(q[4 * h], q[4 * h + 1], q[4 * h + 2], q[4 * h + 3]);
+    } else {
+#pragma unroll
+        for (int h = 0; h < QPLUG_NQ_VEC; h++)
             *reinterpret_cast<uint2 *>(out + 8 * h) = make_uint2(q[2 * h], q[2 * h + 1]);
-#else
-    (void)xq16;
-    *reinterpret_cast<uint2 *>(out) = make_uint2(q[0], q[1]);
-#endif
-    if ((threadIdx.x & (QPLUG_NQ_GROUP_LANES - 1)) == 0)
-        scale[(c / 128) * m + row] = s;
+    }
+    if ((threadIdx.x & (QPLUG_NQ_GROUP_LANES - 1)) == 0) {
+#pragma unroll
+        for (int g = 0; g < (QPLUG_NQ_ELEMS + 127) / 128; g++)
+            scale[(c / 128 + g) * m + row] = s;
+    }
 }
 
-__global__ void __launch_bounds__(QPLUG_NQ_MAX_THREADS)
-    qplug_cuda__rmsnorm_kernel(const __nv_bfloat16 *__restrict__ x, int64_t ldx, int64_t d, const __nv_bfloat16 *__restrict__ w, float eps,
-                               __nv_bfloat16 *__restrict__ y, int64_t ldy)
+/* One row of the plain kernel (same contract as qplug_cuda__nq_quant_row). */
+__device__ __forceinline__ void qplug_cuda__nq_bf16_row(const uint4 (&xv)[QPLUG_NQ_VEC],
+                                                        const uint4 (&wv)[QPLUG_NQ_VEC],
+                                                        int64_t row, int64_t c, bool live,
+                                                        int64_t d, float eps, int parity,
+                                                        __nv_bfloat16 *y, int64_t ldy)
 {
-    int64_t row = blockIdx.x, c;
-    uint4 xv[QPLUG_NQ_VEC], wv[QPLUG_NQ_VEC];
-    bool live = qplug_cuda__nq_load(x + row * ldx, w, d, xv, wv, &c);
-    float r = qplug_cuda__nq_rms(xv, d, eps);
+    float r = qplug_cuda__nq_rms(xv, d, eps, parity);
     if (!live)
         return;
 #pragma unroll
@@ -239,6 +288,87 @@ __global__ void __launch_bounds__(QPLUG_NQ_MAX_THREADS)
         }
         *reinterpret_cast<uint4 *>(y + row * ldy + c + 8 * i) = make_uint4(o[0], o[1], o[2], o[3]);
     }
+}
+
+/* The thread's weight pieces (zeros past d). */
+__device__ __forceinline__ void qplug_cuda__nq_weight(const __nv_bfloat16 *w, int64_t c,
+                                                      bool live, uint4 (&wv)[QPLUG_NQ_VEC])
+{
+#pragma unroll
+    for (int i = 0; i < QPLUG_NQ_VEC; i++)
+        wv[i] = live ? __ldg(reinterpret_cast<const uint4 *>(w + c + 8 * i))
+                     : make_uint4(0u, 0u, 0u, 0u);
+}
+
+template <bool UE8M0>
+__global__ void __launch_bounds__(QPLUG_NQ_MAX_THREADS)
+    qplug_cuda__rmsnorm_quant_kernel(const __nv_bfloat16 *__restrict__ x, int64_t ldx, int64_t m,
+                                     int64_t d, const __nv_bfloat16 *__restrict__ w, float eps,
+                                     bool xq16, uint8_t *__restrict__ xq,
+                                     float *__restrict__ scale)
+{
+    const int64_t c = (int64_t)threadIdx.x * QPLUG_NQ_ELEMS;
+    const bool live = c < d;
+    uint4 xv[QPLUG_NQ_VEC], wv[QPLUG_NQ_VEC];
+    int64_t row = blockIdx.x;
+    qplug_cuda__nq_load(x + row * ldx + c, live, xv);
+    qplug_cuda__nq_weight(w, c, live, wv);
+#if QPLUG_NQ_PERSIST
+    for (int parity = 0; row < m; row += gridDim.x, parity ^= 1) {
+        uint4 next[QPLUG_NQ_VEC];
+        qplug_cuda__nq_load(x + (row + gridDim.x) * ldx + c, live && row + gridDim.x < m, next);
+        qplug_cuda__nq_quant_row<UE8M0>(xv, wv, row, c, live, m, d, eps, parity, xq16, xq,
+                                        scale);
+#pragma unroll
+        for (int i = 0; i < QPLUG_NQ_VEC; i++)
+            xv[i] = next[i];
+    }
+#else
+    qplug_cuda__nq_quant_row<UE8M0>(xv, wv, row, c, live, m, d, eps, 0, xq16, xq, scale);
+#endif
+}
+
+__global__ void __launch_bounds__(QPLUG_NQ_MAX_THREADS)
+    qplug_cuda__rmsnorm_kernel(const __nv_bfloat16 *__restrict__ x, int64_t ldx, int64_t m,
+                               int64_t d, const __nv_bfloat16 *__restrict__ w, float eps,
+                               __nv_bfloat16 *__restrict__ y, int64_t ldy)
+{
+    const int64_t c = (int64_t)threadIdx.x * QPLUG_NQ_ELEMS;
+    const bool live = c < d;
+    uint4 xv[QPLUG_NQ_VEC], wv[QPLUG_NQ_VEC];
+    int64_t row = blockIdx.x;
+    qplug_cuda__nq_load(x + row * ldx + c, live, xv);
+    qplug_cuda__nq_weight(w, c, live, wv);
+#if QPLUG_NQ_PERSIST
+    for (int parity = 0; row < m; row += gridDim.x, parity ^= 1) {
+        uint4 next[QPLUG_NQ_VEC];
+        qplug_cuda__nq_load(x + (row + gridDim.x) * ldx + c, live && row + gridDim.x < m, next);
+        qplug_cuda__nq_bf16_row(xv, wv, row, c, live, d, eps, parity, y, ldy);
+#pragma unroll
+        for (int i = 0; i < QPLUG_NQ_VEC; i++)
+            xv[i] = next[i];
+    }
+#else
+    (void)m;
+    qplug_cuda__nq_bf16_row(xv, wv, row, c, live, d, eps, 0, y, ldy);
+#endif
+}
+
+/* Blocks to launch for m rows: one per row, or with QPLUG_NQ_PERSIST as
+ * many as stay resident together (at most m), each looping over rows. */
+static unsigned qplug_cuda__nq_blocks(const void *kernel, unsigned threads, int64_t m)
+{
+    if (!QPLUG_NQ_PERSIST)
+        return (unsigned)m;
+    int dev = 0, sms = 0, per_sm = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, (int)threads, 0) !=
+            cudaSuccess ||
+        sms < 1 || per_sm < 1)
+        return (unsigned)m;
+    int64_t resident = (int64_t)sms * per_sm;
+    return (unsigned)(m < resident ? m : resident);
 }
 
 /* The argument checks both entry points share. */
@@ -290,11 +420,15 @@ extern "C" qplug_status qplug_cuda__rmsnorm_quant(const void *x, int64_t ldx, in
      * stores need only xq itself 16-byte aligned. */
     bool xq16 = (uintptr_t)xq % 16 == 0;
     if (fmt == QPLUG_CUDA_SCALE_UE8M0)
-        qplug_cuda__rmsnorm_quant_kernel<true><<<(unsigned)m, threads, 0, s>>>(
-            xb, ldx, m, d, wb, eps, xq16, (uint8_t *)xq, scale);
+        qplug_cuda__rmsnorm_quant_kernel<true>
+            <<<qplug_cuda__nq_blocks((const void *)qplug_cuda__rmsnorm_quant_kernel<true>,
+                                     threads, m),
+               threads, 0, s>>>(xb, ldx, m, d, wb, eps, xq16, (uint8_t *)xq, scale);
     else
-        qplug_cuda__rmsnorm_quant_kernel<false><<<(unsigned)m, threads, 0, s>>>(
-            xb, ldx, m, d, wb, eps, xq16, (uint8_t *)xq, scale);
+        qplug_cuda__rmsnorm_quant_kernel<false>
+            <<<qplug_cuda__nq_blocks((const void *)qplug_cuda__rmsnorm_quant_kernel<false>,
+                                     threads, m),
+               threads, 0, s>>>(xb, ldx, m, d, wb, eps, xq16, (uint8_t *)xq, scale);
     return qplug_cuda__check_launch(err, "rmsnorm_quant");
 }
 
@@ -310,9 +444,11 @@ extern "C" qplug_status qplug_cuda__rmsnorm_bf16(const void *x, int64_t ldx, int
                                 "rmsnorm_bf16: y must be 16-byte aligned with a row stride >= d "
                                 "and a multiple of 8 (stride %lld)",
                                 (long long)ldy);
-    qplug_cuda__rmsnorm_kernel<<<(unsigned)m, qplug_cuda__nq_threads(d), 0,
-                                 (cudaStream_t)stream>>>((const __nv_bfloat16 *)x, ldx, d,
-                                                         (const __nv_bfloat16 *)w, eps,
-                                                         (__nv_bfloat16 *)y, ldy);
+    unsigned threads = qplug_cuda__nq_threads(d);
+    qplug_cuda__rmsnorm_kernel<<<qplug_cuda__nq_blocks((const void *)qplug_cuda__rmsnorm_kernel,
+                                                       threads, m),
+                                 threads, 0, (cudaStream_t)stream>>>(
+        (const __nv_bfloat16 *)x, ldx, m, d, (const __nv_bfloat16 *)w, eps, (__nv_bfloat16 *)y,
+        ldy);
     return qplug_cuda__check_launch(err, "rmsnorm_bf16");
 }

@@ -4,15 +4,24 @@
 # standalone executables around another build of norm_quant.cu (its objects
 # come first on the link line, so the library's norm_quant object is not
 # pulled in):
-#   qplug_bench_prequant_vec1: QPLUG_NQ_VEC=1 (8 elements per thread)
-#   qplug_bench_prequant_alt:  the file named by QPLUG_PREQUANT_ALT_NQ, when
-#                              set (e.g. an older norm_quant.cu)
-# Neither is built by default:
-#   cmake --build BUILD --target qplug_bench_prequant_vec1
+#   qplug_bench_prequant_vec1:  QPLUG_NQ_VEC=1 (8 elements per thread)
+#   qplug_bench_prequant_vec4:  QPLUG_NQ_VEC=4 (32 elements per thread)
+#   qplug_bench_prequant_pers:  QPLUG_NQ_PERSIST=1 (resident blocks loop
+#                               over rows, the next row loaded ahead)
+#   qplug_bench_prequant_hint:  QPLUG_NQ_L2_HINT=1 (L2::256B on the x loads)
+#   qplug_bench_prequant_alt:   the file named by QPLUG_PREQUANT_ALT_NQ, when
+#                               set (e.g. an older norm_quant.cu)
+# None is built by default:
+#   cmake --build BUILD --target qplug_bench_prequant_vec4
 set(QPLUG_PREQUANT_ALT_NQ "" CACHE FILEPATH
   "Another norm_quant.cu to build qplug_bench_prequant_alt from (bench comparisons)")
 if(QPLUG_CUDA AND TARGET qplug_common_cuda AND TARGET qplug_bench)
-  set(_pq_variants vec1)
+  set(_pq_variants vec1 vec4 pers hint)
+  set(_pq_def_vec1 QPLUG_NQ_VEC=1)
+  set(_pq_def_vec4 QPLUG_NQ_VEC=4)
+  set(_pq_def_pers QPLUG_NQ_PERSIST=1)
+  set(_pq_def_hint QPLUG_NQ_L2_HINT=1)
+  set(_pq_def_alt "")
   if(QPLUG_PREQUANT_ALT_NQ)
     list(APPEND _pq_variants alt)
   endif()
@@ -27,10 +36,8 @@ if(QPLUG_CUDA AND TARGET qplug_common_cuda AND TARGET qplug_bench)
       ${PROJECT_SOURCE_DIR}/bench/bench_hold.cu ${PROJECT_SOURCE_DIR}/bench/bench_fill.cu)
     target_include_directories(qplug_bench_prequant_${_v} PRIVATE
       ${PROJECT_SOURCE_DIR}/bench ${PROJECT_SOURCE_DIR}/plugins/common_cuda)
-    target_compile_definitions(qplug_bench_prequant_${_v} PRIVATE QPLUG_PREQUANT_MAIN)
-    if(_v STREQUAL "vec1")
-      target_compile_definitions(qplug_bench_prequant_${_v} PRIVATE QPLUG_NQ_VEC=1)
-    endif()
+    target_compile_definitions(qplug_bench_prequant_${_v} PRIVATE QPLUG_PREQUANT_MAIN
+      ${_pq_def_${_v}})
     target_link_libraries(qplug_bench_prequant_${_v} PRIVATE
       qplug_core qplug_common_cuda CUDA::cudart CUDA::cublasLt m)
     get_property(_pq_plugins GLOBAL PROPERTY QPLUG_PLUGINS)
