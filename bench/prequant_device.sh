@@ -44,7 +44,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 
 alt_def=()
 VARIANTS=${VARIANTS:-vec4 pers hint}
 targets="gpu_test_gpu_prequant qplug_bench_run fp8_block mxfp4 nvfp4"
-for v in $VARIANTS; do targets="$targets qplug_bench_prequant_$v"; done
+for v in $VARIANTS; do targets="$targets qplug_bench_prequant_$v gpu_test_gpu_prequant_$v"; done
 if [ "$ALT" != "-" ]; then
     alt_def=(-DQPLUG_PREQUANT_ALT_NQ="$(cd "$(dirname "$ALT")" && pwd)/$(basename "$ALT")")
     targets="$targets qplug_bench_prequant_alt"
@@ -61,6 +61,11 @@ timeout "$(left 60)" ctest --test-dir "$BUILD" -R prequant -L gpu --output-on-fa
 ctest_rc=$?
 # The test's own lines (ctest shows them only on failure).
 timeout "$(left 60)" "$BUILD/bin/gpu_test_gpu_prequant" >>"$OUT/ctest.log" 2>&1
+for v in $VARIANTS; do
+    echo "== gpu_test_gpu_prequant_$v" >>"$OUT/ctest.log"
+    timeout "$(left 60)" "$BUILD/bin/gpu_test_gpu_prequant_$v" >>"$OUT/ctest.log" 2>&1
+    echo "== variant $v test rc $?" | tee -a "$OUT/ctest.log"
+done
 grep -E "rel L2|differ|Test +#|tests passed|FAIL|checks" "$OUT/ctest.log" | tail -40
 
 B=$BUILD/bin

@@ -520,7 +520,10 @@ int main(void)
     }
     static const nq_case cases[] = {{1, 512, 512},     {5, 1024, 1032}, {37, 1536, 1536},
                                     {64, 4096, 4096},  {33, 7168, 7168}, {3, 8192, 8192},
-                                    {2, 384, 384},     {300, 2048, 2056}};
+                                    {2, 384, 384},     {300, 2048, 2056},
+                                    /* More rows than resident blocks: the
+                                     * persistent variant loops over rows. */
+                                    {3000, 1024, 1024}, {2500, 2048, 2056}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         for (int ue = 0; ue < 2; ue++)
             run_case(&cases[i], ue == 1, i == 1);

@@ -44,5 +44,20 @@ if(QPLUG_CUDA AND TARGET qplug_common_cuda AND TARGET qplug_bench)
     if(_pq_plugins)
       add_dependencies(qplug_bench_prequant_${_v} ${_pq_plugins})
     endif()
+    # The GPU test of the same variant (run by hand or by
+    # bench/prequant_device.sh; the registered test covers the default).
+    if(NOT _v STREQUAL "alt" AND TARGET fp8_block)
+      add_executable(gpu_test_gpu_prequant_${_v} EXCLUDE_FROM_ALL
+        ${PROJECT_SOURCE_DIR}/tests/gpu/test_gpu_prequant.c ${_nq}
+        ${CMAKE_CURRENT_SOURCE_DIR}/testutil.c)
+      target_include_directories(gpu_test_gpu_prequant_${_v} PRIVATE
+        ${PROJECT_SOURCE_DIR}/tests/gpu ${CMAKE_CURRENT_SOURCE_DIR}
+        ${PROJECT_SOURCE_DIR}/plugins/common_cuda)
+      target_compile_definitions(gpu_test_gpu_prequant_${_v} PRIVATE ${_pq_def_${_v}}
+        QPLUG_PREQUANT_PLUGIN_FP8_BLOCK="$<TARGET_FILE:fp8_block>")
+      target_link_libraries(gpu_test_gpu_prequant_${_v} PRIVATE
+        qplug_core qplug_common_cuda CUDA::cudart m)
+      add_dependencies(gpu_test_gpu_prequant_${_v} fp8_block)
+    endif()
   endforeach()
 endif()
