@@ -4,7 +4,7 @@
 # kernel table of each kernel version (v2 twice, for the run-to-run spread),
 # then the prefill table of `qplug bench --prequant`, and prints a short
 # summary last. Logs (with the tables) go to $OUT, one per step.
-# VARIANTS (default "vec4 pers hint"): the qplug_bench_prequant_* builds of
+# VARIANTS (default "vec4 pers flat hint"): the qplug_bench_prequant_* builds of
 # norm_quant.cu to time as well (tests/unit/prequant.cmake).
 #
 #   bench/prequant_device.sh [ALT_NQ] [prefill bench args...]
@@ -42,7 +42,7 @@ fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/build.log"
 
 alt_def=()
-VARIANTS=${VARIANTS:-vec4 pers hint}
+VARIANTS=${VARIANTS:-vec4 pers flat hint}
 targets="gpu_test_gpu_prequant qplug_bench_run fp8_block mxfp4 nvfp4"
 for v in $VARIANTS; do targets="$targets qplug_bench_prequant_$v gpu_test_gpu_prequant_$v"; done
 if [ "$ALT" != "-" ]; then

@@ -2,9 +2,11 @@
  * in (the producer side of ABI 1.2's pre-quantized x), and the plain BF16
  * RMSNorm it replaces.
  *
- * Both kernels give one block one row (v2; v1 gave one warp a whole row,
- * which at d = 7168 held 128 registers of row per lane, left one block of
- * 8 warps per multiprocessor and ran at 30-50% of copy bandwidth). Thread t
+ * Both kernels give one block one row at a time (v2; v1 gave one warp a
+ * whole row, which at d = 7168 held 128 registers of row per lane, left one
+ * block of 8 warps per multiprocessor and ran at 24-54% of copy bandwidth);
+ * the fused kernel's blocks stay resident and loop over rows (see
+ * QPLUG_NQ_PERSIST_QUANT below), the plain one launches a block per row. Thread t
  * owns the 8 * QPLUG_NQ_VEC consecutive elements from t * 8 * QPLUG_NQ_VEC:
  * its x and weight pieces are 16-byte loads issued together before any
  * arithmetic, the row stays in registers between the sum of squares and
@@ -17,7 +19,8 @@
  * 16-byte store (8-byte when xq is only 8-byte aligned), the BF16 outputs
  * QPLUG_NQ_VEC 16-byte stores. At up to 512 threads per block of few
  * registers several rows are in flight per multiprocessor, so loads of one
- * row overlap the arithmetic and stores of others.
+ * row overlap the arithmetic and stores of others; the persistent loop adds
+ * the next row's loads under the current row's work.
  *
  * The memory floor: RMSNorm reads 2 and writes 2 bytes per element;
  * RMSNorm + quantization reads 2 and writes 1 plus 4 bytes per 128 of
@@ -40,20 +43,30 @@
  * rounded quotient of normal operands; the sign is copied from v so that
  * -0 stays -0). A brute-force check of 4e8 (v, s) pairs of the kernel's
  * ranges against IEEE division found no difference (bench/NOTES.md,
- * preq2). A non-finite scale (a NaN or Inf in the group) takes the IEEE
- * division. The BF16 kernel writes bf16(v), round to nearest even. */
+ * preq2). The scale's own quotient amax / 448 is formed the same way with
+ * the constant 1/448 (identical to the division for every finite amax >=
+ * 1e-4, checked exhaustively). A non-finite scale (a NaN or Inf in the
+ * group) gives the quotients IEEE division gives: zeros of v's sign for
+ * finite v over Inf, NaN otherwise. The BF16 kernel writes bf16(v), round
+ * to nearest even. */
 #include "internal.cuh"
 
 /* Elements per thread / 8 (1, 2 or 4): 2 gives 16 elements (16 bytes of
- * codes) per thread. QPLUG_NQ_PERSIST 1 runs a grid of resident blocks that
- * loop over rows, loading the next row while they normalise the current
- * one. The bench builds other settings as well to compare
- * (tests/unit/prequant.cmake). */
+ * codes) per thread. QPLUG_NQ_PERSIST_QUANT / _BF16 1 run a grid of
+ * resident blocks that loop over rows, loading the next row while they
+ * normalise the current one; 0 gives one block per row. Measured on the
+ * H200 (bench/NOTES.md, preq2 run 2): persistent is 5-12% faster for the
+ * fused kernel at m = 4096 and 10-14% slower for the plain one (the extra
+ * row of registers halves its resident blocks), hence the defaults. The
+ * bench builds other settings as well to compare (tests/unit/prequant.cmake). */
 #ifndef QPLUG_NQ_VEC
 #define QPLUG_NQ_VEC 2
 #endif
-#ifndef QPLUG_NQ_PERSIST
-#define QPLUG_NQ_PERSIST 0
+#ifndef QPLUG_NQ_PERSIST_QUANT
+#define QPLUG_NQ_PERSIST_QUANT 1
+#endif
+#ifndef QPLUG_NQ_PERSIST_BF16
+#define QPLUG_NQ_PERSIST_BF16 0
 #endif
 /* QPLUG_NQ_L2_HINT 1 asks L2 to fetch 256-byte blocks for the x loads. */
 #ifndef QPLUG_NQ_L2_HINT
@@ -313,7 +326,7 @@ __global__ void __launch_bounds__(QPLUG_NQ_MAX_THREADS)
     int64_t row = blockIdx.x;
     qplug_cuda__nq_load(x + row * ldx + c, live, xv);
     qplug_cuda__nq_weight(w, c, live, wv);
-#if QPLUG_NQ_PERSIST
+#if QPLUG_NQ_PERSIST_QUANT
     for (int parity = 0; row < m; row += gridDim.x, parity ^= 1) {
         uint4 next[QPLUG_NQ_VEC];
         qplug_cuda__nq_load(x + (row + gridDim.x) * ldx + c, live && row + gridDim.x < m, next);
@@ -339,7 +352,7 @@ __global__ void __launch_bounds__(QPLUG_NQ_MAX_THREADS)
     int64_t row = blockIdx.x;
     qplug_cuda__nq_load(x + row * ldx + c, live, xv);
     qplug_cuda__nq_weight(w, c, live, wv);
-#if QPLUG_NQ_PERSIST
+#if QPLUG_NQ_PERSIST_BF16
     for (int parity = 0; row < m; row += gridDim.x, parity ^= 1) {
         uint4 next[QPLUG_NQ_VEC];
         qplug_cuda__nq_load(x + (row + gridDim.x) * ldx + c, live && row + gridDim.x < m, next);
@@ -354,11 +367,12 @@ __global__ void __launch_bounds__(QPLUG_NQ_MAX_THREADS)
 #endif
 }
 
-/* Blocks to launch for m rows: one per row, or with QPLUG_NQ_PERSIST as
+/* Blocks to launch for m rows: one per row, or for a persistent kernel as
  * many as stay resident together (at most m), each looping over rows. */
-static unsigned qplug_cuda__nq_blocks(const void *kernel, unsigned threads, int64_t m)
+static unsigned qplug_cuda__nq_blocks(const void *kernel, bool persistent, unsigned threads,
+                                      int64_t m)
 {
-    if (!QPLUG_NQ_PERSIST)
+    if (!persistent)
         return (unsigned)m;
     int dev = 0, sms = 0, per_sm = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -422,12 +436,12 @@ extern "C" qplug_status qplug_cuda__rmsnorm_quant(const void *x, int64_t ldx, in
     if (fmt == QPLUG_CUDA_SCALE_UE8M0)
         qplug_cuda__rmsnorm_quant_kernel<true>
             <<<qplug_cuda__nq_blocks((const void *)qplug_cuda__rmsnorm_quant_kernel<true>,
-                                     threads, m),
+                                     QPLUG_NQ_PERSIST_QUANT, threads, m),
                threads, 0, s>>>(xb, ldx, m, d, wb, eps, xq16, (uint8_t *)xq, scale);
     else
         qplug_cuda__rmsnorm_quant_kernel<false>
             <<<qplug_cuda__nq_blocks((const void *)qplug_cuda__rmsnorm_quant_kernel<false>,
-                                     threads, m),
+                                     QPLUG_NQ_PERSIST_QUANT, threads, m),
                threads, 0, s>>>(xb, ldx, m, d, wb, eps, xq16, (uint8_t *)xq, scale);
     return qplug_cuda__check_launch(err, "rmsnorm_quant");
 }
@@ -446,7 +460,7 @@ extern "C" qplug_status qplug_cuda__rmsnorm_bf16(const void *x, int64_t ldx, int
                                 (long long)ldy);
     unsigned threads = qplug_cuda__nq_threads(d);
     qplug_cuda__rmsnorm_kernel<<<qplug_cuda__nq_blocks((const void *)qplug_cuda__rmsnorm_kernel,
-                                                       threads, m),
+                                                       QPLUG_NQ_PERSIST_BF16, threads, m),
                                  threads, 0, (cudaStream_t)stream>>>(
         (const __nv_bfloat16 *)x, ldx, m, d, (const __nv_bfloat16 *)w, eps, (__nv_bfloat16 *)y,
         ldy);

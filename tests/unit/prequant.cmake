@@ -6,8 +6,9 @@
 # pulled in):
 #   qplug_bench_prequant_vec1:  QPLUG_NQ_VEC=1 (8 elements per thread)
 #   qplug_bench_prequant_vec4:  QPLUG_NQ_VEC=4 (32 elements per thread)
-#   qplug_bench_prequant_pers:  QPLUG_NQ_PERSIST=1 (resident blocks loop
-#                               over rows, the next row loaded ahead)
+#   qplug_bench_prequant_pers:  both kernels persistent (resident blocks
+#                               loop over rows, the next row loaded ahead)
+#   qplug_bench_prequant_flat:  neither persistent (a block per row)
 #   qplug_bench_prequant_hint:  QPLUG_NQ_L2_HINT=1 (L2::256B on the x loads)
 #   qplug_bench_prequant_alt:   the file named by QPLUG_PREQUANT_ALT_NQ, when
 #                               set (e.g. an older norm_quant.cu)
@@ -16,10 +17,11 @@
 set(QPLUG_PREQUANT_ALT_NQ "" CACHE FILEPATH
   "Another norm_quant.cu to build qplug_bench_prequant_alt from (bench comparisons)")
 if(QPLUG_CUDA AND TARGET qplug_common_cuda AND TARGET qplug_bench)
-  set(_pq_variants vec1 vec4 pers hint)
+  set(_pq_variants vec1 vec4 pers flat hint)
   set(_pq_def_vec1 QPLUG_NQ_VEC=1)
   set(_pq_def_vec4 QPLUG_NQ_VEC=4)
-  set(_pq_def_pers QPLUG_NQ_PERSIST=1)
+  set(_pq_def_pers QPLUG_NQ_PERSIST_QUANT=1 QPLUG_NQ_PERSIST_BF16=1)
+  set(_pq_def_flat QPLUG_NQ_PERSIST_QUANT=0 QPLUG_NQ_PERSIST_BF16=0)
   set(_pq_def_hint QPLUG_NQ_L2_HINT=1)
   set(_pq_def_alt "")
   if(QPLUG_PREQUANT_ALT_NQ)
