@@ -12,7 +12,10 @@ set -u -o pipefail
 ROOT=$(pwd)
 OUT=${OUT:-/tmp/moe7}
 B=${MOE7_BUILD:-$ROOT/build-moe7-dev}
-mkdir -p "$OUT"
+# Build logs and the ABI bench's JSON stay on the machine (at most 8 files
+# come back); a failed build prints its errors.
+LOGS=/tmp/moe7_logs
+mkdir -p "$OUT" "$LOGS"
 t0=$(date +%s)
 el() { echo $(($(date +%s) - t0)); }
 
@@ -25,27 +28,26 @@ export LD_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LI
 command -v pkg-config >/dev/null || export PKG_CONFIG="$DEPS/usr/bin/pkgconf"
 
 declare -A res
-cmake -S "$ROOT" -B "$B" -DBUILD_TESTING=ON -DCMAKE_BUILD_TYPE=Release \
-    ${PKG_CONFIG:+-DPKG_CONFIG_EXECUTABLE=$PKG_CONFIG} >"$OUT/build.log" 2>&1
-if cmake --build "$B" -j"$(nproc)" --target gpu_test_gpu_moe qplug_conformance_gpu unquantized \
-        fp8_block mxfp4 nvfp4 w4a4_megamoe qplug_bench_run >>"$OUT/build.log" 2>&1; then
-    res[build]="ok ($(el) s)"
-else
-    res[build]=FAIL
-    grep -E "error" "$OUT/build.log" | head -30
-fi
-
-# Comparison builds of gpu_test_gpu_moe (MOE7_VARIANTS="name:-DMACRO=V ..."),
-# built in the background while the GPU checks run.
+TARGETS="gpu_test_gpu_moe qplug_conformance_gpu unquantized fp8_block mxfp4 nvfp4 w4a4_megamoe"
+# Comparison builds (MOE7_VARIANTS="name:-DMACRO=V,-DOTHER=W ..."), built
+# next to the main one; MOE7_VARIANT_CTEST=1 runs the MoE ctest on them too.
 vpids=()
 for v in ${MOE7_VARIANTS:-}; do
     name=${v%%:*}
     flags=${v#*:}
     (cmake -S "$ROOT" -B "$B-$name" -DBUILD_TESTING=ON -DCMAKE_BUILD_TYPE=Release \
         "-DCMAKE_CUDA_FLAGS=${flags//,/ }" ${PKG_CONFIG:+-DPKG_CONFIG_EXECUTABLE=$PKG_CONFIG} &&
-        cmake --build "$B-$name" -j6 --target gpu_test_gpu_moe) >"$OUT/build_$name.log" 2>&1 &
+        cmake --build "$B-$name" -j6 --target $TARGETS) >"$LOGS/build_$name.log" 2>&1 &
     vpids+=($!)
 done
+cmake -S "$ROOT" -B "$B" -DBUILD_TESTING=ON -DCMAKE_BUILD_TYPE=Release \
+    ${PKG_CONFIG:+-DPKG_CONFIG_EXECUTABLE=$PKG_CONFIG} >"$LOGS/build.log" 2>&1
+if cmake --build "$B" -j10 --target $TARGETS qplug_bench_run >>"$LOGS/build.log" 2>&1; then
+    res[build]="ok ($(el) s)"
+else
+    res[build]=FAIL
+    grep -E "error" "$LOGS/build.log" | head -30
+fi
 
 if ctest --test-dir "$B" -L gpu -R "moe|conformance" --output-on-failure --timeout 120 \
         >"$OUT/ctest.log" 2>&1; then
@@ -58,15 +60,26 @@ grep -E "Failed|\*\*\*Failed|FAIL" "$OUT/ctest.log" | head -20
 "$B/bin/gpu_test_gpu_moe" >"$OUT/test_moe.log" 2>&1
 res[test_moe]="rc $?: $(tail -1 "$OUT/test_moe.log")"
 
-timeout 60 "$B/bin/gpu_test_gpu_moe" bench >"$OUT/standalone.md" 2>&1
+timeout 60 "$B/bin/gpu_test_gpu_moe" bench ${MOE7_BENCH_MODE:-} >"$OUT/standalone.md" 2>&1
 res[standalone]="rc $? ($(el) s)"
-timeout 70 "$B/bin/qplug_bench_run" --moe --md "$OUT/abi.md" --json "$OUT/abi.json" \
-    >"$OUT/abi.log" 2>&1
+timeout 70 "$B/bin/qplug_bench_run" --moe --md "$OUT/abi.md" --json "$LOGS/abi.json" \
+    >"$LOGS/abi.log" 2>&1
 res[abi]="rc $? ($(el) s)"
 
-for p in ${vpids[@]+"${vpids[@]}"}; do wait "$p"; done
+if [ "${MOE7_MEMCHECK:-1}" = 1 ]; then
+    timeout "${MOE7_MEMCHECK_S:-90}" compute-sanitizer --tool memcheck --error-exitcode 99 \
+        "$B/bin/gpu_test_gpu_moe" >"$OUT/memcheck.log" 2>&1
+    res[memcheck]="rc $?: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) ($(el) s)"
+fi
+
+for p in ${vpids[@]+"${vpids[@]}"}; do wait "$p" || grep -h -E "error" "$LOGS"/build_*.log | head; done
 for v in ${MOE7_VARIANTS:-}; do
     name=${v%%:*}
+    if [ "${MOE7_VARIANT_CTEST:-0}" = 1 ]; then
+        ctest --test-dir "$B-$name" -L gpu -R "moe|conformance" --timeout 120 \
+            >"$OUT/ctest_$name.log" 2>&1
+        res[ctest_$name]="rc $?: $(grep -E 'tests passed' "$OUT/ctest_$name.log") ($(el) s)"
+    fi
     echo "== variant $name (${v#*:})" >>"$OUT/standalone.md"
     timeout 40 "$B-$name/bin/gpu_test_gpu_moe" bench default 2>&1 | grep -E "^\|" |
         sed "s/^| /| [$name] /" >>"$OUT/standalone.md"
@@ -78,12 +91,6 @@ if [ "${MOE7_NCU:-1}" = 1 ]; then
         --csv "$B/bin/gpu_test_gpu_moe" profile >"$OUT/ncu.csv" 2>&1
     res[ncu]="rc $? ($(el) s)"
 fi
-if [ "${MOE7_MEMCHECK:-1}" = 1 ]; then
-    timeout "${MOE7_MEMCHECK_S:-90}" compute-sanitizer --tool memcheck --error-exitcode 99 \
-        "$B/bin/gpu_test_gpu_moe" >"$OUT/memcheck.log" 2>&1
-    res[memcheck]="rc $?: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) ($(el) s)"
-fi
-
 echo "== standalone"
 grep -E "^\||^==" "$OUT/standalone.md"
 echo "== abi"

@@ -46,6 +46,66 @@ static size_t moe_align(size_t v)
     return (v + 255u) & ~(size_t)255u;
 }
 
+/* Programmatic dependent launch: the kernels of the forward after the
+ * routing (permute, gather, the v6 GEMMs, hquant, combine) start with
+ * qplug_cuda__moe_pdl_enter, so each may be launched while the previous
+ * kernel of the stream finishes (its launch and block scheduling overlap
+ * that kernel's last wave). Every one of them waits before its first
+ * global access, so the chain stays ordered, transitively too. 0: plain
+ * stream order (the kernels' waits then return at once). */
+#ifndef QPLUG_MOE_PDL
+#define QPLUG_MOE_PDL 1
+#endif
+
+/* Waits until the previous kernel of the stream has completed and its
+ * writes are visible, then lets the next kernel launch. */
+static __device__ __forceinline__ void qplug_cuda__moe_pdl_enter(void)
+{
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
+/* Launches kernel k with the programmatic-serialization attribute (when
+ * QPLUG_MOE_PDL), plus a cluster of cluster_x blocks along x when > 1. */
+template <typename... P, typename... A>
+static cudaError_t qplug_cuda__moe_launch(void (*k)(P...), dim3 grid, unsigned threads,
+                                          size_t smem, cudaStream_t s, unsigned cluster_x,
+                                          A &&...args)
+{
+    cudaLaunchAttribute at[2];
+    unsigned n = 0;
+    if (QPLUG_MOE_PDL) {
+        at[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[n].val.programmaticStreamSerializationAllowed = 1;
+        n++;
+    }
+    if (cluster_x > 1) {
+        at[n].id = cudaLaunchAttributeClusterDimension;
+        at[n].val.clusterDim.x = cluster_x;
+        at[n].val.clusterDim.y = 1;
+        at[n].val.clusterDim.z = 1;
+        n++;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cfg.attrs = at;
+    cfg.numAttrs = n;
+    return cudaLaunchKernelEx(&cfg, k, static_cast<A &&>(args)...);
+}
+
+/* The status of a launch through qplug_cuda__moe_launch. */
+static qplug_status qplug_cuda__moe_launched(cudaError_t ce, const char *fn, const char *what,
+                                             qplug_cuda__err *err)
+{
+    if (ce == cudaSuccess)
+        return QPLUG_OK;
+    return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: launch of %s failed: %s", fn, what,
+                            cudaGetErrorString(ce));
+}
+
 /* ------------------------------------------------------------- routing */
 
 __global__ void __launch_bounds__(256)
@@ -232,6 +292,7 @@ __global__ void __launch_bounds__(1024)
      * scan's partials while another already writes the second's. */
     __shared__ int part[2][32];
     int tid = threadIdx.x;
+    qplug_cuda__moe_pdl_enter();
     /* The W4A4 unpack, later on the stream, only ever sets the flag. */
     if (flag && tid == 0)
         *flag = 0;
@@ -646,6 +707,7 @@ __global__ void __launch_bounds__(256)
                                   const int32_t *__restrict__ run_if,
                                   const int32_t *__restrict__ perm_tok)
 {
+    qplug_cuda__moe_pdl_enter();
     if (run_if && *run_if == 0)
         return;
     int lane = threadIdx.x & 31, kbn = (int)(I / 128);
@@ -680,23 +742,45 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-/* y[t] = sum_j w[t,j] * o[inv[t,j]] in slot order, BF16. */
+/* y[t] = sum_j w[t,j] * o[inv[t,j]] in slot order, BF16. Each thread
+ * makes four consecutive columns (16-byte loads of o; D % 4 == 0). */
 __global__ void __launch_bounds__(256)
     qplug_cuda__moe_combine_kernel(const float *__restrict__ o, const int32_t *__restrict__ inv,
                                    const float *__restrict__ wts, int K, int64_t D,
                                    __nv_bfloat16 *__restrict__ y)
 {
+    qplug_cuda__moe_pdl_enter();
     int64_t t = blockIdx.x;
-    int64_t d = (int64_t)blockIdx.y * 256 + threadIdx.x;
+    int64_t d = ((int64_t)blockIdx.y * 256 + threadIdx.x) * 4;
     if (d >= D)
         return;
-    float acc = 0.0f;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     for (int j = 0; j < K; j++) {
         int r = inv[t * K + j];
-        if (r >= 0)
-            acc += wts[t * K + j] * o[(int64_t)r * D + d];
+        if (r >= 0) {
+            float wj = wts[t * K + j];
+            float4 v = *reinterpret_cast<const float4 *>(o + (int64_t)r * D + d);
+            acc.x += wj * v.x;
+            acc.y += wj * v.y;
+            acc.z += wj * v.z;
+            acc.w += wj * v.w;
+        }
     }
-    y[t * D + d] = __float2bfloat16_rn(acc);
+    __nv_bfloat162 lo = __floats2bfloat162_rn(acc.x, acc.y);
+    __nv_bfloat162 hi = __floats2bfloat162_rn(acc.z, acc.w);
+    __nv_bfloat16 *yr = y + t * D + d;
+    /* y is only known to be 2-byte aligned. */
+    if (((uintptr_t)yr & 7u) == 0) {
+        uint2 out;
+        out.x = *reinterpret_cast<unsigned *>(&lo);
+        out.y = *reinterpret_cast<unsigned *>(&hi);
+        *reinterpret_cast<uint2 *>(yr) = out;
+    } else {
+        yr[0] = lo.x;
+        yr[1] = lo.y;
+        yr[2] = hi.x;
+        yr[3] = hi.y;
+    }
 }
 
 /* ------------------------------------------------------------ workspace */
@@ -1015,25 +1099,16 @@ static qplug_status qplug_cuda__moe_v6_launch(qplug_cuda__moe_encode_fn enc,
     dim3 grid((unsigned)(a.n / (DUAL ? 64 : 128)), (unsigned)tmax);
     /* The gate/up pair with the fused h quantization runs in clusters of
      * the two blocks of each 128 columns of h (n / 64 is even). */
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = 2;
-    at[0].val.clusterDim.y = 1;
-    at[0].val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.blockDim = dim3(V6_THREADS);
-    cfg.stream = s;
-    cfg.attrs = at;
-    cfg.numAttrs = DUAL && QPLUG_MOE_V6_FUSE ? 1 : 0;
-    cfg.gridDim = grid;
+    unsigned cx = DUAL && QPLUG_MOE_V6_FUSE ? 2u : 1u;
     cudaError_t ce;
-    if (small) {
-        cfg.dynamicSmemBytes = qplug_cuda__moe_v6_smem<WF, true>::LAUNCH;
-        ce = cudaLaunchKernelEx(&cfg, qplug_cuda__moe_v6_kernel<WF, DUAL, true>, m0, m1, mb, a);
-    } else {
-        cfg.dynamicSmemBytes = qplug_cuda__moe_v6_smem<WF, false>::LAUNCH;
-        ce = cudaLaunchKernelEx(&cfg, qplug_cuda__moe_v6_kernel<WF, DUAL, false>, m0, m1, mb, a);
-    }
+    if (small)
+        ce = qplug_cuda__moe_launch(qplug_cuda__moe_v6_kernel<WF, DUAL, true>, grid, V6_THREADS,
+                                    qplug_cuda__moe_v6_smem<WF, true>::LAUNCH, s, cx, m0, m1, mb,
+                                    a);
+    else
+        ce = qplug_cuda__moe_launch(qplug_cuda__moe_v6_kernel<WF, DUAL, false>, grid, V6_THREADS,
+                                    qplug_cuda__moe_v6_smem<WF, false>::LAUNCH, s, cx, m0, m1, mb,
+                                    a);
     if (ce != cudaSuccess)
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: v6 launch failed (n=%lld k=%lld): %s",
                                 fn, (long long)a.n, (long long)a.k, cudaGetErrorString(ce));
@@ -1130,10 +1205,13 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
         return qplug_cuda__fail(err, QPLUG_ERR_DEVICE, "%s: cuTensorMapEncodeTiled not available",
                                 fn);
 
-    qplug_cuda__moe_permute_kernel<<<1, 1024, 0, s>>>(ids, R, K, E, bm, v6 ? (int)V6_RALIGN : 1,
-                                                      ws->ntiles, ws->tile_e, ws->tile_r0,
-                                                      ws->tile_r1, ws->perm_tok, ws->inv,
-                                                      ws->flag);
+    qplug_status st = qplug_cuda__moe_launched(
+        qplug_cuda__moe_launch(qplug_cuda__moe_permute_kernel, dim3(1), 1024, 0, s, 1, ids, R, K,
+                               (int)E, bm, v6 ? (int)V6_RALIGN : 1, ws->ntiles, ws->tile_e,
+                               ws->tile_r0, ws->tile_r1, ws->perm_tok, ws->inv, ws->flag),
+        fn, "permute", err);
+    if (st)
+        return st;
     a1.ntiles = ws->ntiles;
     a1.tile_e = ws->tile_e;
     a1.tile_r0 = ws->tile_r0;
@@ -1155,7 +1233,6 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     a1.hs_ld = ws->rows;
     a1.ue8m0 = ue8m0;
     a1.hperm = mx;
-    qplug_status st = QPLUG_OK;
     if (wg && af == MOE_F_MX) {
         /* W4A4: unpack to E4M3 (flagging blocks that do not fold exactly;
          * v6: in its gather pass), then the wgmma GEMM, or, when flagged,
@@ -1169,8 +1246,13 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
         }
         a1.skip_if = ws->flag;
         if (v6) {
-            qplug_cuda__moe_v6_gather_kernel<true, true><<<gg, 256, 0, s>>>(
-                a1.a, a1.a_ld, K, D, ws->inv, 0, ws->xg, ws->xgs, ws->rows, ws->flag);
+            st = qplug_cuda__moe_launched(
+                qplug_cuda__moe_launch(qplug_cuda__moe_v6_gather_kernel<true, true>, gg, 256, 0, s,
+                                       1, a1.a, a1.a_ld, (int)K, D, (const int32_t *)ws->inv, 0,
+                                       ws->xg, ws->xgs, ws->rows, ws->flag),
+                fn, "gather", err);
+            if (st)
+                return st;
             a1.a = ws->xg;
             a1.a_ld = D;
             a1.a_scale = ws->xgs;
@@ -1189,12 +1271,15 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
         qplug_cuda__moe_gemm_launch<MOE_BM_LARGE, MOE_F_MX, MOE_F_MX, true>(f, tmax, s);
     } else if (v6) {
         const uint8_t *xb = (const uint8_t *)xbf;
-        if (mx)
-            qplug_cuda__moe_v6_gather_kernel<false, true><<<gg, 256, 0, s>>>(
-                xb, D * 2, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows, NULL);
-        else
-            qplug_cuda__moe_v6_gather_kernel<false, false><<<gg, 256, 0, s>>>(
-                xb, D * 2, K, D, ws->inv, ue8m0, ws->xg, ws->xgs, ws->rows, NULL);
+        st = qplug_cuda__moe_launched(
+            qplug_cuda__moe_launch(mx ? qplug_cuda__moe_v6_gather_kernel<false, true>
+                                      : qplug_cuda__moe_v6_gather_kernel<false, false>,
+                                   gg, 256, 0, s, 1, xb, D * 2, (int)K, D,
+                                   (const int32_t *)ws->inv, (int)ue8m0, ws->xg, ws->xgs,
+                                   ws->rows, (int32_t *)NULL),
+            fn, "gather", err);
+        if (st)
+            return st;
         a1.a = ws->xg;
         a1.a_ld = D;
         a1.a_scale = ws->xgs;
@@ -1222,10 +1307,18 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     int64_t hrows = v6 ? ws->rows - 128 : R;
     unsigned hblocks = (unsigned)(hrows < 16384 ? hrows : 16384);
     bool fused = v6 && QPLUG_MOE_V6_FUSE;
-    if (!fused || af == MOE_F_MX)
-        qplug_cuda__moe_hquant_kernel<<<hblocks, 256, 0, s>>>(
-            ws->h, I, ws->ntiles, ws->tile_r1, ue8m0, v6 && mx, ws->hq, ws->hs, ws->rows,
-            fused ? ws->flag : NULL, v6 ? ws->perm_tok : NULL);
+    if (!fused || af == MOE_F_MX) {
+        st = qplug_cuda__moe_launched(
+            qplug_cuda__moe_launch(qplug_cuda__moe_hquant_kernel, dim3(hblocks), 256, 0, s, 1,
+                                   (const float *)ws->h, I, (const int32_t *)ws->ntiles,
+                                   (const int32_t *)ws->tile_r1, (int)ue8m0, (int)(v6 && mx),
+                                   ws->hq, ws->hs, ws->rows,
+                                   (const int32_t *)(fused ? ws->flag : NULL),
+                                   (const int32_t *)(v6 ? ws->perm_tok : NULL)),
+            fn, "hquant", err);
+        if (st)
+            return st;
+    }
 
     qplug_cuda__moe_gemm_args a2;
     memset(&a2, 0, sizeof a2);
@@ -1260,9 +1353,14 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
     if (st)
         return st;
 
-    dim3 cgrid((unsigned)m, (unsigned)((D + 255) / 256));
-    qplug_cuda__moe_combine_kernel<<<cgrid, 256, 0, s>>>(ws->o, ws->inv, wts, K, D,
-                                                         (__nv_bfloat16 *)y);
+    dim3 cgrid((unsigned)m, (unsigned)((D + 1023) / 1024));
+    st = qplug_cuda__moe_launched(
+        qplug_cuda__moe_launch(qplug_cuda__moe_combine_kernel, cgrid, 256, 0, s, 1,
+                               (const float *)ws->o, (const int32_t *)ws->inv, wts, (int)K, D,
+                               (__nv_bfloat16 *)y),
+        fn, "combine", err);
+    if (st)
+        return st;
     return qplug_cuda__check_launch(err, fn);
 }
 

@@ -71,11 +71,14 @@
 #ifndef QPLUG_MOE_V6_FUSE
 #define QPLUG_MOE_V6_FUSE 0
 #endif
-/* 1 (default): the two consumer warpgroups of the large kernel take turns
- * issuing their wgmmas (named barriers 2 and 3, as v4 does), so that the
- * tensor cores run one warpgroup's block while the other promotes. */
+/* 1: the two consumer warpgroups of the large kernel take turns issuing
+ * their wgmmas (named barriers 2 and 3, as v4 does), so that the tensor
+ * cores run one warpgroup's block while the other promotes. Off by
+ * default: 1.5-2% slower on the H200 at 4096 tokens (bench/NOTES.md,
+ * "Fused MoE v7", run 2), so the promotion is not what bounds the large
+ * kernel. */
 #ifndef QPLUG_MOE_V6_PINGPONG
-#define QPLUG_MOE_V6_PINGPONG 1
+#define QPLUG_MOE_V6_PINGPONG 0
 #endif
 
 enum {
@@ -334,6 +337,7 @@ __global__ void __launch_bounds__(256)
 {
     __shared__ int rows[16];
     __shared__ int any;
+    qplug_cuda__moe_pdl_enter();
     int lane = threadIdx.x & 31, kbn = (int)(D / 128);
     int64_t t = blockIdx.x;
     if (threadIdx.x == 0)
@@ -778,6 +782,7 @@ __global__ void __launch_bounds__(V6_THREADS, SMALL ? 2 : 1)
                               const __grid_constant__ CUtensorMap mb,
                               const qplug_cuda__moe_gemm_args p)
 {
+    qplug_cuda__moe_pdl_enter();
     if (p.skip_if && *p.skip_if != 0)
         return;
     int tile = blockIdx.y;
