@@ -6,10 +6,13 @@
  * Graph capture: the routing stays on the device. The permutation kernel
  * writes a tile table (expert, first row, end row) for the grouped GEMMs,
  * whose grids are sized by the worst case, ceil(m*top_k/BM) + E tiles of BM
- * rows (BM = 128 on the wgmma kernels, else 16 or 64, chosen from the host
- * shapes); blocks past the real tile count exit at once. The W4A4 fallback
- * of the MXFP4 wgmma path is chosen on the device too (a flag read by both
- * launched GEMMs), so no path of the forward needs a host sync.
+ * rows (BM = 16 in decode on v6 and the mma.sync kernels, 128 on the wgmma
+ * kernels otherwise, else 64, chosen from the host shapes); blocks past the
+ * real tile count exit at once. The W4A4 fallback of the MXFP4 wgmma path
+ * is chosen on the device too (a flag read by both launched GEMMs), so no
+ * path of the forward needs a host sync. The kernels after the routing use
+ * programmatic dependent launch (qplug_cuda__moe_launch), which graphs
+ * capture as programmatic edges.
  *
  * Determinism: rows of one expert are placed with shared-memory atomics, so
  * their order within the expert varies from run to run, but every output row
