@@ -20,7 +20,8 @@
 #define SKIP_CODE 77
 
 /* Bound on the relative L2 error of BF16 outputs against float64: BF16
- * rounding alone is 2^-9 per element (about 2e-3 relative L2). */
+ * rounding alone is up to 2^-8 per element (about 1.6e-3 relative L2 on
+ * random data). */
 #define BOUND_BF16_OUT 5e-3
 
 #define QPLUG_TEST_RNG_SEED 0x9e3779b97f4a7c15ull
