@@ -2,8 +2,8 @@
 # The full GPU check, in one command on a machine with an NVIDIA GPU:
 # unpacks the carried inih/cJSON packages (the GPU machine has no apt and no
 # network), builds, runs `ctest -L gpu`, runs the GPU tests once more under
-# compute-sanitizer memcheck, runs the bench, and prints a summary table
-# last. Full logs and the bench tables go to $OUT (default
+# compute-sanitizer memcheck, runs the benches (linear, --moe,
+# --prequant), and prints a summary table last. Full logs and the bench tables go to $OUT (default
 # /tmp/qplug_gpu_check).
 #
 #   scripts/gpu_check.sh [--no-bench] [--no-memcheck] [--no-tests] [--gpu-targets-only]
@@ -163,6 +163,13 @@ if [ "$run_bench" = 1 ]; then
         result[bench_moe]=ok
     fi
     tail -5 "$OUT/bench_moe.log"
+    note "bench --prequant"
+    result[bench_prequant]=FAIL
+    if [ -x "$bench" ] && ${QPLUG_BENCH_TIMEOUT:+timeout "$QPLUG_BENCH_TIMEOUT"} "$bench" --prequant \
+            --md "$OUT/bench_prequant.md" >"$OUT/bench_prequant.log" 2>&1; then
+        result[bench_prequant]=ok
+    fi
+    tail -5 "$OUT/bench_prequant.log"
 fi
 
 # ---------------------------------------------------------------- summary
