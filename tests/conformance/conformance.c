@@ -1025,6 +1025,30 @@ static void run_forward(conf_run *r, const qplug_plugin *p, const qplug_host *ho
                 quantizes = memcmp(yref, y, (size_t)(m * out) * sizeof(float)) != 0;
         }
         free(yref);
+        /* A caller built against ABI 1.1, as a 1.1 core passes it on: the
+         * args end at `stream`, in memory of exactly that size, so a plugin
+         * that reads past struct_size (a whole-struct copy, x_scale) is
+         * caught under ASan. The native result must not change. */
+        float *yn = malloc((size_t)(m * out) * sizeof(float));
+        size_t size11 = offsetof(qplug_apply_args, stream) + sizeof(void *);
+        unsigned char *args11 = malloc(size11);
+        if (yn && args11 && !r->failures) {
+            memcpy(yn, y, (size_t)(m * out) * sizeof(float));
+            for (int64_t i = 0; i < m * out; i++)
+                y[i] = NAN;
+            qplug_apply_args a = {(uint32_t)size11, QPLUG_OP_FORWARD, QPLUG_PRECISION_NATIVE,
+                                  &tx, &ty, moe ? &ti : NULL, moe ? &tk : NULL, NULL, 0, NULL,
+                                  NULL};
+            memcpy(args11, &a, size11);
+            qplug_status st = call_apply(r, p, host, state, (const qplug_apply_args *)args11);
+            EXPECT(r, st == QPLUG_OK, "apply with 1.1-sized args (m = %lld) failed: %s",
+                   (long long)m, ((host_ctx *)host->ctx)->errmsg);
+            EXPECT(r, st != QPLUG_OK || memcmp(y, yn, (size_t)(m * out) * sizeof(float)) == 0,
+                   "apply with 1.1-sized args (m = %lld) differs from the full-size call",
+                   (long long)m);
+        }
+        free(yn);
+        free(args11);
         if (mi == 1) {
             /* Bad inputs: each must be refused with a message, no crash. */
             qplug_apply_args a = {sizeof a, QPLUG_OP_FORWARD, QPLUG_PRECISION_NATIVE, &tx, &ty,
