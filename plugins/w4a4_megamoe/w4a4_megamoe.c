@@ -127,7 +127,12 @@ static qplug_status forward_fp4(const qplug_host *host, qplug_w4a4_megamoe__stat
         qplug_tensor tid = *args->topk_ids, twt = *args->topk_weights;
         tid.data = ids;
         twt.data = wts;
-        qplug_apply_args a = *args;
+        /* Copy only what the caller's struct holds: args from a 1.1 caller
+         * end at `stream` (plugin.h), and the fields past it read as zero. */
+        qplug_apply_args a;
+        memset(&a, 0, sizeof a);
+        memcpy(&a, args, args->struct_size < sizeof a ? args->struct_size : sizeof a);
+        a.struct_size = sizeof a;
         a.topk_ids = &tid;
         a.topk_weights = &twt;
         packed_input pin = {st, buf, bpt};
