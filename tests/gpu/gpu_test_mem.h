@@ -1,9 +1,10 @@
 /*
- * tests/gpu/gpu_test_mem.h - device memory helpers the GPU tests share:
- * poisoned allocations (every byte 0xFF, so an output the kernel does not
- * write reads back as NaN), uploads, synchronising downloads that fail the
- * test on any pending device error, and the relative L2 error of a BF16
- * output. Header-only (static inline): each test is one translation unit.
+ * tests/gpu/gpu_test_mem.h - memory helpers the GPU tests share: a checked
+ * host allocation, poisoned device allocations (every byte 0xFF, so an
+ * output the kernel does not write reads back as NaN), uploads,
+ * synchronising downloads that fail the test on any pending device error,
+ * and the relative L2 error of a BF16 output. Header-only (static
+ * inline): each test is one translation unit.
  * Include after gpu_test_random.h (rel_l2_bf16 uses bf16_value).
  */
 #ifndef QPLUG_GPU_TEST_MEM_H
@@ -22,6 +23,17 @@ static inline int cuda_ok(cudaError_t e, const char *what)
         return 0;
     }
     return 1;
+}
+
+/* Host memory of n bytes (at least 1); exits when there is none. */
+static inline void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of host memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    return p;
 }
 
 /* A device buffer of `bytes` (at least 1, so empty inputs still get a

@@ -100,16 +100,6 @@ static void src_add(src_tensors *s, const char *slot, qplug_dtype dt, int ndim, 
     s->count++;
 }
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "test_gpu_graph: out of host memory (%zu bytes)\n", n);
-        exit(1);
-    }
-    return p;
-}
-
 /* E2M1 magnitudes by code (formats.md); bit 3 is the sign. */
 static double e2m1_value(unsigned nib)
 {

@@ -263,16 +263,6 @@ static const qplug_tensor *layer_find(void *user, const qplug_layer_desc *l, con
     return NULL;
 }
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "test_gpu_prequant: out of host memory (%zu bytes)\n", n);
-        exit(1);
-    }
-    return p;
-}
-
 /* y[i, j] = sum_c a[i, c] * w[j, c] for the rows i % stride == 0. */
 static void ref_gemm(const double *a, const double *w, int64_t m, int64_t n, int64_t k,
                      int64_t stride, double *y)
