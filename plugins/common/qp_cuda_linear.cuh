@@ -245,6 +245,18 @@ __global__ static void qp_cl_copy_kernel(const T *src, int64_t lds, T *dst, int6
 
 /* True when qp_cl_prepare takes this layer's kind and shape (the scheme is
  * the caller's check). */
+/* Stream-ordered scratch; false when the pool has no room. A failed
+ * cudaMallocAsync also sets the runtime's last error, which is cleared here
+ * so that the next call's launch check does not report it as its own. */
+static bool qp_cl_malloc_async(void **p, size_t bytes, cudaStream_t s)
+{
+    if (cudaMallocAsync(p, bytes, s) == cudaSuccess)
+        return true;
+    (void)cudaGetLastError();
+    *p = NULL;
+    return false;
+}
+
 static bool qp_cl_supports(const qplug_layer_desc *l)
 {
     return (l->kind == QPLUG_LAYER_LINEAR || l->kind == QPLUG_LAYER_GROUPED_LINEAR) &&
@@ -554,7 +566,7 @@ static qplug_status qp_cl_apply_gemv(const qplug_host *host, qp_cuda_lin *L,
     qplug_cuda__scale_fmt af = L->ue8m0_act ? QPLUG_CUDA_SCALE_UE8M0 : QPLUG_CUDA_SCALE_F32;
     size_t bytes = qplug_cuda__gemv_bf16_scratch(f, af, m, L->n, L->k, G, QPLUG_CUDA_GEMV_AUTO);
     void *scratch = NULL;
-    if (bytes && cudaMallocAsync(&scratch, bytes, s) != cudaSuccess)
+    if (bytes && !qp_cl_malloc_async(&scratch, bytes, s))
         return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
                                 "cuda apply: no %zu bytes of scratch on the stream", bytes);
     qplug_status st = qp_cl_kernel_status(
@@ -601,7 +613,7 @@ static qplug_status qp_cl_apply_lt(const qplug_host *host, qp_cuda_lin *L,
     size_t off_xs = (xq_b + 255) & ~(size_t)255;
     size_t off_ws = off_xs + ((xs_b + 255) & ~(size_t)255), total = off_ws + QP_CL_LT_WORKSPACE;
     char *scratch = NULL;
-    if (cudaMallocAsync((void **)&scratch, total, s) != cudaSuccess)
+    if (!qp_cl_malloc_async((void **)&scratch, total, s))
         return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
                                 "cuda apply: no %zu bytes of scratch on the stream", total);
     uint8_t *xq = (uint8_t *)scratch;
@@ -700,7 +712,7 @@ static qplug_status qp_cl_apply_prequant(const qplug_host *host, qp_cuda_lin *L,
         if (st)
             return st;
         void *work = NULL;
-        if (cudaMallocAsync(&work, QP_CL_LT_WORKSPACE, s) != cudaSuccess)
+        if (!qp_cl_malloc_async(&work, QP_CL_LT_WORKSPACE, s))
             return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
                                     "cuda apply: no %zu bytes of workspace on the stream",
                                     (size_t)QP_CL_LT_WORKSPACE);
@@ -720,7 +732,7 @@ static qplug_status qp_cl_apply_prequant(const qplug_host *host, qp_cuda_lin *L,
         size_t xq_b = (size_t)(m * k), off_yg = (xq_b + 255) & ~(size_t)255;
         size_t total = off_yg + (size_t)(m * n) * 2;
         char *scratch = NULL;
-        if (cudaMallocAsync((void **)&scratch, total, s) != cudaSuccess)
+        if (!qp_cl_malloc_async((void **)&scratch, total, s))
             return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
                                     "cuda apply: no %zu bytes of scratch on the stream", total);
         uint8_t *xg = (uint8_t *)scratch;
@@ -787,7 +799,7 @@ static qplug_status qp_cl_apply(const qplug_host *host, qp_cuda_lin *L, const qp
     size_t off_xs = (xq_b + 255) & ~(size_t)255, off_yg = off_xs + ((xs_b + 255) & ~(size_t)255);
     size_t total = off_yg + yg_b;
     char *scratch = NULL;
-    if (cudaMallocAsync((void **)&scratch, total, s) != cudaSuccess)
+    if (!qp_cl_malloc_async((void **)&scratch, total, s))
         return host->api->error(host->ctx, QPLUG_ERR_NOMEM,
                                 "cuda apply: no %zu bytes of scratch on the stream", total);
     uint8_t *xq = (uint8_t *)scratch;
