@@ -402,10 +402,11 @@ typedef struct qplug_plugin {
      * NULL slot, or a plugin whose struct_size ends before this slot,
      * means "BF16/F32 x only". Pure and cheap: the host may ask before
      * every apply. The answer must not change during the layer's life. A
-     * plugin that answers a non-NONE form takes x_scale for every m, and
-     * where its native path quantizes activations to that form itself it
-     * computes, at precision NATIVE, bit for bit what that path computes
-     * when it gets the same codes and scales. (A native path that
+     * plugin that answers a non-NONE form takes x_scale at every m at
+     * which it takes BF16/F32 x, and where its native path quantizes
+     * activations to that form itself it computes, at precision NATIVE,
+     * bit for bit what that path computes when it gets the same codes and
+     * scales. (A native path that
      * quantizes to something else, e.g. NVFP4's FP4 activations on the
      * CPU, runs the W4A8 product of the given codes instead, and its
      * header says so.) */
