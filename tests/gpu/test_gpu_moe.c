@@ -671,6 +671,24 @@ static void test_fold_check(const experts *ex)
     }
 }
 
+/* One fused-MoE forward on `s` at the test's scale settings (group 32,
+ * global 1, F32 activation scales): the W4A8 path from the BF16 x, or
+ * (w4a4) the FP4 packing of x into buf followed by the W4A4 path. */
+static qplug_status moe_call(const qplug_cuda__moe_weights *desc, int w4a4, const void *x,
+                             int64_t m, int64_t D, const int32_t *ids, const float *wts,
+                             int32_t K, void *buf, size_t bytes, void *y, void *ws, size_t wsb,
+                             cudaStream_t s, qplug_cuda__err *err)
+{
+    if (!w4a4)
+        return qplug_cuda__moe_forward(desc, x, m, ids, wts, K, QPLUG_CUDA_SCALE_F32, y, ws, wsb,
+                                       s, err);
+    qplug_status st = qplug_cuda__w4a4_pack(x, m, D, 32, 1.0f, ids, wts, K, buf, bytes, s, err);
+    if (!st)
+        st = qplug_cuda__moe_forward_w4a4(desc, buf, bytes, m, K, 32, 1.0f, QPLUG_CUDA_SCALE_F32,
+                                          y, ws, wsb, s, err);
+    return st;
+}
+
 /* --------------------------------------------------------- graph capture */
 
 /* Routing, the W4A8 MoE, the w4a4 packing and the W4A4 MoE of one layer,
@@ -688,15 +706,9 @@ static qplug_status run_layer(const layer_io *io, cudaStream_t s, qplug_cuda__er
 {
     qplug_status st = qplug_cuda__moe_route(io->x, io->gate, io->bias, NULL, NULL, 0, io->m, D_,
                                             E_, K_, 2.5f, io->ids, io->wts, s, err);
-    if (!st)
-        st = qplug_cuda__moe_forward(&io->ex->desc, io->x, io->m, io->ids, io->wts, K_,
-                                     QPLUG_CUDA_SCALE_F32, io->y1, io->ws, io->wsb, s, err);
-    if (!st)
-        st = qplug_cuda__w4a4_pack(io->x, io->m, D_, 32, 1.0f, io->ids, io->wts, K_, io->buf,
-                                   io->bytes, s, err);
-    if (!st)
-        st = qplug_cuda__moe_forward_w4a4(&io->ex->desc, io->buf, io->bytes, io->m, K_, 32, 1.0f,
-                                          QPLUG_CUDA_SCALE_F32, io->y2, io->ws, io->wsb, s, err);
+    for (int w4a4 = 0; w4a4 < 2 && !st; w4a4++)
+        st = moe_call(&io->ex->desc, w4a4, io->x, io->m, D_, io->ids, io->wts, K_, io->buf,
+                      io->bytes, w4a4 ? io->y2 : io->y1, io->ws, io->wsb, s, err);
     return st;
 }
 
@@ -850,18 +862,8 @@ static void test_v4_vs_v3(qplug_cuda__moe_wfmt fmt)
             for (int v = 0; v < 2; v++) {
                 desc.wgmma_ready = v ? 2 : 3;
                 cudaMemset(dy, 0xff, (size_t)(m * D) * 2);
-                qplug_status st;
-                if (w4a4) {
-                    st = qplug_cuda__w4a4_pack(dx, m, D, 32, 1.0f, dids, dwts, K, buf, bytes,
-                                               NULL, &err);
-                    if (!st)
-                        st = qplug_cuda__moe_forward_w4a4(&desc, buf, bytes, m, K, 32, 1.0f,
-                                                          QPLUG_CUDA_SCALE_F32, dy, ws, wsb,
-                                                          NULL, &err);
-                } else {
-                    st = qplug_cuda__moe_forward(&desc, dx, m, dids, dwts, K,
-                                                 QPLUG_CUDA_SCALE_F32, dy, ws, wsb, NULL, &err);
-                }
+                qplug_status st = moe_call(&desc, w4a4, dx, m, D, dids, dwts, K, buf, bytes,
+                                           dy, ws, wsb, NULL, &err);
                 CHECKF(st == QPLUG_OK, "v4 vs v3 %s m=%lld: %s", fmt_name(fmt), (long long)m,
                        err.msg);
                 y[v] = malloc((size_t)(m * D) * 2);
@@ -1160,17 +1162,8 @@ static int bench(int profile, int only_default)
             qplug_status st = QPLUG_OK;
             for (int it = 0; it < (profile ? 2 : 23) && !st; it++) {
                 cudaEventRecord(e0, 0);
-                if (w4a4) {
-                    st = qplug_cuda__w4a4_pack(dx, m, D, 32, 1.0f, dids, dwts, K, buf, bytes,
-                                               NULL, &err);
-                    if (!st)
-                        st = qplug_cuda__moe_forward_w4a4(&desc, buf, bytes, m, K, 32, 1.0f,
-                                                          QPLUG_CUDA_SCALE_F32, dy, ws, wsb,
-                                                          NULL, &err);
-                } else {
-                    st = qplug_cuda__moe_forward(&desc, dx, m, dids, dwts, K,
-                                                 QPLUG_CUDA_SCALE_F32, dy, ws, wsb, NULL, &err);
-                }
+                st = moe_call(&desc, w4a4, dx, m, D, dids, dwts, K, buf, bytes, dy, ws, wsb,
+                              NULL, &err);
                 cudaEventRecord(e1, 0);
                 cudaEventSynchronize(e1);
                 if (it >= 3)
