@@ -10,14 +10,6 @@
 #include "qplug/host.h"
 #include "qplug/registry.h"
 
-/* The host tensors of one synthetic layer; they must outlive its layers. */
-typedef struct abi_src {
-    qplug_tensor t[4];
-    char names[4][32];
-    int count;
-    unsigned seed;
-} abi_src;
-
 /* The host tensors of a synthetic MoE layer: one tensor per (matrix,
  * slot), shared by all experts (the plugin makes each expert its own device
  * copy, so the bytes read per expert are still distinct). */
@@ -98,10 +90,10 @@ static bool synth_tensor(qplug_quant_scheme q, const char *slot, int64_t rows, i
     return true;
 }
 
-static const qplug_tensor *abi_source(void *user, const qplug_layer_desc *l, const char *slot,
-                                      const char **file)
+const qplug_tensor *bench_synth_source(void *user, const qplug_layer_desc *l, const char *slot,
+                                       const char **file)
 {
-    abi_src *src = user;
+    bench_synth *src = user;
     *file = "synthetic";
     for (int i = 0; i < src->count; i++)
         if (!strcmp(src->names[i], slot))
@@ -116,6 +108,13 @@ static const qplug_tensor *abi_source(void *user, const qplug_layer_desc *l, con
     t.name = src->names[src->count];
     src->t[src->count] = t;
     return &src->t[src->count++];
+}
+
+void bench_synth_free(bench_synth *src)
+{
+    for (int i = 0; i < src->count; i++)
+        free(src->t[i].data);
+    src->count = 0;
 }
 
 struct bench_abi {
@@ -155,7 +154,7 @@ void bench_abi_close(bench_abi *b)
 struct bench_abi_layers {
     qplug_layer_inst **l;
     int count;
-    abi_src src;
+    bench_synth src;
     struct moe_src *moe; /* MoE layers: their shared host tensors */
 };
 
@@ -197,7 +196,7 @@ bench_abi_layers *bench_abi_create(bench_abi *b, const char *plugin, int64_t n, 
     for (int i = 0; i < count; i++) {
         qplug_err err;
         memset(&err, 0, sizeof err);
-        if (qplug_layer_create(b->rt, p, &d, abi_source, &L->src, &L->l[i], &err)) {
+        if (qplug_layer_create(b->rt, p, &d, bench_synth_source, &L->src, &L->l[i], &err)) {
             snprintf(msg, msg_size, "%s", err.msg);
             bench_abi_destroy(L);
             return NULL;
@@ -213,8 +212,7 @@ void bench_abi_destroy(bench_abi_layers *L)
         return;
     for (int i = 0; i < L->count; i++)
         qplug_layer_destroy(L->l[i]);
-    for (int i = 0; i < L->src.count; i++)
-        free(L->src.t[i].data);
+    bench_synth_free(&L->src);
     if (L->moe)
         for (int j = 0; j < 3; j++)
             for (int si = 0; si < 5; si++)

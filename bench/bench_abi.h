@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qplug/host.h"
+
 typedef struct bench_abi bench_abi;
 typedef struct bench_abi_layers bench_abi_layers;
 
@@ -41,5 +43,22 @@ bench_abi_layers *bench_abi_moe_create(bench_abi *b, const char *plugin, bool nv
  * the legacy default stream; 0 on success. */
 int bench_abi_moe_apply(bench_abi_layers *L, int64_t m, void *x, void *y, void *ids,
                         void *weights, char *msg, size_t msg_size);
+
+/* The host tensors of one synthetic linear or grouped-linear layer: the
+ * weight and scale slots of its scheme, made on first request with random
+ * contents drawn from `seed`, handed out again to every layer made from the
+ * same source (each layer makes its own device copy). Zero it, set seed,
+ * pass bench_synth_source and it to qplug_layer_create; it must outlive
+ * the layers made from it, and bench_synth_free then releases the tensors. */
+typedef struct bench_synth {
+    qplug_tensor t[4];
+    char names[4][32];
+    int count;
+    unsigned seed;
+} bench_synth;
+
+const qplug_tensor *bench_synth_source(void *user, const qplug_layer_desc *l, const char *slot,
+                                       const char **file);
+void bench_synth_free(bench_synth *src);
 
 #endif

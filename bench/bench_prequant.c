@@ -50,6 +50,7 @@
 #include <cuda_runtime_api.h>
 
 #include "qplug/host.h"
+#include "bench_abi.h"
 #include "qplug/registry.h"
 #include "qplug_bench.h"
 #include "qplug_cuda.h"
@@ -269,99 +270,6 @@ static int pq_kernel_table(FILE *outs[2], const pq_opts *o, qplug_bench__hold *h
             cudaFree(c.w);
         }
     return rc;
-}
-
-/* ---- synthetic checkpoint tensors -------------------------------------- */
-
-typedef struct pq_src {
-    qplug_tensor t[4];
-    char names[4][32];
-    int count;
-    uint64_t seed;
-} pq_src;
-
-static uint64_t pq_rand(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
-/* Random bytes of a tensor kind: E4M3 codes without NaN, E8M0 exponents
- * near 2^-7, NVFP4 E4M3 block scales around 1, packed FP4 anything. */
-static void pq_fill(uint8_t *p, size_t n, int kind, uint64_t seed)
-{
-    uint64_t s = seed | 1;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t b = (uint8_t)pq_rand(&s);
-        if (kind == 1 && (b & 0x7f) == 0x7f)
-            b = 0x38;
-        else if (kind == 2)
-            b = (uint8_t)(118 + b % 6);
-        else if (kind == 3)
-            b = (uint8_t)(0x30 + b % 16);
-        p[i] = b;
-    }
-}
-
-/* The layer's tensors, made on first request and handed out again to every
- * layer of the rotation (each layer makes its own device copy). */
-static const qplug_tensor *pq_source(void *user, const qplug_layer_desc *l, const char *slot,
-                                     const char **file)
-{
-    pq_src *src = user;
-    *file = "synthetic";
-    for (int i = 0; i < src->count; i++)
-        if (!strcmp(src->names[i], slot))
-            return &src->t[i];
-    if (src->count == 4)
-        return NULL;
-    qplug_tensor t;
-    memset(&t, 0, sizeof t);
-    t.ndim = 2;
-    t.device = QPLUG_DEVICE_CPU;
-    t.shape[0] = l->n;
-    int kind = 0;
-    bool fp8 = l->quant == QPLUG_QUANT_FP8_BLOCK;
-    if (!strcmp(slot, "weight")) {
-        t.dtype = fp8 ? QPLUG_DT_F8_E4M3 : QPLUG_DT_U8;
-        t.shape[1] = fp8 ? l->k : l->k / 2;
-        kind = fp8 ? 1 : 0;
-    } else if (!strcmp(slot, "scale")) {
-        t.dtype = QPLUG_DT_F8_E8M0;
-        t.shape[0] = fp8 ? (l->n + 127) / 128 : l->n;
-        t.shape[1] = fp8 ? (l->k + 127) / 128 : l->k / 32;
-        kind = 2;
-    } else if (!strcmp(slot, "weight_scale")) {
-        t.dtype = QPLUG_DT_F8_E4M3;
-        t.shape[1] = l->k / 16;
-        kind = 3;
-    } else if (!strcmp(slot, "weight_scale_2") || !strcmp(slot, "input_scale")) {
-        t.dtype = QPLUG_DT_F32;
-        t.ndim = 0;
-    } else {
-        return NULL;
-    }
-    size_t bytes = t.ndim == 0 ? 4 : (size_t)(t.shape[0] * t.shape[1]);
-    t.data = malloc(bytes);
-    if (!t.data)
-        return NULL;
-    if (t.ndim == 0)
-        *(float *)t.data = !strcmp(slot, "input_scale") ? 1.0f : 0.0123f;
-    else
-        pq_fill(t.data, bytes, kind, src->seed + (uint64_t)src->count * 977u);
-    snprintf(src->names[src->count], sizeof src->names[0], "%s", slot);
-    t.name = src->names[src->count];
-    src->t[src->count] = t;
-    return &src->t[src->count++];
-}
-
-static void pq_src_free(pq_src *src)
-{
-    for (int i = 0; i < src->count; i++)
-        free((void *)src->t[i].data);
-    src->count = 0;
 }
 
 /* ---- table 2: prefill through the ABI ---------------------------------- */
@@ -649,9 +557,9 @@ static int pq_prefill_table(FILE *outs[2], const pq_opts *o, qplug_bench__hold *
             d.n = sh->n;
             d.k = sh->k;
             d.groups = 1;
-            pq_src src;
+            bench_synth src;
             memset(&src, 0, sizeof src);
-            src.seed = 1234 + si * 10 + (uint64_t)pi;
+            src.seed = 1234u + (unsigned)(si * 10 + pi);
             pq_ctx *c = calloc(1, sizeof *c);
             if (!c) {
                 failures++;
@@ -667,7 +575,7 @@ static int pq_prefill_table(FILE *outs[2], const pq_opts *o, qplug_bench__hold *
             nl = nl < 2 ? 2 : nl > PQ_MAX_LAYERS ? PQ_MAX_LAYERS : nl;
             bool made = p->score(&d) > 0;
             for (c->nl = 0; made && c->nl < nl; c->nl++)
-                if (qplug_layer_create(rt, p, &d, pq_source, &src, &c->layers[c->nl], &err)) {
+                if (qplug_layer_create(rt, p, &d, bench_synth_source, &src, &c->layers[c->nl], &err)) {
                     made = false;
                     break;
                 }
@@ -689,7 +597,7 @@ static int pq_prefill_table(FILE *outs[2], const pq_opts *o, qplug_bench__hold *
             for (int i = 0; i < c->nl; i++)
                 qplug_layer_destroy(c->layers[i]);
             free(c);
-            pq_src_free(&src);
+            bench_synth_free(&src);
         }
     }
     cublasLtDestroy(lt);

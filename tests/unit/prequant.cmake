@@ -34,7 +34,7 @@ if(QPLUG_CUDA AND TARGET qplug_common_cuda AND TARGET qplug_bench)
       set(_nq ${PROJECT_SOURCE_DIR}/plugins/common_cuda/norm_quant.cu)
     endif()
     add_executable(qplug_bench_prequant_${_v} EXCLUDE_FROM_ALL
-      ${PROJECT_SOURCE_DIR}/bench/bench_prequant.c ${_nq}
+      ${PROJECT_SOURCE_DIR}/bench/bench_prequant.c ${PROJECT_SOURCE_DIR}/bench/bench_abi.c ${_nq}
       ${PROJECT_SOURCE_DIR}/bench/bench_hold.cu ${PROJECT_SOURCE_DIR}/bench/bench_fill.cu)
     target_include_directories(qplug_bench_prequant_${_v} PRIVATE
       ${PROJECT_SOURCE_DIR}/bench ${PROJECT_SOURCE_DIR}/plugins/common_cuda)
