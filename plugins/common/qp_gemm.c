@@ -194,17 +194,28 @@ static qplug_status check_2d(const qplug_host *host, const char *what, const qpl
     return QPLUG_OK;
 }
 
-qplug_status qplug__check_forward(const qplug_host *host, const qplug_layer_desc *layer,
-                                  const qplug_apply_args *args)
+/* Refuses anything but a forward call (the only op of linear and MoE
+ * layers). */
+static qplug_status check_forward_op(const qplug_host *host, const qplug_layer_desc *layer,
+                                     const qplug_apply_args *args)
 {
     if (!args || args->op != QPLUG_OP_FORWARD)
         return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT,
                                 "apply: layer %s takes only the forward op",
                                 layer->name ? layer->name : "?");
+    return QPLUG_OK;
+}
+
+qplug_status qplug__check_forward(const qplug_host *host, const qplug_layer_desc *layer,
+                                  const qplug_apply_args *args)
+{
+    qplug_status st = check_forward_op(host, layer, args);
+    if (st)
+        return st;
     int64_t g = layer->kind == QPLUG_LAYER_GROUPED_LINEAR ? layer->groups : 1;
     int64_t in = g * layer->k;
     int64_t out = layer->kind == QPLUG_LAYER_FUSED_MOE ? layer->k : g * layer->n;
-    qplug_status st = check_2d(host, "x", args->x, QPLUG_DT_F32, -1, in);
+    st = check_2d(host, "x", args->x, QPLUG_DT_F32, -1, in);
     if (st)
         return st;
     int64_t m = args->x->shape[0];
@@ -235,10 +246,9 @@ static float act_alpha(qplug__act_mode mode, float gscale)
 qplug_status qplug__check_prequant(const qplug_host *host, const qplug_layer_desc *layer,
                                    const qplug_apply_args *args)
 {
-    if (!args || args->op != QPLUG_OP_FORWARD)
-        return host->api->error(host->ctx, QPLUG_ERR_ARGUMENT,
-                                "apply: layer %s takes only the forward op",
-                                layer->name ? layer->name : "?");
+    qplug_status st = check_forward_op(host, layer, args);
+    if (st)
+        return st;
     if ((layer->kind != QPLUG_LAYER_LINEAR && layer->kind != QPLUG_LAYER_GROUPED_LINEAR) ||
         layer->k % QPLUG__FP8_BLOCK != 0)
         return host->api->error(host->ctx, QPLUG_ERR_UNSUPPORTED,
@@ -246,7 +256,7 @@ qplug_status qplug__check_prequant(const qplug_host *host, const qplug_layer_des
                                 layer->name ? layer->name : "?");
     int64_t g = layer->kind == QPLUG_LAYER_GROUPED_LINEAR ? layer->groups : 1;
     int64_t in = g * layer->k;
-    qplug_status st = check_2d(host, "x", args->x, QPLUG_DT_F8_E4M3, -1, in);
+    st = check_2d(host, "x", args->x, QPLUG_DT_F8_E4M3, -1, in);
     if (st)
         return st;
     int64_t m = args->x->shape[0];
