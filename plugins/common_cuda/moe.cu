@@ -1262,6 +1262,8 @@ static qplug_status qplug_cuda__moe_run(const qplug_cuda__moe_weights *w, int64_
             a1.a_sld = ws->rows;
             st = qplug_cuda__moe_v6_launch<MOE_F_MX, true>(enc, a1, w->w1, w->w3, ws->xg,
                                                            ws->rows, E, tmax, small, s, fn, err);
+            if (st)
+                return st;
         } else {
             a1.a = ws->xq;
             a1.a_ld = D;
